@@ -1,0 +1,486 @@
+//! From [`FileConfig`] to [`Config`]: every check in one pass, every error
+//! collected, each naming the key, the bad value and the fix.
+
+use super::file::{FileConfig, RouteFile, UpstreamFile};
+use super::*;
+use crate::router::{Method, RouteSpec};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::ToSocketAddrs;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key, e.g. `routes[2].upstream`.
+    pub key: String,
+    /// What is wrong, quoting the bad value.
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} (fix: {})", self.key, self.message, self.fix)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.into(),
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+}
+
+pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(&e)]))?;
+    compile(file)
+}
+
+fn toml_error(e: &toml::de::Error) -> ConfigError {
+    let msg = e.message().to_string();
+    let key = e
+        .span()
+        .map(|s| format!("(at byte {})", s.start))
+        .unwrap_or_else(|| String::from("(file)"));
+    let fix = if msg.starts_with("unknown field") {
+        "remove the key or correct its spelling; config/ringgate.example.toml lists every key"
+    } else if msg.starts_with("missing field") {
+        "add the key"
+    } else {
+        "correct the value's type or the TOML syntax"
+    };
+    ConfigError {
+        key,
+        message: msg.replace('\n', " "),
+        fix: fix.to_string(),
+    }
+}
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors(Vec::new());
+    let server = compile_server(&file, &mut errs);
+    let admin = file.admin.as_ref().and_then(|a| {
+        let listen = a.listen.as_deref().unwrap_or("127.0.0.1:9901");
+        match listen.parse::<SocketAddr>() {
+            Ok(listen) => Some(AdminConfig { listen }),
+            Err(_) => {
+                errs.push(
+                    "admin.listen",
+                    format!("{listen:?} is not an IP:port address"),
+                    "write an address like \"127.0.0.1:9901\"",
+                );
+                None
+            }
+        }
+    });
+
+    let mut upstreams = Vec::with_capacity(file.upstreams.len());
+    let mut upstream_ids = HashMap::new();
+    for (name, up) in &file.upstreams {
+        upstream_ids.insert(name.clone(), upstreams.len());
+        upstreams.push(compile_upstream(name, up, &mut errs));
+    }
+
+    let mut routes = Vec::with_capacity(file.routes.len());
+    for (i, r) in file.routes.iter().enumerate() {
+        if let Some(route) = compile_route(i, r, &upstream_ids, &mut errs) {
+            routes.push(route);
+        }
+    }
+    if file.routes.is_empty() {
+        errs.push(
+            "routes",
+            "no [[routes]] are defined, so every request would get 404",
+            "add at least one [[routes]] table with a path and an upstream",
+        );
+    }
+
+    let table = if routes.len() == file.routes.len() {
+        let specs: Vec<RouteSpec<'_>> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RouteSpec {
+                host: r.host.as_deref(),
+                path: &r.path,
+                methods: r.methods,
+                route: i as u32,
+            })
+            .collect();
+        match RouteTable::build(&specs) {
+            Ok(t) => Some(t),
+            Err(route_errs) => {
+                for e in route_errs {
+                    errs.push(
+                        "routes",
+                        e.to_string(),
+                        "make each path pattern valid and unique per host and method",
+                    );
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    match (server, table) {
+        (Some(server), Some(table)) if errs.0.is_empty() => Ok(Config {
+            server,
+            admin,
+            upstreams,
+            routes,
+            table,
+        }),
+        _ => Err(ConfigErrors(errs.0)),
+    }
+}
+
+fn compile_server(file: &FileConfig, errs: &mut Errors) -> Option<ServerConfig> {
+    let s = &file.server;
+    let before = errs.0.len();
+    let listen_strs = s
+        .listen
+        .as_ref()
+        .map(|l| l.to_vec())
+        .unwrap_or_else(|| vec![String::from("127.0.0.1:8080")]);
+    let mut listen = Vec::new();
+    if listen_strs.is_empty() {
+        errs.push(
+            "server.listen",
+            "the list of addresses is empty",
+            "give at least one address, e.g. \"127.0.0.1:8080\"",
+        );
+    }
+    for l in &listen_strs {
+        match l.parse::<SocketAddr>() {
+            Ok(a) => listen.push(a),
+            Err(_) => errs.push(
+                "server.listen",
+                format!("{l:?} is not an IP:port address"),
+                "write an address like \"127.0.0.1:8080\" or \"[::]:8080\"",
+            ),
+        }
+    }
+    let workers = match s.workers.unwrap_or(0) {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n if n > 1024 => {
+            errs.push(
+                "server.workers",
+                format!("{n} workers is more than 1024"),
+                "use 0 (one per core) or the number of cores to use",
+            );
+            1
+        }
+        n => n,
+    };
+    let io = match s.io.as_deref().unwrap_or("auto") {
+        "auto" => IoMode::Auto,
+        "io_uring" => IoMode::IoUring,
+        "epoll" => IoMode::Epoll,
+        other => {
+            errs.push(
+                "server.io",
+                format!("unknown io driver {other:?}"),
+                "use \"auto\", \"io_uring\" or \"epoll\"",
+            );
+            IoMode::Auto
+        }
+    };
+    let io_uring_mode = match s.io_uring_mode.as_deref().unwrap_or("coop_taskrun") {
+        "coop_taskrun" => UringMode::CoopTaskrun,
+        "defer_taskrun" => UringMode::DeferTaskrun,
+        "default" => UringMode::Default,
+        other => {
+            errs.push(
+                "server.io_uring_mode",
+                format!("unknown io_uring mode {other:?}"),
+                "use \"coop_taskrun\", \"defer_taskrun\" or \"default\"",
+            );
+            UringMode::CoopTaskrun
+        }
+    };
+    let io_uring_entries = s.io_uring_entries.unwrap_or(1024);
+    if !(256..=32768).contains(&io_uring_entries) || !io_uring_entries.is_power_of_two() {
+        errs.push(
+            "server.io_uring_entries",
+            format!("{io_uring_entries} is not a power of two between 256 and 32768"),
+            "use e.g. 1024 or 4096",
+        );
+    }
+    let positive = |errs: &mut Errors, key: &str, v: Option<u64>, default: u64, fix: &str| {
+        let v = v.unwrap_or(default);
+        if v == 0 {
+            errs.push(key, "must be greater than 0", fix);
+        }
+        v
+    };
+    let max_header_bytes = positive(
+        errs,
+        "server.max_header_bytes",
+        s.max_header_bytes.map(|v| v as u64),
+        65536,
+        "use a size in bytes, e.g. 65536",
+    ) as usize;
+    if max_header_bytes > 1 << 20 {
+        errs.push(
+            "server.max_header_bytes",
+            format!("{max_header_bytes} is more than 1 MiB"),
+            "use at most 1048576",
+        );
+    }
+    let max_headers = positive(
+        errs,
+        "server.max_headers",
+        s.max_headers.map(|v| v as u64),
+        100,
+        "use a count, e.g. 100",
+    ) as usize;
+    if max_headers > crate::http::MAX_HEADERS_LIMIT {
+        errs.push(
+            "server.max_headers",
+            format!(
+                "{max_headers} is more than {}",
+                crate::http::MAX_HEADERS_LIMIT
+            ),
+            format!("use at most {}", crate::http::MAX_HEADERS_LIMIT),
+        );
+    }
+    let max_uri_bytes = positive(
+        errs,
+        "server.max_uri_bytes",
+        s.max_uri_bytes.map(|v| v as u64),
+        8192,
+        "use a size in bytes, e.g. 8192",
+    ) as usize;
+    let max_body_bytes = s.max_body_bytes.unwrap_or(10 * 1024 * 1024);
+    let header_timeout_ms = positive(
+        errs,
+        "server.header_timeout_ms",
+        s.header_timeout_ms,
+        10_000,
+        "use milliseconds, e.g. 10000",
+    );
+    let idle_timeout_ms = positive(
+        errs,
+        "server.idle_timeout_ms",
+        s.idle_timeout_ms,
+        60_000,
+        "use milliseconds, e.g. 60000",
+    );
+    let max_connections = positive(
+        errs,
+        "server.max_connections",
+        s.max_connections.map(|v| v as u64),
+        10_000,
+        "use a count, e.g. 10000",
+    ) as usize;
+    let buffer_bytes = s.buffer_bytes.unwrap_or(16 * 1024);
+    if !(1024..=1 << 20).contains(&buffer_bytes) {
+        errs.push(
+            "server.buffer_bytes",
+            format!("{buffer_bytes} is outside 1024..=1048576"),
+            "use e.g. 16384",
+        );
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(ServerConfig {
+        listen,
+        workers,
+        pin: s.pin.unwrap_or(true),
+        io,
+        io_uring_entries,
+        io_uring_mode,
+        drain_timeout: ms(s.drain_timeout_ms, 10_000),
+        max_header_bytes,
+        max_headers,
+        max_uri_bytes,
+        max_body_bytes,
+        header_timeout: Duration::from_millis(header_timeout_ms),
+        idle_timeout: Duration::from_millis(idle_timeout_ms),
+        max_connections,
+        buffer_bytes,
+        backlog: s.backlog.unwrap_or(4096),
+    })
+}
+
+fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors) -> UpstreamConfig {
+    let key = |k: &str| format!("upstreams.{name}.{k}");
+    let mut targets = Vec::new();
+    if up.targets.is_empty() {
+        errs.push(
+            key("targets"),
+            "no targets",
+            "list at least one \"host:port\", e.g. targets = [\"127.0.0.1:9001\"]",
+        );
+    }
+    for t in &up.targets {
+        match t.parse::<SocketAddr>() {
+            Ok(a) => targets.push(a),
+            Err(_) => match t.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(a) => targets.push(a),
+                    None => errs.push(
+                        key("targets"),
+                        format!("{t:?} resolves to no address"),
+                        "use an IP:port or a resolvable host:port",
+                    ),
+                },
+                Err(e) => errs.push(
+                    key("targets"),
+                    format!("{t:?} is not a valid host:port ({e})"),
+                    "write targets as \"127.0.0.1:9001\" or \"host.internal:9001\"",
+                ),
+            },
+        }
+    }
+    let balance = match up.balance.as_deref().unwrap_or("round_robin") {
+        "round_robin" => Balance::RoundRobin,
+        "least_conn" => Balance::LeastConn,
+        other => {
+            errs.push(
+                key("balance"),
+                format!("unknown balancing algorithm {other:?}"),
+                "use \"round_robin\" or \"least_conn\"",
+            );
+            Balance::RoundRobin
+        }
+    };
+    for (k, v) in [
+        ("connect_timeout_ms", up.connect_timeout_ms),
+        ("request_timeout_ms", up.request_timeout_ms),
+        ("idle_timeout_ms", up.idle_timeout_ms),
+    ] {
+        if v == Some(0) {
+            errs.push(
+                key(k),
+                "must be greater than 0",
+                "use milliseconds, e.g. 1000",
+            );
+        }
+    }
+    UpstreamConfig {
+        name: name.to_string(),
+        targets,
+        balance,
+        connect_timeout: ms(up.connect_timeout_ms, 1000),
+        request_timeout: ms(up.request_timeout_ms, 15_000),
+        max_idle_per_target: up.max_idle_per_target.unwrap_or(64),
+        idle_timeout: ms(up.idle_timeout_ms, 30_000),
+    }
+}
+
+fn compile_route(
+    i: usize,
+    r: &RouteFile,
+    upstream_ids: &HashMap<String, usize>,
+    errs: &mut Errors,
+) -> Option<RouteConfig> {
+    let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let before = errs.0.len();
+    let path = match &r.path {
+        Some(p) if p.starts_with('/') => p.clone(),
+        Some(p) => {
+            errs.push(
+                key("path"),
+                format!("{p:?} does not start with '/'"),
+                "write the path as \"/products/{id}\"",
+            );
+            String::new()
+        }
+        None => {
+            errs.push(key("path"), "missing", "add path = \"/...\"");
+            String::new()
+        }
+    };
+    let methods = r.methods.as_ref().map(|ms| {
+        let mut set = MethodSet::empty();
+        for m in ms {
+            match Method::from_bytes(m.as_bytes()) {
+                Some(m) => set.insert(m),
+                None => errs.push(
+                    key("methods"),
+                    format!("unknown method {m:?}"),
+                    "use upper-case methods: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT",
+                ),
+            }
+        }
+        if ms.is_empty() {
+            errs.push(
+                key("methods"),
+                "the list is empty, so the route would match nothing",
+                "list methods or remove the key to allow any",
+            );
+        }
+        set
+    });
+    let upstream = match &r.upstream {
+        Some(u) => match upstream_ids.get(u) {
+            Some(&id) => id,
+            None => {
+                let mut known: Vec<&str> = upstream_ids.keys().map(|s| s.as_str()).collect();
+                known.sort_unstable();
+                errs.push(
+                    key("upstream"),
+                    format!("upstream {u:?} is not defined"),
+                    if known.is_empty() {
+                        String::from("add an [upstreams.NAME] table")
+                    } else {
+                        format!("use one of: {}", known.join(", "))
+                    },
+                );
+                0
+            }
+        },
+        None => {
+            errs.push(
+                key("upstream"),
+                "missing",
+                "add upstream = \"NAME\" naming an [upstreams.NAME] table",
+            );
+            0
+        }
+    };
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(RouteConfig {
+        name,
+        path,
+        methods,
+        host: r.host.clone(),
+        upstream,
+    })
+}

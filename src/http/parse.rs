@@ -1,0 +1,667 @@
+//! Request and response heads, parsed in place.
+//!
+//! httparse finds the request line and header lines; this module turns them
+//! into [`Span`]s (offsets into the connection buffer, so the borrow of the
+//! buffer ends with the parse) and decides, in one pass over the headers,
+//! everything the proxy needs: body framing, keep-alive, upgrade, expect,
+//! the headers to drop when forwarding, and the headers ringgate rewrites.
+//! Ambiguous framing is refused here, before any byte reaches a backend.
+
+use super::{name_eq, tokens};
+use std::mem::MaybeUninit;
+
+/// A byte range in a connection buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    /// Start offset.
+    pub start: u32,
+    /// End offset (exclusive).
+    pub end: u32,
+}
+
+impl Span {
+    /// The bytes of this span in `buf`.
+    #[inline]
+    pub fn of<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.start as usize..self.end as usize]
+    }
+    /// Length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+    /// True when empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+    #[inline]
+    fn within(outer: &[u8], inner: &[u8]) -> Span {
+        let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
+        Span {
+            start: start as u32,
+            end: (start + inner.len()) as u32,
+        }
+    }
+}
+
+/// What a header is to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderRole {
+    /// Forwarded unchanged.
+    Forward,
+    /// Hop-by-hop or rewritten by ringgate: not forwarded as is.
+    Drop,
+    /// `X-Request-Id` (forwarded; its presence is remembered).
+    RequestId,
+}
+
+/// One header line: the whole line (name through CRLF) and the value.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLine {
+    /// Name through the end of the line, including CRLF (or LF).
+    pub line: Span,
+    /// Header name.
+    pub name: Span,
+    /// Header value.
+    pub value: Span,
+    /// What the proxy does with it.
+    pub role: HeaderRole,
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyFraming {
+    /// No body.
+    #[default]
+    None,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (final coding).
+    Chunked,
+    /// Until the peer closes (responses only).
+    UntilClose,
+}
+
+/// Why a request head was refused; each maps to one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// 400 with this reason.
+    Bad(&'static str),
+    /// 431: too many headers.
+    TooManyHeaders,
+    /// 414.
+    UriTooLong,
+    /// 417: an expectation other than 100-continue.
+    Expectation,
+    /// 501: a transfer coding ringgate cannot frame.
+    NotImplemented(&'static str),
+}
+
+impl HeadError {
+    /// The status code sent for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            HeadError::Bad(_) => 400,
+            HeadError::TooManyHeaders => 431,
+            HeadError::UriTooLong => 414,
+            HeadError::Expectation => 417,
+            HeadError::NotImplemented(_) => 501,
+        }
+    }
+    /// Text for the JSON error body.
+    pub fn message(&self) -> &'static str {
+        match self {
+            HeadError::Bad(m) => m,
+            HeadError::TooManyHeaders => "too many request headers",
+            HeadError::UriTooLong => "request target too long",
+            HeadError::Expectation => "only 'Expect: 100-continue' is supported",
+            HeadError::NotImplemented(m) => m,
+        }
+    }
+}
+
+/// Most header names listed in `Connection` that are remembered for removal.
+pub const MAX_CONNECTION_TOKENS: usize = 16;
+
+/// Names listed in a `Connection` header (to be dropped when forwarding).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionTokens {
+    len: u8,
+    names: [Span; MAX_CONNECTION_TOKENS],
+}
+
+impl ConnectionTokens {
+    fn push(&mut self, s: Span) -> bool {
+        if (self.len as usize) < MAX_CONNECTION_TOKENS {
+            self.names[self.len as usize] = s;
+            self.len += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn contains(&self, buf: &[u8], name: &[u8]) -> bool {
+        self.names[..self.len as usize]
+            .iter()
+            .any(|s| s.of(buf).eq_ignore_ascii_case(name))
+    }
+}
+
+/// A parsed request head. Spans point into the connection's read buffer.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead {
+    /// Length of the head, including the blank line.
+    pub len: usize,
+    /// Method token.
+    pub method: Span,
+    /// The target as sent.
+    pub target: Span,
+    /// Path and query to forward (origin-form).
+    pub path_query: Span,
+    /// Path only (what routing sees).
+    pub path: Span,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// Host header value, or the authority of an absolute-form target.
+    pub host: Option<Span>,
+    /// Body framing.
+    pub framing: BodyFraming,
+    /// Client wants the connection kept open.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// Upgrade requested (`Upgrade` + `Connection: upgrade`).
+    pub upgrade: Option<Span>,
+    /// `X-Forwarded-For` value to extend.
+    pub forwarded_for: Option<Span>,
+    /// `Via` value to extend.
+    pub via: Option<Span>,
+    /// `X-Request-Id` value, when acceptable.
+    pub request_id: Option<Span>,
+    /// HEAD request (no response body).
+    pub is_head: bool,
+    /// Safe to send twice (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
+    pub idempotent: bool,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseHead {
+    /// Length of the head, including the blank line.
+    pub len: usize,
+    /// Status code.
+    pub status: u16,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// The status line, including its line end.
+    pub status_line: Span,
+    /// Body framing (before HEAD/1xx/204/304 are considered: see
+    /// [`ResponseHead::framing_for`]).
+    pub framing: BodyFraming,
+    /// The backend allows reuse of the connection.
+    pub keep_alive: bool,
+    /// The response carries an `X-Request-Id`.
+    pub has_request_id: bool,
+}
+
+impl ResponseHead {
+    /// Body framing given the request method.
+    pub fn framing_for(&self, head_request: bool) -> BodyFraming {
+        if head_request
+            || (100..200).contains(&self.status)
+            || self.status == 204
+            || self.status == 304
+        {
+            BodyFraming::None
+        } else {
+            self.framing
+        }
+    }
+}
+
+/// Outcome of trying to parse a head from the bytes read so far.
+pub enum Parsed {
+    /// A complete head.
+    Complete,
+    /// Need more bytes.
+    Partial,
+}
+
+fn line_span(buf: &[u8], name: &[u8], value: &[u8]) -> Span {
+    let start = name.as_ptr() as usize - buf.as_ptr() as usize;
+    let vend = value.as_ptr() as usize - buf.as_ptr() as usize + value.len();
+    let mut end = vend;
+    // httparse has validated the line; skip trailing whitespace and CR to LF.
+    while end < buf.len() && buf[end] != b'\n' {
+        end += 1;
+    }
+    Span {
+        start: start as u32,
+        end: (end + 1) as u32,
+    }
+}
+
+fn parse_content_length(v: &[u8]) -> Option<u64> {
+    let mut out: Option<u64> = None;
+    for t in tokens(v) {
+        if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = t.iter().fold(0u64, |a, d| a * 10 + (d - b'0') as u64);
+        match out {
+            Some(prev) if prev != n => return None,
+            _ => out = Some(n),
+        }
+    }
+    out
+}
+
+fn bad_dot_segment(seg: &[u8]) -> bool {
+    seg == b"."
+        || seg == b".."
+        || seg.eq_ignore_ascii_case(b"%2e")
+        || seg.eq_ignore_ascii_case(b"%2e%2e")
+        || seg.eq_ignore_ascii_case(b".%2e")
+        || seg.eq_ignore_ascii_case(b"%2e.")
+}
+
+/// Parses a request head from `buf` into `head` and `lines`.
+///
+/// `lines` is the connection's reusable header list (cleared here).
+/// Returns `Partial` when the head is not complete yet.
+pub fn parse_request(
+    buf: &[u8],
+    max_headers: usize,
+    max_uri: usize,
+    head: &mut RequestHead,
+    lines: &mut Vec<HeaderLine>,
+) -> Result<Parsed, HeadError> {
+    let mut raw: [MaybeUninit<httparse::Header<'_>>; super::MAX_HEADERS_LIMIT] =
+        [const { MaybeUninit::uninit() }; super::MAX_HEADERS_LIMIT];
+    let mut req = httparse::Request::new(&mut []);
+    let n = match req.parse_with_uninit_headers(buf, &mut raw[..max_headers]) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
+        Err(httparse::Error::Token) => return Err(HeadError::Bad("malformed request line")),
+        Err(httparse::Error::HeaderName) => return Err(HeadError::Bad("invalid header name")),
+        Err(httparse::Error::HeaderValue) => return Err(HeadError::Bad("invalid header value")),
+        Err(httparse::Error::NewLine) => return Err(HeadError::Bad("invalid line ending")),
+        Err(_) => return Err(HeadError::Bad("malformed request head")),
+    };
+    let method = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("");
+    if target.len() > max_uri {
+        return Err(HeadError::UriTooLong);
+    }
+    *head = RequestHead {
+        len: n,
+        method: Span::within(buf, method.as_bytes()),
+        target: Span::within(buf, target.as_bytes()),
+        minor: req.version.unwrap_or(1),
+        is_head: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
+        ..RequestHead::default()
+    };
+    // Target: origin-form, or absolute-form whose authority becomes the host.
+    let tb = target.as_bytes();
+    let (authority, path_query): (Option<&[u8]>, &[u8]) = if tb.first() == Some(&b'/') {
+        (None, tb)
+    } else if let Some(rest) = strip_scheme(tb) {
+        let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+        if slash == rest.len() {
+            return Err(HeadError::Bad("absolute-form target without a path"));
+        }
+        (Some(&rest[..slash]), &rest[slash..])
+    } else {
+        return Err(HeadError::Bad(
+            "request target must be origin-form or absolute-form",
+        ));
+    };
+    if path_query.contains(&b'#') {
+        return Err(HeadError::Bad("fragment in request target"));
+    }
+    let path = match path_query.iter().position(|&b| b == b'?') {
+        Some(q) => &path_query[..q],
+        None => path_query,
+    };
+    if path.split(|&b| b == b'/').any(bad_dot_segment) {
+        return Err(HeadError::Bad("dot segments in request path"));
+    }
+    head.path_query = Span::within(buf, path_query);
+    head.path = Span::within(buf, path);
+    if let Some(a) = authority {
+        head.host = Some(Span::within(buf, a));
+    }
+
+    lines.clear();
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te_seen = false;
+    let mut conn_close = false;
+    let mut conn_keep_alive = false;
+    let mut conn_upgrade = false;
+    let mut upgrade: Option<Span> = None;
+    let mut host_seen = false;
+    let mut conn_tokens = ConnectionTokens::default();
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        let mut role = HeaderRole::Forward;
+        match name.len() {
+            4 if name_eq(name, b"host") => {
+                if host_seen {
+                    return Err(HeadError::Bad("more than one Host header"));
+                }
+                host_seen = true;
+                if head.host.is_none() {
+                    head.host = Some(Span::within(buf, value));
+                }
+            }
+            14 if name_eq(name, b"content-length") => {
+                let n =
+                    parse_content_length(value).ok_or(HeadError::Bad("invalid Content-Length"))?;
+                if matches!(content_length, Some(prev) if prev != n) {
+                    return Err(HeadError::Bad("differing Content-Length headers"));
+                }
+                content_length = Some(n);
+            }
+            17 if name_eq(name, b"transfer-encoding") => {
+                for t in tokens(value) {
+                    if chunked {
+                        // anything after chunked means chunked is not final
+                        return Err(HeadError::Bad("chunked must be the final transfer coding"));
+                    }
+                    if t.eq_ignore_ascii_case(b"chunked") {
+                        chunked = true;
+                    } else if !t.eq_ignore_ascii_case(b"identity") {
+                        te_seen = true;
+                    }
+                }
+                if tokens(value).next().is_none() {
+                    return Err(HeadError::Bad("empty Transfer-Encoding"));
+                }
+            }
+            10 if name_eq(name, b"connection") => {
+                role = HeaderRole::Drop;
+                for t in tokens(value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        conn_close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        conn_keep_alive = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        conn_upgrade = true;
+                    } else if !conn_tokens.push(Span::within(buf, t)) {
+                        return Err(HeadError::Bad("too many names in Connection"));
+                    }
+                }
+            }
+            7 if name_eq(name, b"upgrade") => {
+                role = HeaderRole::Drop;
+                upgrade = Some(Span::within(buf, value));
+            }
+            6 if name_eq(name, b"expect") => {
+                role = HeaderRole::Drop;
+                if value.eq_ignore_ascii_case(b"100-continue") {
+                    head.expect_continue = true;
+                } else {
+                    return Err(HeadError::Expectation);
+                }
+            }
+            10 if name_eq(name, b"keep-alive") => role = HeaderRole::Drop,
+            2 if name_eq(name, b"te") => role = HeaderRole::Drop,
+            16 if name_eq(name, b"proxy-connection") => role = HeaderRole::Drop,
+            19 if name_eq(name, b"proxy-authorization") => role = HeaderRole::Drop,
+            15 if name_eq(name, b"x-forwarded-for") => {
+                role = HeaderRole::Drop;
+                if head.forwarded_for.is_some() {
+                    return Err(HeadError::Bad("more than one X-Forwarded-For header"));
+                }
+                head.forwarded_for = Some(Span::within(buf, value));
+            }
+            17 if name_eq(name, b"x-forwarded-proto") => role = HeaderRole::Drop,
+            16 if name_eq(name, b"x-forwarded-host") => role = HeaderRole::Drop,
+            3 if name_eq(name, b"via") => {
+                role = HeaderRole::Drop;
+                if head.via.is_some() {
+                    return Err(HeadError::Bad("more than one Via header"));
+                }
+                head.via = Some(Span::within(buf, value));
+            }
+            12 if name_eq(name, b"x-request-id") => {
+                if valid_request_id(value) && head.request_id.is_none() {
+                    role = HeaderRole::RequestId;
+                    head.request_id = Some(Span::within(buf, value));
+                } else {
+                    role = HeaderRole::Drop;
+                }
+            }
+            _ => {}
+        }
+        lines.push(HeaderLine {
+            line: line_span(buf, name, value),
+            name: Span::within(buf, name),
+            value: Span::within(buf, value),
+            role,
+        });
+    }
+    if conn_tokens.len > 0 {
+        for l in lines.iter_mut() {
+            if conn_tokens.contains(buf, l.name.of(buf)) {
+                l.role = HeaderRole::Drop;
+            }
+        }
+    }
+    if head.minor == 1 && !host_seen {
+        return Err(HeadError::Bad("HTTP/1.1 request without Host"));
+    }
+    if chunked || te_seen {
+        if content_length.is_some() {
+            return Err(HeadError::Bad("both Content-Length and Transfer-Encoding"));
+        }
+        if !chunked {
+            return Err(HeadError::Bad("transfer coding other than a final chunked"));
+        }
+        if head.minor == 0 {
+            return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        head.framing = BodyFraming::Chunked;
+    } else {
+        head.framing = match content_length {
+            Some(0) | None => BodyFraming::None,
+            Some(n) => BodyFraming::Length(n),
+        };
+    }
+    head.keep_alive = if head.minor == 1 {
+        !conn_close
+    } else {
+        conn_keep_alive && !conn_close
+    };
+    if conn_upgrade && upgrade.is_some() && head.minor == 1 {
+        head.upgrade = upgrade;
+    }
+    if head.framing == BodyFraming::None {
+        head.expect_continue = false;
+    }
+    Ok(Parsed::Complete)
+}
+
+fn strip_scheme(t: &[u8]) -> Option<&[u8]> {
+    if t.len() > 7 && t[..7].eq_ignore_ascii_case(b"http://") {
+        Some(&t[7..])
+    } else if t.len() > 8 && t[..8].eq_ignore_ascii_case(b"https://") {
+        Some(&t[8..])
+    } else {
+        None
+    }
+}
+
+/// A client-supplied request id is kept when it is short and printable.
+fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(|&b| b.is_ascii_graphic())
+}
+
+/// Parses a response head. Returns `Ok(Partial)` when incomplete and
+/// `Err(reason)` when the backend's answer is not valid HTTP/1.x.
+pub fn parse_response(
+    buf: &[u8],
+    head: &mut ResponseHead,
+    lines: &mut Vec<HeaderLine>,
+) -> Result<Parsed, &'static str> {
+    let mut raw = [httparse::EMPTY_HEADER; super::MAX_HEADERS_LIMIT];
+    let mut res = httparse::Response::new(&mut raw);
+    let n = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(_) => return Err("invalid response head from upstream"),
+    };
+    let minor = res.version.unwrap_or(1);
+    let status = res.code.unwrap_or(0);
+    let status_end = buf.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1);
+    *head = ResponseHead {
+        len: n,
+        status,
+        minor,
+        status_line: Span {
+            start: 0,
+            end: status_end as u32,
+        },
+        framing: BodyFraming::UntilClose,
+        keep_alive: minor == 1,
+        has_request_id: false,
+    };
+    lines.clear();
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    let mut conn_tokens = ConnectionTokens::default();
+    for h in res.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        let mut role = HeaderRole::Forward;
+        match name.len() {
+            14 if name_eq(name, b"content-length") => {
+                let n =
+                    parse_content_length(value).ok_or("invalid Content-Length from upstream")?;
+                if matches!(content_length, Some(prev) if prev != n) {
+                    return Err("differing Content-Length from upstream");
+                }
+                content_length = Some(n);
+            }
+            17 if name_eq(name, b"transfer-encoding") => {
+                te = true;
+                chunked = tokens(value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            }
+            10 if name_eq(name, b"connection") => {
+                role = HeaderRole::Drop;
+                for t in tokens(value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        head.keep_alive = false;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        if minor == 0 {
+                            head.keep_alive = true;
+                        }
+                    } else if !t.eq_ignore_ascii_case(b"upgrade") {
+                        let _ = conn_tokens.push(Span::within(buf, t));
+                    }
+                }
+            }
+            10 if name_eq(name, b"keep-alive") => role = HeaderRole::Drop,
+            16 if name_eq(name, b"proxy-connection") => role = HeaderRole::Drop,
+            7 if status != 101 && name_eq(name, b"upgrade") => role = HeaderRole::Drop,
+            12 if name_eq(name, b"x-request-id") => head.has_request_id = true,
+            _ => {}
+        }
+        lines.push(HeaderLine {
+            line: line_span(buf, name, value),
+            name: Span::within(buf, name),
+            value: Span::within(buf, value),
+            role,
+        });
+    }
+    if conn_tokens.len > 0 {
+        for l in lines.iter_mut() {
+            if conn_tokens.contains(buf, l.name.of(buf)) {
+                l.role = HeaderRole::Drop;
+            }
+        }
+    }
+    head.framing = if te {
+        if chunked {
+            BodyFraming::Chunked
+        } else {
+            head.keep_alive = false;
+            BodyFraming::UntilClose
+        }
+    } else if let Some(n) = content_length {
+        BodyFraming::Length(n)
+    } else {
+        head.keep_alive = false;
+        BodyFraming::UntilClose
+    };
+    Ok(Parsed::Complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(s: &str) -> Result<(RequestHead, Vec<HeaderLine>), HeadError> {
+        let mut h = RequestHead::default();
+        let mut l = Vec::new();
+        match parse_request(s.as_bytes(), 100, 8192, &mut h, &mut l)? {
+            Parsed::Complete => Ok((h, l)),
+            Parsed::Partial => panic!("partial"),
+        }
+    }
+
+    #[test]
+    fn simple_get() {
+        let s = "GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n";
+        let (h, l) = req(s).unwrap();
+        assert_eq!(h.path.of(s.as_bytes()), b"/a/b");
+        assert_eq!(h.path_query.of(s.as_bytes()), b"/a/b?x=1");
+        assert_eq!(h.host.unwrap().of(s.as_bytes()), b"h");
+        assert!(h.keep_alive);
+        assert_eq!(h.framing, BodyFraming::None);
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[1].line.of(s.as_bytes()), b"X-A: 1\r\n");
+    }
+
+    #[test]
+    fn smuggling_refused() {
+        assert!(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        assert!(
+            req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n")
+                .is_err()
+        );
+        assert!(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\n").is_err());
+        assert!(
+            req("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").is_err()
+        );
+        assert!(req("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
+        assert!(req("GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n").is_err());
+        assert!(req("GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n").is_err());
+        assert!(req("GET /../etc HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
+        assert!(req("GET / HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn connection_tokens_dropped() {
+        let s = "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nX-Ok: 2\r\n\r\n";
+        let (_, l) = req(s).unwrap();
+        let kept: Vec<_> = l
+            .iter()
+            .filter(|x| x.role != HeaderRole::Drop)
+            .map(|x| x.name.of(s.as_bytes()))
+            .collect();
+        assert_eq!(kept, vec![&b"Host"[..], &b"X-Ok"[..]]);
+    }
+}

@@ -1,0 +1,680 @@
+//! One request through the upstream phases: pick a target, take a pooled
+//! connection (or connect), write the forwarded head and body, read the
+//! response head, relay it and the body back, return the connection.
+//!
+//! Key components: [`Conn`] (all per-connection buffers, reused for every
+//! request on it) and [`forward`]. Retry: a request that failed on a reused
+//! pooled connection before any response byte arrived is sent once more on
+//! a fresh connection when it is idempotent and its body was sent whole.
+//!
+//! Performance notes: the forwarded head is a list of slices of the client
+//! buffer plus a few added header lines, written with one `writev`; the
+//! response head likewise. No allocation per request after warm-up.
+
+use crate::config::Config;
+use crate::http::chunked::ChunkedScanner;
+use crate::http::conn::read_more_within;
+use crate::http::head::{OutHead, write_head};
+use crate::http::parse::{
+    self, BodyFraming, HeaderLine, HeaderRole, Parsed, RequestHead, ResponseHead,
+};
+use crate::runtime::worker::Worker;
+use crate::upstream::{balance, pool};
+use monoio::buf::IoBuf;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Largest response head accepted from a backend.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// The request id of the current request (client's or generated).
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    bytes: [u8; 128],
+    len: u8,
+    /// True when the client sent it.
+    pub from_client: bool,
+}
+
+impl RequestId {
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// Everything a client connection owns, reused across its requests.
+pub struct Conn {
+    /// Client read buffer; `len()` is the bytes held.
+    pub buf: Vec<u8>,
+    /// Upstream read buffer.
+    pub ubuf: Vec<u8>,
+    /// Current request head.
+    pub head: RequestHead,
+    /// Its header lines.
+    pub lines: Vec<HeaderLine>,
+    /// Current response head.
+    pub rhead: ResponseHead,
+    /// Its header lines.
+    pub rlines: Vec<HeaderLine>,
+    /// Outgoing head under construction.
+    pub out: OutHead,
+    /// Buffer for error responses.
+    pub scratch: Vec<u8>,
+    /// Current request id.
+    pub rid: RequestId,
+    /// Client address.
+    pub peer: SocketAddr,
+    peer_ip: ([u8; 48], u8),
+}
+
+impl Conn {
+    /// Buffers for a new connection from `peer`.
+    pub fn new(buffer_bytes: usize, peer: SocketAddr, max_headers: usize) -> Self {
+        let mut ip = [0u8; 48];
+        let n = {
+            let mut w = &mut ip[..];
+            let _ = write!(w, "{}", peer.ip());
+            48 - w.len()
+        };
+        Conn {
+            buf: Vec::with_capacity(buffer_bytes),
+            ubuf: Vec::with_capacity(buffer_bytes),
+            head: RequestHead::default(),
+            lines: Vec::with_capacity(max_headers.min(64)),
+            rhead: ResponseHead::default(),
+            rlines: Vec::with_capacity(64),
+            out: OutHead::new(),
+            scratch: Vec::with_capacity(512),
+            rid: RequestId {
+                bytes: [0; 128],
+                len: 0,
+                from_client: false,
+            },
+            peer,
+            peer_ip: (ip, n as u8),
+        }
+    }
+
+    /// Takes the client's `X-Request-Id` or generates one.
+    pub fn set_request_id(&mut self, w: &Worker) {
+        if let Some(s) = self.head.request_id {
+            let v = s.of(&self.buf);
+            self.rid.bytes[..v.len()].copy_from_slice(v);
+            self.rid.len = v.len() as u8;
+            self.rid.from_client = true;
+        } else {
+            let mut id = [0u8; 32];
+            w.next_request_id(&mut id);
+            self.rid.bytes[..32].copy_from_slice(&id);
+            self.rid.len = 32;
+            self.rid.from_client = false;
+        }
+    }
+
+    /// Drops a body-less request's head from the buffer.
+    pub fn consume_head_only(&mut self) {
+        let n = self.head.len;
+        self.consume(n);
+    }
+
+    fn consume(&mut self, n: usize) {
+        let len = self.buf.len();
+        self.buf.copy_within(n..len, 0);
+        self.buf.truncate(len - n);
+    }
+}
+
+/// How a forwarded request ended.
+pub enum Outcome {
+    /// The response was relayed.
+    Done {
+        /// The client connection may serve another request.
+        keep_alive: bool,
+    },
+    /// Nothing was sent to the client yet: answer with this error.
+    Error {
+        /// Status.
+        status: u16,
+        /// Message for the JSON body.
+        message: &'static str,
+        /// Close the client connection after the error.
+        close: bool,
+    },
+    /// The backend switched protocols: tunnel.
+    Upgrade(TcpStream),
+    /// The client connection is unusable; close it silently.
+    Abort,
+}
+
+fn err(status: u16, message: &'static str, close: bool) -> Outcome {
+    Outcome::Error {
+        status,
+        message,
+        close,
+    }
+}
+
+/// Builds the forwarded request head into `c.out` (pieces only).
+fn build_request_head(c: &mut Conn, target: SocketAddr) {
+    let buf = &c.buf;
+    let h = &c.head;
+    let out = &mut c.out;
+    out.clear();
+    // Request line: always HTTP/1.1 upstream, origin-form.
+    if h.minor == 1 && h.path_query == h.target {
+        let line_end = h.target.end as usize
+            + buf[h.target.end as usize..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
+        out.src(h.method.start as usize, line_end);
+    } else {
+        out.src(h.method.start as usize, h.method.end as usize);
+        out.stat(b" ");
+        out.src(h.path_query.start as usize, h.path_query.end as usize);
+        out.stat(b" HTTP/1.1\r\n");
+    }
+    for l in &c.lines {
+        if l.role != HeaderRole::Drop {
+            out.src(l.line.start as usize, l.line.end as usize);
+        }
+    }
+    let e = &mut out.extra;
+    let start = e.len();
+    if h.host.is_none() {
+        let _ = write!(e, "Host: {target}\r\n");
+    }
+    e.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(x) = h.forwarded_for {
+        e.extend_from_slice(x.of(buf));
+        e.extend_from_slice(b", ");
+    }
+    e.extend_from_slice(&c.peer_ip.0[..c.peer_ip.1 as usize]);
+    e.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    if let Some(host) = h.host {
+        e.extend_from_slice(b"X-Forwarded-Host: ");
+        e.extend_from_slice(host.of(buf));
+        e.extend_from_slice(b"\r\n");
+    }
+    e.extend_from_slice(b"Via: ");
+    if let Some(v) = h.via {
+        e.extend_from_slice(v.of(buf));
+        e.extend_from_slice(b", ");
+    }
+    e.extend_from_slice(if h.minor == 1 {
+        b"1.1 ringgate\r\n"
+    } else {
+        b"1.0 ringgate\r\n"
+    });
+    if !c.rid.from_client {
+        e.extend_from_slice(b"X-Request-Id: ");
+        e.extend_from_slice(c.rid.as_bytes());
+        e.extend_from_slice(b"\r\n");
+    }
+    if let Some(u) = h.upgrade {
+        e.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        e.extend_from_slice(u.of(buf));
+        e.extend_from_slice(b"\r\n");
+    }
+    e.extend_from_slice(b"\r\n");
+    out.mark_extra(start);
+}
+
+/// Builds the response head for the client into `c.out`.
+fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
+    let buf = &c.ubuf;
+    let out = &mut c.out;
+    out.clear();
+    out.src(
+        c.rhead.status_line.start as usize,
+        c.rhead.status_line.end as usize,
+    );
+    for l in &c.rlines {
+        if l.role == HeaderRole::Drop {
+            continue;
+        }
+        if dechunk && crate::http::name_eq(l.name.of(buf), b"transfer-encoding") {
+            continue;
+        }
+        out.src(l.line.start as usize, l.line.end as usize);
+    }
+    let e = &mut out.extra;
+    let start = e.len();
+    if !c.rhead.has_request_id {
+        e.extend_from_slice(b"X-Request-Id: ");
+        e.extend_from_slice(c.rid.as_bytes());
+        e.extend_from_slice(b"\r\n");
+    }
+    if c.rhead.status == 101 {
+        // Connection: upgrade was dropped as hop-by-hop; restore it.
+        e.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if close {
+        e.extend_from_slice(b"Connection: close\r\n");
+    } else if c.head.minor == 0 {
+        e.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    e.extend_from_slice(b"\r\n");
+    out.mark_extra(start);
+}
+
+async fn write_out<S: AsyncWriteRent>(
+    s: &mut S,
+    c: &mut Conn,
+    from_client_buf: bool,
+) -> std::io::Result<()> {
+    let mut out = std::mem::take(&mut c.out);
+    out.src = if from_client_buf {
+        std::mem::take(&mut c.buf)
+    } else {
+        std::mem::take(&mut c.ubuf)
+    };
+    let (r, mut out) = write_head(s, out).await;
+    let src = std::mem::take(&mut out.src);
+    if from_client_buf {
+        c.buf = src;
+    } else {
+        c.ubuf = src;
+    }
+    c.out = out;
+    r
+}
+
+/// Result of waiting for a response head.
+enum HeadWait {
+    Ok,
+    /// Nothing arrived before EOF or an error: may be a stale connection.
+    Nothing,
+    TimedOut,
+    Invalid,
+    ClientGone,
+}
+
+async fn read_response_head<S: AsyncWriteRent>(
+    us: &mut TcpStream,
+    client: &mut S,
+    c: &mut Conn,
+    timeout: Duration,
+) -> HeadWait {
+    c.ubuf.clear();
+    let deadline = Instant::now() + timeout;
+    let mut got_any = false;
+    loop {
+        if !c.ubuf.is_empty() {
+            match parse::parse_response(&c.ubuf, &mut c.rhead, &mut c.rlines) {
+                Ok(Parsed::Complete) => {
+                    let st = c.rhead.status;
+                    if (100..200).contains(&st) && st != 101 {
+                        // Interim response: relay (HTTP/1.1 clients only), then read on.
+                        let n = c.rhead.len;
+                        if c.head.minor == 1 && st != 100 {
+                            let b = std::mem::take(&mut c.ubuf);
+                            let (r, b) = client.write_all(b.slice(0..n)).await;
+                            c.ubuf = b.into_inner();
+                            if r.is_err() {
+                                return HeadWait::ClientGone;
+                            }
+                        }
+                        let len = c.ubuf.len();
+                        c.ubuf.copy_within(n..len, 0);
+                        c.ubuf.truncate(len - n);
+                        continue;
+                    }
+                    return HeadWait::Ok;
+                }
+                Ok(Parsed::Partial) => {
+                    if c.ubuf.len() >= MAX_RESPONSE_HEAD {
+                        return HeadWait::Invalid;
+                    }
+                }
+                Err(_) => return HeadWait::Invalid,
+            }
+        }
+        if c.ubuf.len() == c.ubuf.capacity() {
+            let want = (c.ubuf.capacity() * 2).min(MAX_RESPONSE_HEAD);
+            c.ubuf
+                .reserve_exact(want.saturating_sub(c.ubuf.len()).max(1));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (r, b) = read_more_within(us, std::mem::take(&mut c.ubuf), left).await;
+        c.ubuf = b;
+        match r {
+            Ok(Ok(n)) if n > 0 => got_any = true,
+            Ok(_) => {
+                return if got_any {
+                    HeadWait::Invalid
+                } else {
+                    HeadWait::Nothing
+                };
+            }
+            Err(()) => return HeadWait::TimedOut,
+        }
+    }
+}
+
+/// Forwards the request in `c` to the route's upstream and relays the
+/// response to `client`.
+pub async fn forward<S>(
+    w: &Worker,
+    cfg: &Config,
+    route: usize,
+    client: &mut S,
+    c: &mut Conn,
+) -> Outcome
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let srv = &cfg.server;
+    let up_id = cfg.routes[route].upstream;
+    let up_cfg = &cfg.upstreams[up_id];
+    let up = &w.upstreams[up_id];
+
+    // Request body bytes already read with the head.
+    let head_len = c.head.len;
+    let avail = c.buf.len() - head_len;
+    let mut scanner = ChunkedScanner::new();
+    let (body_in_buf, mut body_left, body_done) = match c.head.framing {
+        BodyFraming::None | BodyFraming::UntilClose => (0usize, 0u64, true),
+        BodyFraming::Length(n) => {
+            let k = (avail as u64).min(n) as usize;
+            (k, n - k as u64, k as u64 == n)
+        }
+        BodyFraming::Chunked => match scanner.scan(&c.buf[head_len..], |_, _| {}) {
+            Ok(k) => {
+                if scanner.payload > srv.max_body_bytes {
+                    return err(413, "request body too large", true);
+                }
+                (k, 0, scanner.is_done())
+            }
+            Err(e) => return err(400, e.0, true),
+        },
+    };
+    let req_end = head_len + body_in_buf;
+    if c.head.expect_continue && !body_done && c.head.minor == 1 {
+        let (r, _) = client
+            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
+            .await;
+        if r.is_err() {
+            return Outcome::Abort;
+        }
+    }
+
+    let retry_ok = c.head.idempotent && body_done;
+    let mut attempt = 0;
+    let mut fresh_only = false;
+    let mut skip = None;
+    let (mut us, t) = loop {
+        let t = balance::pick(up, up_cfg.balance, skip);
+        let target = &up.targets[t];
+        let pooled = if fresh_only {
+            None
+        } else {
+            up.checkout(t, Instant::now())
+        };
+        let reused = pooled.is_some();
+        let mut us = match pooled {
+            Some(s) => s,
+            None => match pool::connect(target.addr, up_cfg.connect_timeout).await {
+                Ok(s) => s,
+                Err(pool::ConnectError::TimedOut) => {
+                    return err(504, "timed out connecting to upstream", !body_done);
+                }
+                Err(pool::ConnectError::Failed(_)) => {
+                    if attempt == 0 && up.targets.len() > 1 {
+                        attempt += 1;
+                        skip = Some(t);
+                        continue;
+                    }
+                    return err(502, "upstream refused the connection", !body_done);
+                }
+            },
+        };
+        build_request_head(c, target.addr);
+        c.out.src(head_len, req_end);
+        target.in_flight.set(target.in_flight.get() + 1);
+        let wr = write_out(&mut us, c, true).await;
+        if wr.is_err() {
+            target.in_flight.set(target.in_flight.get() - 1);
+            if reused && retry_ok && attempt == 0 {
+                attempt += 1;
+                fresh_only = true;
+                continue;
+            }
+            return err(502, "upstream closed the connection", true);
+        }
+        // Rest of the request body.
+        if !body_done {
+            c.buf.clear();
+            loop {
+                let (r, b) =
+                    read_more_within(client, std::mem::take(&mut c.buf), srv.idle_timeout).await;
+                c.buf = b;
+                let n = match r {
+                    Ok(Ok(n)) if n > 0 => n,
+                    Ok(_) => {
+                        target.in_flight.set(target.in_flight.get() - 1);
+                        return Outcome::Abort;
+                    }
+                    Err(()) => {
+                        target.in_flight.set(target.in_flight.get() - 1);
+                        return err(408, "request body not received in time", true);
+                    }
+                };
+                let (k, done) = match c.head.framing {
+                    BodyFraming::Length(_) => {
+                        let k = (n as u64).min(body_left) as usize;
+                        body_left -= k as u64;
+                        (k, body_left == 0)
+                    }
+                    _ => match scanner.scan(&c.buf, |_, _| {}) {
+                        Ok(k) => {
+                            if scanner.payload > srv.max_body_bytes {
+                                target.in_flight.set(target.in_flight.get() - 1);
+                                return err(413, "request body too large", true);
+                            }
+                            (k, scanner.is_done())
+                        }
+                        Err(e) => {
+                            target.in_flight.set(target.in_flight.get() - 1);
+                            return err(400, e.0, true);
+                        }
+                    },
+                };
+                let b = std::mem::take(&mut c.buf);
+                let (r, b) = us.write_all(b.slice(0..k)).await;
+                c.buf = b.into_inner();
+                if r.is_err() {
+                    target.in_flight.set(target.in_flight.get() - 1);
+                    return err(
+                        502,
+                        "upstream closed the connection while receiving the body",
+                        true,
+                    );
+                }
+                if done {
+                    let len = c.buf.len();
+                    c.buf.copy_within(k..len, 0);
+                    c.buf.truncate(len - k);
+                    break;
+                }
+                c.buf.clear();
+            }
+        }
+        match read_response_head(&mut us, client, c, up_cfg.request_timeout).await {
+            HeadWait::Ok => break (us, t),
+            HeadWait::Nothing if reused && retry_ok && attempt == 0 => {
+                target.in_flight.set(target.in_flight.get() - 1);
+                attempt += 1;
+                fresh_only = true;
+                continue;
+            }
+            other => {
+                target.in_flight.set(target.in_flight.get() - 1);
+                return match other {
+                    HeadWait::TimedOut => err(504, "upstream timed out", true),
+                    HeadWait::ClientGone => Outcome::Abort,
+                    HeadWait::Invalid => err(502, "invalid response from upstream", !body_done),
+                    _ => err(
+                        502,
+                        "upstream closed the connection before responding",
+                        !body_done,
+                    ),
+                };
+            }
+        }
+    };
+    let target = &up.targets[t];
+    let done_target = || target.in_flight.set(target.in_flight.get() - 1);
+    if body_done {
+        c.consume(req_end);
+    }
+
+    // Response head.
+    if c.rhead.status == 101 {
+        done_target();
+        if c.head.upgrade.is_none() {
+            return err(
+                502,
+                "upstream switched protocols without an upgrade request",
+                true,
+            );
+        }
+        build_response_head(c, false, false);
+        let rlen = c.rhead.len;
+        let ulen = c.ubuf.len();
+        c.out.src(rlen, ulen);
+        if write_out(client, c, false).await.is_err() {
+            return Outcome::Abort;
+        }
+        return Outcome::Upgrade(us);
+    }
+    let framing = c.rhead.framing_for(c.head.is_head);
+    let dechunk = framing == BodyFraming::Chunked && c.head.minor == 0;
+    let close =
+        !c.head.keep_alive || w.draining.get() || framing == BodyFraming::UntilClose || dechunk;
+    build_response_head(c, close, dechunk);
+    let rlen = c.rhead.len;
+    let uavail = c.ubuf.len() - rlen;
+    let mut rscan = ChunkedScanner::new();
+    let mut up_reusable = c.rhead.keep_alive;
+    let mut left: u64 = 0;
+    let resp_done = match framing {
+        BodyFraming::None => {
+            up_reusable &= uavail == 0;
+            true
+        }
+        BodyFraming::Length(n) => {
+            let k = (uavail as u64).min(n) as usize;
+            c.out.src(rlen, rlen + k);
+            left = n - k as u64;
+            up_reusable &= uavail as u64 <= n;
+            left == 0
+        }
+        BodyFraming::Chunked => {
+            let out = &mut c.out;
+            let res = if dechunk {
+                rscan.scan(&c.ubuf[rlen..], |a, b| out.src(rlen + a, rlen + b))
+            } else {
+                rscan.scan(&c.ubuf[rlen..], |_, _| {})
+            };
+            match res {
+                Ok(k) => {
+                    if !dechunk {
+                        c.out.src(rlen, rlen + k);
+                    }
+                    up_reusable &= k == uavail;
+                    rscan.is_done()
+                }
+                Err(_) => {
+                    done_target();
+                    return err(502, "invalid chunked body from upstream", true);
+                }
+            }
+        }
+        BodyFraming::UntilClose => {
+            let ulen = c.ubuf.len();
+            c.out.src(rlen, ulen);
+            up_reusable = false;
+            false
+        }
+    };
+    if write_out(client, c, false).await.is_err() {
+        done_target();
+        return Outcome::Abort;
+    }
+
+    // Response body.
+    let mut ok = true;
+    if !resp_done {
+        loop {
+            c.ubuf.clear();
+            let (r, b) =
+                read_more_within(&mut us, std::mem::take(&mut c.ubuf), up_cfg.request_timeout)
+                    .await;
+            c.ubuf = b;
+            let n = match r {
+                Ok(Ok(n)) if n > 0 => n,
+                Ok(_) if framing == BodyFraming::UntilClose => break,
+                _ => {
+                    ok = false;
+                    break;
+                }
+            };
+            let (k, done) = match framing {
+                BodyFraming::Length(_) => {
+                    let k = (n as u64).min(left) as usize;
+                    left -= k as u64;
+                    up_reusable &= k == n;
+                    (k, left == 0)
+                }
+                BodyFraming::Chunked => {
+                    let out = &mut c.out;
+                    out.clear();
+                    let res = if dechunk {
+                        rscan.scan(&c.ubuf, |a, b| out.src(a, b))
+                    } else {
+                        rscan.scan(&c.ubuf, |_, _| {})
+                    };
+                    match res {
+                        Ok(k) => {
+                            up_reusable &= k == n;
+                            (k, rscan.is_done())
+                        }
+                        Err(_) => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                _ => (n, false),
+            };
+            let wr = if dechunk {
+                write_out(client, c, false).await
+            } else {
+                let b = std::mem::take(&mut c.ubuf);
+                let (r, b) = client.write_all(b.slice(0..k)).await;
+                c.ubuf = b.into_inner();
+                r.map(|_| ())
+            };
+            if wr.is_err() {
+                done_target();
+                return Outcome::Abort;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    done_target();
+    if !ok {
+        // The response was cut short: the client must not wait for more.
+        return Outcome::Abort;
+    }
+    if up_reusable {
+        up.checkin(t, us, Instant::now());
+    }
+    Outcome::Done { keep_alive: !close }
+}

@@ -1,0 +1,9 @@
+//! The runtime: one pinned thread per worker, each with its own monoio
+//! event loop, `SO_REUSEPORT` listeners, upstream pools and state
+//! ([`worker`]); the server that starts them and stops them with a drain
+//! ([`server`]).
+
+pub mod server;
+pub mod worker;
+
+pub use server::{Server, ServerHandle};

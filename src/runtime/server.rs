@@ -1,0 +1,179 @@
+//! Starting and stopping the workers.
+//!
+//! [`Server::start`] binds every `server.listen` address once per worker
+//! with `SO_REUSEPORT` (so the kernel spreads connections over the workers'
+//! own accept queues; a port of 0 is resolved once and then shared), starts
+//! one pinned thread per worker and waits until each reports its io driver.
+//! [`ServerHandle::shutdown`] raises every worker's stop signal; each stops
+//! accepting, lets in-flight requests finish within `drain_timeout_ms`, and
+//! exits.
+
+use super::worker::{self, Hooks, Shutdown};
+use crate::config::Config;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Entry point for serving a config.
+pub struct Server;
+
+/// A running gateway.
+pub struct ServerHandle {
+    addrs: Vec<SocketAddr>,
+    signals: Vec<Arc<Shutdown>>,
+    threads: Vec<JoinHandle<()>>,
+    drivers: Vec<String>,
+}
+
+fn bind(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog)?;
+    Ok(sock.into())
+}
+
+impl Server {
+    /// Binds, starts the workers and returns once all of them serve.
+    pub fn start(config: Config) -> io::Result<ServerHandle> {
+        Self::start_with(config, Hooks::default())
+    }
+
+    /// As [`Server::start`], with hooks.
+    pub fn start_with(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
+        let config = Arc::new(config);
+        let s = &config.server;
+        // Resolve port 0 once so every worker shares the same port.
+        let mut first: Vec<std::net::TcpListener> = Vec::new();
+        let mut addrs = Vec::new();
+        for &a in &s.listen {
+            let l = bind(a, s.backlog).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {a} (server.listen): {e}"),
+                )
+            })?;
+            addrs.push(l.local_addr()?);
+            first.push(l);
+        }
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut signals = Vec::new();
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut first = Some(first);
+        for id in 0..s.workers {
+            let listeners = match first.take() {
+                Some(l) => l,
+                None => addrs
+                    .iter()
+                    .map(|&a| bind(a, s.backlog))
+                    .collect::<io::Result<Vec<_>>>()?,
+            };
+            let shutdown = Arc::new(Shutdown::default());
+            signals.push(shutdown.clone());
+            let cfg = config.clone();
+            let core = (s.pin && !cores.is_empty()).then(|| cores[id % cores.len()]);
+            let ready = ready_tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("ringgate-w{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    worker::run(id, cfg, listeners, shutdown, hooks, ready);
+                })?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        let mut drivers = Vec::new();
+        let mut handle = ServerHandle {
+            addrs,
+            signals,
+            threads,
+            drivers: Vec::new(),
+        };
+        for _ in 0..s.workers {
+            match ready_rx.recv() {
+                Ok(Ok(d)) => drivers.push(d),
+                Ok(Err(e)) => {
+                    handle.shutdown();
+                    return Err(io::Error::other(e));
+                }
+                Err(_) => {
+                    handle.shutdown();
+                    return Err(io::Error::other("a worker exited during start"));
+                }
+            }
+        }
+        handle.drivers = drivers;
+        Ok(handle)
+    }
+}
+
+impl ServerHandle {
+    /// The bound listen addresses (ports resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The io driver each worker runs.
+    pub fn drivers(&self) -> &[String] {
+        &self.drivers
+    }
+
+    /// Stops accepting, drains in-flight requests and joins the workers.
+    pub fn shutdown(&mut self) {
+        for s in &self.signals {
+            s.trigger();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP on the calling thread (and every
+/// thread it starts afterwards), so they can be taken with [`wait_signal`].
+pub fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-mask calls on a zeroed, initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (SIGHUP is taken and, until reload lands,
+/// ignored) and returns its name.
+pub fn wait_signal(set: &libc::sigset_t) -> &'static str {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` was built by `block_signals`; sigwait writes `sig`.
+        let r = unsafe { libc::sigwait(set, &mut sig) };
+        if r != 0 {
+            continue;
+        }
+        match sig {
+            libc::SIGTERM => return "SIGTERM",
+            libc::SIGINT => return "SIGINT",
+            _ => tracing::info!("SIGHUP received; reload is not available in this build"),
+        }
+    }
+}

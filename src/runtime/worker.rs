@@ -1,0 +1,353 @@
+//! One worker: a thread pinned to a core, running its own monoio runtime.
+//!
+//! Key components: [`Worker`] (the worker-local state every connection on
+//! this core shares through an `Rc`: config snapshot, upstream pools,
+//! counters, request-id generator) and [`run`] (build the ring, bind the
+//! listeners, accept until told to stop, then drain).
+//!
+//! Performance notes: nothing in `Worker` is shared with another thread
+//! except the [`Shutdown`] signal, which is only looked at between accepts.
+
+use crate::config::{Config, IoMode, UringMode};
+use crate::upstream::pool::UpstreamState;
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// State of one worker, shared by its connections.
+pub struct Worker {
+    /// Worker index.
+    pub id: usize,
+    /// The config this worker serves.
+    pub config: Arc<Config>,
+    /// Upstream pools, indexed like `config.upstreams`.
+    pub upstreams: Vec<UpstreamState>,
+    /// Requests being processed.
+    pub in_flight: Cell<usize>,
+    /// Open client connections.
+    pub connections: Cell<usize>,
+    /// Set once shutdown began: responses close their connection.
+    pub draining: Cell<bool>,
+    ids: RequestIds,
+}
+
+impl Worker {
+    /// Worker-local state for `config`.
+    pub fn new(id: usize, config: Arc<Config>) -> Self {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamState::new(u, id))
+            .collect();
+        Worker {
+            id,
+            config,
+            upstreams,
+            in_flight: Cell::new(0),
+            connections: Cell::new(0),
+            draining: Cell::new(false),
+            ids: RequestIds::new(id),
+        }
+    }
+
+    /// Writes a fresh 32-hex-digit request id into `out`.
+    #[inline]
+    pub fn next_request_id(&self, out: &mut [u8; 32]) {
+        self.ids.next(out)
+    }
+}
+
+struct RequestIds {
+    seed: u64,
+    counter: Cell<u64>,
+}
+
+impl RequestIds {
+    fn new(worker: usize) -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let seed =
+            splitmix(t ^ ((std::process::id() as u64) << 32) ^ (worker as u64).rotate_left(17));
+        RequestIds {
+            seed,
+            counter: Cell::new(0),
+        }
+    }
+
+    #[inline]
+    fn next(&self, out: &mut [u8; 32]) {
+        let c = self.counter.get().wrapping_add(1);
+        self.counter.set(c);
+        let hi = splitmix(self.seed ^ c);
+        let lo = self.seed.rotate_left(29) ^ c;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for i in 0..16 {
+            out[i] = HEX[((hi >> (60 - 4 * i)) & 0xf) as usize];
+            out[16 + i] = HEX[((lo >> (60 - 4 * i)) & 0xf) as usize];
+        }
+    }
+}
+
+#[inline]
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e3779b97f4a7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
+}
+
+/// A stop signal one thread raises and one worker waits on.
+#[derive(Default)]
+pub struct Shutdown {
+    flag: AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Shutdown {
+    /// Raises the signal and wakes the worker.
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Ok(mut w) = self.waker.lock()
+            && let Some(w) = w.take()
+        {
+            w.wake();
+        }
+    }
+
+    /// True once raised.
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once raised. Registered once per worker (the lock is never
+    /// on a request path).
+    pub fn wait(self: &Arc<Self>) -> impl Future<Output = ()> + use<> {
+        ShutdownWait(self.clone())
+    }
+}
+
+struct ShutdownWait(Arc<Shutdown>);
+
+impl Future for ShutdownWait {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.is_set() {
+            return Poll::Ready(());
+        }
+        if let Ok(mut w) = self.0.waker.lock() {
+            *w = Some(cx.waker().clone());
+        }
+        if self.0.is_set() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Hooks for embedding and tests.
+#[derive(Clone, Copy, Default)]
+pub struct Hooks {
+    /// Called on each worker thread after it is pinned, before serving.
+    pub on_worker_start: Option<fn(usize)>,
+}
+
+/// What a worker reports once it is listening.
+pub type Ready = std::sync::mpsc::Sender<Result<String, String>>;
+
+/// Runs worker `id` on the current thread until `shutdown` is raised and
+/// the drain finished.
+pub fn run(
+    id: usize,
+    config: Arc<Config>,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: Arc<Shutdown>,
+    hooks: Hooks,
+    ready: Ready,
+) {
+    if let Some(f) = hooks.on_worker_start {
+        f(id);
+    }
+    let s = &config.server;
+    let use_uring = match s.io {
+        IoMode::Epoll => false,
+        IoMode::IoUring => true,
+        IoMode::Auto => monoio::utils::detect_uring(),
+    };
+    let entries = s.io_uring_entries;
+    let fut = serve(id, config.clone(), listeners, shutdown);
+    if use_uring {
+        let mut urb = io_uring::IoUring::builder();
+        match s.io_uring_mode {
+            UringMode::CoopTaskrun => {
+                urb.setup_coop_taskrun();
+            }
+            UringMode::DeferTaskrun => {
+                urb.setup_single_issuer().setup_defer_taskrun();
+            }
+            UringMode::Default => {}
+        }
+        let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .uring_builder(urb)
+            .enable_timer()
+            .build();
+        match rt {
+            Ok(mut rt) => {
+                let _ = ready.send(Ok(format!("io_uring ({:?})", s.io_uring_mode)));
+                rt.block_on(fut);
+                return;
+            }
+            Err(e) if s.io == IoMode::IoUring => {
+                let _ = ready.send(Err(format!(
+                    "worker {id}: io_uring unavailable ({e}); set server.io = \"epoll\" or \"auto\""
+                )));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(worker = id, error = %e, "io_uring unavailable, falling back to epoll");
+            }
+        }
+    } else if s.io == IoMode::Auto {
+        tracing::warn!(worker = id, "io_uring not available, using epoll");
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => {
+            let _ = ready.send(Ok(String::from("epoll")));
+            rt.block_on(fut);
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("worker {id}: cannot build runtime: {e}")));
+        }
+    }
+}
+
+async fn serve(
+    id: usize,
+    config: Arc<Config>,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: Arc<Shutdown>,
+) {
+    let worker = Rc::new(Worker::new(id, config.clone()));
+    let mut accept_tasks = Vec::new();
+    let stop_tx = LocalStop::new();
+    for l in listeners {
+        let l = match monoio::net::TcpListener::from_std(l) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(worker = id, error = %e, "cannot register listener");
+                continue;
+            }
+        };
+        let w = worker.clone();
+        let stop = stop_tx.clone();
+        accept_tasks.push(monoio::spawn(accept_loop(w, l, stop)));
+    }
+    // Sweep idle pooled connections once a second.
+    {
+        let w = worker.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(Duration::from_secs(1)).await;
+                let now = Instant::now();
+                for u in &w.upstreams {
+                    u.sweep(now);
+                }
+            }
+        });
+    }
+    shutdown.wait().await;
+    worker.draining.set(true);
+    stop_tx.stop();
+    for t in accept_tasks {
+        t.await;
+    }
+    let deadline = Instant::now() + config.server.drain_timeout;
+    while worker.in_flight.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::debug!(
+        worker = id,
+        in_flight = worker.in_flight.get(),
+        "worker stopped"
+    );
+}
+
+/// Worker-local stop flag with a waker, for the accept loops.
+#[derive(Clone)]
+struct LocalStop(Rc<(Cell<bool>, std::cell::RefCell<Vec<std::task::Waker>>)>);
+
+impl LocalStop {
+    fn new() -> Self {
+        LocalStop(Rc::new((
+            Cell::new(false),
+            std::cell::RefCell::new(Vec::new()),
+        )))
+    }
+    fn stop(&self) {
+        self.0.0.set(true);
+        for w in self.0.1.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+    fn wait(&self) -> LocalStopWait {
+        LocalStopWait(self.clone())
+    }
+}
+
+struct LocalStopWait(LocalStop);
+
+impl Future for LocalStopWait {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.0.0.get() {
+            Poll::Ready(())
+        } else {
+            let mut ws = self.0.0.1.borrow_mut();
+            if !ws.iter().any(|w| w.will_wake(cx.waker())) {
+                ws.push(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    }
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: monoio::net::TcpListener, stop: LocalStop) {
+    let stopped = stop.wait();
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        let accepted = monoio::select! {
+            _ = &mut stopped => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(worker = w.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if w.connections.get() >= w.config.server.max_connections {
+            monoio::spawn(crate::http::conn::refuse_overloaded(stream));
+            continue;
+        }
+        w.connections.set(w.connections.get() + 1);
+        let w2 = w.clone();
+        monoio::spawn(async move {
+            crate::http::conn::serve(&w2, stream, peer).await;
+            w2.connections.set(w2.connections.get() - 1);
+        });
+    }
+}
