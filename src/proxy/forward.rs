@@ -159,7 +159,7 @@ fn err(status: u16, message: &'static str, close: bool) -> Outcome {
 }
 
 /// Builds the forwarded request head into `c.out` (pieces only).
-fn build_request_head(c: &mut Conn, target: SocketAddr) {
+pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
     let buf = &c.buf;
     let h = &c.head;
     let out = &mut c.out;
@@ -224,8 +224,10 @@ fn build_request_head(c: &mut Conn, target: SocketAddr) {
     out.mark_extra(start);
 }
 
-/// Builds the response head for the client into `c.out`.
-fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
+/// Builds the response head for the client into `c.out`: the backend's
+/// status line and end-to-end headers plus `X-Request-Id` and `Connection`
+/// as needed; with `dechunk`, `Transfer-Encoding` is dropped (HTTP/1.0).
+pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
     let buf = &c.ubuf;
     let out = &mut c.out;
     out.clear();

@@ -1,0 +1,153 @@
+//! Pins "no per-request heap allocation on the plain proxy path": a counting
+//! global allocator counts allocations made on gateway worker threads while
+//! many keep-alive requests are proxied, after a warm-up.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static IS_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) && IS_WORKER.with(|w| w.get()) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) && IS_WORKER.with(|w| w.get()) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn mark_worker(_: usize) {
+    IS_WORKER.with(|w| w.set(true));
+}
+
+/// A keep-alive backend answering every request with a fixed response.
+fn backend() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || serve(s));
+        }
+    });
+    addr
+}
+
+fn serve(mut s: TcpStream) {
+    s.set_nodelay(true).unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..p + 4);
+            let resp =
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+            if s.write_all(resp).is_err() {
+                return;
+            }
+        }
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+fn request(s: &mut TcpStream, buf: &mut [u8]) {
+    s.write_all(b"GET /items/42?x=1 HTTP/1.1\r\nHost: api.test\r\nUser-Agent: alloc-test\r\nAccept: */*\r\n\r\n")
+        .unwrap();
+    let mut got = 0;
+    loop {
+        let n = s.read(&mut buf[got..]).unwrap();
+        assert!(n > 0, "gateway closed the connection");
+        got += n;
+        if let Some(p) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n")
+            && got >= p + 4 + 5
+        {
+            assert!(
+                buf.starts_with(b"HTTP/1.1 200 OK"),
+                "{}",
+                String::from_utf8_lossy(&buf[..got])
+            );
+            return;
+        }
+    }
+}
+
+#[test]
+fn plain_proxy_path_does_not_allocate_per_request() {
+    let b = backend();
+    let cfg = ringgate::config::Config::parse(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+pin = false
+[upstreams.items]
+targets = ["{b}"]
+[[routes]]
+name = "items"
+path = "/items/{{id}}"
+methods = ["GET"]
+upstream = "items"
+"#
+    ))
+    .unwrap();
+    let gw = ringgate::runtime::Server::start_with(
+        cfg,
+        ringgate::runtime::worker::Hooks {
+            on_worker_start: Some(mark_worker),
+        },
+    )
+    .unwrap();
+    let mut s = TcpStream::connect(gw.local_addrs()[0]).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..500 {
+        request(&mut s, &mut buf);
+    }
+    COUNTING.store(true, Ordering::SeqCst);
+    const N: u64 = 5000;
+    for _ in 0..N {
+        request(&mut s, &mut buf);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocs = ALLOCS.load(Ordering::SeqCst);
+    assert_eq!(
+        allocs, 0,
+        "{allocs} allocations on the worker over {N} proxied requests"
+    );
+
+    // The counter does see the worker: a new connection allocates its
+    // buffers (once per connection, not per request).
+    COUNTING.store(true, Ordering::SeqCst);
+    let mut s2 = TcpStream::connect(gw.local_addrs()[0]).unwrap();
+    request(&mut s2, &mut buf);
+    COUNTING.store(false, Ordering::SeqCst);
+    assert!(
+        ALLOCS.load(Ordering::SeqCst) > 0,
+        "allocation counter saw nothing"
+    );
+}
