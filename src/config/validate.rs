@@ -56,16 +56,47 @@ impl Errors {
 }
 
 pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    let file: FileConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(&e)]))?;
+    let file: FileConfig =
+        toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(text, &e)]))?;
     compile(file)
 }
 
-fn toml_error(e: &toml::de::Error) -> ConfigError {
+/// Names the key a serde/TOML error points at: the enclosing `[table]`, the
+/// key text under the error's span, and the line.
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let msg = e.message().to_string();
-    let key = e
-        .span()
-        .map(|s| format!("(at byte {})", s.start))
-        .unwrap_or_else(|| String::from("(file)"));
+    let key = match e.span() {
+        Some(span) if span.start <= text.len() => {
+            let before = &text[..span.start];
+            let line = before.matches('\n').count() + 1;
+            let table = before
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('['))
+                .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+            let line_start = before.rfind('\n').map_or(0, |p| p + 1);
+            let on_line = &text[line_start..span.start];
+            // A value error: the key is what precedes '=' on that line.
+            let under = match on_line.find('=') {
+                Some(eq) => on_line[..eq].trim(),
+                None => text[span.clone()].trim(),
+            }
+            .trim_matches('"');
+            let is_key = !under.is_empty()
+                && under.len() < 64
+                && under
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            match (table, is_key) {
+                (Some(t), true) => format!("{t}.{under} (line {line})"),
+                (None, true) => format!("{under} (line {line})"),
+                (Some(t), false) => format!("{t} (line {line})"),
+                (None, false) => format!("line {line}"),
+            }
+        }
+        _ => String::from("(file)"),
+    };
     let fix = if msg.starts_with("unknown field") {
         "remove the key or correct its spelling; config/ringgate.example.toml lists every key"
     } else if msg.starts_with("missing field") {
