@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod filter;
 pub mod http;
 pub mod proxy;
 pub mod router;

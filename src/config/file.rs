@@ -21,6 +21,16 @@ pub struct FileConfig {
     /// `[[routes]]`
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+    /// `[auth]` (`[auth.jwt]`, `[auth.token_endpoint]`, `[auth.api_key]`)
+    pub auth: Option<crate::filter::auth::AuthFile>,
+    /// `[[consumers]]`
+    #[serde(default)]
+    pub consumers: Vec<crate::filter::auth::ConsumerFile>,
+    /// `[rate_limits.NAME]`
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, crate::filter::rate_limit::LimitFile>,
+    /// `[redis]`
+    pub redis: Option<crate::filter::rate_limit::RedisFile>,
 }
 
 /// One address or a list of addresses.
@@ -122,4 +132,12 @@ pub struct RouteFile {
     pub host: Option<String>,
     /// Upstream name.
     pub upstream: Option<String>,
+    /// Auth methods accepted (any one suffices); absent = public route.
+    pub auth: Option<Vec<String>>,
+    /// Roles required (all of them).
+    pub roles: Option<Vec<String>>,
+    /// Scopes required (all of them).
+    pub scopes: Option<Vec<String>>,
+    /// Names of `[rate_limits.NAME]` applied to this route.
+    pub rate_limit: Option<Vec<String>>,
 }

@@ -14,7 +14,7 @@ use crate::router::{MethodSet, RouteTable};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use validate::{ConfigError, ConfigErrors};
+pub use validate::{ConfigError, ConfigErrors, Errors};
 
 /// Which io driver the workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +116,10 @@ pub struct RouteConfig {
     pub host: Option<String>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// Position in the file's `[[routes]]` list.
+    pub index: usize,
+    /// The route's filters, in order.
+    pub chain: std::sync::Arc<crate::filter::Chain>,
 }
 
 /// `[admin]`, validated.
@@ -138,6 +142,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The compiled route trie.
     pub table: RouteTable,
+    /// `[auth]` and `[[consumers]]`, compiled; shared by all workers.
+    pub auth: Option<std::sync::Arc<crate::filter::auth::Auth>>,
+    /// `[rate_limits.*]` and `[redis]`, compiled; shared by all workers.
+    pub rate_limits: Option<std::sync::Arc<crate::filter::rate_limit::Limits>>,
 }
 
 impl Config {

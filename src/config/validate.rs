@@ -43,10 +43,17 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-struct Errors(Vec<ConfigError>);
+/// Collects config errors while compiling (used by feature modules).
+pub struct Errors(pub Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, key: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) {
+    /// Records an error: the key, what is wrong, how to fix it.
+    pub fn push(
+        &mut self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
         self.0.push(ConfigError {
             key: key.into(),
             message: message.into(),
@@ -154,6 +161,16 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
         );
     }
 
+    let auth = crate::filter::auth::compile(&file, &mut errs);
+    let rate_limits = crate::filter::rate_limit::compile(&file, &mut errs);
+    for (i, r) in file.routes.iter().enumerate() {
+        if let Some(route) = routes.iter_mut().find(|x| x.index == i) {
+            let a = crate::filter::auth::route_policy(auth.as_ref(), r, i, &mut errs);
+            let rl = crate::filter::rate_limit::route_policy(rate_limits.as_ref(), r, i, &mut errs);
+            route.chain = std::sync::Arc::new(crate::filter::Chain::compile(a, rl));
+        }
+    }
+
     let table = if routes.len() == file.routes.len() {
         let specs: Vec<RouteSpec<'_>> = routes
             .iter()
@@ -189,6 +206,8 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             upstreams,
             routes,
             table,
+            auth,
+            rate_limits,
         }),
         _ => Err(ConfigErrors(errs.0)),
     }
@@ -513,5 +532,7 @@ fn compile_route(
         methods,
         host: r.host.clone(),
         upstream,
+        index: i,
+        chain: std::sync::Arc::new(crate::filter::Chain::compile(None, None)),
     })
 }

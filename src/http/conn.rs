@@ -7,6 +7,7 @@
 //! body with the status and request id, written in full before a close.
 
 use super::parse::{self, BodyFraming, Parsed, RequestHead};
+use crate::filter::{Reply, RequestCtx, Verdict};
 use crate::proxy::forward::{self, Conn, Outcome};
 use crate::router::{Lookup, Params};
 use crate::runtime::worker::Worker;
@@ -132,6 +133,105 @@ pub async fn write_error<S: AsyncWriteRent>(
     r.is_ok()
 }
 
+/// Reads a whole (small) request body for a request the gateway answers
+/// itself. On success the body bytes are returned and `c.body_end` is the
+/// offset in `c.buf` where the request ends (pipelined bytes follow).
+pub async fn read_body<S: AsyncReadRent>(
+    s: &mut S,
+    c: &mut Conn,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, (u16, &'static str)> {
+    use super::chunked::ChunkedScanner;
+    let start = c.head.len;
+    let mut body = Vec::new();
+    let mut scanner = ChunkedScanner::new();
+    let mut pos = start;
+    loop {
+        match c.head.framing {
+            BodyFraming::None | BodyFraming::UntilClose => {
+                c.body_end = start;
+                return Ok(body);
+            }
+            BodyFraming::Length(n) => {
+                if n as usize > limit {
+                    return Err((413, "request body too large"));
+                }
+                if c.buf.len() >= start + n as usize {
+                    body.extend_from_slice(&c.buf[start..start + n as usize]);
+                    c.body_end = start + n as usize;
+                    return Ok(body);
+                }
+            }
+            BodyFraming::Chunked => {
+                let buf = &c.buf;
+                let k = scanner
+                    .scan(&buf[pos..], |a, b| {
+                        body.extend_from_slice(&buf[pos + a..pos + b])
+                    })
+                    .map_err(|e| (400, e.0))?;
+                pos += k;
+                if body.len() > limit {
+                    return Err((413, "request body too large"));
+                }
+                if scanner.is_done() {
+                    c.body_end = pos;
+                    return Ok(body);
+                }
+            }
+        }
+        if c.buf.len() == c.buf.capacity() {
+            c.buf.reserve(c.buf.capacity().max(4096));
+        }
+        let (r, b) = read_more_within(s, std::mem::take(&mut c.buf), timeout).await;
+        c.buf = b;
+        match r {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err((400, "request body ended early")),
+            Err(()) => return Err((408, "request body not received in time")),
+        }
+    }
+}
+
+/// Writes a filter's reply (plus the response headers filters added).
+pub async fn write_reply<S: AsyncWriteRent>(
+    s: &mut S,
+    scratch: &mut Vec<u8>,
+    reply: &Reply,
+    request_id: &[u8],
+    extra: &[u8],
+    close: bool,
+    head_request: bool,
+) -> bool {
+    let mut buf = std::mem::take(scratch);
+    buf.clear();
+    let _ = write!(
+        buf,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Request-Id: ",
+        reply.status,
+        super::reason(reply.status),
+        reply.content_type,
+        reply.body.len()
+    );
+    buf.extend_from_slice(request_id);
+    buf.extend_from_slice(b"\r\n");
+    buf.extend_from_slice(&reply.headers);
+    buf.extend_from_slice(extra);
+    if close {
+        buf.extend_from_slice(b"Connection: close\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+    if !head_request {
+        buf.extend_from_slice(&reply.body);
+    }
+    let (r, b) = match monoio::time::timeout(Duration::from_secs(10), s.write_all(buf)).await {
+        Ok(x) => x,
+        Err(_) => return false,
+    };
+    *scratch = b;
+    r.is_ok()
+}
+
 /// Serves one client connection until it closes.
 pub async fn serve<S>(w: &Worker, mut stream: S, peer: SocketAddr)
 where
@@ -238,6 +338,71 @@ where
         first = false;
         c.set_request_id(w);
 
+        // The token endpoint is answered by the gateway itself.
+        if let Some(auth) = &cfg.auth
+            && let Some(tp) = auth.token_path()
+            && c.head.path.of(&c.buf) == tp.as_bytes()
+        {
+            let rid = c.rid;
+            let reply = if c.head.method.of(&c.buf) != b"POST" {
+                Reply::error(405, "use POST", rid.as_bytes()).with_header("Allow", "POST")
+            } else {
+                match read_body(&mut stream, &mut c, 64 * 1024, srv.idle_timeout).await {
+                    Ok(body) => {
+                        let ctx = RequestCtx {
+                            worker: w,
+                            route: usize::MAX,
+                            buf: &c.buf,
+                            head: &c.head,
+                            lines: &c.lines,
+                            peer: c.peer,
+                            identity: None,
+                            upstream_headers: &mut c.up_extra,
+                            response_headers: &mut c.resp_extra,
+                            request_id: rid.as_bytes(),
+                        };
+                        auth.token_endpoint(&ctx, &body)
+                    }
+                    Err((status, msg)) => {
+                        let _ = write_error(
+                            &mut stream,
+                            &mut c.scratch,
+                            status,
+                            msg,
+                            rid.as_bytes(),
+                            true,
+                            None,
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            };
+            let close =
+                c.head.has_body() && c.head.method.of(&c.buf) != b"POST" || !c.head.keep_alive;
+            c.resp_extra.clear();
+            let ok = write_reply(
+                &mut stream,
+                &mut c.scratch,
+                &reply,
+                rid.as_bytes(),
+                &[],
+                close,
+                false,
+            )
+            .await;
+            if close || !ok {
+                return;
+            }
+            if c.head.method.of(&c.buf) == b"POST" {
+                let n = c.body_end;
+                c.consume_to(n);
+            } else {
+                c.consume_head_only();
+            }
+            continue;
+        }
+
         // Phase 2: route.
         let lookup = {
             let host = c.head.host.map_or(&b""[..], |h| h.of(&c.buf));
@@ -294,7 +459,48 @@ where
             return;
         }
 
-        // Phases 3-5: the request goes upstream.
+        // Phase 3: the route's request filters.
+        c.up_extra.clear();
+        c.resp_extra.clear();
+        let chain = &cfg.routes[route as usize].chain;
+        if !chain.is_empty() {
+            let rid = c.rid;
+            let verdict = {
+                let mut ctx = RequestCtx {
+                    worker: w,
+                    route: route as usize,
+                    buf: &c.buf,
+                    head: &c.head,
+                    lines: &c.lines,
+                    peer: c.peer,
+                    identity: None,
+                    upstream_headers: &mut c.up_extra,
+                    response_headers: &mut c.resp_extra,
+                    request_id: rid.as_bytes(),
+                };
+                chain.request(&mut ctx).await
+            };
+            if let Verdict::Reply(reply) = verdict {
+                let close = c.head.has_body() || !c.head.keep_alive || w.draining.get();
+                let ok = write_reply(
+                    &mut stream,
+                    &mut c.scratch,
+                    &reply,
+                    rid.as_bytes(),
+                    &c.resp_extra,
+                    close,
+                    c.head.is_head,
+                )
+                .await;
+                if close || !ok {
+                    return;
+                }
+                c.consume_head_only();
+                continue;
+            }
+        }
+
+        // Phases 4-5: the request goes upstream.
         w.in_flight.set(w.in_flight.get() + 1);
         let outcome = forward::forward(w, &cfg, route as usize, &mut stream, &mut c).await;
         w.in_flight.set(w.in_flight.get() - 1);

@@ -433,6 +433,13 @@ pub fn parse_request(
                 }
                 head.via = Some(Span::within(buf, value));
             }
+            // Identity headers are set only by ringgate's auth filter.
+            9 if name_eq(name, b"x-user-id") => role = HeaderRole::Drop,
+            12 if name_eq(name, b"x-user-roles") => role = HeaderRole::Drop,
+            13 if name_eq(name, b"x-consumer-id") || name_eq(name, b"x-auth-method") => {
+                role = HeaderRole::Drop
+            }
+            15 if name_eq(name, b"x-consumer-tier") => role = HeaderRole::Drop,
             12 if name_eq(name, b"x-request-id") => {
                 if valid_request_id(value) && head.request_id.is_none() {
                     role = HeaderRole::RequestId;

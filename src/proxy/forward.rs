@@ -64,6 +64,13 @@ pub struct Conn {
     pub out: OutHead,
     /// Buffer for error responses.
     pub scratch: Vec<u8>,
+    /// End of the current request in `buf` when ringgate read its body
+    /// itself (see [`crate::http::conn::read_body`]).
+    pub body_end: usize,
+    /// Header lines filters add to the upstream request.
+    pub up_extra: Vec<u8>,
+    /// Header lines filters add to the client response.
+    pub resp_extra: Vec<u8>,
     /// Current request id.
     pub rid: RequestId,
     /// Client address.
@@ -89,6 +96,9 @@ impl Conn {
             rlines: Vec::with_capacity(64),
             out: OutHead::new(),
             scratch: Vec::with_capacity(512),
+            body_end: 0,
+            up_extra: Vec::new(),
+            resp_extra: Vec::new(),
             rid: RequestId {
                 bytes: [0; 128],
                 len: 0,
@@ -119,6 +129,11 @@ impl Conn {
     pub fn consume_head_only(&mut self) {
         let n = self.head.len;
         self.consume(n);
+    }
+
+    /// Drops the first `n` bytes of the buffer (a finished request).
+    pub fn consume_to(&mut self, n: usize) {
+        self.consume(n)
     }
 
     fn consume(&mut self, n: usize) {
@@ -220,6 +235,7 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
         e.extend_from_slice(u.of(buf));
         e.extend_from_slice(b"\r\n");
     }
+    e.extend_from_slice(&c.up_extra);
     e.extend_from_slice(b"\r\n");
     out.mark_extra(start);
 }
@@ -259,6 +275,7 @@ pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
     } else if c.head.minor == 0 {
         e.extend_from_slice(b"Connection: keep-alive\r\n");
     }
+    e.extend_from_slice(&c.resp_extra);
     e.extend_from_slice(b"\r\n");
     out.mark_extra(start);
 }

@@ -63,6 +63,12 @@ impl Server {
             addrs.push(l.local_addr()?);
             first.push(l);
         }
+        if let Some(a) = &config.auth {
+            a.start_control();
+        }
+        if let Some(r) = &config.rate_limits {
+            r.start_control(s.workers);
+        }
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut signals = Vec::new();
         let mut threads = Vec::new();

@@ -33,6 +33,10 @@ pub struct Worker {
     pub connections: Cell<usize>,
     /// Set once shutdown began: responses close their connection.
     pub draining: Cell<bool>,
+    /// Auth state of this worker (validated-token cache).
+    pub auth: crate::filter::auth::WorkerState,
+    /// This worker's rate-limit shard.
+    pub rate: crate::filter::rate_limit::WorkerState,
     ids: RequestIds,
 }
 
@@ -44,6 +48,8 @@ impl Worker {
             .iter()
             .map(|u| UpstreamState::new(u, id))
             .collect();
+        let auth = crate::filter::auth::WorkerState::new(config.auth.as_ref());
+        let rate = crate::filter::rate_limit::WorkerState::new(config.rate_limits.as_ref(), id);
         Worker {
             id,
             config,
@@ -51,6 +57,8 @@ impl Worker {
             in_flight: Cell::new(0),
             connections: Cell::new(0),
             draining: Cell::new(false),
+            auth,
+            rate,
             ids: RequestIds::new(id),
         }
     }
@@ -253,6 +261,7 @@ async fn serve(
         let stop = stop_tx.clone();
         accept_tasks.push(monoio::spawn(accept_loop(w, l, stop)));
     }
+    crate::filter::rate_limit::spawn_worker_tasks(&worker);
     // Sweep idle pooled connections once a second.
     {
         let w = worker.clone();
