@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod filter;
@@ -22,4 +23,5 @@ pub mod http;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
+pub mod telemetry;
 pub mod upstream;

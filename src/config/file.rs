@@ -31,6 +31,28 @@ pub struct FileConfig {
     pub rate_limits: BTreeMap<String, crate::filter::rate_limit::LimitFile>,
     /// `[redis]`
     pub redis: Option<crate::filter::rate_limit::RedisFile>,
+    /// `[log]`
+    pub log: Option<LogFile>,
+    /// `[config]`
+    pub config: Option<ConfigFileSection>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// `json | combined | off`
+    pub access: Option<String>,
+    /// `-` (stdout) or a file path.
+    pub path: Option<String>,
+}
+
+/// `[config]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFileSection {
+    /// Reload when the config file changes.
+    pub watch: Option<bool>,
 }
 
 /// One address or a list of addresses.
@@ -97,17 +119,48 @@ pub struct ServerFile {
 pub struct AdminFile {
     /// Admin listen address.
     pub listen: Option<String>,
+    /// Environment variable holding the admin bearer token.
+    pub token_env: Option<String>,
 }
 
 /// `[upstreams.NAME]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    /// `host:port` targets.
+    /// `static | dns | file | registry` (default `static`).
+    pub discovery: Option<String>,
+    /// `host:port` targets (`discovery = "static"`), each a string or
+    /// `{ addr = "host:port", weight = N }`.
     #[serde(default)]
-    pub targets: Vec<String>,
+    pub targets: Vec<TargetFile>,
+    /// JSON instance list watched for changes (`discovery = "file"`).
+    pub file: Option<String>,
+    /// `host:port` (A/AAAA) or `_service._proto.name` (SRV) (`discovery = "dns"`).
+    pub dns_name: Option<String>,
+    /// How often the DNS name is re-resolved.
+    pub dns_interval_ms: Option<u64>,
+    /// Nameserver `IP:port` for DNS discovery (default: the system's).
+    pub dns_server: Option<String>,
+    /// Registry instances expire this long after their last heartbeat.
+    pub registry_ttl_ms: Option<u64>,
     /// Balancing algorithm.
     pub balance: Option<String>,
+    /// `header:NAME | cookie:NAME | ip` (`balance = "consistent_hash"`).
+    pub hash_key: Option<String>,
+    /// Retries on another target (0 = none).
+    pub retries: Option<u32>,
+    /// Retries allowed as a percentage of requests.
+    pub retry_budget_percent: Option<u32>,
+    /// Deadline for one try's response head (default: `request_timeout_ms`).
+    pub try_timeout_ms: Option<u64>,
+    /// `[upstreams.NAME.health]`: active health checks.
+    pub health: Option<HealthFile>,
+    /// `[upstreams.NAME.outlier]`: passive outlier ejection.
+    pub outlier: Option<OutlierFile>,
+    /// `[upstreams.NAME.breaker]`: circuit breaker.
+    pub breaker: Option<BreakerFile>,
+    /// `[upstreams.NAME.fallback]`: answer while the breaker is open.
+    pub fallback: Option<FallbackFile>,
     /// Connect timeout.
     pub connect_timeout_ms: Option<u64>,
     /// Time allowed for the response head, and between body reads.
@@ -116,6 +169,102 @@ pub struct UpstreamFile {
     pub max_idle_per_target: Option<usize>,
     /// Idle pooled connections are closed after this.
     pub idle_timeout_ms: Option<u64>,
+}
+
+/// One upstream target: `"host:port"` or `{ addr = "host:port", weight = N }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TargetFile {
+    /// `"127.0.0.1:9001"`
+    Addr(String),
+    /// `{ addr = "127.0.0.1:9001", weight = 3 }`
+    Weighted(WeightedTargetFile),
+}
+
+/// `{ addr = "host:port", weight = N }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTargetFile {
+    /// `host:port`
+    pub addr: String,
+    /// Relative weight (default 1).
+    pub weight: Option<u32>,
+}
+
+/// `[upstreams.NAME.health]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    /// Path requested with GET (default `/health`).
+    pub path: Option<String>,
+    /// Time between checks of one target.
+    pub interval_ms: Option<u64>,
+    /// Deadline for one check.
+    pub timeout_ms: Option<u64>,
+    /// Statuses that count as healthy (default: any 2xx).
+    pub expected_statuses: Option<Vec<u16>>,
+    /// Consecutive passes that make an unhealthy target healthy.
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures that make a healthy target unhealthy.
+    pub unhealthy_threshold: Option<u32>,
+    /// `Host` header sent with checks (default: the target address).
+    pub host: Option<String>,
+}
+
+/// `[upstreams.NAME.outlier]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    /// Consecutive 5xx responses that eject a target (0 = never).
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive connect failures, resets or timeouts that eject a target (0 = never).
+    pub consecutive_failures: Option<u32>,
+    /// First ejection time; the nth ejection in a row lasts n times this.
+    pub base_ejection_ms: Option<u64>,
+    /// Most of the upstream's targets ejected at once, in percent.
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// `[upstreams.NAME.breaker]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerFile {
+    /// Consecutive failures that open the breaker (0 = not on count).
+    pub failure_threshold: Option<u32>,
+    /// Failure fraction over the window that opens it (0.0-1.0; absent = not on rate).
+    pub failure_rate: Option<f64>,
+    /// Requests in the window before `failure_rate` applies.
+    pub min_requests: Option<u32>,
+    /// Rolling window for `failure_rate`.
+    pub window_ms: Option<u64>,
+    /// Time open before half-open.
+    pub open_ms: Option<u64>,
+    /// Requests admitted while half-open; all must succeed to close.
+    pub half_open_probes: Option<u32>,
+    /// Response statuses counted as failures (default 500, 502, 503, 504).
+    pub failure_statuses: Option<Vec<u16>>,
+}
+
+/// `[upstreams.NAME.fallback]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackFile {
+    /// Status (default 200).
+    pub status: Option<u16>,
+    /// Content type (default `application/json`).
+    pub content_type: Option<String>,
+    /// Body.
+    pub body: Option<String>,
+}
+
+/// One entry of a route's `upstreams = [{ name, weight }]` split.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteUpstreamFile {
+    /// Upstream name.
+    pub name: String,
+    /// Relative share of traffic.
+    pub weight: Option<u32>,
 }
 
 /// `[[routes]]`
@@ -132,6 +281,10 @@ pub struct RouteFile {
     pub host: Option<String>,
     /// Upstream name.
     pub upstream: Option<String>,
+    /// Weighted split over several upstreams (canary, blue-green); instead of `upstream`.
+    pub upstreams: Option<Vec<RouteUpstreamFile>>,
+    /// Keeps a client on one side of the split: `header:NAME | cookie:NAME | ip`.
+    pub sticky: Option<String>,
     /// Auth methods accepted (any one suffices); absent = public route.
     pub auth: Option<Vec<String>>,
     /// Roles required (all of them).

@@ -8,6 +8,7 @@
 //! only ever see a complete, valid `Config` behind an `Arc`.
 
 pub mod file;
+mod upstream;
 mod validate;
 
 use crate::router::{MethodSet, RouteTable};
@@ -80,8 +81,119 @@ pub struct ServerConfig {
 pub enum Balance {
     /// Each worker cycles through the targets.
     RoundRobin,
+    /// Smooth weighted round robin over the targets' weights.
+    Weighted,
     /// The target with the fewest of this worker's in-flight requests.
     LeastConn,
+    /// Power of two choices over peak-EWMA latency times in-flight requests.
+    P2cEwma,
+    /// Weighted rendezvous hashing of `hash_key` with a fixed seed.
+    ConsistentHash,
+}
+
+/// What a request is hashed on (`hash_key`, a route's `sticky`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `header:NAME` (name stored lower-case).
+    Header(String),
+    /// `cookie:NAME`.
+    Cookie(String),
+    /// `ip`: the client address.
+    Ip,
+}
+
+/// Where an upstream's targets come from (`discovery`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// The `targets` list.
+    Static,
+    /// A DNS name re-resolved on a control-plane thread.
+    Dns(DnsDiscovery),
+    /// A watched JSON file of instances.
+    File(std::path::PathBuf),
+    /// Instances register through the admin API with a TTL.
+    Registry {
+        /// Expiry after the last heartbeat.
+        ttl: Duration,
+    },
+}
+
+/// `discovery = "dns"`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsDiscovery {
+    /// The name as written.
+    pub name: String,
+    /// Host to query (without port or `_service._proto.` for A/AAAA).
+    pub host: String,
+    /// Port for A/AAAA answers; `None` for SRV.
+    pub port: Option<u16>,
+    /// Re-resolve interval.
+    pub interval: Duration,
+    /// Nameserver; `None` = the system resolver (A/AAAA) or the first
+    /// `nameserver` of `/etc/resolv.conf` (SRV).
+    pub server: Option<SocketAddr>,
+}
+
+/// `[upstreams.NAME.health]`, validated.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Path requested.
+    pub path: String,
+    /// `Host` header.
+    pub host: Option<String>,
+    /// Interval between checks of one target.
+    pub interval: Duration,
+    /// Deadline of one check.
+    pub timeout: Duration,
+    /// Healthy statuses; empty = any 2xx.
+    pub expected_statuses: Vec<u16>,
+    /// Passes to become healthy.
+    pub healthy_threshold: u32,
+    /// Failures to become unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+/// `[upstreams.NAME.outlier]`, validated.
+#[derive(Debug, Clone)]
+pub struct OutlierConfig {
+    /// Consecutive 5xx that eject (0 = never).
+    pub consecutive_5xx: u32,
+    /// Consecutive connect failures / resets / timeouts that eject (0 = never).
+    pub consecutive_failures: u32,
+    /// Base ejection time.
+    pub base_ejection: Duration,
+    /// Most targets ejected at once, in percent.
+    pub max_ejection_percent: u32,
+}
+
+/// `[upstreams.NAME.breaker]`, validated.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open it (0 = off).
+    pub failure_threshold: u32,
+    /// Failure fraction over the window that opens it (`None` = off).
+    pub failure_rate: Option<f64>,
+    /// Requests in the window before the rate applies.
+    pub min_requests: u32,
+    /// Rolling window.
+    pub window: Duration,
+    /// Open time before half-open.
+    pub open: Duration,
+    /// Probes admitted while half-open.
+    pub half_open_probes: u32,
+    /// Statuses counted as failures.
+    pub failure_statuses: Vec<u16>,
+}
+
+/// `[upstreams.NAME.fallback]`, validated.
+#[derive(Debug, Clone)]
+pub struct FallbackConfig {
+    /// Status.
+    pub status: u16,
+    /// Content type.
+    pub content_type: String,
+    /// Body.
+    pub body: String,
 }
 
 /// `[upstreams.NAME]`, validated.
@@ -89,18 +201,53 @@ pub enum Balance {
 pub struct UpstreamConfig {
     /// Name from the config.
     pub name: String,
-    /// Resolved targets.
+    /// Where the targets come from.
+    pub discovery: Discovery,
+    /// Resolved static targets (`discovery = "static"`).
     pub targets: Vec<SocketAddr>,
+    /// Weight of each static target, like `targets`.
+    pub weights: Vec<u32>,
     /// Balancing algorithm.
     pub balance: Balance,
+    /// Key for `consistent_hash`.
+    pub hash_key: Option<HashKey>,
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// Response head deadline, and the longest gap between body reads.
+    /// Overall deadline of a request's upstream exchange (all tries), and
+    /// the longest gap between response body reads.
     pub request_timeout: Duration,
+    /// Deadline for one try's response head.
+    pub try_timeout: Duration,
+    /// Retries on another target.
+    pub retries: u32,
+    /// Retries allowed as a percentage of requests.
+    pub retry_budget_percent: u32,
     /// Idle pooled connections kept per target per worker.
     pub max_idle_per_target: usize,
     /// Pooled connections idle longer than this are closed.
     pub idle_timeout: Duration,
+    /// Active health checks.
+    pub health: Option<HealthConfig>,
+    /// Passive outlier ejection.
+    pub outlier: Option<OutlierConfig>,
+    /// Circuit breaker.
+    pub breaker: Option<BreakerConfig>,
+    /// Answer while the breaker is open.
+    pub fallback: Option<FallbackConfig>,
+    /// State shared by all workers and the control plane: target
+    /// snapshots, health, ejections, breaker.
+    pub state: std::sync::Arc<crate::upstream::UpstreamShared>,
+}
+
+/// A route's weighted split over several upstreams.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// `(index into Config::upstreams, weight)`, weights > 0.
+    pub upstreams: Vec<(usize, u32)>,
+    /// Sum of the weights.
+    pub total: u32,
+    /// Keeps a client on one side.
+    pub sticky: Option<HashKey>,
 }
 
 /// `[[routes]]`, validated.
@@ -114,8 +261,10 @@ pub struct RouteConfig {
     pub methods: Option<MethodSet>,
     /// Host pattern.
     pub host: Option<String>,
-    /// Index into [`Config::upstreams`].
+    /// Index into [`Config::upstreams`] (the first of a split).
     pub upstream: usize,
+    /// `upstreams = [{ name, weight }]`: a weighted split.
+    pub split: Option<std::sync::Arc<Split>>,
     /// Position in the file's `[[routes]]` list.
     pub index: usize,
     /// The route's filters, in order.
@@ -127,6 +276,19 @@ pub struct RouteConfig {
 pub struct AdminConfig {
     /// Admin listen address.
     pub listen: SocketAddr,
+    /// Bearer token required on every admin request, when set.
+    pub token: Option<String>,
+    /// Name of the variable the token came from (for `GET /config`).
+    pub token_env: Option<String>,
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Access-log format, `None` = off.
+    pub access: Option<crate::telemetry::access_log::LogFormat>,
+    /// `-` or a file path.
+    pub path: String,
 }
 
 /// A complete, valid configuration.
@@ -142,6 +304,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The compiled route trie.
     pub table: RouteTable,
+    /// `[log]`
+    pub log: LogConfig,
+    /// `[config] watch`: reload when the file changes.
+    pub watch: bool,
     /// `[auth]` and `[[consumers]]`, compiled; shared by all workers.
     pub auth: Option<std::sync::Arc<crate::filter::auth::Auth>>,
     /// `[rate_limits.*]` and `[redis]`, compiled; shared by all workers.

@@ -1,12 +1,11 @@
 //! From [`FileConfig`] to [`Config`]: every check in one pass, every error
 //! collected, each naming the key, the bad value and the fix.
 
-use super::file::{FileConfig, RouteFile, UpstreamFile};
+use super::file::{FileConfig, RouteFile};
 use super::*;
 use crate::router::{Method, RouteSpec};
 use std::collections::HashMap;
 use std::fmt;
-use std::net::ToSocketAddrs;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,9 +62,37 @@ impl Errors {
 }
 
 pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    let file: FileConfig =
-        toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(text, &e)]))?;
-    compile(file)
+    // An unknown key stops serde at the first one; blank its line (keeping
+    // offsets and line numbers) and parse again, so one run reports every
+    // unknown key and then every validation error.
+    let mut text = text.to_string();
+    let mut unknown = Vec::new();
+    let file: FileConfig = loop {
+        match toml::from_str(&text) {
+            Ok(f) => break f,
+            Err(e) => {
+                unknown.push(toml_error(&text, &e));
+                let span = match e.span() {
+                    Some(s) if e.message().starts_with("unknown field") && unknown.len() < 100 => s,
+                    _ => return Err(ConfigErrors(unknown)),
+                };
+                let ls = text[..span.start].rfind('\n').map_or(0, |p| p + 1);
+                let le = text[span.start..]
+                    .find('\n')
+                    .map_or(text.len(), |p| span.start + p);
+                let blank = " ".repeat(le - ls);
+                text.replace_range(ls..le, &blank);
+            }
+        }
+    };
+    match compile(file) {
+        Ok(c) if unknown.is_empty() => Ok(c),
+        Ok(_) => Err(ConfigErrors(unknown)),
+        Err(ConfigErrors(more)) => {
+            unknown.extend(more);
+            Err(ConfigErrors(unknown))
+        }
+    }
 }
 
 /// Names the key a serde/TOML error points at: the enclosing `[table]`, the
@@ -128,7 +155,27 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
     let admin = file.admin.as_ref().and_then(|a| {
         let listen = a.listen.as_deref().unwrap_or("127.0.0.1:9901");
         match listen.parse::<SocketAddr>() {
-            Ok(listen) => Some(AdminConfig { listen }),
+            Ok(listen) => {
+                let token = match &a.token_env {
+                    Some(var) => match std::env::var(var) {
+                        Ok(t) if !t.is_empty() => Some(t),
+                        _ => {
+                            errs.push(
+                                "admin.token_env",
+                                format!("environment variable {var} is not set"),
+                                format!("export {var}=<token> or remove admin.token_env"),
+                            );
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                Some(AdminConfig {
+                    listen,
+                    token,
+                    token_env: a.token_env.clone(),
+                })
+            }
             Err(_) => {
                 errs.push(
                     "admin.listen",
@@ -144,7 +191,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
     let mut upstream_ids = HashMap::new();
     for (name, up) in &file.upstreams {
         upstream_ids.insert(name.clone(), upstreams.len());
-        upstreams.push(compile_upstream(name, up, &mut errs));
+        upstreams.push(super::upstream::compile_upstream(name, up, &mut errs));
     }
 
     let mut routes = Vec::with_capacity(file.routes.len());
@@ -161,6 +208,27 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
         );
     }
 
+    let log = {
+        let l = file.log.as_ref();
+        let access = match l.and_then(|l| l.access.as_deref()).unwrap_or("off") {
+            "json" => Some(crate::telemetry::access_log::LogFormat::Json),
+            "combined" => Some(crate::telemetry::access_log::LogFormat::Combined),
+            "off" => None,
+            other => {
+                errs.push(
+                    "log.access",
+                    format!("unknown access-log format {other:?}"),
+                    "use \"json\", \"combined\" or \"off\"",
+                );
+                None
+            }
+        };
+        LogConfig {
+            access,
+            path: l.and_then(|l| l.path.clone()).unwrap_or_else(|| String::from("-")),
+        }
+    };
+    let watch = file.config.as_ref().and_then(|c| c.watch).unwrap_or(false);
     let auth = crate::filter::auth::compile(&file, &mut errs);
     let rate_limits = crate::filter::rate_limit::compile(&file, &mut errs);
     for (i, r) in file.routes.iter().enumerate() {
@@ -206,6 +274,8 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             upstreams,
             routes,
             table,
+            log,
+            watch,
             auth,
             rate_limits,
         }),
@@ -385,72 +455,6 @@ fn compile_server(file: &FileConfig, errs: &mut Errors) -> Option<ServerConfig> 
     })
 }
 
-fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors) -> UpstreamConfig {
-    let key = |k: &str| format!("upstreams.{name}.{k}");
-    let mut targets = Vec::new();
-    if up.targets.is_empty() {
-        errs.push(
-            key("targets"),
-            "no targets",
-            "list at least one \"host:port\", e.g. targets = [\"127.0.0.1:9001\"]",
-        );
-    }
-    for t in &up.targets {
-        match t.parse::<SocketAddr>() {
-            Ok(a) => targets.push(a),
-            Err(_) => match t.to_socket_addrs() {
-                Ok(mut addrs) => match addrs.next() {
-                    Some(a) => targets.push(a),
-                    None => errs.push(
-                        key("targets"),
-                        format!("{t:?} resolves to no address"),
-                        "use an IP:port or a resolvable host:port",
-                    ),
-                },
-                Err(e) => errs.push(
-                    key("targets"),
-                    format!("{t:?} is not a valid host:port ({e})"),
-                    "write targets as \"127.0.0.1:9001\" or \"host.internal:9001\"",
-                ),
-            },
-        }
-    }
-    let balance = match up.balance.as_deref().unwrap_or("round_robin") {
-        "round_robin" => Balance::RoundRobin,
-        "least_conn" => Balance::LeastConn,
-        other => {
-            errs.push(
-                key("balance"),
-                format!("unknown balancing algorithm {other:?}"),
-                "use \"round_robin\" or \"least_conn\"",
-            );
-            Balance::RoundRobin
-        }
-    };
-    for (k, v) in [
-        ("connect_timeout_ms", up.connect_timeout_ms),
-        ("request_timeout_ms", up.request_timeout_ms),
-        ("idle_timeout_ms", up.idle_timeout_ms),
-    ] {
-        if v == Some(0) {
-            errs.push(
-                key(k),
-                "must be greater than 0",
-                "use milliseconds, e.g. 1000",
-            );
-        }
-    }
-    UpstreamConfig {
-        name: name.to_string(),
-        targets,
-        balance,
-        connect_timeout: ms(up.connect_timeout_ms, 1000),
-        request_timeout: ms(up.request_timeout_ms, 15_000),
-        max_idle_per_target: up.max_idle_per_target.unwrap_or(64),
-        idle_timeout: ms(up.idle_timeout_ms, 30_000),
-    }
-}
-
 fn compile_route(
     i: usize,
     r: &RouteFile,
@@ -496,33 +500,8 @@ fn compile_route(
         }
         set
     });
-    let upstream = match &r.upstream {
-        Some(u) => match upstream_ids.get(u) {
-            Some(&id) => id,
-            None => {
-                let mut known: Vec<&str> = upstream_ids.keys().map(|s| s.as_str()).collect();
-                known.sort_unstable();
-                errs.push(
-                    key("upstream"),
-                    format!("upstream {u:?} is not defined"),
-                    if known.is_empty() {
-                        String::from("add an [upstreams.NAME] table")
-                    } else {
-                        format!("use one of: {}", known.join(", "))
-                    },
-                );
-                0
-            }
-        },
-        None => {
-            errs.push(
-                key("upstream"),
-                "missing",
-                "add upstream = \"NAME\" naming an [upstreams.NAME] table",
-            );
-            0
-        }
-    };
+    let (upstream, split) =
+        super::upstream::compile_route_upstream(i, r, upstream_ids, errs).unwrap_or((0, None));
     if errs.0.len() > before {
         return None;
     }
@@ -532,6 +511,7 @@ fn compile_route(
         methods,
         host: r.host.clone(),
         upstream,
+        split,
         index: i,
         chain: std::sync::Arc::new(crate::filter::Chain::compile(None, None)),
     })

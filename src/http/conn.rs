@@ -8,6 +8,8 @@
 
 use super::parse::{self, BodyFraming, Parsed, RequestHead};
 use crate::filter::{Reply, RequestCtx, Verdict};
+use crate::telemetry::access_log::Record;
+use crate::telemetry::trace::TraceContext;
 use crate::proxy::forward::{self, Conn, Outcome};
 use crate::router::{Lookup, Params};
 use crate::runtime::worker::Worker;
@@ -280,7 +282,13 @@ where
                 &mut c.head,
                 &mut c.lines,
             ) {
-                Ok(Parsed::Complete) => break,
+                Ok(Parsed::Complete) => {
+                    if c.head.len > srv.max_header_bytes {
+                        let _ = write_error(&mut stream, &mut c.scratch, 431, "request head too large", b"-", true, None).await;
+                        return;
+                    }
+                    break;
+                }
                 Ok(Parsed::Partial) => {
                     if c.buf.len() >= srv.max_header_bytes {
                         let line_done = c.buf.contains(&b'\n');
@@ -404,6 +412,10 @@ where
         }
 
         // Phase 2: route.
+        let started = Instant::now();
+        c.upstream_addr = None;
+        c.upstream_us = None;
+        c.bytes_out = 0;
         let lookup = {
             let host = c.head.host.map_or(&b""[..], |h| h.of(&c.buf));
             let mut params = Params::new();
@@ -418,6 +430,7 @@ where
                 Lookup::NotFound => Err((404, "no route matches this request", None)),
             }
         };
+        let mut info = ReqInfo::capture(w, &mut c, started);
         let route = match lookup {
             Ok(r) => r,
             Err((status, msg, allow)) => {
@@ -435,6 +448,7 @@ where
                     allow,
                 )
                 .await;
+                info.finish(w, &cfg, &c, status);
                 if close || !ok {
                     return;
                 }
@@ -442,6 +456,7 @@ where
                 continue;
             }
         };
+        info.route = Some(route as usize);
         if let BodyFraming::Length(n) = c.head.framing
             && n > srv.max_body_bytes
         {
@@ -456,12 +471,14 @@ where
                 None,
             )
             .await;
+            info.finish(w, &cfg, &c, 413);
             return;
         }
 
         // Phase 3: the route's request filters.
         c.up_extra.clear();
         c.resp_extra.clear();
+        info.trace.write_header(&mut c.up_extra);
         let chain = &cfg.routes[route as usize].chain;
         if !chain.is_empty() {
             let rid = c.rid;
@@ -492,6 +509,7 @@ where
                     c.head.is_head,
                 )
                 .await;
+                info.finish(w, &cfg, &c, reply.status);
                 if close || !ok {
                     return;
                 }
@@ -506,6 +524,7 @@ where
         w.in_flight.set(w.in_flight.get() - 1);
         match outcome {
             Outcome::Done { keep_alive } => {
+                info.finish(w, &cfg, &c, c.rhead.status);
                 if !keep_alive {
                     return;
                 }
@@ -515,7 +534,20 @@ where
                 message,
                 close,
             } => {
-                let close = close || !c.head.keep_alive || w.draining.get();
+                if status == 502 || status == 504 {
+                    w.metrics.upstream_error(cfg.routes[route as usize].upstream);
+                }
+                // The failed request is still in the buffer unless its body
+                // was streamed; drop it so the next one is read next.
+                let end = match c.head.framing {
+                    BodyFraming::None | BodyFraming::UntilClose => Some(c.head.len),
+                    BodyFraming::Length(n) => Some(c.head.len + n as usize),
+                    BodyFraming::Chunked => None,
+                };
+                let close = close
+                    || !c.head.keep_alive
+                    || w.draining.get()
+                    || end.is_none_or(|e| e > c.buf.len());
                 let rid = c.rid;
                 let ok = write_error(
                     &mut stream,
@@ -527,11 +559,16 @@ where
                     None,
                 )
                 .await;
+                info.finish(w, &cfg, &c, status);
                 if close || !ok {
                     return;
                 }
+                if let Some(e) = end {
+                    c.consume_to(e);
+                }
             }
             Outcome::Upgrade(upstream) => {
+                info.finish(w, &cfg, &c, 101);
                 crate::proxy::tunnel::tunnel(
                     stream,
                     upstream,
@@ -541,7 +578,97 @@ where
                 .await;
                 return;
             }
-            Outcome::Abort => return,
+            Outcome::Abort => {
+                info.finish(w, &cfg, &c, 499);
+                return;
+            }
+        }
+    }
+}
+
+/// What is kept of a request for metrics and the access log once its
+/// bytes have left the buffer.
+struct ReqInfo {
+    started: Instant,
+    route: Option<usize>,
+    method_slot: usize,
+    bytes_in: u64,
+    trace: TraceContext,
+}
+
+impl ReqInfo {
+    fn capture(w: &Worker, c: &mut Conn, started: Instant) -> ReqInfo {
+        let method = c.head.method.of(&c.buf);
+        let mut rnd = [0u8; 32];
+        w.next_request_id(&mut rnd);
+        let trace = TraceContext::new(c.head.traceparent.map(|t| t.of(&c.buf)), &rnd);
+        let bytes_in = c.head.len as u64
+            + match c.head.framing {
+                BodyFraming::Length(n) => n,
+                _ => 0,
+            };
+        if w.log.is_some() {
+            // Copy what the log line needs before the request leaves the buffer.
+            let l = &mut c.log_fields;
+            l.clear();
+            let mut push = |b: &[u8]| {
+                let start = l.len();
+                l.extend_from_slice(b);
+                (start, l.len())
+            };
+            let m = push(method);
+            let p = push(c.head.path_query.of(&c.buf));
+            let ua = c
+                .lines
+                .iter()
+                .find(|h| super::name_eq(h.name.of(&c.buf), b"user-agent"))
+                .map(|h| h.value.of(&c.buf))
+                .unwrap_or(b"");
+            let ua = push(ua);
+            let rf = c
+                .lines
+                .iter()
+                .find(|h| super::name_eq(h.name.of(&c.buf), b"referer"))
+                .map(|h| h.value.of(&c.buf))
+                .unwrap_or(b"");
+            let rf = push(rf);
+            c.log_spans = [m, p, ua, rf];
+        }
+        ReqInfo {
+            started,
+            route: None,
+            method_slot: crate::telemetry::metrics::method_slot(method),
+            bytes_in,
+            trace,
+        }
+    }
+
+    fn finish(&self, w: &Worker, cfg: &crate::config::Config, c: &Conn, status: u16) {
+        let total_us = self.started.elapsed().as_micros() as u64;
+        w.metrics
+            .request_slot(self.route, self.method_slot, status, total_us, c.upstream_us);
+        if let Some(log) = &w.log {
+            let f = |i: usize| {
+                let (a, b) = c.log_spans[i];
+                &c.log_fields[a..b]
+            };
+            log.log(&Record {
+                request_id: c.rid.as_bytes(),
+                trace_id: &self.trace.trace_id,
+                client: c.peer,
+                method: f(0),
+                path: f(1),
+                minor: c.head.minor,
+                route: self.route.map_or("-", |r| cfg.routes[r].name.as_str()),
+                upstream: c.upstream_addr,
+                status,
+                bytes_in: self.bytes_in,
+                bytes_out: c.bytes_out,
+                total_us,
+                upstream_us: c.upstream_us,
+                user_agent: f(2),
+                referer: f(3),
+            });
         }
     }
 }

@@ -179,6 +179,8 @@ pub struct RequestHead {
     pub via: Option<Span>,
     /// `X-Request-Id` value, when acceptable.
     pub request_id: Option<Span>,
+    /// `traceparent` value (replaced with the gateway's span when forwarded).
+    pub traceparent: Option<Span>,
     /// HEAD request (no response body).
     pub is_head: bool,
     /// Safe to send twice (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
@@ -440,6 +442,10 @@ pub fn parse_request(
                 role = HeaderRole::Drop
             }
             15 if name_eq(name, b"x-consumer-tier") => role = HeaderRole::Drop,
+            11 if name_eq(name, b"traceparent") => {
+                role = HeaderRole::Drop;
+                head.traceparent = Some(Span::within(buf, value));
+            }
             12 if name_eq(name, b"x-request-id") => {
                 if valid_request_id(value) && head.request_id.is_none() {
                     role = HeaderRole::RequestId;

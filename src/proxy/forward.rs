@@ -19,6 +19,9 @@ use crate::http::parse::{
     self, BodyFraming, HeaderLine, HeaderRole, Parsed, RequestHead, ResponseHead,
 };
 use crate::runtime::worker::Worker;
+use crate::config::{Balance, Split, UpstreamConfig};
+use crate::upstream::breaker::{Admit, Breaker};
+use crate::upstream::shared::Report;
 use crate::upstream::{balance, pool};
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -69,6 +72,16 @@ pub struct Conn {
     pub body_end: usize,
     /// Header lines filters add to the upstream request.
     pub up_extra: Vec<u8>,
+    /// The target that served the current request, if any.
+    pub upstream_addr: Option<SocketAddr>,
+    /// Time from request sent to response head, in µs.
+    pub upstream_us: Option<u64>,
+    /// Response bytes written to the client for the current request.
+    pub bytes_out: u64,
+    /// Copies of the request fields the access log needs.
+    pub log_fields: Vec<u8>,
+    /// Method, path, user agent, referer: ranges of `log_fields`.
+    pub log_spans: [(usize, usize); 4],
     /// Header lines filters add to the client response.
     pub resp_extra: Vec<u8>,
     /// Current request id.
@@ -98,6 +111,11 @@ impl Conn {
             scratch: Vec::with_capacity(512),
             body_end: 0,
             up_extra: Vec::new(),
+            upstream_addr: None,
+            upstream_us: None,
+            bytes_out: 0,
+            log_fields: Vec::new(),
+            log_spans: [(0, 0); 4],
             resp_extra: Vec::new(),
             rid: RequestId {
                 bytes: [0; 128],
@@ -285,6 +303,9 @@ async fn write_out<S: AsyncWriteRent>(
     c: &mut Conn,
     from_client_buf: bool,
 ) -> std::io::Result<()> {
+    if !from_client_buf {
+        c.bytes_out += c.out.len() as u64;
+    }
     let mut out = std::mem::take(&mut c.out);
     out.src = if from_client_buf {
         std::mem::take(&mut c.buf)
@@ -387,9 +408,14 @@ where
     S: AsyncReadRent + AsyncWriteRent,
 {
     let srv = &cfg.server;
-    let up_id = cfg.routes[route].upstream;
+    let rc = &cfg.routes[route];
+    let up_id = match &rc.split {
+        None => rc.upstream,
+        Some(split) => choose_split(w, split, c),
+    };
     let up_cfg = &cfg.upstreams[up_id];
     let up = &w.upstreams[up_id];
+    let shared = &*up.shared;
 
     // Request body bytes already read with the head.
     let head_len = c.head.len;
@@ -421,48 +447,117 @@ where
         }
     }
 
+    // The breaker: an open one answers at once, with the fallback.
+    let mut ticket = Ticket::new(shared.breaker.as_ref());
+    if ticket.admit == Admit::Rejected {
+        ticket.done = true;
+        return breaker_open(w, client, c, up_cfg, body_done, req_end).await;
+    }
+    up.budget.deposit();
+    let key = match (&up_cfg.hash_key, up_cfg.balance) {
+        (Some(k), Balance::ConsistentHash) => {
+            let ip = &c.peer_ip.0[..c.peer_ip.1 as usize];
+            crate::upstream::request_key(k, &c.buf, &c.lines, ip)
+        }
+        _ => None,
+    };
+
+    // Tries: the first on the balancer's pick; a stale pooled connection
+    // is retried once on a fresh one to the same target; other failures
+    // go to another target while `retries`, the budget and the deadline
+    // allow (connect failures always, the rest only when the request is
+    // idempotent and held whole).
+    let list = up.list();
     let retry_ok = c.head.idempotent && body_done;
-    let mut attempt = 0;
+    let deadline = Instant::now() + up_cfg.request_timeout;
+    let mut tried = 0u64;
+    let mut retries = 0u32;
+    let mut next: Option<usize> = None;
     let mut fresh_only = false;
-    let mut skip = None;
+    let mut stale_used = false;
+    let mut last: Option<(u16, &'static str, bool)> = None;
+    let mut may_retry = |tried: u64| {
+        let ok = retries < up_cfg.retries
+            && (tried.count_ones() as usize) < list.targets.len()
+            && Instant::now() < deadline
+            && up.budget.withdraw();
+        retries += ok as u32;
+        ok
+    };
     let (mut us, t) = loop {
-        let t = balance::pick(up, up_cfg.balance, skip);
-        let target = &up.targets[t];
-        let pooled = if fresh_only {
-            None
-        } else {
-            up.checkout(t, Instant::now())
-        };
-        let reused = pooled.is_some();
-        let mut us = match pooled {
-            Some(s) => s,
-            None => match pool::connect(target.addr, up_cfg.connect_timeout).await {
-                Ok(s) => s,
-                Err(pool::ConnectError::TimedOut) => {
-                    return err(504, "timed out connecting to upstream", !body_done);
-                }
-                Err(pool::ConnectError::Failed(_)) => {
-                    if attempt == 0 && up.targets.len() > 1 {
-                        attempt += 1;
-                        skip = Some(t);
-                        continue;
-                    }
-                    return err(502, "upstream refused the connection", !body_done);
+        let t = match next.take() {
+            Some(t) => t,
+            None => match balance::pick(up, &list, up_cfg.balance, key, tried) {
+                Some(t) => t,
+                None => {
+                    return match last {
+                        Some((status, message, close)) => {
+                            ticket.record(false);
+                            err(status, message, close)
+                        }
+                        None => err(503, "no healthy upstream target", !body_done),
+                    };
                 }
             },
         };
+        balance::mark(&mut tried, t);
+        let target = &*list.targets[t];
+        let pooled = if fresh_only {
+            None
+        } else {
+            up.checkout(target, Instant::now())
+        };
+        fresh_only = false;
+        let reused = pooled.is_some();
+        let mut us = match pooled {
+            Some(s) => s,
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match pool::connect(target.addr, up_cfg.connect_timeout.min(left)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        shared.report(&target.shared, Report::Failure);
+                        let e = match e {
+                            pool::ConnectError::TimedOut => {
+                                (504, "timed out connecting to upstream", !body_done)
+                            }
+                            pool::ConnectError::Failed(_) => {
+                                (502, "upstream refused the connection", !body_done)
+                            }
+                        };
+                        if may_retry(tried) {
+                            last = Some(e);
+                            continue;
+                        }
+                        ticket.record(false);
+                        return err(e.0, e.1, e.2);
+                    }
+                }
+            }
+        };
         build_request_head(c, target.addr);
         c.out.src(head_len, req_end);
-        target.in_flight.set(target.in_flight.get() + 1);
+        target.begin();
+        w.metrics.upstream_conn(up_id, reused);
+        c.upstream_addr = Some(target.addr);
+        let sent_at = Instant::now();
         let wr = write_out(&mut us, c, true).await;
         if wr.is_err() {
-            target.in_flight.set(target.in_flight.get() - 1);
-            if reused && retry_ok && attempt == 0 {
-                attempt += 1;
+            target.end();
+            if reused && retry_ok && !stale_used {
+                stale_used = true;
                 fresh_only = true;
+                next = Some(t);
                 continue;
             }
-            return err(502, "upstream closed the connection", true);
+            shared.report(&target.shared, Report::Failure);
+            let e = (502, "upstream closed the connection", true);
+            if retry_ok && may_retry(tried) {
+                last = Some(e);
+                continue;
+            }
+            ticket.record(false);
+            return err(e.0, e.1, e.2);
         }
         // Rest of the request body.
         if !body_done {
@@ -474,11 +569,11 @@ where
                 let n = match r {
                     Ok(Ok(n)) if n > 0 => n,
                     Ok(_) => {
-                        target.in_flight.set(target.in_flight.get() - 1);
+                        target.end();
                         return Outcome::Abort;
                     }
                     Err(()) => {
-                        target.in_flight.set(target.in_flight.get() - 1);
+                        target.end();
                         return err(408, "request body not received in time", true);
                     }
                 };
@@ -491,13 +586,13 @@ where
                     _ => match scanner.scan(&c.buf, |_, _| {}) {
                         Ok(k) => {
                             if scanner.payload > srv.max_body_bytes {
-                                target.in_flight.set(target.in_flight.get() - 1);
+                                target.end();
                                 return err(413, "request body too large", true);
                             }
                             (k, scanner.is_done())
                         }
                         Err(e) => {
-                            target.in_flight.set(target.in_flight.get() - 1);
+                            target.end();
                             return err(400, e.0, true);
                         }
                     },
@@ -506,7 +601,9 @@ where
                 let (r, b) = us.write_all(b.slice(0..k)).await;
                 c.buf = b.into_inner();
                 if r.is_err() {
-                    target.in_flight.set(target.in_flight.get() - 1);
+                    target.end();
+                    shared.report(&target.shared, Report::Failure);
+                    ticket.record(false);
                     return err(
                         502,
                         "upstream closed the connection while receiving the body",
@@ -522,31 +619,79 @@ where
                 c.buf.clear();
             }
         }
-        match read_response_head(&mut us, client, c, up_cfg.request_timeout).await {
-            HeadWait::Ok => break (us, t),
-            HeadWait::Nothing if reused && retry_ok && attempt == 0 => {
-                target.in_flight.set(target.in_flight.get() - 1);
-                attempt += 1;
-                fresh_only = true;
-                continue;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match read_response_head(&mut us, client, c, up_cfg.try_timeout.min(left)).await {
+            HeadWait::Ok => {
+                let now = Instant::now();
+                let rtt = now.saturating_duration_since(sent_at);
+                c.upstream_us = Some(rtt.as_micros() as u64);
+                target.observe(rtt, now);
+                let status = c.rhead.status;
+                if status >= 500 {
+                    shared.report(&target.shared, Report::Status5xx);
+                } else {
+                    shared.report(&target.shared, Report::Success);
+                }
+                if matches!(status, 502..=504) && retry_ok && may_retry(tried) {
+                    // Nothing reached the client yet: drop this answer
+                    // (and its connection) and ask another target.
+                    target.end();
+                    last = Some((status, "upstream unavailable", false));
+                    continue;
+                }
+                break (us, t);
             }
-            other => {
-                target.in_flight.set(target.in_flight.get() - 1);
-                return match other {
-                    HeadWait::TimedOut => err(504, "upstream timed out", true),
-                    HeadWait::ClientGone => Outcome::Abort,
-                    HeadWait::Invalid => err(502, "invalid response from upstream", !body_done),
-                    _ => err(
-                        502,
-                        "upstream closed the connection before responding",
-                        !body_done,
-                    ),
-                };
+            HeadWait::Nothing => {
+                target.end();
+                if reused && retry_ok && !stale_used {
+                    stale_used = true;
+                    fresh_only = true;
+                    next = Some(t);
+                    continue;
+                }
+                shared.report(&target.shared, Report::Failure);
+                let e = (
+                    502,
+                    "upstream closed the connection before responding",
+                    !body_done,
+                );
+                if retry_ok && may_retry(tried) {
+                    last = Some(e);
+                    continue;
+                }
+                ticket.record(false);
+                return err(e.0, e.1, e.2);
+            }
+            HeadWait::TimedOut => {
+                target.end();
+                let now = Instant::now();
+                target.observe(now.saturating_duration_since(sent_at), now);
+                shared.report(&target.shared, Report::Failure);
+                let e = (504, "upstream timed out", true);
+                // Only a per-try timeout shorter than the request's leaves
+                // time for another try.
+                if retry_ok && up_cfg.try_timeout < up_cfg.request_timeout && may_retry(tried) {
+                    last = Some(e);
+                    continue;
+                }
+                ticket.record(false);
+                return err(e.0, e.1, e.2);
+            }
+            HeadWait::Invalid => {
+                target.end();
+                shared.report(&target.shared, Report::Failure);
+                ticket.record(false);
+                return err(502, "invalid response from upstream", !body_done);
+            }
+            HeadWait::ClientGone => {
+                target.end();
+                return Outcome::Abort;
             }
         }
     };
-    let target = &up.targets[t];
-    let done_target = || target.in_flight.set(target.in_flight.get() - 1);
+    let target = &*list.targets[t];
+    ticket.record_status(c.rhead.status);
+    let done_target = || target.end();
     if body_done {
         c.consume(req_end);
     }
@@ -673,6 +818,7 @@ where
             let wr = if dechunk {
                 write_out(client, c, false).await
             } else {
+                c.bytes_out += k as u64;
                 let b = std::mem::take(&mut c.ubuf);
                 let (r, b) = client.write_all(b.slice(0..k)).await;
                 c.ubuf = b.into_inner();
@@ -693,7 +839,147 @@ where
         return Outcome::Abort;
     }
     if up_reusable {
-        up.checkin(t, us, Instant::now());
+        up.checkin(target, us, Instant::now());
+    }
+    Outcome::Done { keep_alive: !close }
+}
+
+/// Which upstream of a route's split serves this request: the sticky key's
+/// bucket when the request has one, else a weighted random draw.
+fn choose_split(w: &Worker, split: &Split, c: &Conn) -> usize {
+    let first = split.upstreams[0].0;
+    if split.upstreams.len() == 1 {
+        return first;
+    }
+    let ip = &c.peer_ip.0[..c.peer_ip.1 as usize];
+    let r = split
+        .sticky
+        .as_ref()
+        .and_then(|k| crate::upstream::request_key(k, &c.buf, &c.lines, ip))
+        .unwrap_or_else(|| w.upstreams[first].next_random());
+    let mut x = (r % split.total as u64) as u32;
+    for &(id, weight) in &split.upstreams {
+        if x < weight {
+            return id;
+        }
+        x -= weight;
+    }
+    first
+}
+
+/// A request's standing with the upstream's breaker: what it admitted,
+/// and whether the verdict was recorded. A ticket dropped without a
+/// verdict (the client went away, or its request was bad) gives a
+/// half-open probe slot back.
+struct Ticket<'a> {
+    breaker: Option<&'a Breaker>,
+    admit: Admit,
+    done: bool,
+}
+
+impl<'a> Ticket<'a> {
+    #[inline]
+    fn new(breaker: Option<&'a Breaker>) -> Self {
+        Ticket {
+            breaker,
+            admit: breaker.map_or(Admit::Closed, |b| b.admit()),
+            done: breaker.is_none(),
+        }
+    }
+
+    #[inline]
+    fn record(&mut self, ok: bool) {
+        if !self.done {
+            self.done = true;
+            if let Some(b) = self.breaker {
+                b.record(self.admit, ok);
+            }
+        }
+    }
+
+    #[inline]
+    fn record_status(&mut self, status: u16) {
+        let ok = self.breaker.is_none_or(|b| !b.is_failure_status(status));
+        self.record(ok);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(b) = self.breaker
+        {
+            b.release(self.admit);
+        }
+    }
+}
+
+/// Answers a request whose upstream's breaker is open: the upstream's
+/// `[fallback]`, or 503 with `Retry-After`. Allocation is fine here: this
+/// is the degraded path.
+async fn breaker_open<S: AsyncWriteRent>(
+    w: &Worker,
+    client: &mut S,
+    c: &mut Conn,
+    up_cfg: &UpstreamConfig,
+    body_done: bool,
+    req_end: usize,
+) -> Outcome {
+    let close = !body_done || !c.head.keep_alive || w.draining.get();
+    let mut buf = std::mem::take(&mut c.scratch);
+    buf.clear();
+    let rid = String::from_utf8_lossy(c.rid.as_bytes()).into_owned();
+    let (status, content_type, body, retry_after) = match &up_cfg.fallback {
+        Some(f) => (
+            f.status,
+            f.content_type.as_str(),
+            f.body.clone().into_bytes(),
+            None,
+        ),
+        None => {
+            let ms = up_cfg
+                .state
+                .breaker
+                .as_ref()
+                .map_or(0, |b| b.retry_after_ms());
+            let body = serde_json::json!({
+                "error": format!("upstream {} is unavailable (circuit breaker open)", up_cfg.name),
+                "status": 503,
+                "request_id": rid,
+            });
+            (
+                503,
+                "application/json",
+                body.to_string().into_bytes(),
+                Some(ms.div_ceil(1000).max(1)),
+            )
+        }
+    };
+    let _ = write!(
+        buf,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nX-Request-Id: {rid}\r\n",
+        crate::http::reason(status),
+        body.len()
+    );
+    if let Some(secs) = retry_after {
+        let _ = write!(buf, "Retry-After: {secs}\r\n");
+    }
+    buf.extend_from_slice(&c.resp_extra);
+    if close {
+        buf.extend_from_slice(b"Connection: close\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+    if !c.head.is_head {
+        buf.extend_from_slice(&body);
+    }
+    c.bytes_out += buf.len() as u64;
+    let (r, b) = client.write_all(buf).await;
+    c.scratch = b;
+    if r.is_err() {
+        return Outcome::Abort;
+    }
+    if !close {
+        c.consume(req_end);
     }
     Outcome::Done { keep_alive: !close }
 }

@@ -21,6 +21,12 @@ pub struct Server;
 
 /// A running gateway.
 pub struct ServerHandle {
+    /// The running config.
+    pub config: Arc<arc_swap::ArcSwap<Config>>,
+    /// Where the admin listener is bound, when `[admin]` is configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// Metric shards of every worker.
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     addrs: Vec<SocketAddr>,
     signals: Vec<Arc<Shutdown>>,
     threads: Vec<JoinHandle<()>>,
@@ -69,6 +75,17 @@ impl Server {
         if let Some(r) = &config.rate_limits {
             r.start_control(s.workers);
         }
+        // Discovery (first resolution, then its threads) and health checks.
+        crate::upstream::start_control(&config);
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(&config, s.workers));
+        let log = match config.log.access {
+            Some(f) => Some(
+                crate::telemetry::access_log::AccessLog::start(f, &config.log.path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot open log.path {}: {e}", config.log.path))
+                })?,
+            ),
+            None => None,
+        };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut signals = Vec::new();
         let mut threads = Vec::new();
@@ -87,19 +104,26 @@ impl Server {
             let cfg = config.clone();
             let core = (s.pin && !cores.is_empty()).then(|| cores[id % cores.len()]);
             let ready = ready_tx.clone();
+            let shared = worker::WorkerShared {
+                metrics: metrics.clone().workers[id].clone(),
+                log: log.clone(),
+            };
             let t = std::thread::Builder::new()
                 .name(format!("ringgate-w{id}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    worker::run(id, cfg, listeners, shutdown, hooks, ready);
+                    worker::run(id, cfg, listeners, shutdown, hooks, ready, shared);
                 })?;
             threads.push(t);
         }
         drop(ready_tx);
         let mut drivers = Vec::new();
         let mut handle = ServerHandle {
+            config: Arc::new(arc_swap::ArcSwap::new(config.clone())),
+            admin_addr: None,
+            metrics: metrics.clone(),
             addrs,
             signals,
             threads,
@@ -119,6 +143,17 @@ impl Server {
             }
         }
         handle.drivers = drivers;
+        if let Some(a) = &config.admin {
+            let state = crate::admin::AdminState::new(handle.config.clone(), metrics.clone(), None);
+            match crate::admin::start(a.listen, Arc::new(state)) {
+                Ok(addr) => handle.admin_addr = Some(addr),
+                Err(e) => {
+                    handle.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        metrics.ready.store(1, std::sync::atomic::Ordering::Relaxed);
         Ok(handle)
     }
 }
@@ -136,6 +171,7 @@ impl ServerHandle {
 
     /// Stops accepting, drains in-flight requests and joins the workers.
     pub fn shutdown(&mut self) {
+        self.metrics.ready.store(0, std::sync::atomic::Ordering::Relaxed);
         for s in &self.signals {
             s.trigger();
         }

@@ -37,12 +37,16 @@ pub struct Worker {
     pub auth: crate::filter::auth::WorkerState,
     /// This worker's rate-limit shard.
     pub rate: crate::filter::rate_limit::WorkerState,
+    /// This worker's metric shard (read by the admin thread on scrape).
+    pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
+    /// This worker's access-log buffer, when logging is on.
+    pub log: Option<crate::telemetry::access_log::WorkerLog>,
     ids: RequestIds,
 }
 
 impl Worker {
     /// Worker-local state for `config`.
-    pub fn new(id: usize, config: Arc<Config>) -> Self {
+    pub fn new(id: usize, config: Arc<Config>, shared: &WorkerShared) -> Self {
         let upstreams = config
             .upstreams
             .iter()
@@ -59,6 +63,11 @@ impl Worker {
             draining: Cell::new(false),
             auth,
             rate,
+            metrics: shared.metrics.clone(),
+            log: shared
+                .log
+                .as_ref()
+                .map(|l| crate::telemetry::access_log::WorkerLog::new(l.clone())),
             ids: RequestIds::new(id),
         }
     }
@@ -167,6 +176,15 @@ pub struct Hooks {
     pub on_worker_start: Option<fn(usize)>,
 }
 
+/// What the server hands each worker besides its config.
+#[derive(Clone)]
+pub struct WorkerShared {
+    /// The worker's metric shard.
+    pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
+    /// The access-log writer, when logging is on.
+    pub log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
+}
+
 /// What a worker reports once it is listening.
 pub type Ready = std::sync::mpsc::Sender<Result<String, String>>;
 
@@ -179,6 +197,7 @@ pub fn run(
     shutdown: Arc<Shutdown>,
     hooks: Hooks,
     ready: Ready,
+    shared: WorkerShared,
 ) {
     if let Some(f) = hooks.on_worker_start {
         f(id);
@@ -190,7 +209,7 @@ pub fn run(
         IoMode::Auto => monoio::utils::detect_uring(),
     };
     let entries = s.io_uring_entries;
-    let fut = serve(id, config.clone(), listeners, shutdown);
+    let fut = serve(id, config.clone(), listeners, shutdown, shared);
     if use_uring {
         let mut urb = io_uring::IoUring::builder();
         match s.io_uring_mode {
@@ -245,8 +264,9 @@ async fn serve(
     config: Arc<Config>,
     listeners: Vec<std::net::TcpListener>,
     shutdown: Arc<Shutdown>,
+    shared: WorkerShared,
 ) {
-    let worker = Rc::new(Worker::new(id, config.clone()));
+    let worker = Rc::new(Worker::new(id, config.clone(), &shared));
     let mut accept_tasks = Vec::new();
     let stop_tx = LocalStop::new();
     for l in listeners {
@@ -262,6 +282,17 @@ async fn serve(
         accept_tasks.push(monoio::spawn(accept_loop(w, l, stop)));
     }
     crate::filter::rate_limit::spawn_worker_tasks(&worker);
+    if worker.log.is_some() {
+        let w = worker.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(l) = &w.log {
+                    l.flush_if_older(Duration::from_millis(200));
+                }
+            }
+        });
+    }
     // Sweep idle pooled connections once a second.
     {
         let w = worker.clone();
@@ -269,8 +300,11 @@ async fn serve(
             loop {
                 monoio::time::sleep(Duration::from_secs(1)).await;
                 let now = Instant::now();
-                for u in &w.upstreams {
+                for (i, u) in w.upstreams.iter().enumerate() {
                     u.sweep(now);
+                    if let Some(g) = w.metrics.pool_idle.get(i) {
+                        g.store(u.idle_count() as i64, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
         });
@@ -284,6 +318,9 @@ async fn serve(
     let deadline = Instant::now() + config.server.drain_timeout;
     while worker.in_flight.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if let Some(l) = &worker.log {
+        l.flush();
     }
     tracing::debug!(
         worker = id,
@@ -353,10 +390,17 @@ async fn accept_loop(w: Rc<Worker>, listener: monoio::net::TcpListener, stop: Lo
             continue;
         }
         w.connections.set(w.connections.get() + 1);
+        w.metrics.connections.add(1);
+        w.metrics
+            .open_connections
+            .store(w.connections.get() as i64, std::sync::atomic::Ordering::Relaxed);
         let w2 = w.clone();
         monoio::spawn(async move {
             crate::http::conn::serve(&w2, stream, peer).await;
             w2.connections.set(w2.connections.get() - 1);
+            w2.metrics
+                .open_connections
+                .store(w2.connections.get() as i64, std::sync::atomic::Ordering::Relaxed);
         });
     }
 }

@@ -6,13 +6,22 @@
 //! before reuse with a non-blocking `MSG_PEEK` (a closed or garbage-carrying
 //! socket is dropped); connections idle past the upstream's
 //! `idle_timeout_ms` are closed by the worker's sweeper.
+//!
+//! Targets come from the upstream's shared snapshot ([`UpstreamShared`]);
+//! [`UpstreamState::list`] mirrors it on this worker, keeping each target's
+//! pool and counters while its address stays and closing the pools of
+//! targets discovery removed.
 
+use super::retry::RetryBudget;
+use super::shared::{TargetShared, UpstreamShared};
 use crate::config::UpstreamConfig;
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Pooled connections idle longer than this are probed before reuse.
@@ -26,22 +35,106 @@ pub struct Pooled {
     pub since: Instant,
 }
 
-/// One target of an upstream, on one worker.
+/// One target of an upstream, on one worker. Kept (same `Rc`) across
+/// discovery snapshots while its address stays.
 pub struct TargetState {
+    /// State shared with the other workers (health, ejection, weight).
+    pub shared: Arc<TargetShared>,
     /// Its address.
     pub addr: SocketAddr,
     /// Idle connections, most recent last.
     pub idle: RefCell<Vec<Pooled>>,
     /// Requests this worker has in flight to it.
     pub in_flight: Cell<u32>,
+    /// Peak-EWMA of response-head latency, in ns (`p2c_ewma`).
+    pub ewma_ns: Cell<f64>,
+    /// When `ewma_ns` was last updated.
+    pub ewma_at: Cell<Instant>,
+    /// Smooth weighted round robin's current weight (`weighted`).
+    pub current: Cell<i64>,
+    /// Set when discovery removed it: its connections are not pooled.
+    pub removed: Cell<bool>,
+}
+
+impl TargetState {
+    fn new(shared: Arc<TargetShared>, max_idle: usize) -> Self {
+        TargetState {
+            addr: shared.addr,
+            shared,
+            idle: RefCell::new(Vec::with_capacity(max_idle.min(64))),
+            in_flight: Cell::new(0),
+            ewma_ns: Cell::new(0.0),
+            ewma_at: Cell::new(Instant::now()),
+            current: Cell::new(0),
+            removed: Cell::new(false),
+        }
+    }
+
+    /// One more request in flight.
+    #[inline]
+    pub fn begin(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    /// One request less in flight.
+    #[inline]
+    pub fn end(&self) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+    }
+
+    /// Feeds a response-head latency into the peak EWMA: a slower sample
+    /// replaces it at once, faster ones pull it down with time decay.
+    #[inline]
+    pub fn observe(&self, rtt: Duration, now: Instant) {
+        let rtt = rtt.as_nanos() as f64;
+        let cur = self.decayed(now);
+        self.ewma_ns.set(if rtt > cur {
+            rtt
+        } else {
+            let w = (-(now.saturating_duration_since(self.ewma_at.get()).as_nanos() as f64)
+                / EWMA_DECAY_NS)
+                .exp();
+            cur * w + rtt * (1.0 - w).max(EWMA_MIN_WEIGHT)
+        });
+        self.ewma_at.set(now);
+    }
+
+    /// The EWMA decayed towards zero for the time since the last sample, so
+    /// a target left alone is tried again.
+    #[inline]
+    pub fn decayed(&self, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(self.ewma_at.get()).as_nanos() as f64;
+        self.ewma_ns.get() * (-age / EWMA_DECAY_NS).exp()
+    }
+}
+
+/// Time constant of the latency EWMA.
+const EWMA_DECAY_NS: f64 = 10e9;
+/// Least weight a new sample gets (requests arriving close together).
+const EWMA_MIN_WEIGHT: f64 = 0.1;
+
+/// The targets of an upstream as one worker sees them: a snapshot version
+/// and the worker-local state of each target. A request holds the `Rc` of
+/// the list it picked from for its whole life, so indices stay valid when
+/// discovery publishes a new one meanwhile.
+pub struct TargetList {
+    /// The shared snapshot version this list mirrors.
+    pub version: u64,
+    /// Targets, in snapshot order.
+    pub targets: Vec<Rc<TargetState>>,
 }
 
 /// One upstream on one worker.
 pub struct UpstreamState {
-    /// Targets, in config order.
-    pub targets: Vec<TargetState>,
+    /// State shared with the other workers and the control plane.
+    pub shared: Arc<UpstreamShared>,
+    list: RefCell<Rc<TargetList>>,
     /// Round-robin cursor.
     pub cursor: Cell<usize>,
+    /// xorshift state (`p2c_ewma`, splits).
+    pub rng: Cell<u64>,
+    /// This worker's retry budget.
+    pub budget: RetryBudget,
     /// Most idle connections kept per target.
     pub max_idle: usize,
     /// Idle timeout.
@@ -51,26 +144,74 @@ pub struct UpstreamState {
 impl UpstreamState {
     /// Worker-local state for an upstream.
     pub fn new(cfg: &UpstreamConfig, worker: usize) -> Self {
-        UpstreamState {
-            targets: cfg
+        let shared = cfg.state.clone();
+        let set = shared.snapshot();
+        let list = TargetList {
+            version: set.version,
+            targets: set
                 .targets
                 .iter()
-                .map(|&addr| TargetState {
-                    addr,
-                    idle: RefCell::new(Vec::with_capacity(cfg.max_idle_per_target)),
-                    in_flight: Cell::new(0),
-                })
+                .map(|t| Rc::new(TargetState::new(t.clone(), cfg.max_idle_per_target)))
                 .collect(),
+        };
+        UpstreamState {
+            shared,
+            list: RefCell::new(Rc::new(list)),
             // Workers start at different targets so they spread load.
             cursor: Cell::new(worker),
+            rng: Cell::new(super::hash::mix(worker as u64 ^ 0x5eed) | 1),
+            budget: RetryBudget::new(cfg.retry_budget_percent),
             max_idle: cfg.max_idle_per_target,
             idle_timeout: cfg.idle_timeout,
         }
     }
 
-    /// Takes a live idle connection to target `t`, if any.
-    pub fn checkout(&self, t: usize, now: Instant) -> Option<TcpStream> {
-        let mut idle = self.targets[t].idle.borrow_mut();
+    /// The current target list, refreshed first when discovery published a
+    /// new snapshot (one atomic load when it did not). Targets that left
+    /// are marked removed and their idle connections closed.
+    #[inline]
+    pub fn list(&self) -> Rc<TargetList> {
+        let v = self.shared.version();
+        {
+            let l = self.list.borrow();
+            if l.version == v {
+                return l.clone();
+            }
+        }
+        self.refresh()
+    }
+
+    #[cold]
+    fn refresh(&self) -> Rc<TargetList> {
+        let set = self.shared.snapshot();
+        let old = self.list.borrow().clone();
+        let targets: Vec<Rc<TargetState>> = set
+            .targets
+            .iter()
+            .map(|t| {
+                match old.targets.iter().find(|o| Arc::ptr_eq(&o.shared, t)) {
+                    Some(o) => o.clone(),
+                    None => Rc::new(TargetState::new(t.clone(), self.max_idle)),
+                }
+            })
+            .collect();
+        for o in &old.targets {
+            if !targets.iter().any(|n| Rc::ptr_eq(n, o)) {
+                o.removed.set(true);
+                o.idle.borrow_mut().clear();
+            }
+        }
+        let list = Rc::new(TargetList {
+            version: set.version,
+            targets,
+        });
+        *self.list.borrow_mut() = list.clone();
+        list
+    }
+
+    /// Takes a live idle connection to `t`, if any.
+    pub fn checkout(&self, t: &TargetState, now: Instant) -> Option<TcpStream> {
+        let mut idle = t.idle.borrow_mut();
         while let Some(p) = idle.pop() {
             let age = now.saturating_duration_since(p.since);
             if age >= self.idle_timeout {
@@ -84,17 +225,23 @@ impl UpstreamState {
         None
     }
 
-    /// Returns a connection to the pool (dropped when the pool is full).
-    pub fn checkin(&self, t: usize, stream: TcpStream, now: Instant) {
-        let mut idle = self.targets[t].idle.borrow_mut();
+    /// Returns a connection to the pool (dropped when the pool is full or
+    /// the target was removed).
+    pub fn checkin(&self, t: &TargetState, stream: TcpStream, now: Instant) {
+        if t.removed.get() {
+            return;
+        }
+        let mut idle = t.idle.borrow_mut();
         if idle.len() < self.max_idle {
             idle.push(Pooled { stream, since: now });
         }
     }
 
-    /// Closes idle connections older than the idle timeout.
+    /// Closes idle connections older than the idle timeout (and picks up a
+    /// new snapshot, closing connections to removed targets).
     pub fn sweep(&self, now: Instant) {
-        for t in &self.targets {
+        let list = self.list();
+        for t in &list.targets {
             t.idle
                 .borrow_mut()
                 .retain(|p| now.saturating_duration_since(p.since) < self.idle_timeout);
@@ -103,7 +250,23 @@ impl UpstreamState {
 
     /// Idle connections across targets.
     pub fn idle_count(&self) -> usize {
-        self.targets.iter().map(|t| t.idle.borrow().len()).sum()
+        self.list
+            .borrow()
+            .targets
+            .iter()
+            .map(|t| t.idle.borrow().len())
+            .sum()
+    }
+
+    /// Next pseudo-random number (xorshift64*).
+    #[inline]
+    pub fn next_random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
 

@@ -1,0 +1,2 @@
+//! Placeholder; the auth benches land with the auth filter.
+fn main() {}

@@ -1,0 +1,286 @@
+//! The admin listener: health, readiness, metrics, the running config,
+//! reload, upstream state and registry, on its own address (loopback by
+//! default) and its own thread — never on a worker.
+//!
+//! A bearer token is required on every endpoint when `[admin] token_env`
+//! names a set variable. Requests are small; each connection gets a short
+//! blocking thread with read/write timeouts, and at most
+//! [`MAX_ADMIN_CONNECTIONS`] are served at once.
+
+use crate::config::Config;
+use crate::telemetry::metrics::Metrics;
+use arc_swap::ArcSwap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Most admin connections served concurrently.
+pub const MAX_ADMIN_CONNECTIONS: usize = 32;
+
+/// A reload request's answer: Ok(summary) or every error.
+pub type ReloadFn = dyn Fn() -> Result<String, Vec<String>> + Send + Sync;
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    /// The running config.
+    pub config: Arc<ArcSwap<Config>>,
+    /// Metric shards.
+    pub metrics: Arc<Metrics>,
+    /// Triggers a reload (None: reload not available).
+    pub reload: Option<Box<ReloadFn>>,
+    active: AtomicUsize,
+}
+
+impl AdminState {
+    /// Admin state over a running server.
+    pub fn new(config: Arc<ArcSwap<Config>>, metrics: Arc<Metrics>, reload: Option<Box<ReloadFn>>) -> Self {
+        AdminState {
+            config,
+            metrics,
+            reload,
+            active: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Binds the admin listener and serves it on a thread.
+pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} (admin.listen): {e}")))?;
+    let local = l.local_addr()?;
+    std::thread::Builder::new()
+        .name(String::from("ringgate-admin"))
+        .spawn(move || {
+            for s in l.incoming().flatten() {
+                if state.active.load(Ordering::Relaxed) >= MAX_ADMIN_CONNECTIONS {
+                    continue;
+                }
+                state.active.fetch_add(1, Ordering::Relaxed);
+                let st = state.clone();
+                let r = std::thread::Builder::new()
+                    .name(String::from("ringgate-admin-conn"))
+                    .spawn(move || {
+                        serve(s, &st);
+                        st.active.fetch_sub(1, Ordering::Relaxed);
+                    });
+                if r.is_err() {
+                    state.active.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        })?;
+    Ok(local)
+}
+
+/// A parsed admin request.
+pub struct AdminRequest {
+    /// Method.
+    pub method: String,
+    /// Path (without query).
+    pub path: String,
+    /// Query string.
+    pub query: String,
+    /// Bearer token presented.
+    pub bearer: Option<String>,
+    /// Body.
+    pub body: Vec<u8>,
+    keep_alive: bool,
+}
+
+fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<AdminRequest> {
+    let mut tmp = [0u8; 4096];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let mut cl = 0usize;
+                let mut bearer = None;
+                let mut close = req.version == Some(0);
+                for h in req.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        cl = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
+                    } else if h.name.eq_ignore_ascii_case("authorization") {
+                        let v = std::str::from_utf8(h.value).ok()?;
+                        if let Some(t) = v.strip_prefix("Bearer ") {
+                            bearer = Some(t.trim().to_string());
+                        }
+                    } else if h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    }
+                }
+                if cl > 1 << 20 {
+                    return None;
+                }
+                let target = req.path.unwrap_or("/");
+                let (path, query) = match target.split_once('?') {
+                    Some((p, q)) => (p.to_string(), q.to_string()),
+                    None => (target.to_string(), String::new()),
+                };
+                let method = req.method.unwrap_or("").to_string();
+                while buf.len() < n + cl {
+                    let k = s.read(&mut tmp).ok()?;
+                    if k == 0 {
+                        return None;
+                    }
+                    buf.extend_from_slice(&tmp[..k]);
+                }
+                let body = buf[n..n + cl].to_vec();
+                buf.drain(..n + cl);
+                return Some(AdminRequest {
+                    method,
+                    path,
+                    query,
+                    bearer,
+                    body,
+                    keep_alive: !close,
+                });
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > 64 * 1024 {
+                    return None;
+                }
+                let k = s.read(&mut tmp).ok()?;
+                if k == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&tmp[..k]);
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn serve(mut s: TcpStream, st: &AdminState) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::with_capacity(4096);
+    while let Some(req) = read_request(&mut s, &mut buf) {
+        let (status, ctype, body) = handle(st, &req);
+        let resp = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}{}\r\n",
+            crate::http::reason(status),
+            body.len(),
+            if status == 401 { "WWW-Authenticate: Bearer realm=\"ringgate-admin\"\r\n" } else { "" },
+            if req.keep_alive { "" } else { "Connection: close\r\n" },
+        );
+        if s.write_all(resp.as_bytes()).is_err() || s.write_all(body.as_bytes()).is_err() || !req.keep_alive {
+            return;
+        }
+    }
+}
+
+fn json_err(status: u16, msg: &str) -> (u16, &'static str, String) {
+    (
+        status,
+        "application/json",
+        serde_json::json!({"error": msg, "status": status}).to_string(),
+    )
+}
+
+/// Answers one admin request.
+pub fn handle(st: &AdminState, req: &AdminRequest) -> (u16, &'static str, String) {
+    let cfg = st.config.load_full();
+    if let Some(admin) = &cfg.admin
+        && let Some(token) = &admin.token
+    {
+        let ok = req
+            .bearer
+            .as_deref()
+            .is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes()));
+        if !ok {
+            return json_err(401, "admin token required");
+        }
+    }
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/healthz") => (200, "application/json", String::from("{\"status\":\"ok\"}")),
+        ("GET", "/readyz") => {
+            if st.metrics.ready.load(Ordering::Relaxed) == 1 {
+                (200, "application/json", String::from("{\"status\":\"ready\"}"))
+            } else {
+                (503, "application/json", String::from("{\"status\":\"not ready\"}"))
+            }
+        }
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", st.metrics.render(&cfg)),
+        ("GET", "/config") => (200, "application/json", config_json(&cfg).to_string()),
+        ("POST", "/reload") => match &st.reload {
+            Some(f) => match f() {
+                Ok(summary) => (
+                    200,
+                    "application/json",
+                    serde_json::json!({"status": "reloaded", "summary": summary}).to_string(),
+                ),
+                Err(errors) => (
+                    400,
+                    "application/json",
+                    serde_json::json!({"status": "rejected", "errors": errors, "error": "invalid config; the running config is unchanged"}).to_string(),
+                ),
+            },
+            None => json_err(501, "reload needs a config file (ringgate run -c FILE)"),
+        },
+        (_, p) if p == "/upstreams" || p.starts_with("/upstreams/") => {
+            match crate::upstream::admin_request(&cfg, &req.method, p, &req.body) {
+                Some((status, body)) => (status, "application/json", body),
+                None => json_err(404, "no such admin endpoint"),
+            }
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => json_err(405, "method not allowed"),
+        _ => json_err(404, "no such admin endpoint"),
+    }
+}
+
+/// Constant-time byte comparison.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The running config as JSON, secrets redacted.
+pub fn config_json(cfg: &Config) -> serde_json::Value {
+    use serde_json::json;
+    let s = &cfg.server;
+    json!({
+        "server": {
+            "listen": s.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "workers": s.workers,
+            "pin": s.pin,
+            "io": format!("{:?}", s.io),
+            "io_uring_entries": s.io_uring_entries,
+            "io_uring_mode": format!("{:?}", s.io_uring_mode),
+            "drain_timeout_ms": s.drain_timeout.as_millis() as u64,
+            "max_header_bytes": s.max_header_bytes,
+            "max_headers": s.max_headers,
+            "max_uri_bytes": s.max_uri_bytes,
+            "max_body_bytes": s.max_body_bytes,
+            "header_timeout_ms": s.header_timeout.as_millis() as u64,
+            "idle_timeout_ms": s.idle_timeout.as_millis() as u64,
+            "max_connections": s.max_connections,
+            "buffer_bytes": s.buffer_bytes,
+        },
+        "admin": cfg.admin.as_ref().map(|a| json!({
+            "listen": a.listen.to_string(),
+            "token_env": a.token_env,
+            "token": a.token.as_ref().map(|_| "<redacted>"),
+        })),
+        "upstreams": cfg.upstreams.iter().map(|u| json!({
+            "name": u.name,
+            "balance": format!("{:?}", u.balance),
+            "connect_timeout_ms": u.connect_timeout.as_millis() as u64,
+            "request_timeout_ms": u.request_timeout.as_millis() as u64,
+        })).collect::<Vec<_>>(),
+        "routes": cfg.routes.iter().map(|r| json!({
+            "name": r.name,
+            "path": r.path,
+            "host": r.host,
+            "methods": r.methods.map(|m| m.to_string()),
+            "upstream": cfg.upstreams[r.upstream].name,
+            "filters": r.chain.filters.len(),
+        })).collect::<Vec<_>>(),
+        "log": { "access": cfg.log.access.map(|f| format!("{f:?}")), "path": cfg.log.path },
+        "auth": cfg.auth.as_ref().map(|_| "<configured; secrets redacted>"),
+        "rate_limits": cfg.rate_limits.as_ref().map(|_| "<configured>"),
+    })
+}

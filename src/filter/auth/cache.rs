@@ -1,0 +1,156 @@
+//! The per-worker cache of validated tokens.
+//!
+//! Keyed by a seeded 64-bit hash of the token bytes; an entry stores the
+//! whole token, compared in full on every hit, so a hash collision is only
+//! ever a miss. Only tokens that passed every check are inserted, and an
+//! entry is dropped once the token's `exp` (plus leeway) has passed. When
+//! full, expired entries are swept and, if that freed too little, arbitrary
+//! entries (the map's order is randomised by the seed) are evicted down to
+//! 90 % so the sweep's cost is spread over many inserts.
+//!
+//! Performance notes: a hit is one hash of the token (a few multiplies per
+//! 8 bytes), one map probe, one memcmp and an `Rc` clone — no allocation.
+
+use super::Authenticated;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
+
+/// Passes a `u64` key through (the keys are already good hashes).
+#[derive(Default)]
+struct U64Pass(u64);
+
+impl Hasher for U64Pass {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+struct Entry {
+    token: Box<[u8]>,
+    value: Rc<Authenticated>,
+    expires_at: u64,
+}
+
+/// Validated tokens of one worker.
+pub(crate) struct TokenCache {
+    map: HashMap<u64, Entry, BuildHasherDefault<U64Pass>>,
+    cap: usize,
+    seed: u64,
+    /// Which key set the entries were validated against.
+    pub epoch: (usize, u64),
+}
+
+const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+#[inline]
+fn mix(a: u64, b: u64) -> u64 {
+    let m = (a as u128).wrapping_mul(b as u128);
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+/// A seeded hash of the token bytes.
+#[inline]
+pub(crate) fn token_hash(seed: u64, t: &[u8]) -> u64 {
+    let mut h = seed ^ (t.len() as u64).wrapping_mul(K);
+    let mut chunks = t.chunks_exact(16);
+    for c in &mut chunks {
+        let a = u64::from_le_bytes(c[..8].try_into().unwrap_or_default());
+        let b = u64::from_le_bytes(c[8..].try_into().unwrap_or_default());
+        h = mix(a ^ h, b ^ K);
+    }
+    let rest = chunks.remainder();
+    let mut buf = [0u8; 16];
+    buf[..rest.len()].copy_from_slice(rest);
+    let a = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
+    let b = u64::from_le_bytes(buf[8..].try_into().unwrap_or_default());
+    mix(mix(a ^ h, b ^ K), seed ^ K)
+}
+
+impl TokenCache {
+    pub(crate) fn new(cap: usize) -> TokenCache {
+        let mut s = [0u8; 8];
+        let seed = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s)
+        {
+            Ok(()) => u64::from_le_bytes(s),
+            Err(_) => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                t ^ (&s as *const _ as u64)
+            }
+        };
+        TokenCache {
+            map: HashMap::default(),
+            cap: cap.max(1),
+            seed,
+            epoch: (0, 0),
+        }
+    }
+
+    /// Entries held.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Drops every entry.
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    /// The cached result for `token`, if still valid at `now`.
+    #[inline]
+    pub(crate) fn get(&mut self, token: &[u8], now: u64) -> Option<Rc<Authenticated>> {
+        let h = token_hash(self.seed, token);
+        let e = self.map.get(&h)?;
+        if &*e.token != token {
+            return None;
+        }
+        if now >= e.expires_at {
+            self.map.remove(&h);
+            return None;
+        }
+        Some(e.value.clone())
+    }
+
+    /// Remembers a validated token until `expires_at`.
+    pub(crate) fn insert(&mut self, token: &[u8], value: Rc<Authenticated>, expires_at: u64, now: u64) {
+        if self.map.len() >= self.cap {
+            self.make_room(now);
+        }
+        let h = token_hash(self.seed, token);
+        self.map.insert(
+            h,
+            Entry {
+                token: token.into(),
+                value,
+                expires_at,
+            },
+        );
+    }
+
+    fn make_room(&mut self, now: u64) {
+        self.map.retain(|_, e| e.expires_at > now);
+        let target = self.cap - self.cap / 10 - 1;
+        if self.map.len() > target {
+            let drop: Vec<u64> = self
+                .map
+                .keys()
+                .copied()
+                .take(self.map.len() - target)
+                .collect();
+            for k in drop {
+                self.map.remove(&k);
+            }
+        }
+    }
+}

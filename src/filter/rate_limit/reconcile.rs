@@ -1,0 +1,586 @@
+//! The reconciler: a control-plane thread that keeps each key's limit
+//! whole across the workers (and, for `scope = "global"`, across
+//! instances, through the Redis lease thread).
+//!
+//! How it works. Every sync interval each worker sends a [`Report`]: per
+//! key it touched, the requests it saw (demand) and admitted (spends). The
+//! reconciler folds the spends into the key's *instance-wide* state (the
+//! algorithm run on the sum), then sends every worker holding the key an
+//! [`Update`]: its share `s_w` of the key, proportional to its recent
+//! demand, and the instance state scaled by `s_w`, less what the worker
+//! spent since it reported. The shares of a key add up to 1, so the
+//! workers' capacities and refill rates add up to the limit whichever way
+//! the traffic is spread. A worker meeting a key it never saw starts with
+//! share `1/N` of a fresh key; once a key has used more than that share
+//! the reconciler installs it on the workers that do not hold it yet.
+//!
+//! Reports are numbered; an update says which report of the worker it
+//! includes, so spends are never counted twice or missed. Channels are
+//! bounded crossbeam channels; workers only `try_send`/`try_recv`.
+
+use super::algo::{Algorithm, Params, State};
+use super::redis_store::{LeaseReq, LeaseResp};
+use super::shard::IdMap;
+use super::{Limits, Scope};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Weak;
+use std::time::Duration;
+
+/// Requests admitted, by window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Spends {
+    /// Window of `cur` (0 for buckets).
+    pub win: u64,
+    /// Admitted in window `win`.
+    pub cur: u32,
+    /// Admitted in window `win - 1`.
+    pub prev: u32,
+}
+
+impl Spends {
+    pub fn add(&mut self, win: u64) {
+        if self.cur == 0 && self.prev == 0 {
+            self.win = win;
+        }
+        if win == self.win {
+            self.cur += 1;
+        } else if win == self.win + 1 {
+            self.prev = self.cur;
+            self.cur = 1;
+            self.win = win;
+        } else if win > self.win {
+            self.prev = 0;
+            self.cur = 1;
+            self.win = win;
+        } else if win + 1 == self.win {
+            self.prev += 1;
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.cur + self.prev
+    }
+
+    /// Subtracts these spends from a state's quota.
+    pub fn apply(&self, st: &mut State, p: &Params) {
+        if self.cur > 0 {
+            st.spend(p, self.cur as f64, self.win);
+        }
+        if self.prev > 0 && self.win > 0 {
+            st.spend(p, self.prev as f64, self.win - 1);
+        }
+    }
+}
+
+/// One key in a worker's report.
+#[derive(Debug)]
+pub(crate) struct ReportItem {
+    pub limit: u16,
+    pub key: u64,
+    pub tier: u8,
+    pub demand: u32,
+    pub spends: Spends,
+    pub key_bytes: Option<Box<[u8]>>,
+}
+
+/// A worker's report for one sync interval.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub worker: u16,
+    pub seq: u32,
+    pub items: Vec<ReportItem>,
+    pub evicted: Vec<(u16, u64)>,
+}
+
+/// New state for one key on one worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Update {
+    pub limit: u16,
+    pub key: u64,
+    pub tier: u8,
+    pub share: f64,
+    /// The worker's part of the key, at `now`.
+    pub state: State,
+    pub now: u64,
+    /// Waiting for a lease: requests wait rather than fail.
+    pub awaiting: bool,
+    /// Create the key if the worker does not hold it.
+    pub install: bool,
+}
+
+/// What the reconciler sends a worker each interval.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    /// The worker's last report folded into these states.
+    pub acked: u32,
+    /// The Redis store answers.
+    pub store_ok: bool,
+    pub updates: Vec<Update>,
+}
+
+#[derive(Debug)]
+struct Holder {
+    worker: u16,
+    /// Demand, decayed by half each time the key is reconciled.
+    demand: f64,
+}
+
+#[derive(Debug, Default)]
+struct Lease {
+    in_flight: bool,
+    /// Not before (after the store said the quota is used up).
+    next_at: u64,
+    /// Instance demand, requests per tick (EWMA).
+    rate: f64,
+    demand_tick: u64,
+    idle_ticks: u32,
+    /// Redis window the balance belongs to (windowed algorithms).
+    win: u64,
+    expires_at: u64,
+}
+
+#[derive(Debug)]
+struct GKey {
+    tier: u8,
+    state: State,
+    holders: Vec<Holder>,
+    last_active: u64,
+    key_bytes: Option<Box<[u8]>>,
+    lease: Lease,
+    /// Global key running on local state while the store is down.
+    fallback: bool,
+}
+
+pub(crate) struct Reconciler {
+    limits: Weak<Limits>,
+    workers: usize,
+    rx: Receiver<Report>,
+    txs: Vec<Sender<Batch>>,
+    acked: Vec<u32>,
+    acked_sent: Vec<u32>,
+    keys: Vec<IdMap<GKey>>,
+    touched: Vec<(u16, u64)>,
+    redis: Option<(Sender<LeaseReq>, Receiver<LeaseResp>)>,
+    store_ok: bool,
+    store_ok_sent: bool,
+    out: Vec<Vec<Update>>,
+    ticks: u64,
+}
+
+impl Reconciler {
+    pub fn new(
+        limits: &std::sync::Arc<Limits>,
+        workers: usize,
+        rx: Receiver<Report>,
+        txs: Vec<Sender<Batch>>,
+        redis: Option<(Sender<LeaseReq>, Receiver<LeaseResp>)>,
+    ) -> Reconciler {
+        Reconciler {
+            limits: std::sync::Arc::downgrade(limits),
+            workers,
+            rx,
+            txs,
+            acked: vec![0; workers],
+            acked_sent: vec![0; workers],
+            keys: limits.defs.iter().map(|_| IdMap::default()).collect(),
+            touched: Vec::new(),
+            redis,
+            store_ok: true,
+            store_ok_sent: true,
+            out: (0..workers).map(|_| Vec::new()).collect(),
+            ticks: 0,
+        }
+    }
+
+    /// Runs until every worker is gone.
+    pub fn run(mut self) {
+        let Some(l) = self.limits.upgrade() else {
+            return;
+        };
+        let tick = Duration::from_nanos(l.tick_ns);
+        drop(l);
+        let mut next = std::time::Instant::now() + tick;
+        loop {
+            let wait = next.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(r) => {
+                    let Some(l) = self.limits.upgrade() else {
+                        return;
+                    };
+                    self.fold(&l, r);
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            next += tick;
+            let now_i = std::time::Instant::now();
+            if next < now_i {
+                next = now_i + tick;
+            }
+            let Some(l) = self.limits.upgrade() else {
+                return;
+            };
+            self.step(&l);
+        }
+    }
+
+    /// Folds one report into the instance state.
+    fn fold(&mut self, l: &Limits, r: Report) {
+        let now = l.clock.now();
+        let w = r.worker as usize;
+        if w >= self.workers {
+            return;
+        }
+        for it in r.items {
+            let li = it.limit as usize;
+            let Some(def) = l.defs.get(li) else { continue };
+            let Some(tier) = def.tiers.get(it.tier as usize) else {
+                continue;
+            };
+            let p = &tier.params;
+            let global = def.scope == Scope::Global && self.redis.is_some();
+            let store_ok = self.store_ok;
+            let g = self.keys[li].entry(it.key).or_insert_with(|| GKey {
+                tier: it.tier,
+                state: if global && store_ok {
+                    State::Credit { balance: 0.0 }
+                } else {
+                    p.fresh(1.0, now)
+                },
+                holders: Vec::new(),
+                last_active: now,
+                key_bytes: None,
+                lease: Lease::default(),
+                fallback: global && !store_ok,
+            });
+            if g.key_bytes.is_none() {
+                g.key_bytes = it.key_bytes;
+            }
+            g.state.advance(p, 1.0, now);
+            it.spends.apply(&mut g.state, p);
+            g.last_active = now;
+            g.lease.demand_tick += it.demand as u64;
+            match g.holders.iter_mut().find(|h| h.worker == r.worker) {
+                Some(h) => h.demand += it.demand as f64,
+                None => g.holders.push(Holder {
+                    worker: r.worker,
+                    demand: it.demand as f64,
+                }),
+            }
+            self.touched.push((it.limit, it.key));
+        }
+        for (li, key) in r.evicted {
+            if let Some(g) = self.keys.get_mut(li as usize).and_then(|m| m.get_mut(&key)) {
+                g.holders.retain(|h| h.worker != r.worker);
+            }
+        }
+        if r.seq > self.acked[w] {
+            self.acked[w] = r.seq;
+        }
+    }
+
+    /// One sync interval: leases, shares, updates out.
+    fn step(&mut self, l: &Limits) {
+        self.ticks += 1;
+        let now = l.clock.now();
+        self.take_leases(l, now);
+        self.manage_leases(l, now);
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for &(li, key) in &touched {
+            self.reconcile_key(l, li, key, now);
+        }
+        touched.clear();
+        self.touched = touched;
+        self.send();
+        if self.ticks % 20 == 0 {
+            self.expire(l, now);
+        }
+    }
+
+    /// Computes shares for one key and queues an update per holder.
+    fn reconcile_key(&mut self, l: &Limits, li: u16, key: u64, now: u64) {
+        let def = &l.defs[li as usize];
+        let n = self.workers;
+        let Some(g) = self.keys[li as usize].get_mut(&key) else {
+            return;
+        };
+        let p = &def.tiers[g.tier as usize].params;
+        g.state.advance(p, 1.0, now);
+        // A key that used more than one worker's first-touch share goes to
+        // every worker, so none of them starts it afresh.
+        let credit = matches!(g.state, State::Credit { .. });
+        if !credit && n > 1 && g.holders.len() < n {
+            let used = 1.0 - g.state.available(p, 1.0, now) / p.fresh_quota();
+            if used > 1.0 / n as f64 {
+                for w in 0..n as u16 {
+                    if !g.holders.iter().any(|h| h.worker == w) {
+                        g.holders.push(Holder {
+                            worker: w,
+                            demand: 0.0,
+                        });
+                    }
+                }
+            }
+        }
+        if g.holders.is_empty() {
+            return;
+        }
+        let total: f64 = g.holders.iter().map(|h| h.demand).sum();
+        let h = g.holders.len() as f64;
+        let floor = if total > 0.0 { 0.05 * total / h } else { 1.0 };
+        let wsum = total + floor * h;
+        let awaiting = credit && g.lease.in_flight && g.state.available(p, 1.0, now) < 1.0;
+        // Credit is handed out in whole requests (largest remainder), so a
+        // small balance is not lost to rounding.
+        let mut credit_parts: Vec<f64> = Vec::new();
+        if let State::Credit { balance } = g.state {
+            let b = balance.max(0.0).floor();
+            let raw: Vec<f64> = g
+                .holders
+                .iter()
+                .map(|x| b * (x.demand + floor) / wsum)
+                .collect();
+            credit_parts = raw.iter().map(|r| r.floor()).collect();
+            let mut left = b - credit_parts.iter().sum::<f64>();
+            let mut order: Vec<usize> = (0..raw.len()).collect();
+            order.sort_by(|&a, &b| {
+                (raw[b] - raw[b].floor())
+                    .partial_cmp(&(raw[a] - raw[a].floor()))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(
+                        g.holders[b]
+                            .demand
+                            .partial_cmp(&g.holders[a].demand)
+                            .unwrap_or(std::cmp::Ordering::Equal),
+                    )
+            });
+            for i in order {
+                if left < 1.0 {
+                    break;
+                }
+                credit_parts[i] += 1.0;
+                left -= 1.0;
+            }
+        }
+        for (i, hd) in g.holders.iter_mut().enumerate() {
+            let share = (hd.demand + floor) / wsum;
+            let state = match g.state {
+                State::Credit { .. } => State::Credit {
+                    balance: credit_parts[i],
+                },
+                st => st.scaled(share),
+            };
+            if let Some(out) = self.out.get_mut(hd.worker as usize) {
+                out.push(Update {
+                    limit: li,
+                    key,
+                    tier: g.tier,
+                    share,
+                    state,
+                    now,
+                    awaiting,
+                    install: true,
+                });
+            }
+            hd.demand *= 0.5;
+        }
+    }
+
+    fn send(&mut self) {
+        let store_changed = self.store_ok != self.store_ok_sent;
+        for (w, tx) in self.txs.iter().enumerate() {
+            let updates = std::mem::take(&mut self.out[w]);
+            if updates.is_empty() && self.acked[w] == self.acked_sent[w] && !store_changed {
+                continue;
+            }
+            let b = Batch {
+                acked: self.acked[w],
+                store_ok: self.store_ok,
+                updates,
+            };
+            if tx.try_send(b).is_ok() {
+                self.acked_sent[w] = self.acked[w];
+            }
+        }
+        self.store_ok_sent = self.store_ok;
+    }
+
+    /// Drops keys nobody used for a while.
+    fn expire(&mut self, l: &Limits, now: u64) {
+        for (li, m) in self.keys.iter_mut().enumerate() {
+            let ttl = l.defs[li].ttl_ns;
+            m.retain(|_, g| {
+                let idle = now.saturating_sub(g.last_active);
+                let lease_busy = g.lease.in_flight
+                    || matches!(g.state, State::Credit { balance } if balance >= 1.0);
+                lease_busy || idle <= 2 * ttl
+            });
+        }
+    }
+
+    /// Applies what the lease thread answered.
+    fn take_leases(&mut self, l: &Limits, now: u64) {
+        let Some((_, rx)) = &self.redis else { return };
+        let mut resps = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            resps.push(r);
+        }
+        for r in resps {
+            match r {
+                LeaseResp::Granted {
+                    limit,
+                    key,
+                    want,
+                    granted,
+                    win,
+                    reset_ms,
+                } => {
+                    self.set_store(l, true, now);
+                    if want < 0 {
+                        continue; // a give-back
+                    }
+                    let Some(g) = self.keys[limit as usize].get_mut(&key) else {
+                        continue;
+                    };
+                    g.lease.in_flight = false;
+                    let p = l.defs[limit as usize].tiers[g.tier as usize].params;
+                    if let State::Credit { balance } = &mut g.state {
+                        if p.algorithm == Algorithm::FixedWindow
+                            || p.algorithm == Algorithm::SlidingWindow
+                        {
+                            if win != g.lease.win {
+                                *balance = balance.min(0.0);
+                                g.lease.win = win;
+                            }
+                            g.lease.expires_at = now + reset_ms * 1_000_000;
+                        }
+                        *balance += granted as f64;
+                    }
+                    if granted < want {
+                        let wait = (reset_ms * 1_000_000).clamp(l.tick_ns, 1_000_000_000);
+                        g.lease.next_at = now + wait;
+                    }
+                    self.touched.push((limit, key));
+                }
+                LeaseResp::Failed { limit, key } => {
+                    if let Some(g) = self.keys[limit as usize].get_mut(&key) {
+                        g.lease.in_flight = false;
+                    }
+                    self.set_store(l, false, now);
+                }
+                LeaseResp::Up => self.set_store(l, true, now),
+                LeaseResp::Down => self.set_store(l, false, now),
+            }
+        }
+    }
+
+    /// Store up or down: global keys switch between leased credit and a
+    /// local fallback (fail open) — or are refused on the workers (fail
+    /// closed).
+    fn set_store(&mut self, l: &Limits, ok: bool, now: u64) {
+        if ok == self.store_ok {
+            return;
+        }
+        self.store_ok = ok;
+        tracing::warn!(store_ok = ok, "rate-limit store state changed");
+        for (li, m) in self.keys.iter_mut().enumerate() {
+            let def = &l.defs[li];
+            if def.scope != Scope::Global {
+                continue;
+            }
+            for (&key, g) in m.iter_mut() {
+                let p = &def.tiers[g.tier as usize].params;
+                if ok && g.fallback {
+                    g.state = State::Credit { balance: 0.0 };
+                    g.fallback = false;
+                    g.lease = Lease::default();
+                    self.touched.push((li as u16, key));
+                } else if !ok && def.fail_open && !g.fallback {
+                    g.state = p.fresh(1.0, now);
+                    g.fallback = true;
+                    g.lease.in_flight = false;
+                    self.touched.push((li as u16, key));
+                }
+            }
+        }
+    }
+
+    /// Asks for leases where the balance runs low; returns what idle keys
+    /// hold.
+    fn manage_leases(&mut self, l: &Limits, now: u64) {
+        let Some((tx, _)) = &self.redis else { return };
+        if !self.store_ok {
+            // The lease thread reconnects on its own and says `Up`.
+            return;
+        }
+        for (li, m) in self.keys.iter_mut().enumerate() {
+            let def = &l.defs[li];
+            if def.scope != Scope::Global {
+                continue;
+            }
+            for (&key, g) in m.iter_mut() {
+                let State::Credit { balance } = &mut g.state else {
+                    continue;
+                };
+                let p = def.tiers[g.tier as usize].params;
+                let windowed = matches!(
+                    p.algorithm,
+                    Algorithm::FixedWindow | Algorithm::SlidingWindow
+                );
+                if windowed && g.lease.expires_at != 0 && now >= g.lease.expires_at {
+                    // Quota of a window that is over.
+                    *balance = balance.min(0.0);
+                    g.lease.expires_at = 0;
+                    self.touched.push((li as u16, key));
+                }
+                let d = std::mem::take(&mut g.lease.demand_tick) as f64;
+                g.lease.rate = 0.5 * g.lease.rate + 0.5 * d;
+                if d > 0.0 {
+                    g.lease.idle_ticks = 0;
+                } else {
+                    g.lease.idle_ticks = g.lease.idle_ticks.saturating_add(1);
+                }
+                let Some(kb) = &g.key_bytes else { continue };
+                if g.lease.in_flight {
+                    continue;
+                }
+                // Lease size follows the rate: about four intervals' worth,
+                // at most a tenth of the limit.
+                let max_lease = (p.limit as f64 / 10.0).max(1.0);
+                let low = (g.lease.rate * 2.0).max(1.0);
+                if g.lease.idle_ticks >= 4 && *balance >= 1.0 {
+                    let back = balance.floor();
+                    *balance -= back;
+                    let _ = tx.try_send(LeaseReq {
+                        limit: li as u16,
+                        key,
+                        rkey: l.redis_key(li, g.tier, kb),
+                        params: p,
+                        want: -(back as i64),
+                        win: g.lease.win,
+                    });
+                    self.touched.push((li as u16, key));
+                    continue;
+                }
+                if g.lease.idle_ticks < 2 && *balance < low && now >= g.lease.next_at {
+                    let want = (g.lease.rate * 4.0).max(d * 2.0).clamp(1.0, max_lease).ceil();
+                    let req = LeaseReq {
+                        limit: li as u16,
+                        key,
+                        rkey: l.redis_key(li, g.tier, kb),
+                        params: p,
+                        want: want as i64,
+                        win: g.lease.win,
+                    };
+                    if tx.try_send(req).is_ok() {
+                        g.lease.in_flight = true;
+                        self.touched.push((li as u16, key));
+                    }
+                }
+            }
+        }
+    }
+}

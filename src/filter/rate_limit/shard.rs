@@ -1,0 +1,500 @@
+//! The worker's shard: one key table per limit, decisions on the request
+//! path, and the exchange with the reconciler on a timer.
+//!
+//! Key components: [`Shard`] (owned by the worker, `RefCell`s only),
+//! [`Table`] (a capped map with CLOCK eviction) and [`Entry`] (one key's
+//! local state, its share of the key, and what was spent since the last
+//! report).
+//!
+//! Performance notes: a decision is a hash of the key bytes, one map lookup
+//! on a pre-hashed `u64`, and a few float operations; nothing is shared
+//! with another thread. The exchange with the reconciler (`tick`) runs as a
+//! separate task every sync interval and only uses `try_send`/`try_recv`.
+
+use super::Limits;
+use super::algo::{Check, Params, State};
+use super::reconcile::{Batch, Report, ReportItem, Spends, Update};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+/// Identity hasher for keys that already are 64-bit keyed hashes.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// The worker's end of the reconciler channels.
+#[derive(Debug)]
+pub(crate) struct WorkerLink {
+    pub tx: Sender<Report>,
+    pub rx: Receiver<Batch>,
+}
+
+/// One key on one worker.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    tier: u8,
+    /// This worker's share of the key (1/N until the reconciler says).
+    share: f64,
+    state: State,
+    /// Spent since the last report.
+    fresh: Spends,
+    /// Spent in the report numbered `sent_seq` (counted until acked).
+    sent: Spends,
+    sent_seq: u32,
+    /// Requests seen since the last report (admitted or not).
+    demand: u32,
+    dirty: bool,
+    /// Used since the CLOCK hand last passed.
+    referenced: bool,
+    last_seen: u64,
+    /// A global key waiting for its first lease.
+    awaiting: bool,
+    key_bytes: Option<Box<[u8]>>,
+}
+
+/// One limit's keys on one worker.
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    map: IdMap<Entry>,
+    /// Every key of `map`, in CLOCK order.
+    ring: VecDeque<u64>,
+    /// Keys with something to report.
+    dirty: Vec<u64>,
+    /// Keys evicted since the last report.
+    evicted: Vec<u64>,
+}
+
+/// What a check says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Outcome {
+    /// Decided.
+    Checked(Check),
+    /// A global key with no quota yet: ask again shortly.
+    Wait,
+    /// The store is down and the limit fails closed.
+    StoreDown,
+}
+
+/// A worker's limiter state.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    pub limits: Arc<Limits>,
+    workers: usize,
+    tables: Vec<RefCell<Table>>,
+    link: Option<WorkerLink>,
+    /// Seq of the last report sent, and of the last one the reconciler
+    /// has folded in.
+    seq: Cell<u32>,
+    acked: Cell<u32>,
+    unsent: RefCell<Option<Report>>,
+    ticks: Cell<u32>,
+    store_ok: Cell<bool>,
+    id: usize,
+}
+
+const MAX_EVICTED_REPORTED: usize = 4096;
+
+impl Shard {
+    pub fn new(limits: Arc<Limits>, id: usize, workers: usize, link: Option<WorkerLink>) -> Shard {
+        let tables = limits
+            .defs
+            .iter()
+            .map(|_| RefCell::new(Table::default()))
+            .collect();
+        Shard {
+            limits,
+            workers: workers.max(1),
+            tables,
+            link,
+            seq: Cell::new(0),
+            acked: Cell::new(0),
+            unsent: RefCell::new(None),
+            ticks: Cell::new(0),
+            store_ok: Cell::new(true),
+            id,
+        }
+    }
+
+    /// Keys held, over all limits.
+    pub fn key_count(&self) -> usize {
+        self.tables.iter().map(|t| t.borrow().map.len()).sum()
+    }
+
+    /// Checks one request against limit `li` for key `key` (tier `tier`).
+    /// `demand` counts the request towards the key's demand; `commit`
+    /// spends it when admitted. `bytes` names the key (global limits).
+    #[inline]
+    pub fn check(
+        &self,
+        li: usize,
+        key: u64,
+        tier: u8,
+        now: u64,
+        demand: bool,
+        commit: bool,
+        bytes: impl FnOnce() -> Vec<u8>,
+    ) -> Outcome {
+        let def = &self.limits.defs[li];
+        let p: &Params = &def.tiers[tier as usize].params;
+        let global = def.global && self.link.is_some();
+        if global && !self.store_ok.get() && !def.fail_open {
+            return Outcome::StoreDown;
+        }
+        let mut t = self.tables[li].borrow_mut();
+        let t = &mut *t;
+        let e = match t.map.get_mut(&key) {
+            Some(e) => {
+                e.referenced = true;
+                e
+            }
+            None => {
+                let share = 1.0 / self.workers as f64;
+                let credit = global && self.store_ok.get();
+                let e = Entry {
+                    tier,
+                    share,
+                    state: if credit {
+                        State::Credit { balance: 0.0 }
+                    } else {
+                        p.fresh(share, now)
+                    },
+                    fresh: Spends::default(),
+                    sent: Spends::default(),
+                    sent_seq: 0,
+                    demand: 0,
+                    dirty: false,
+                    referenced: false,
+                    last_seen: now,
+                    awaiting: credit,
+                    key_bytes: global.then(|| bytes().into_boxed_slice()),
+                };
+                t.insert(key, e, def.max_keys, now, def.ttl_ns);
+                t.map.get_mut(&key).expect("just inserted")
+            }
+        };
+        e.last_seen = now;
+        if demand {
+            e.demand = e.demand.saturating_add(1);
+            if !e.dirty {
+                e.dirty = true;
+                t.dirty.push(key);
+            }
+        }
+        e.state.advance(p, e.share, now);
+        let c = e.state.check(p, e.share, now, commit);
+        if !c.admit && e.awaiting {
+            return Outcome::Wait;
+        }
+        if c.admit && commit {
+            e.fresh.add(window_of(p, now));
+            if !e.dirty {
+                e.dirty = true;
+                t.dirty.push(key);
+            }
+        }
+        Outcome::Checked(c)
+    }
+
+    /// The exchange with the reconciler, plus idle-key sweeping. Runs on
+    /// the worker every tick; never blocks.
+    pub fn tick(&self, now: u64) {
+        let ticks = self.ticks.get().wrapping_add(1);
+        self.ticks.set(ticks);
+        if let Some(link) = &self.link {
+            while let Ok(b) = link.rx.try_recv() {
+                self.apply(b);
+            }
+            self.report(link, ticks);
+        }
+        for (li, t) in self.tables.iter().enumerate() {
+            let def = &self.limits.defs[li];
+            t.borrow_mut().sweep(now, def.ttl_ns, def.max_keys);
+        }
+        self.limits.set_key_count(self.id, self.key_count());
+    }
+
+    fn apply(&self, b: Batch) {
+        if b.acked > self.acked.get() {
+            self.acked.set(b.acked);
+        }
+        self.store_ok.set(b.store_ok);
+        let acked = self.acked.get();
+        for u in b.updates {
+            self.apply_update(&u, acked);
+        }
+    }
+
+    fn apply_update(&self, u: &Update, acked: u32) {
+        let li = u.limit as usize;
+        let Some(def) = self.limits.defs.get(li) else {
+            return;
+        };
+        let Some(tier) = def.tiers.get(u.tier as usize) else {
+            return;
+        };
+        let p = &tier.params;
+        let mut t = self.tables[li].borrow_mut();
+        let t = &mut *t;
+        if !t.map.contains_key(&u.key) {
+            if !u.install || t.map.len() >= def.max_keys {
+                return;
+            }
+            let e = Entry {
+                tier: u.tier,
+                share: u.share,
+                state: u.state,
+                fresh: Spends::default(),
+                sent: Spends::default(),
+                sent_seq: 0,
+                demand: 0,
+                dirty: false,
+                referenced: false,
+                last_seen: u.now,
+                awaiting: u.awaiting,
+                key_bytes: None,
+            };
+            t.map.insert(u.key, e);
+            t.ring.push_back(u.key);
+            return;
+        }
+        let e = t.map.get_mut(&u.key).expect("present");
+        if e.tier != u.tier {
+            return;
+        }
+        // The reconciler's state at `u.now`, less what this worker spent
+        // that the state does not include yet.
+        let mut st = u.state;
+        if e.sent_seq > acked {
+            e.sent.apply(&mut st, p);
+        }
+        e.fresh.apply(&mut st, p);
+        e.state = st;
+        e.share = u.share;
+        e.awaiting = u.awaiting;
+    }
+
+    fn report(&self, link: &WorkerLink, ticks: u32) {
+        // A report not yet taken by the channel goes first.
+        if let Some(r) = self.unsent.borrow_mut().take() {
+            match link.tx.try_send(r) {
+                Ok(()) => {}
+                Err(TrySendError::Full(r)) | Err(TrySendError::Disconnected(r)) => {
+                    *self.unsent.borrow_mut() = Some(r);
+                    return;
+                }
+            }
+        }
+        if self.seq.get() > self.acked.get() {
+            return; // one report in flight at a time
+        }
+        let seq = self.seq.get() + 1;
+        let mut items = Vec::new();
+        let mut evicted = Vec::new();
+        for (li, t) in self.tables.iter().enumerate() {
+            let def = &self.limits.defs[li];
+            if def.every > 1 && ticks % def.every != 0 {
+                continue;
+            }
+            let mut t = t.borrow_mut();
+            let t = &mut *t;
+            for key in std::mem::take(&mut t.dirty) {
+                let Some(e) = t.map.get_mut(&key) else {
+                    continue;
+                };
+                if !e.dirty {
+                    continue;
+                }
+                e.dirty = false;
+                e.sent = std::mem::take(&mut e.fresh);
+                e.sent_seq = seq;
+                items.push(ReportItem {
+                    limit: li as u16,
+                    key,
+                    tier: e.tier,
+                    demand: std::mem::take(&mut e.demand),
+                    spends: e.sent,
+                    key_bytes: e.key_bytes.clone(),
+                });
+            }
+            for key in t.evicted.drain(..) {
+                evicted.push((li as u16, key));
+            }
+        }
+        if items.is_empty() && evicted.is_empty() {
+            return;
+        }
+        self.seq.set(seq);
+        let r = Report {
+            worker: self.id as u16,
+            seq,
+            items,
+            evicted,
+        };
+        if let Err(TrySendError::Full(r)) | Err(TrySendError::Disconnected(r)) = link.tx.try_send(r)
+        {
+            *self.unsent.borrow_mut() = Some(r);
+        }
+    }
+
+    /// Adds credit to a global key (benches and tests without Redis).
+    #[doc(hidden)]
+    pub fn grant(&self, li: usize, key: u64, balance: f64) {
+        if let Some(e) = self.tables[li].borrow_mut().map.get_mut(&key) {
+            e.state = State::Credit { balance };
+            e.awaiting = false;
+        }
+    }
+}
+
+fn window_of(p: &Params, now: u64) -> u64 {
+    match p.algorithm {
+        super::algo::Algorithm::FixedWindow | super::algo::Algorithm::SlidingWindow => {
+            now / p.window_ns
+        }
+        _ => 0,
+    }
+}
+
+impl Table {
+    /// Inserts a new key, evicting first when the table is full: CLOCK
+    /// (second chance) from the ring's head, so keys used twice outlive a
+    /// flood of keys used once.
+    fn insert(&mut self, key: u64, e: Entry, cap: usize, now: u64, ttl: u64) {
+        if self.map.len() >= cap {
+            self.evict_one(now, ttl);
+        }
+        self.map.insert(key, e);
+        self.ring.push_back(key);
+        if self.dirty.len() > 2 * cap.max(64) {
+            let map = &self.map;
+            self.dirty.retain(|k| map.get(k).is_some_and(|e| e.dirty));
+            self.dirty.sort_unstable();
+            self.dirty.dedup();
+        }
+    }
+
+    fn evict_one(&mut self, now: u64, ttl: u64) {
+        for _ in 0..32 {
+            let Some(k) = self.ring.pop_front() else {
+                return;
+            };
+            let Some(e) = self.map.get_mut(&k) else {
+                continue;
+            };
+            if e.referenced && now.saturating_sub(e.last_seen) < ttl {
+                e.referenced = false;
+                self.ring.push_back(k);
+                continue;
+            }
+            self.remove(k);
+            return;
+        }
+        // Everything was recently used: take the head anyway.
+        while let Some(k) = self.ring.pop_front() {
+            if self.map.contains_key(&k) {
+                self.remove(k);
+                return;
+            }
+        }
+    }
+
+    fn remove(&mut self, k: u64) {
+        self.map.remove(&k);
+        if self.evicted.len() < MAX_EVICTED_REPORTED {
+            self.evicted.push(k);
+        }
+    }
+
+    /// Drops keys idle longer than `ttl`, looking at a slice of the ring
+    /// per call so a large table costs little per tick.
+    fn sweep(&mut self, now: u64, ttl: u64, cap: usize) {
+        let n = (self.ring.len() / 16).clamp(64, 8192).min(self.ring.len());
+        for _ in 0..n {
+            let Some(k) = self.ring.pop_front() else {
+                return;
+            };
+            let Some(e) = self.map.get_mut(&k) else {
+                continue;
+            };
+            if now.saturating_sub(e.last_seen) > ttl && !e.dirty {
+                self.remove(k);
+            } else {
+                self.ring.push_back(k);
+            }
+        }
+        // A ring left longer than the map by removals elsewhere.
+        if self.ring.len() > 2 * cap.max(64) {
+            let map = &self.map;
+            self.ring.retain(|k| map.contains_key(k));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(now: u64) -> Entry {
+        Entry {
+            tier: 0,
+            share: 1.0,
+            state: State::Credit { balance: 0.0 },
+            fresh: Spends::default(),
+            sent: Spends::default(),
+            sent_seq: 0,
+            demand: 0,
+            dirty: false,
+            referenced: false,
+            last_seen: now,
+            awaiting: false,
+            key_bytes: None,
+        }
+    }
+
+    #[test]
+    fn table_stays_under_its_cap_and_keeps_hot_keys() {
+        let mut t = Table::default();
+        let ttl = 1_000_000_000;
+        t.insert(u64::MAX, entry(0), 100, 0, ttl);
+        for k in 0..10_000u64 {
+            // The hot key is used between every insert.
+            if let Some(e) = t.map.get_mut(&u64::MAX) {
+                e.referenced = true;
+            }
+            t.insert(k, entry(k), 100, k, ttl);
+            assert!(t.map.len() <= 100);
+        }
+        assert!(t.map.contains_key(&u64::MAX));
+        assert!(t.ring.len() <= 200);
+    }
+
+    #[test]
+    fn sweep_drops_idle_keys() {
+        let mut t = Table::default();
+        for k in 0..1000u64 {
+            t.insert(k, entry(0), 10_000, 0, 10);
+        }
+        for _ in 0..20 {
+            t.sweep(100, 10, 10_000);
+        }
+        assert_eq!(t.map.len(), 0);
+    }
+}

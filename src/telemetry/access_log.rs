@@ -1,0 +1,275 @@
+//! Access log: one line per request, JSON or combined-style.
+//!
+//! Workers append lines to their own buffer ([`WorkerLog`]) and hand full
+//! buffers (or, every 200 ms, partial ones) to a writer thread over a
+//! channel; the writer returns emptied buffers for reuse. A slow disk
+//! therefore never stalls a worker: when the writer falls behind, the
+//! channel fills and lines are dropped (and counted) instead.
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Apache/nginx combined-style, with ringgate's fields appended.
+    Combined,
+}
+
+/// The shared side: channels to and from the writer thread.
+pub struct AccessLog {
+    format: LogFormat,
+    tx: Sender<Vec<u8>>,
+    ret: Receiver<Vec<u8>>,
+    /// Lines dropped because the writer fell behind.
+    pub dropped: AtomicU64,
+}
+
+/// Flush a worker's buffer once it holds this much.
+const FLUSH_AT: usize = 32 * 1024;
+
+impl AccessLog {
+    /// Starts the writer thread for `path` ("-" = stdout).
+    pub fn start(format: LogFormat, path: &str) -> std::io::Result<Arc<AccessLog>> {
+        let mut out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+        };
+        let (tx, rx) = bounded::<Vec<u8>>(64);
+        let (ret_tx, ret) = bounded::<Vec<u8>>(64);
+        std::thread::Builder::new()
+            .name(String::from("ringgate-log"))
+            .spawn(move || {
+                for mut buf in rx {
+                    let _ = out.write_all(&buf);
+                    let _ = out.flush();
+                    buf.clear();
+                    let _ = ret_tx.try_send(buf);
+                }
+            })?;
+        Ok(Arc::new(AccessLog {
+            format,
+            tx,
+            ret,
+            dropped: AtomicU64::new(0),
+        }))
+    }
+}
+
+/// One request's log record.
+pub struct Record<'a> {
+    /// Request id.
+    pub request_id: &'a [u8],
+    /// Trace id (32 hex digits), if any.
+    pub trace_id: &'a [u8],
+    /// Client address.
+    pub client: SocketAddr,
+    /// Method.
+    pub method: &'a [u8],
+    /// Path and query.
+    pub path: &'a [u8],
+    /// HTTP minor version.
+    pub minor: u8,
+    /// Route name, or "-".
+    pub route: &'a str,
+    /// Upstream target, if one was used.
+    pub upstream: Option<SocketAddr>,
+    /// Status sent.
+    pub status: u16,
+    /// Request bytes received.
+    pub bytes_in: u64,
+    /// Response bytes sent.
+    pub bytes_out: u64,
+    /// Total time in µs.
+    pub total_us: u64,
+    /// Upstream time in µs, if any.
+    pub upstream_us: Option<u64>,
+    /// User-Agent.
+    pub user_agent: &'a [u8],
+    /// Referer.
+    pub referer: &'a [u8],
+}
+
+/// A worker's side of the access log.
+pub struct WorkerLog {
+    shared: Arc<AccessLog>,
+    buf: RefCell<Vec<u8>>,
+    last_flush: Cell<std::time::Instant>,
+}
+
+fn json_bytes(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f | 0x7f..=0xff => {
+                let _ = write!(out, "\\u{:04x}", b);
+            }
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Formats a unix time in ms as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(out: &mut Vec<u8>, unix_ms: u64) {
+    let secs = unix_ms / 1000;
+    let ms = unix_ms % 1000;
+    let days = (secs / 86400) as i64;
+    let sod = secs % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let mut y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    if m <= 2 {
+        y += 1;
+    }
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    );
+}
+
+impl WorkerLog {
+    /// A worker's buffer.
+    pub fn new(shared: Arc<AccessLog>) -> Self {
+        WorkerLog {
+            shared,
+            buf: RefCell::new(Vec::with_capacity(FLUSH_AT + 4096)),
+            last_flush: Cell::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Appends one line.
+    pub fn log(&self, r: &Record<'_>) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut b = self.buf.borrow_mut();
+        match self.shared.format {
+            LogFormat::Json => {
+                b.extend_from_slice(b"{\"time\":\"");
+                rfc3339(&mut b, now_ms);
+                b.extend_from_slice(b"\",\"request_id\":\"");
+                json_bytes(&mut b, r.request_id);
+                b.extend_from_slice(b"\",\"trace_id\":\"");
+                json_bytes(&mut b, r.trace_id);
+                let _ = write!(b, "\",\"client\":\"{}\",\"method\":\"", r.client.ip());
+                json_bytes(&mut b, r.method);
+                b.extend_from_slice(b"\",\"path\":\"");
+                json_bytes(&mut b, r.path);
+                b.extend_from_slice(b"\",\"route\":\"");
+                json_bytes(&mut b, r.route.as_bytes());
+                b.extend_from_slice(b"\",\"upstream\":");
+                match r.upstream {
+                    Some(u) => {
+                        let _ = write!(b, "\"{u}\"");
+                    }
+                    None => b.extend_from_slice(b"null"),
+                }
+                let _ = write!(
+                    b,
+                    ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"total_us\":{},\"upstream_us\":",
+                    r.status, r.bytes_in, r.bytes_out, r.total_us
+                );
+                match r.upstream_us {
+                    Some(u) => {
+                        let _ = write!(b, "{u}");
+                    }
+                    None => b.extend_from_slice(b"null"),
+                }
+                b.extend_from_slice(b"}\n");
+            }
+            LogFormat::Combined => {
+                let _ = write!(b, "{} - - [", r.client.ip());
+                rfc3339(&mut b, now_ms);
+                b.extend_from_slice(b"] \"");
+                b.extend_from_slice(r.method);
+                b.push(b' ');
+                b.extend_from_slice(r.path);
+                let _ = write!(b, " HTTP/1.{}\" {} {} \"", r.minor, r.status, r.bytes_out);
+                b.extend_from_slice(if r.referer.is_empty() { b"-" } else { r.referer });
+                b.extend_from_slice(b"\" \"");
+                b.extend_from_slice(if r.user_agent.is_empty() { b"-" } else { r.user_agent });
+                b.extend_from_slice(b"\" rid=");
+                b.extend_from_slice(r.request_id);
+                let _ = write!(b, " route={} upstream=", r.route);
+                match r.upstream {
+                    Some(u) => {
+                        let _ = write!(b, "{u}");
+                    }
+                    None => b.push(b'-'),
+                }
+                let _ = write!(b, " total_us={} upstream_us=", r.total_us);
+                match r.upstream_us {
+                    Some(u) => {
+                        let _ = write!(b, "{u}");
+                    }
+                    None => b.push(b'-'),
+                }
+                b.push(b'\n');
+            }
+        }
+        if b.len() >= FLUSH_AT {
+            drop(b);
+            self.flush();
+        }
+    }
+
+    /// Hands the buffer to the writer thread (never blocks).
+    pub fn flush(&self) {
+        let mut b = self.buf.borrow_mut();
+        self.last_flush.set(std::time::Instant::now());
+        if b.is_empty() {
+            return;
+        }
+        let fresh = self
+            .shared
+            .ret
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(FLUSH_AT + 4096));
+        let full = std::mem::replace(&mut *b, fresh);
+        match self.shared.tx.try_send(full) {
+            Ok(()) => {}
+            Err(TrySendError::Full(mut v)) | Err(TrySendError::Disconnected(mut v)) => {
+                let lines = v.iter().filter(|&&c| c == b'\n').count() as u64;
+                self.shared.dropped.fetch_add(lines, Ordering::Relaxed);
+                v.clear();
+                *b = v;
+            }
+        }
+    }
+
+    /// Flushes when the last flush is older than `every`.
+    pub fn flush_if_older(&self, every: std::time::Duration) {
+        if self.last_flush.get().elapsed() >= every {
+            self.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_formats() {
+        let mut v = Vec::new();
+        super::rfc3339(&mut v, 1_795_867_200_123);
+        assert_eq!(std::str::from_utf8(&v).unwrap(), "2026-11-28T12:00:00.123Z");
+    }
+}

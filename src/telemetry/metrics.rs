@@ -1,0 +1,291 @@
+//! Per-worker metric shards, merged only when scraped.
+//!
+//! Each worker owns one [`WorkerMetrics`]: flat arrays of counters and
+//! histograms indexed by route, method and status class, written by that
+//! worker alone with relaxed loads and stores (no read-modify-write, no
+//! cache line shared with another writer). [`Metrics::render`] walks every
+//! shard and prints Prometheus text.
+
+use super::histogram::{self, Histogram};
+use super::names::*;
+use crate::config::Config;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Method label slots: the nine known methods, then "other".
+pub const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "other",
+];
+
+/// Slot of a method token.
+#[inline]
+pub fn method_slot(m: &[u8]) -> usize {
+    match m {
+        b"GET" => 0,
+        b"HEAD" => 1,
+        b"POST" => 2,
+        b"PUT" => 3,
+        b"DELETE" => 4,
+        b"CONNECT" => 5,
+        b"OPTIONS" => 6,
+        b"TRACE" => 7,
+        b"PATCH" => 8,
+        _ => 9,
+    }
+}
+
+/// A counter with one writer.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n` (owning thread only).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed) + n, Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// One worker's shard.
+pub struct WorkerMetrics {
+    routes: usize,
+    upstreams: usize,
+    /// `[route + 1][method][class]` (row 0: requests with no route).
+    requests: Box<[Counter]>,
+    total: Box<[Histogram]>,
+    upstream_time: Box<[Histogram]>,
+    /// Open client connections.
+    pub open_connections: AtomicI64,
+    /// Client connections accepted.
+    pub connections: Counter,
+    /// New upstream connections, per upstream.
+    pub connects: Box<[Counter]>,
+    /// Reused pooled connections, per upstream.
+    pub reused: Box<[Counter]>,
+    /// Upstream errors, per upstream.
+    pub upstream_errors: Box<[Counter]>,
+    /// Idle pooled connections, per upstream (refreshed by the sweeper).
+    pub pool_idle: Box<[AtomicI64]>,
+}
+
+impl WorkerMetrics {
+    /// A shard sized for `cfg`.
+    pub fn new(cfg: &Config) -> Self {
+        let routes = cfg.routes.len();
+        let upstreams = cfg.upstreams.len();
+        let n = |k: usize| (0..k).map(|_| Counter::default()).collect::<Box<[Counter]>>();
+        WorkerMetrics {
+            routes,
+            upstreams,
+            requests: n((routes + 1) * 10 * 5),
+            total: (0..routes + 1).map(|_| Histogram::new()).collect(),
+            upstream_time: (0..routes + 1).map(|_| Histogram::new()).collect(),
+            open_connections: AtomicI64::new(0),
+            connections: Counter::default(),
+            connects: n(upstreams),
+            reused: n(upstreams),
+            upstream_errors: n(upstreams),
+            pool_idle: (0..upstreams).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+
+    /// Records one answered request. `route` is `None` for 404s and other
+    /// answers given before routing.
+    #[inline]
+    pub fn request(&self, route: Option<usize>, method: &[u8], status: u16, total_us: u64, upstream_us: Option<u64>) {
+        let r = route.map_or(0, |r| (r + 1).min(self.routes));
+        let class = ((status / 100) as usize).clamp(1, 5) - 1;
+        self.requests[(r * 10 + method_slot(method)) * 5 + class].add(1);
+        self.total[r].record(total_us);
+        if let Some(u) = upstream_us {
+            self.upstream_time[r].record(u);
+        }
+    }
+
+    /// As [`WorkerMetrics::request`], with the method already mapped to its
+    /// slot ([`method_slot`]).
+    #[inline]
+    pub fn request_slot(&self, route: Option<usize>, method_slot: usize, status: u16, total_us: u64, upstream_us: Option<u64>) {
+        let r = route.map_or(0, |r| (r + 1).min(self.routes));
+        let class = ((status / 100) as usize).clamp(1, 5) - 1;
+        self.requests[(r * 10 + method_slot.min(9)) * 5 + class].add(1);
+        self.total[r].record(total_us);
+        if let Some(u) = upstream_us {
+            self.upstream_time[r].record(u);
+        }
+    }
+
+    /// Notes a new (`reused = false`) or pooled upstream connection.
+    #[inline]
+    pub fn upstream_conn(&self, upstream: usize, reused: bool) {
+        if upstream < self.upstreams {
+            if reused {
+                self.reused[upstream].add(1)
+            } else {
+                self.connects[upstream].add(1)
+            }
+        }
+    }
+
+    /// Notes an upstream failure.
+    #[inline]
+    pub fn upstream_error(&self, upstream: usize) {
+        if upstream < self.upstreams {
+            self.upstream_errors[upstream].add(1);
+        }
+    }
+}
+
+/// All shards of a running server, and process-wide counters.
+pub struct Metrics {
+    /// One shard per worker.
+    pub workers: Vec<Arc<WorkerMetrics>>,
+    /// Successful reloads.
+    pub reloads_ok: AtomicU64,
+    /// Rejected reloads.
+    pub reloads_err: AtomicU64,
+    /// Last reload duration in µs.
+    pub reload_us: AtomicU64,
+    /// 1 when ready.
+    pub ready: AtomicU64,
+}
+
+const LE: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Shards for `workers` workers.
+    pub fn new(cfg: &Config, workers: usize) -> Self {
+        Metrics {
+            workers: (0..workers).map(|_| Arc::new(WorkerMetrics::new(cfg))).collect(),
+            reloads_ok: AtomicU64::new(0),
+            reloads_err: AtomicU64::new(0),
+            reload_us: AtomicU64::new(0),
+            ready: AtomicU64::new(0),
+        }
+    }
+
+    /// Prometheus text exposition of every metric, labels from `cfg`.
+    pub fn render(&self, cfg: &Config) -> String {
+        let mut o = String::with_capacity(16 * 1024);
+        let route_name = |r: usize| -> (String, String) {
+            if r == 0 {
+                (String::from("(none)"), String::from("(none)"))
+            } else {
+                let rc = &cfg.routes[r - 1];
+                (esc(&rc.name), esc(&cfg.upstreams[rc.upstream].name))
+            }
+        };
+        let routes = self.workers.first().map_or(0, |w| w.routes.min(cfg.routes.len()));
+        let _ = writeln!(o, "# HELP {REQUESTS_TOTAL} Requests answered.\n# TYPE {REQUESTS_TOTAL} counter");
+        for r in 0..=routes {
+            let (rn, un) = route_name(r);
+            for (m, mname) in METHODS.iter().enumerate() {
+                for class in 0..5 {
+                    let i = (r * 10 + m) * 5 + class;
+                    let v: u64 = self.workers.iter().map(|w| w.requests[i].get()).sum();
+                    if v > 0 {
+                        let _ = writeln!(
+                            o,
+                            "{REQUESTS_TOTAL}{{route=\"{rn}\",method=\"{mname}\",status=\"{}xx\",upstream=\"{un}\"}} {v}",
+                            class + 1
+                        );
+                    }
+                }
+            }
+        }
+        for (name, help, pick) in [
+            (REQUEST_DURATION, "Time from request head to response end.", 0),
+            (UPSTREAM_DURATION, "Time from request sent to response head.", 1),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for r in 0..=routes {
+                let mut counts = vec![0u64; histogram::BUCKETS];
+                let mut sum = 0;
+                for w in &self.workers {
+                    let h = if pick == 0 { &w.total[r] } else { &w.upstream_time[r] };
+                    sum += h.merge_into(&mut counts);
+                }
+                let total: u64 = counts.iter().sum();
+                if total == 0 {
+                    continue;
+                }
+                let (rn, _) = route_name(r);
+                let mut cum = 0;
+                let mut b = 0;
+                for le in LE {
+                    let le_us = (le * 1e6) as u64;
+                    while b < histogram::BUCKETS && histogram::upper(b) <= le_us {
+                        cum += counts[b];
+                        b += 1;
+                    }
+                    let _ = writeln!(o, "{name}_bucket{{route=\"{rn}\",le=\"{le}\"}} {cum}");
+                }
+                let _ = writeln!(o, "{name}_bucket{{route=\"{rn}\",le=\"+Inf\"}} {total}");
+                let _ = writeln!(o, "{name}_sum{{route=\"{rn}\"}} {}", sum as f64 / 1e6);
+                let _ = writeln!(o, "{name}_count{{route=\"{rn}\"}} {total}");
+            }
+        }
+        let _ = writeln!(o, "# HELP {OPEN_CONNECTIONS} Open client connections.\n# TYPE {OPEN_CONNECTIONS} gauge");
+        for (i, w) in self.workers.iter().enumerate() {
+            let _ = writeln!(o, "{OPEN_CONNECTIONS}{{worker=\"{i}\"}} {}", w.open_connections.load(Relaxed));
+        }
+        let _ = writeln!(o, "# HELP {CONNECTIONS_TOTAL} Client connections accepted.\n# TYPE {CONNECTIONS_TOTAL} counter");
+        for (i, w) in self.workers.iter().enumerate() {
+            let _ = writeln!(o, "{CONNECTIONS_TOTAL}{{worker=\"{i}\"}} {}", w.connections.get());
+        }
+        let ups = self.workers.first().map_or(0, |w| w.upstreams.min(cfg.upstreams.len()));
+        for (name, help, kind) in [
+            (UPSTREAM_CONNECTS, "New upstream connections.", 0),
+            (UPSTREAM_REUSED, "Requests on reused pooled connections.", 1),
+            (UPSTREAM_ERRORS, "Upstream failures.", 2),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for u in 0..ups {
+                let v: u64 = self
+                    .workers
+                    .iter()
+                    .map(|w| match kind {
+                        0 => w.connects[u].get(),
+                        1 => w.reused[u].get(),
+                        _ => w.upstream_errors[u].get(),
+                    })
+                    .sum();
+                let _ = writeln!(o, "{name}{{upstream=\"{}\"}} {v}", esc(&cfg.upstreams[u].name));
+            }
+        }
+        let _ = writeln!(o, "# HELP {POOL_IDLE} Idle pooled upstream connections.\n# TYPE {POOL_IDLE} gauge");
+        for u in 0..ups {
+            let v: i64 = self.workers.iter().map(|w| w.pool_idle[u].load(Relaxed)).sum();
+            let _ = writeln!(o, "{POOL_IDLE}{{upstream=\"{}\"}} {v}", esc(&cfg.upstreams[u].name));
+        }
+        let _ = writeln!(
+            o,
+            "# HELP {RELOADS_TOTAL} Config reloads.\n# TYPE {RELOADS_TOTAL} counter\n{RELOADS_TOTAL}{{result=\"ok\"}} {}\n{RELOADS_TOTAL}{{result=\"error\"}} {}",
+            self.reloads_ok.load(Relaxed),
+            self.reloads_err.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP {RELOAD_DURATION} Duration of the last successful reload.\n# TYPE {RELOAD_DURATION} gauge\n{RELOAD_DURATION} {}",
+            self.reload_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            o,
+            "# HELP {READY} 1 when serving.\n# TYPE {READY} gauge\n{READY} {}",
+            self.ready.load(Relaxed)
+        );
+        o
+    }
+}

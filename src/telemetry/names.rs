@@ -1,0 +1,31 @@
+//! Every metric name ringgate exports, grouped by family. Labels come only
+//! from config (route and upstream names) and fixed sets (method, status
+//! class), so cardinality is bounded by the config.
+
+/// Requests answered, by route, method, status class and upstream.
+pub const REQUESTS_TOTAL: &str = "ringgate_requests_total";
+/// Total time from complete request head to response end, by route.
+pub const REQUEST_DURATION: &str = "ringgate_request_duration_seconds";
+/// Time from request sent to response head received, by route.
+pub const UPSTREAM_DURATION: &str = "ringgate_upstream_duration_seconds";
+
+/// Open client connections, by worker.
+pub const OPEN_CONNECTIONS: &str = "ringgate_open_connections";
+/// Client connections accepted, by worker.
+pub const CONNECTIONS_TOTAL: &str = "ringgate_connections_total";
+
+/// New upstream connections opened, by upstream.
+pub const UPSTREAM_CONNECTS: &str = "ringgate_upstream_connections_opened_total";
+/// Requests sent on a reused pooled connection, by upstream.
+pub const UPSTREAM_REUSED: &str = "ringgate_upstream_connections_reused_total";
+/// Idle pooled connections, by upstream.
+pub const POOL_IDLE: &str = "ringgate_upstream_pool_idle";
+/// Upstream failures (connect, timeout, reset, invalid), by upstream.
+pub const UPSTREAM_ERRORS: &str = "ringgate_upstream_errors_total";
+
+/// Config reloads, by result (ok, error).
+pub const RELOADS_TOTAL: &str = "ringgate_config_reloads_total";
+/// Duration of the last successful reload.
+pub const RELOAD_DURATION: &str = "ringgate_config_reload_duration_seconds";
+/// 1 once the config is loaded and every worker serves.
+pub const READY: &str = "ringgate_ready";

@@ -1,0 +1,90 @@
+//! Discovery: where an upstream's targets come from, and the control-plane
+//! threads that keep them current.
+//!
+//! Key components: one module per source — [`static_list`] (the `targets`
+//! list, published once at compile time), [`dns`] (a name re-resolved
+//! every `dns_interval_ms`: A/AAAA or SRV, with a small UDP DNS client),
+//! [`file`] (a watched JSON file) and [`registry`] (instances registering
+//! through the admin API, expiring without heartbeats) — and [`start`],
+//! which spawns one thread per dynamic upstream.
+//!
+//! How it fits: every source ends in [`UpstreamShared::publish`], which
+//! swaps in a new immutable snapshot; workers notice the version change
+//! between requests (see [`crate::upstream::pool::UpstreamState::list`]).
+//! A source that fails keeps the last good list and logs why. Threads hold
+//! only a `Weak` to the upstream and end once the config is dropped.
+
+pub mod dns;
+pub mod file;
+pub mod registry;
+pub mod static_list;
+
+use super::shared::UpstreamShared;
+use crate::config::{Discovery, UpstreamConfig};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// The config name of a discovery source.
+pub fn kind(d: &Discovery) -> &'static str {
+    match d {
+        Discovery::Static => "static",
+        Discovery::Dns(_) => "dns",
+        Discovery::File(_) => "file",
+        Discovery::Registry { .. } => "registry",
+    }
+}
+
+/// Records (or clears) the reason the last discovery attempt failed.
+pub(crate) fn set_error(shared: &UpstreamShared, err: Option<&str>) {
+    if let Ok(mut e) = shared.discovery_error.lock() {
+        e.clear();
+        if let Some(m) = err {
+            e.push_str(m);
+        }
+    }
+}
+
+/// Resolves the upstream once (so the first requests find targets) and
+/// starts its discovery thread. Static upstreams need neither.
+pub fn start(cfg: &UpstreamConfig) {
+    let shared = &cfg.state;
+    let weak = Arc::downgrade(shared);
+    let name = format!("ringgate-disc-{}", cfg.name);
+    let spawned = match &cfg.discovery {
+        Discovery::Static => return,
+        Discovery::Dns(d) => {
+            dns::refresh(shared, d);
+            let d = d.clone();
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run(weak, d.interval, |s| dns::refresh(s, &d)))
+        }
+        Discovery::File(path) => {
+            let mut w = file::Watcher::new(path.clone());
+            w.poll(shared);
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run(weak, file::POLL, move |s| w.poll(s)))
+        }
+        Discovery::Registry { ttl } => {
+            let tick = (*ttl / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run(weak, tick, registry::expire))
+        }
+    };
+    if let Err(e) = spawned {
+        tracing::error!(upstream = %cfg.name, error = %e, "cannot start the discovery thread");
+    }
+}
+
+/// Calls `f` every `every` while the upstream lives.
+fn run(weak: Weak<UpstreamShared>, every: Duration, mut f: impl FnMut(&UpstreamShared)) {
+    loop {
+        std::thread::sleep(every);
+        match weak.upgrade() {
+            Some(s) => f(&s),
+            None => return,
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The `ringgate` binary: `check` exit codes and messages, and `run` draining
+//! an in-flight request on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringgate");
+
+/// Writes `text` to a fresh file in the temp dir.
+fn config_file(text: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ringgate-cli-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("ringgate.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn check(text: &str) -> Output {
+    let p = config_file(text);
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&p)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run ringgate check");
+    let _ = std::fs::remove_dir_all(p.parent().unwrap());
+    out
+}
+
+const VALID: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+pin = false
+
+[upstreams.api]
+targets = ["127.0.0.1:9001", "127.0.0.1:9002"]
+balance = "round_robin"
+connect_timeout_ms = 1000
+request_timeout_ms = 15000
+
+[[routes]]
+name = "products"
+path = "/products/{id}"
+methods = ["GET"]
+host = "api.example.com"
+upstream = "api"
+"#;
+
+#[test]
+fn check_valid_file_exits_0() {
+    let out = check(VALID);
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[track_caller]
+fn assert_check_fails(text: &str, needles: &[&str]) -> String {
+    let out = check(text);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "check accepted an invalid file; stderr:\n{stderr}"
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr does not name {n:?}:\n{stderr}");
+    }
+    assert!(
+        stderr.to_lowercase().contains("fix"),
+        "stderr gives no fix:\n{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn check_unknown_key() {
+    let text = VALID.replace("pin = false", "pin = false\nlistn = \"127.0.0.1:1\"");
+    assert_check_fails(&text, &["listn"]);
+}
+
+#[test]
+fn check_route_naming_missing_upstream() {
+    let text = VALID.replace("upstream = \"api\"", "upstream = \"nope\"");
+    assert_check_fails(&text, &["routes[0].upstream", "nope"]);
+}
+
+#[test]
+fn check_bad_listen_address() {
+    let text = VALID.replace("listen = \"127.0.0.1:0\"", "listen = \"not-an-address\"");
+    assert_check_fails(&text, &["server.listen", "not-an-address"]);
+}
+
+#[test]
+fn check_reports_every_error_in_one_run() {
+    let text = VALID
+        .replace("pin = false", "pin = false\nlistn = \"127.0.0.1:1\"")
+        .replace("upstream = \"api\"", "upstream = \"nope\"")
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"not-an-address\"");
+    assert_check_fails(&text, &["listn", "routes[0].upstream", "server.listen"]);
+}
+
+#[test]
+fn check_missing_file() {
+    let out = Command::new(BIN)
+        .args(["check", "-c", "/nonexistent/ringgate-test.toml"])
+        .output()
+        .expect("run ringgate check");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ringgate-test.toml"));
+}
+
+/// The port from the "ringgate serving" log line.
+fn serving_port(line: &str) -> Option<u16> {
+    if !line.contains("ringgate serving") {
+        return None;
+    }
+    let i = line.find("127.0.0.1:")? + "127.0.0.1:".len();
+    line[i..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn run_drains_in_flight_request_on_sigterm() {
+    let up = MockUpstream::builder()
+        .latency(Duration::from_millis(500))
+        .respond(200, "slow but complete")
+        .start();
+    let cfg = config_file(&GatewayConfig::simple(&[up.addr]).toml());
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("NO_COLOR", "1")
+        .env("RINGGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringgate run");
+    let stderr = child.stderr.take().unwrap();
+    let (port_tx, port_rx) = mpsc::channel();
+    let log = thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(p) = serving_port(&line) {
+                let _ = port_tx.send(p);
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let Ok(port) = port_rx.recv_timeout(Duration::from_secs(10)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no 'ringgate serving' line; log:\n{}", log.join().unwrap());
+    };
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let req = thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.get("/slow")
+    });
+    assert!(up.wait_hits(1), "the request never reached the backend");
+    // SAFETY: sending a signal to our own child process.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+
+    let r = req.join().expect("client thread");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "slow but complete");
+
+    let end = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ringgate did not exit after SIGTERM");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let log = log.join().unwrap();
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    assert_eq!(up.hits(), 1);
+    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
+}
