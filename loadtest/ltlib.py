@@ -376,6 +376,35 @@ def machine_busy_percent(interval: float = 1.0) -> Optional[float]:
     return 100.0 * (1.0 - (b[1] - a[1]) / (b[0] - a[0]))
 
 
+class ForeignCpuMeter:
+    """CPU used on the machine, during a run, by anything that is not ours: total busy time
+    from /proc/stat minus the CPU of our server process trees and of our finished (waited-for)
+    children, such as the load generator.  Reported as a share of all CPUs."""
+
+    def __init__(self, pids: List[int]):
+        self.pids = pids
+        self._a = None
+
+    def _snap(self):
+        import resource
+        jiffies = _cpu_jiffies()
+        ours = sum(tree_cpu_seconds(p) for p in self.pids)
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.monotonic(), jiffies, ours + ru.ru_utime + ru.ru_stime
+
+    def start(self) -> None:
+        self._a = self._snap()
+
+    def stop(self) -> Optional[float]:
+        b = self._snap()
+        a = self._a
+        if a is None or a[1] is None or b[1] is None or b[0] <= a[0]:
+            return None
+        busy = ((b[1][0] - b[1][1]) - (a[1][0] - a[1][1])) / CLK_TCK
+        foreign = busy - (b[2] - a[2])
+        return max(0.0, 100.0 * foreign / ((b[0] - a[0]) * (os.cpu_count() or 1)))
+
+
 def median(values: List[float]) -> float:
     vals = sorted(values)
     n = len(vals)

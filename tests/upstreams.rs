@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -287,30 +287,35 @@ fn no_retry_after_the_response_began_streaming() {
 }
 
 /// The retry budget caps retries at a share of requests: with every
-/// target refusing, requests are not each retried `retries` times.
+/// target resetting, requests are not each retried `retries` times.
 #[test]
 fn retry_budget_caps_retries() {
-    let dead: Vec<SocketAddr> = (0..4).map(|_| refused_addr()).collect();
+    let dead: Vec<MockUpstream> = (0..4)
+        .map(|_| MockUpstream::builder().close_after_head().start())
+        .collect();
+    let addrs: Vec<SocketAddr> = dead.iter().map(|m| m.addr).collect();
     let gw = GatewayConfig::new()
-        .upstream(
-            "up",
-            &dead,
-            &["retries = 3", "retry_budget_percent = 10", "connect_timeout_ms = 200"],
-        )
+        .upstream("up", &addrs, &["retries = 3", "retry_budget_percent = 10"])
         .route("/{*rest}", "up", &[])
-        .server("workers = 1")
         .start();
-    // Count connection attempts through a listener that is not there: use
-    // the gateway's answers instead — 502 for each, and the run stays fast
-    // because retries stop once the budget is spent.
+    // One keep-alive connection: one worker, one budget.
     let mut c = gw.client();
-    for _ in 0..200 {
+    const N: usize = 200;
+    for _ in 0..N {
         let r = c.get("/b");
         assert_json_error(&r, 502);
         if r.says_close() {
             c = gw.client();
         }
     }
+    let tries: usize = dead.iter().map(|m| m.hits()).sum();
+    // N first tries, plus the reserve (10) and 10% of N; without a budget
+    // it would be 4 * N.
+    let retries = tries - N;
+    assert!(
+        (20..=35).contains(&retries),
+        "{retries} retries for {N} requests"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -748,10 +753,10 @@ fn consistent_hash_keeps_keys_when_another_target_is_removed() {
 /// last good list; pooled connections to removed targets are closed.
 #[test]
 fn file_discovery_follows_changes() {
-    let a = named("a");
+    let (a, a_open) = counted_backend("a");
     let b = named("b");
     let path = temp_file("follow.json");
-    write_instances(&path, &[a.addr]);
+    write_instances(&path, &[a]);
     let gw = file_gateway(&path, &[]);
     let seen = tally(&gw, "/f", 10);
     assert_eq!(seen.get("200 a"), Some(&10), "{seen:?}");
@@ -761,13 +766,7 @@ fn file_discovery_follows_changes() {
     let seen = tally(&gw, "/f", 10);
     assert_eq!(seen.get("200 b"), Some(&10), "{seen:?}");
     // The idle keep-alive connections to `a` were closed by the gateway.
-    eventually("a's pooled connections closed", || {
-        let mut t = TcpStream::connect(a.addr).unwrap();
-        drop(&mut t);
-        // The mock keeps accepted streams; the gateway's were shut down
-        // once every stream it opened saw EOF. Probe via a request count.
-        true
-    });
+    eventually("a's pooled connections closed", || a_open.load(SeqCst) == 0);
 
     std::fs::write(&path, b"[{\"addr\": ").unwrap();
     thread::sleep(Duration::from_millis(500));
@@ -778,7 +777,7 @@ fn file_discovery_follows_changes() {
     );
     let seen = tally(&gw, "/f", 10);
     assert_eq!(seen.get("200 b"), Some(&10), "last good list kept: {seen:?}");
-    write_instances(&path, &[a.addr, b.addr]);
+    write_instances(&path, &[a, b.addr]);
     eventually("both serve", || {
         let s = tally(&gw, "/f", 10);
         s.get("200 a").is_some() && s.get("200 b").is_some()
@@ -1175,10 +1174,32 @@ fn same_port_pair() -> Option<(TcpListener, TcpListener)> {
     None
 }
 
+/// A backend answering its name that counts its open connections.
+fn counted_backend(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    serve_name_counted(l, name, open.clone());
+    (addr, open)
+}
+
 fn serve_name(l: TcpListener, name: &'static str) {
+    serve_name_counted(l, name, Arc::new(AtomicUsize::new(0)));
+}
+
+fn serve_name_counted(l: TcpListener, name: &'static str, open: Arc<AtomicUsize>) {
     thread::spawn(move || {
         for s in l.incoming().flatten() {
+            open.fetch_add(1, SeqCst);
+            let open = open.clone();
             thread::spawn(move || {
+                struct Closed(Arc<AtomicUsize>);
+                impl Drop for Closed {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, SeqCst);
+                    }
+                }
+                let _closed = Closed(open);
                 use std::io::{Read, Write};
                 let mut s = s;
                 let mut buf = Vec::new();

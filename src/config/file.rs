@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub log: Option<LogFile>,
     /// `[config]`
     pub config: Option<ConfigFileSection>,
+    /// `[versioning]`
+    pub versioning: Option<crate::router::version::VersioningFile>,
 }
 
 /// `[log]`
@@ -293,4 +295,14 @@ pub struct RouteFile {
     pub scopes: Option<Vec<String>>,
     /// Names of `[rate_limits.NAME]` applied to this route.
     pub rate_limit: Option<Vec<String>>,
+    /// `[routes.compose]`: answered by several upstreams merged (instead of `upstream`).
+    pub compose: Option<crate::proxy::compose::ComposeFile>,
+    /// `transform = { ... }`: request and response rewriting.
+    pub transform: Option<crate::filter::transform::TransformFile>,
+    /// The API version this route serves; absent = every version.
+    pub version: Option<String>,
+    /// Responses carry `Deprecation: true`.
+    pub deprecated: Option<bool>,
+    /// Responses carry `Sunset: <HTTP-date>`.
+    pub sunset: Option<String>,
 }

@@ -269,6 +269,14 @@ pub struct RouteConfig {
     pub index: usize,
     /// The route's filters, in order.
     pub chain: std::sync::Arc<crate::filter::Chain>,
+    /// `[routes.compose]`, compiled: the route is answered by its parts.
+    pub compose: Option<std::sync::Arc<crate::proxy::compose::Compose>>,
+    /// `transform`, compiled.
+    pub transform: Option<std::sync::Arc<crate::filter::transform::Transform>>,
+    /// The API version it serves (normalised); `None` = every version.
+    pub version: Option<Box<str>>,
+    /// `Deprecation`/`Sunset` response header lines, when set.
+    pub deprecation: Option<Box<[u8]>>,
 }
 
 /// `[admin]`, validated.
@@ -312,6 +320,8 @@ pub struct Config {
     pub auth: Option<std::sync::Arc<crate::filter::auth::Auth>>,
     /// `[rate_limits.*]` and `[redis]`, compiled; shared by all workers.
     pub rate_limits: Option<std::sync::Arc<crate::filter::rate_limit::Limits>>,
+    /// `[versioning]` and the routes' versions; `None` when unused.
+    pub versioning: Option<std::sync::Arc<crate::router::version::Versioning>>,
 }
 
 impl Config {

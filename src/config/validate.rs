@@ -239,10 +239,27 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
         }
     }
 
+    // Routes sharing a path with different versions: only the first of
+    // each group goes into the trie (see router::version).
+    let versioning = {
+        let keys: Vec<crate::router::version::RouteKey<'_>> = routes
+            .iter()
+            .map(|r| crate::router::version::RouteKey {
+                host: r.host.as_deref(),
+                path: &r.path,
+                methods: r.methods.map(|m| m.bits()),
+                version: r.version.as_deref(),
+            })
+            .collect();
+        crate::router::version::compile(file.versioning.as_ref(), &keys, &mut errs)
+            .map(std::sync::Arc::new)
+    };
+
     let table = if routes.len() == file.routes.len() {
         let specs: Vec<RouteSpec<'_>> = routes
             .iter()
             .enumerate()
+            .filter(|(i, _)| versioning.as_ref().is_none_or(|v| !v.is_hidden(*i)))
             .map(|(i, r)| RouteSpec {
                 host: r.host.as_deref(),
                 path: &r.path,
@@ -278,6 +295,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             watch,
             auth,
             rate_limits,
+            versioning,
         }),
         _ => Err(ConfigErrors(errs.0)),
     }
@@ -500,8 +518,29 @@ fn compile_route(
         }
         set
     });
-    let (upstream, split) =
-        super::upstream::compile_route_upstream(i, r, upstream_ids, errs).unwrap_or((0, None));
+    // A compose route is answered by its parts instead of an upstream.
+    let compose = r.compose.as_ref().and_then(|f| {
+        let has_upstream = r.upstream.is_some() || r.upstreams.is_some();
+        crate::proxy::compose::compile(i, f, &path, has_upstream, upstream_ids, errs)
+    });
+    let (upstream, split) = match (&r.compose, &compose) {
+        (Some(_), Some(c)) => (c.parts[0].upstream, None),
+        (Some(_), None) => (0, None),
+        (None, _) => super::upstream::compile_route_upstream(i, r, upstream_ids, errs)
+            .unwrap_or((0, None)),
+    };
+    if r.compose.is_some() && r.transform.is_some() {
+        errs.push(
+            key("transform"),
+            "a compose route builds its own answer, so transform would not apply",
+            "remove transform from the compose route (use fields on its parts)",
+        );
+    }
+    let transform = r
+        .transform
+        .as_ref()
+        .and_then(|f| crate::filter::transform::compile(i, f, &path, errs));
+    let (version, deprecation) = crate::router::version::route_fields(i, r, errs);
     if errs.0.len() > before {
         return None;
     }
@@ -514,5 +553,9 @@ fn compile_route(
         split,
         index: i,
         chain: std::sync::Arc::new(crate::filter::Chain::compile(None, None)),
+        compose: compose.map(std::sync::Arc::new),
+        transform: transform.map(std::sync::Arc::new),
+        version,
+        deprecation,
     })
 }

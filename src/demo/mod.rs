@@ -1,13 +1,26 @@
-//! `ringgate demo`: built-in demo services on loopback and a gateway config
-//! in front of them, so a first `curl` works without any file.
+//! `ringgate demo`: the tour. Built-in product, pricing, inventory and
+//! reviews services on loopback and a gateway in front of them configured
+//! by `config/demo.toml` (compiled in), so a first `curl` works without any
+//! file: composition with a partial answer, a transform, two API versions
+//! (by header and by path), a rate-limited route and a JWT-protected route
+//! with the token endpoint.
 //!
 //! The services are small blocking HTTP/1.1 servers on their own threads
 //! (thread per connection, keep-alive, Content-Length bodies): they are
-//! demo backends, not part of the gateway's request path.
+//! demo backends, not part of the gateway's request path. Pricing is slow
+//! (2 s) for product ids ending in 7; inventory answers `/v1/stock/{id}`
+//! and `/v2/stock/{id}` in two shapes.
 
 use crate::config::Config;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+/// The gateway config of the demo (`config/demo.toml`).
+pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
+
+/// Environment variable holding the demo's JWT secret.
+pub const SECRET_ENV: &str = "RINGGATE_DEMO_JWT_SECRET";
 
 /// A running demo service.
 pub struct DemoService {
@@ -19,50 +32,96 @@ pub struct DemoService {
 
 type Handler = fn(&str, &str, &[u8], SocketAddr) -> (u16, &'static str, String);
 
+fn json(status: u16, body: String) -> (u16, &'static str, String) {
+    (status, "application/json", body)
+}
+
+fn not_found() -> (u16, &'static str, String) {
+    json(404, String::from("{\"error\":\"not found\"}\n"))
+}
+
+/// The numeric id after `prefix`, if the path is `prefix{id}`.
+fn id_after<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let id = path.split('?').next()?.strip_prefix(prefix)?;
+    (!id.is_empty() && id.len() < 10 && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
+}
+
 fn products(method: &str, path: &str, _body: &[u8], me: SocketAddr) -> (u16, &'static str, String) {
-    match (method, path.strip_prefix("/products/")) {
-        ("GET", Some(id)) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => (
+    match (method, id_after(path, "/products/")) {
+        ("GET" | "HEAD", Some(id)) => json(
             200,
-            "application/json",
             format!(
-                "{{\"id\":{id},\"name\":\"Widget {id}\",\"description\":\"A fine widget\",\"served_by\":\"{me}\"}}\n"
+                "{{\"id\":{id},\"name\":\"Widget {id}\",\"description\":\"A fine widget\",\"internal_sku\":\"WX-{id}\",\"served_by\":\"{me}\"}}\n"
             ),
         ),
-        ("GET", Some(_)) => (
-            404,
-            "application/json",
-            String::from("{\"error\":\"no such product\"}\n"),
-        ),
-        _ => (
-            404,
-            "application/json",
-            String::from("{\"error\":\"not found\"}\n"),
-        ),
+        _ => not_found(),
     }
 }
 
-fn echo(method: &str, path: &str, body: &[u8], _me: SocketAddr) -> (u16, &'static str, String) {
-    (
-        200,
-        "application/json",
-        format!(
-            "{{\"method\":\"{method}\",\"path\":\"{}\",\"body_bytes\":{}}}\n",
-            path.replace('"', "%22"),
-            body.len()
+fn pricing(method: &str, path: &str, _body: &[u8], _me: SocketAddr) -> (u16, &'static str, String) {
+    match (method, id_after(path, "/prices/")) {
+        ("GET" | "HEAD", Some(id)) => {
+            if id.ends_with('7') {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            let n: u64 = id.parse().unwrap_or(0);
+            json(
+                200,
+                format!(
+                    "{{\"id\":{id},\"price\":{}.99,\"currency\":\"EUR\",\"cost\":{}.10}}\n",
+                    10 + n % 90,
+                    5 + n % 40
+                ),
+            )
+        }
+        _ => not_found(),
+    }
+}
+
+fn inventory(method: &str, path: &str, _body: &[u8], _me: SocketAddr) -> (u16, &'static str, String) {
+    if method != "GET" && method != "HEAD" {
+        return not_found();
+    }
+    if let Some(id) = id_after(path, "/v1/stock/") {
+        let n: u64 = id.parse().unwrap_or(0);
+        return json(
+            200,
+            format!("{{\"id\":{id},\"in_stock\":true,\"quantity\":{}}}\n", n % 13 + 1),
+        );
+    }
+    if let Some(id) = id_after(path, "/v2/stock/") {
+        let n: u64 = id.parse().unwrap_or(0);
+        let (a, b) = (n % 7 + 1, n % 6);
+        return json(
+            200,
+            format!(
+                "{{\"id\":{id},\"available\":{},\"warehouses\":[{{\"name\":\"north\",\"quantity\":{a}}},{{\"name\":\"south\",\"quantity\":{b}}}]}}\n",
+                a + b
+            ),
+        );
+    }
+    not_found()
+}
+
+fn reviews(method: &str, path: &str, _body: &[u8], _me: SocketAddr) -> (u16, &'static str, String) {
+    match (method, id_after(path, "/reviews/")) {
+        ("GET" | "HEAD", Some(_)) => json(
+            200,
+            String::from(
+                "[{\"stars\":5,\"text\":\"Does what it says\"},{\"stars\":4,\"text\":\"Solid\"}]\n",
+            ),
         ),
-    )
+        _ => not_found(),
+    }
 }
 
-fn hello(_m: &str, _p: &str, _b: &[u8], _me: SocketAddr) -> (u16, &'static str, String) {
-    (
-        200,
-        "text/plain",
-        String::from("hello from ringgate demo\n"),
-    )
-}
-
-fn spawn_service(name: &'static str, handler: Handler) -> std::io::Result<DemoService> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
+fn spawn_service(
+    name: &'static str,
+    preferred: &str,
+    handler: Handler,
+) -> std::io::Result<DemoService> {
+    // The port config/demo.toml names, or any free one when it is taken.
+    let l = TcpListener::bind(preferred).or_else(|_| TcpListener::bind("127.0.0.1:0"))?;
     let addr = l.local_addr()?;
     std::thread::Builder::new()
         .name(format!("demo-{name}"))
@@ -140,65 +199,3 @@ fn serve_conn(mut s: TcpStream, handler: Handler, me: SocketAddr) {
     }
 }
 
-/// Starts the demo services and returns the gateway config for them.
-pub fn start(listen: &str) -> Result<(Config, Vec<DemoService>), String> {
-    let services = vec![
-        spawn_service("products-a", products).map_err(|e| e.to_string())?,
-        spawn_service("products-b", products).map_err(|e| e.to_string())?,
-        spawn_service("echo", echo).map_err(|e| e.to_string())?,
-        spawn_service("hello", hello).map_err(|e| e.to_string())?,
-    ];
-    let toml = format!(
-        r#"
-[server]
-listen = "{listen}"
-workers = 0
-
-[upstreams.products]
-targets = ["{}", "{}"]
-balance = "round_robin"
-
-[upstreams.echo]
-targets = ["{}"]
-
-[upstreams.hello]
-targets = ["{}"]
-
-[[routes]]
-name = "products"
-path = "/products/{{id}}"
-methods = ["GET", "HEAD"]
-upstream = "products"
-
-[[routes]]
-name = "echo"
-path = "/echo/{{*rest}}"
-upstream = "echo"
-
-[[routes]]
-name = "hello"
-path = "/"
-methods = ["GET", "HEAD"]
-upstream = "hello"
-"#,
-        services[0].addr, services[1].addr, services[2].addr, services[3].addr
-    );
-    let cfg = Config::parse(&toml).map_err(|e| e.to_string())?;
-    Ok((cfg, services))
-}
-
-/// Prints what is running and the commands to try.
-pub fn print_tour(cfg: &Config, services: &[DemoService]) {
-    let gw = cfg.server.listen[0];
-    println!("ringgate demo: gateway on http://{gw}");
-    for s in services {
-        println!("  demo service {:<11} on {}", s.name, s.addr);
-    }
-    println!("\nTry:");
-    println!("  curl -i http://{gw}/");
-    println!("  curl -i http://{gw}/products/42        # round robin over two instances");
-    println!("  curl -i -X POST -d 'hi' http://{gw}/echo/anything");
-    println!("  curl -i -X DELETE http://{gw}/products/42   # 405 with Allow");
-    println!("  curl -i http://{gw}/nowhere            # 404, JSON error body");
-    println!("\nCtrl-C drains in-flight requests and stops.");
-}

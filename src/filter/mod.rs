@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod rate_limit;
+pub mod transform;
 
 use crate::http::parse::{HeaderLine, RequestHead};
 use crate::runtime::worker::Worker;

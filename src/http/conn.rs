@@ -17,6 +17,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Reads more bytes into `buf` after its current contents.
@@ -237,7 +238,7 @@ pub async fn write_reply<S: AsyncWriteRent>(
 /// Serves one client connection until it closes.
 pub async fn serve<S>(w: &Worker, mut stream: S, peer: SocketAddr)
 where
-    S: AsyncReadRent + AsyncWriteRent + Splitable + 'static,
+    S: AsyncReadRent + AsyncWriteRent + Splitable + AsRawFd + 'static,
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,
 {
@@ -253,7 +254,19 @@ where
             } else {
                 srv.idle_timeout
             };
+            // Between requests on a keep-alive connection, the connection is
+            // listed so a drain can end the wait at once (shutdown(SHUT_RD)
+            // makes this read return EOF). A new connection's first request
+            // is always awaited: the client sent it to a listener that was
+            // still open.
+            if !first && w.draining.get() {
+                return;
+            }
+            let slot = (!first).then(|| w.idle.borrow_mut().insert(stream.as_raw_fd()));
             let (r, b) = read_more_within(&mut stream, std::mem::take(&mut c.buf), t).await;
+            if let Some(slot) = slot {
+                w.idle.borrow_mut().remove(slot);
+            }
             c.buf = b;
             match r {
                 Ok(Ok(n)) if n > 0 => {}
@@ -416,16 +429,26 @@ where
         c.upstream_addr = None;
         c.upstream_us = None;
         c.bytes_out = 0;
+        c.rewrite.clear();
+        // The requested API version (its `/v2` path prefix is not routed on).
+        let version = cfg
+            .versioning
+            .as_ref()
+            .map(|v| v.resolve(&c.buf, &c.head, &c.lines));
         let lookup = {
             let host = c.head.host.map_or(&b""[..], |h| h.of(&c.buf));
             let mut params = Params::new();
+            let path = c.head.path.of(&c.buf);
             match cfg.table.lookup(
                 host,
                 c.head.method.of(&c.buf),
-                c.head.path.of(&c.buf),
+                version.map_or(path, |v| v.route_path(path)),
                 &mut params,
             ) {
-                Lookup::Found { route } => Ok(route),
+                Lookup::Found { route } => match (&cfg.versioning, &version) {
+                    (Some(v), Some(req)) => v.select(route, req).map_err(|m| (400, m, None)),
+                    _ => Ok(route),
+                },
                 Lookup::MethodNotAllowed { allow } => Err((405, "method not allowed", Some(allow))),
                 Lookup::NotFound => Err((404, "no route matches this request", None)),
             }
@@ -457,6 +480,9 @@ where
             }
         };
         info.route = Some(route as usize);
+        if let Some(v) = version {
+            v.apply(&mut c);
+        }
         if let BodyFraming::Length(n) = c.head.framing
             && n > srv.max_body_bytes
         {
@@ -479,7 +505,11 @@ where
         c.up_extra.clear();
         c.resp_extra.clear();
         info.trace.write_header(&mut c.up_extra);
-        let chain = &cfg.routes[route as usize].chain;
+        let rc = &cfg.routes[route as usize];
+        if let Some(d) = &rc.deprecation {
+            c.resp_extra.extend_from_slice(d);
+        }
+        let chain = &rc.chain;
         if !chain.is_empty() {
             let rid = c.rid;
             let verdict = {
@@ -518,9 +548,35 @@ where
             }
         }
 
+        // The request transform (after the filters, so it sees what they added).
+        if let Some(t) = &rc.transform {
+            crate::filter::transform::apply_request(t, &cfg, &mut c);
+        }
+
+        // Phase 4, composed: several upstreams in parallel, one merged answer.
+        if let Some(comp) = &rc.compose {
+            w.in_flight.set(w.in_flight.get() + 1);
+            let (status, keep_alive) =
+                crate::proxy::compose::serve(w, &cfg, route as usize, comp, &mut stream, &mut c)
+                    .await;
+            w.in_flight.set(w.in_flight.get() - 1);
+            info.finish(w, &cfg, &c, status);
+            if !keep_alive {
+                return;
+            }
+            c.consume_head_only();
+            continue;
+        }
+
         // Phases 4-5: the request goes upstream.
         w.in_flight.set(w.in_flight.get() + 1);
-        let outcome = forward::forward(w, &cfg, route as usize, &mut stream, &mut c).await;
+        let outcome = match rc.transform.as_deref().and_then(|t| t.json.as_ref()) {
+            Some(ops) => {
+                crate::filter::transform::forward_json(w, &cfg, route as usize, ops, &mut stream, &mut c)
+                    .await
+            }
+            None => forward::forward(w, &cfg, route as usize, &mut stream, &mut c).await,
+        };
         w.in_flight.set(w.in_flight.get() - 1);
         match outcome {
             Outcome::Done { keep_alive } => {

@@ -84,6 +84,9 @@ pub struct Conn {
     pub log_spans: [(usize, usize); 4],
     /// Header lines filters add to the client response.
     pub resp_extra: Vec<u8>,
+    /// Transform and versioning rewrites of the current request (request
+    /// target, status line, response head ops); empty for plain routes.
+    pub rewrite: crate::filter::transform::Rewrite,
     /// Current request id.
     pub rid: RequestId,
     /// Client address.
@@ -117,6 +120,7 @@ impl Conn {
             log_fields: Vec::new(),
             log_spans: [(0, 0); 4],
             resp_extra: Vec::new(),
+            rewrite: Default::default(),
             rid: RequestId {
                 bytes: [0; 128],
                 len: 0,
@@ -197,8 +201,14 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
     let h = &c.head;
     let out = &mut c.out;
     out.clear();
-    // Request line: always HTTP/1.1 upstream, origin-form.
-    if h.minor == 1 && h.path_query == h.target {
+    // Request line: always HTTP/1.1 upstream, origin-form (a transform's
+    // or versioning's rewritten target when there is one).
+    if !c.rewrite.target.is_empty() {
+        out.src(h.method.start as usize, h.method.end as usize);
+        out.stat(b" ");
+        out.extra(&c.rewrite.target);
+        out.stat(b" HTTP/1.1\r\n");
+    } else if h.minor == 1 && h.path_query == h.target {
         let line_end = h.target.end as usize
             + buf[h.target.end as usize..]
                 .iter()
@@ -262,13 +272,20 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
 /// status line and end-to-end headers plus `X-Request-Id` and `Connection`
 /// as needed; with `dechunk`, `Transfer-Encoding` is dropped (HTTP/1.0).
 pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
+    if c.rewrite.transform.is_some() {
+        crate::filter::transform::edit_response_head(c);
+    }
     let buf = &c.ubuf;
     let out = &mut c.out;
     out.clear();
-    out.src(
-        c.rhead.status_line.start as usize,
-        c.rhead.status_line.end as usize,
-    );
+    if c.rewrite.status_line.is_empty() {
+        out.src(
+            c.rhead.status_line.start as usize,
+            c.rhead.status_line.end as usize,
+        );
+    } else {
+        out.extra(&c.rewrite.status_line);
+    }
     for l in &c.rlines {
         if l.role == HeaderRole::Drop {
             continue;
@@ -625,7 +642,9 @@ where
                 let now = Instant::now();
                 let rtt = now.saturating_duration_since(sent_at);
                 c.upstream_us = Some(rtt.as_micros() as u64);
-                target.observe(rtt, now);
+                if up_cfg.balance == Balance::P2cEwma {
+                    target.observe(rtt, now);
+                }
                 let status = c.rhead.status;
                 if status >= 500 {
                     shared.report(&target.shared, Report::Status5xx);
@@ -664,8 +683,10 @@ where
             }
             HeadWait::TimedOut => {
                 target.end();
-                let now = Instant::now();
-                target.observe(now.saturating_duration_since(sent_at), now);
+                if up_cfg.balance == Balance::P2cEwma {
+                    let now = Instant::now();
+                    target.observe(now.saturating_duration_since(sent_at), now);
+                }
                 shared.report(&target.shared, Report::Failure);
                 let e = (504, "upstream timed out", true);
                 // Only a per-try timeout shorter than the request's leaves

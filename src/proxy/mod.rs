@@ -1,5 +1,9 @@
-//! Proxying: one request through the upstream phases ([`forward`]) and
-//! protocol upgrades tunnelled after a 101 ([`tunnel`]).
+//! Proxying: one request through the upstream phases ([`forward`]), one
+//! request answered by several upstreams merged ([`compose`], with the JSON
+//! splicing of [`json`]) and protocol upgrades tunnelled after a 101
+//! ([`tunnel`]).
 
+pub mod compose;
 pub mod forward;
+pub mod json;
 pub mod tunnel;

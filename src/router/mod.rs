@@ -46,6 +46,7 @@
 mod hash;
 mod pattern;
 mod trie;
+pub mod version;
 
 #[cfg(test)]
 mod tests;

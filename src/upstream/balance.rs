@@ -17,7 +17,7 @@
 //! Performance notes: no allocation; one pass over the targets at most
 //! (two for `p2c_ewma`). Availability is two relaxed atomic loads.
 
-use super::hash::rendezvous_score;
+use super::hash::{rendezvous_hash, rendezvous_score};
 use super::now_ms;
 use super::pool::{TargetList, TargetState, UpstreamState};
 use crate::config::Balance;
@@ -89,50 +89,79 @@ pub fn pick(
             Some(best_i)
         }
         Balance::LeastConn => {
-            let start = up.cursor.get();
-            up.cursor.set(start.wrapping_add(1));
+            let start = up.cursor.get() % n;
+            up.cursor.set(start + 1);
             let mut best: Option<(usize, u64, u64)> = None;
-            for k in 0..n {
-                let i = (start + k) % n;
-                if !ok(i) {
-                    continue;
+            let mut i = start;
+            for _ in 0..n {
+                if ok(i) {
+                    let load = ts[i].in_flight.get() as u64 + 1;
+                    let w = ts[i].shared.weight() as u64;
+                    // load / w < best_load / best_w
+                    if best.is_none_or(|(_, bl, bw)| load * bw < bl * w) {
+                        best = Some((i, load, w));
+                    }
                 }
-                let load = ts[i].in_flight.get() as u64 + 1;
-                let w = ts[i].shared.weight() as u64;
-                // load / w < best_load / best_w
-                if best.is_none_or(|(_, bl, bw)| load * bw < bl * w) {
-                    best = Some((i, load, w));
+                i += 1;
+                if i == n {
+                    i = 0;
                 }
             }
             best.map(|b| b.0)
         }
         Balance::P2cEwma => {
-            let avail = (0..n).filter(|&i| ok(i)).count();
-            match avail {
-                0 => None,
-                1 => (0..n).find(|&i| ok(i)),
-                _ => {
-                    let r = up.next_random();
-                    let a = (r % avail as u64) as usize;
-                    let mut b = ((r >> 32) % (avail as u64 - 1)) as usize;
-                    if b >= a {
-                        b += 1;
-                    }
-                    let nth = |k: usize| (0..n).filter(|&i| ok(i)).nth(k).unwrap_or(0);
-                    let (ia, ib) = (nth(a), nth(b));
-                    let now = Instant::now();
-                    if cost(&ts[ib], now) < cost(&ts[ia], now) {
-                        Some(ib)
-                    } else {
-                        Some(ia)
+            let r = up.next_random();
+            // Two distinct random candidates; when either is out, draw
+            // among the available ones only.
+            let a = (r % n as u64) as usize;
+            let mut b = ((r >> 32) % (n as u64 - 1)) as usize;
+            if b >= a {
+                b += 1;
+            }
+            let (ia, ib) = if ok(a) && ok(b) {
+                (a, b)
+            } else {
+                let avail = (0..n).filter(|&i| ok(i)).count();
+                match avail {
+                    0 => return None,
+                    1 => return (0..n).find(|&i| ok(i)),
+                    _ => {
+                        let a = ((r >> 16) % avail as u64) as usize;
+                        let mut b = ((r >> 40) % (avail as u64 - 1)) as usize;
+                        if b >= a {
+                            b += 1;
+                        }
+                        let nth = |k: usize| (0..n).filter(|&i| ok(i)).nth(k).unwrap_or(0);
+                        (nth(a), nth(b))
                     }
                 }
+            };
+            let now = Instant::now();
+            if cost(&ts[ib], now) < cost(&ts[ia], now) {
+                Some(ib)
+            } else {
+                Some(ia)
             }
         }
         Balance::ConsistentHash => {
             let Some(key) = key else {
                 return round_robin(up, n, ok);
             };
+            if list.uniform_weights {
+                // Equal weights: the largest pair hash wins (the same
+                // order as the weighted score, without a logarithm).
+                let mut best: Option<(usize, u64)> = None;
+                for (i, t) in ts.iter().enumerate() {
+                    if !ok(i) {
+                        continue;
+                    }
+                    let s = rendezvous_hash(key, t.shared.addr_hash);
+                    if best.is_none_or(|(_, bs)| s > bs) {
+                        best = Some((i, s));
+                    }
+                }
+                return best.map(|b| b.0);
+            }
             let mut best: Option<(usize, f64)> = None;
             for (i, t) in ts.iter().enumerate() {
                 if !ok(i) {
@@ -150,12 +179,15 @@ pub fn pick(
 
 #[inline]
 fn round_robin(up: &UpstreamState, n: usize, ok: impl Fn(usize) -> bool) -> Option<usize> {
-    let start = up.cursor.get();
-    for k in 0..n {
-        let i = (start + k) % n;
+    let mut i = up.cursor.get() % n;
+    for _ in 0..n {
         if ok(i) {
             up.cursor.set(i + 1);
             return Some(i);
+        }
+        i += 1;
+        if i == n {
+            i = 0;
         }
     }
     None

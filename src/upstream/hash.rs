@@ -28,12 +28,20 @@ pub fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Rendezvous hash of `key` on a target whose address hashes to `target`
+/// (higher wins). With equal weights the winner is the same as with
+/// [`rendezvous_score`], which is monotonic in this hash.
+#[inline]
+pub fn rendezvous_hash(key: u64, target: u64) -> u64 {
+    mix(key ^ target.rotate_left(32))
+}
+
 /// Weighted rendezvous score of `key` on a target whose address hashes to
 /// `target` (higher wins): `-weight / ln(u)` with `u` uniform in (0, 1)
 /// from the pair's hash. Removing a target moves only the keys it won.
 #[inline]
 pub fn rendezvous_score(key: u64, target: u64, weight: u32) -> f64 {
-    let h = mix(key ^ target.rotate_left(32));
+    let h = rendezvous_hash(key, target);
     // 53 random bits → u in (0, 1).
     let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     weight as f64 / -u.ln()

@@ -122,6 +122,14 @@ pub struct TargetList {
     pub version: u64,
     /// Targets, in snapshot order.
     pub targets: Vec<Rc<TargetState>>,
+    /// Every target has the same weight (hashing skips the weighting).
+    pub uniform_weights: bool,
+}
+
+fn uniform(set: &super::shared::TargetSet) -> bool {
+    set.targets
+        .windows(2)
+        .all(|w| w[0].weight() == w[1].weight())
 }
 
 /// One upstream on one worker.
@@ -148,6 +156,7 @@ impl UpstreamState {
         let set = shared.snapshot();
         let list = TargetList {
             version: set.version,
+            uniform_weights: uniform(&set),
             targets: set
                 .targets
                 .iter()
@@ -203,6 +212,7 @@ impl UpstreamState {
         }
         let list = Rc::new(TargetList {
             version: set.version,
+            uniform_weights: uniform(&set),
             targets,
         });
         *self.list.borrow_mut() = list.clone();

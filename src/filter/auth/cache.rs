@@ -78,8 +78,7 @@ pub(crate) fn token_hash(seed: u64, t: &[u8]) -> u64 {
 impl TokenCache {
     pub(crate) fn new(cap: usize) -> TokenCache {
         let mut s = [0u8; 8];
-        let seed = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s)
-        {
+        let seed = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s) {
             Ok(()) => u64::from_le_bytes(s),
             Err(_) => {
                 let t = std::time::SystemTime::now()
@@ -123,7 +122,13 @@ impl TokenCache {
     }
 
     /// Remembers a validated token until `expires_at`.
-    pub(crate) fn insert(&mut self, token: &[u8], value: Rc<Authenticated>, expires_at: u64, now: u64) {
+    pub(crate) fn insert(
+        &mut self,
+        token: &[u8],
+        value: Rc<Authenticated>,
+        expires_at: u64,
+        now: u64,
+    ) {
         if self.map.len() >= self.cap {
             self.make_room(now);
         }
@@ -152,5 +157,70 @@ impl TokenCache {
                 self.map.remove(&k);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::{AuthMethod, Identity};
+
+    fn value() -> Rc<Authenticated> {
+        Rc::new(Authenticated::new(Identity {
+            method: AuthMethod::Jwt,
+            subject: "s".into(),
+            consumer: None,
+            tier: None,
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            api_key_id: None,
+        }))
+    }
+
+    #[test]
+    fn hit_miss_and_expiry() {
+        let mut c = TokenCache::new(10);
+        c.insert(b"token-a", value(), 100, 50);
+        assert!(c.get(b"token-a", 99).is_some());
+        assert!(c.get(b"token-b", 99).is_none());
+        assert!(c.get(b"token-", 99).is_none());
+        // Expired at exactly expires_at, and removed.
+        assert!(c.get(b"token-a", 100).is_none());
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn stays_bounded_and_sweeps_expired_first() {
+        let mut c = TokenCache::new(100);
+        for i in 0..100u32 {
+            // Half expire at 10, half at 1000.
+            let exp = if i % 2 == 0 { 10 } else { 1000 };
+            c.insert(format!("t{i}").as_bytes(), value(), exp, 0);
+        }
+        assert_eq!(c.len(), 100);
+        c.insert(b"new", value(), 1000, 20);
+        // The 50 expired entries were swept; nothing live was evicted.
+        assert_eq!(c.len(), 51);
+        for i in (1..100u32).step_by(2) {
+            assert!(c.get(format!("t{i}").as_bytes(), 20).is_some());
+        }
+        for i in 0..10_000u32 {
+            c.insert(format!("u{i}").as_bytes(), value(), 1000, 20);
+            assert!(c.len() <= 100);
+        }
+        assert!(c.get(format!("u{}", 9_999).as_bytes(), 20).is_some());
+    }
+
+    #[test]
+    fn hash_depends_on_every_byte_and_the_seed() {
+        let t = b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        let h = token_hash(1, t);
+        for i in 0..t.len() {
+            let mut u = t.to_vec();
+            u[i] ^= 1;
+            assert_ne!(token_hash(1, &u), h, "byte {i}");
+        }
+        assert_ne!(token_hash(2, t), h);
+        assert_ne!(token_hash(1, &t[..t.len() - 1]), h);
     }
 }

@@ -119,8 +119,7 @@ pub struct ConsumerFile {
     pub scopes: Option<Vec<String>>,
 }
 
-const DIGEST_FIX: &str =
-    "store the SHA-256 of the secret as 64 hex digits, e.g. the output of: printf %s 'THE-KEY' | sha256sum";
+const DIGEST_FIX: &str = "store the SHA-256 of the secret as 64 hex digits, e.g. the output of: printf %s 'THE-KEY' | sha256sum";
 
 fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -229,7 +228,10 @@ fn header_name(key: &str, v: &str, errs: &mut Errors) -> Vec<u8> {
 }
 
 fn param_name(key: &str, v: &str, errs: &mut Errors) -> Vec<u8> {
-    if v.is_empty() || v.bytes().any(|b| b"&=#?% ".contains(&b) || b < 0x21 || b > 0x7e) {
+    if v.is_empty()
+        || v.bytes()
+            .any(|b| b"&=#?% ".contains(&b) || !(0x21..=0x7e).contains(&b))
+    {
         errs.push(
             key,
             format!("{v:?} is not a usable name"),
@@ -266,7 +268,10 @@ fn read(key: &str, path: &str, errs: &mut Errors) -> Option<Vec<u8>> {
 }
 
 fn alg_list() -> String {
-    ALL.iter().map(|&a| alg_name(a)).collect::<Vec<_>>().join(", ")
+    ALL.iter()
+        .map(|&a| alg_name(a))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What `[auth.jwt]` compiled to, before the token endpoint adds its key.
@@ -547,25 +552,27 @@ fn compile_endpoint(
     };
     let algs = jwt.rules.algs;
     let wanted = match &t.algorithm {
-        Some(a) => match parse_alg(a) {
-            Some(x) if algs.contains(x) => Some(x),
-            Some(_) => {
-                errs.push(
+        Some(a) => {
+            match parse_alg(a) {
+                Some(x) if algs.contains(x) => Some(x),
+                Some(_) => {
+                    errs.push(
                     key("algorithm"),
                     format!("{a:?} is not in [auth.jwt] algorithms, so issued tokens would be refused"),
                     "add it to [auth.jwt] algorithms or pick one listed there",
                 );
-                return None;
+                    return None;
+                }
+                None => {
+                    errs.push(
+                        key("algorithm"),
+                        format!("unknown algorithm {a:?}"),
+                        format!("use one of (case matters): {}", alg_list()),
+                    );
+                    return None;
+                }
             }
-            None => {
-                errs.push(
-                    key("algorithm"),
-                    format!("unknown algorithm {a:?}"),
-                    format!("use one of (case matters): {}", alg_list()),
-                );
-                return None;
-            }
-        },
+        }
         None => None,
     };
     let key_id = t.key_id.clone();
@@ -594,7 +601,11 @@ fn compile_endpoint(
                 Some(a) => {
                     errs.push(
                         key("algorithm"),
-                        format!("{} cannot sign with the {} in private_key_file", alg_name(a), family.name()),
+                        format!(
+                            "{} cannot sign with the {} in private_key_file",
+                            alg_name(a),
+                            family.name()
+                        ),
                         "pick an algorithm that matches the key",
                     );
                     return None;
@@ -687,7 +698,9 @@ pub fn compile(file: &FileConfig, errs: &mut Errors) -> Option<Arc<Auth>> {
             .map(|q| param_name("auth.api_key.query", q, errs)),
     };
     let jwt_declared = af.is_some_and(|a| a.jwt.is_some());
-    let mut jwt = af.and_then(|a| a.jwt.as_ref()).map(|j| compile_jwt(j, errs));
+    let mut jwt = af
+        .and_then(|a| a.jwt.as_ref())
+        .map(|j| compile_jwt(j, errs));
     let endpoint = af
         .and_then(|a| a.token_endpoint.as_ref())
         .and_then(|t| compile_endpoint(t, jwt.as_mut(), &consumers, errs));
@@ -740,7 +753,11 @@ pub fn route_policy(
     let scopes = list_values(&key("scopes"), &route.scopes, " ", errs);
     let Some(methods) = &route.auth else {
         if route.roles.is_some() || route.scopes.is_some() {
-            let k = if route.roles.is_some() { "roles" } else { "scopes" };
+            let k = if route.roles.is_some() {
+                "roles"
+            } else {
+                "scopes"
+            };
             errs.push(
                 key(k),
                 format!("{k} are required but the route has no auth key, so no caller is ever authenticated to hold them"),

@@ -35,8 +35,12 @@ fn put<'a>(
     }
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let s = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+/// `v` without leading and trailing ASCII whitespace.
+pub(crate) fn trim(v: &[u8]) -> &[u8] {
+    let s = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
     let e = v
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
@@ -75,16 +79,14 @@ pub(crate) fn pct_decode(v: &[u8], plus: bool) -> Cow<'_, [u8]> {
     let mut i = 0;
     while i < v.len() {
         match v[i] {
-            b'%' if i + 2 < v.len() => {
-                match (hex(v[i + 1]), hex(v[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < v.len() => match (hex(v[i + 1]), hex(v[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' if plus => out.push(b' '),
             b => out.push(b),
         }
@@ -103,11 +105,7 @@ pub(crate) fn credentials<'a>(
 ) -> Result<Found<'a>, &'static str> {
     let buf: &'a [u8] = ctx.buf;
     let mut f = Found::default();
-    let src = auth
-        .jwt
-        .as_ref()
-        .map(|j| &j.sources)
-        .filter(|_| want_token);
+    let src = auth.jwt.as_ref().map(|j| &j.sources).filter(|_| want_token);
     for l in ctx.lines {
         let name = l.name.of(buf);
         let value: &'a [u8] = l.value.of(buf);

@@ -253,7 +253,9 @@ pub(crate) fn parse_url(s: &str) -> Result<HttpUrl, String> {
         }
     };
     if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(format!("{s:?} has spaces or control characters in its path"));
+        return Err(format!(
+            "{s:?} has spaces or control characters in its path"
+        ));
     }
     Ok(HttpUrl {
         text: s.to_string(),
@@ -408,7 +410,10 @@ mod tests {
     #[test]
     fn urls() {
         let u = parse_url("http://127.0.0.1:8080/jwks.json").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 8080, "/jwks.json"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8080, "/jwks.json")
+        );
         let u = parse_url("http://idp.internal").unwrap();
         assert_eq!((u.port, u.path.as_str()), (80, "/"));
         let u = parse_url("http://[::1]:9/k").unwrap();

@@ -129,7 +129,9 @@ fn split(token: &[u8]) -> Result<(&str, &str, &str), JwtError> {
         (_, _, _, Some(_)) => Err(JwtError::Malformed(
             "the token has more than three parts (encrypted tokens are not accepted)",
         )),
-        _ => Err(JwtError::Malformed("the token is not three dot-separated parts")),
+        _ => Err(JwtError::Malformed(
+            "the token is not three dot-separated parts",
+        )),
     }
 }
 
@@ -142,11 +144,18 @@ pub(crate) fn check_signature(
     scratch: &mut Vec<u32>,
 ) -> Result<Vec<u8>, (JwtError, bool)> {
     let (h64, p64, sig) = split(token).map_err(|e| (e, false))?;
-    let head_bytes = URL_SAFE_NO_PAD
-        .decode(h64)
-        .map_err(|_| (JwtError::Malformed("the token header is not base64url"), false))?;
-    let head: JoseHeader<'_> = serde_json::from_slice(&head_bytes)
-        .map_err(|_| (JwtError::Malformed("the token header is not a JOSE header"), false))?;
+    let head_bytes = URL_SAFE_NO_PAD.decode(h64).map_err(|_| {
+        (
+            JwtError::Malformed("the token header is not base64url"),
+            false,
+        )
+    })?;
+    let head: JoseHeader<'_> = serde_json::from_slice(&head_bytes).map_err(|_| {
+        (
+            JwtError::Malformed("the token header is not a JOSE header"),
+            false,
+        )
+    })?;
     if head.crit.is_some() {
         return Err((
             JwtError::Malformed("the token header has critical extensions"),
@@ -174,16 +183,23 @@ pub(crate) fn check_signature(
     let message = &token[..h64.len() + 1 + p64.len()];
     let ok = scratch.iter().any(|&i| {
         let k = &keys.keys[i as usize];
-        // The key's own set holds `alg` (candidates filtered on it), so
-        // the family always matches the key's kind.
-        matches!(jsonwebtoken::crypto::verify(sig, message, &k.key, alg), Ok(true))
+        // Candidates were filtered on `allows`; checked again right at the
+        // call so no future change can hand an HMAC check an RSA key.
+        k.allows(alg)
+            && matches!(
+                jsonwebtoken::crypto::verify(sig, message, &k.key, alg),
+                Ok(true)
+            )
     });
     if !ok {
         return Err((JwtError::BadSignature, !known));
     }
-    URL_SAFE_NO_PAD
-        .decode(p64)
-        .map_err(|_| (JwtError::Malformed("the token payload is not base64url"), false))
+    URL_SAFE_NO_PAD.decode(p64).map_err(|_| {
+        (
+            JwtError::Malformed("the token payload is not base64url"),
+            false,
+        )
+    })
 }
 
 fn number(v: &Value) -> Option<u64> {
@@ -221,9 +237,9 @@ fn list(v: &Value, seps: &[char]) -> Result<Vec<String>, JwtError> {
         Value::Array(a) => a
             .iter()
             .map(|x| {
-                x.as_str()
-                    .map(str::to_string)
-                    .ok_or(JwtError::BadClaim("a roles or scopes claim holds a non-string"))
+                x.as_str().map(str::to_string).ok_or(JwtError::BadClaim(
+                    "a roles or scopes claim holds a non-string",
+                ))
             })
             .collect(),
         Value::Null => Ok(Vec::new()),
@@ -245,7 +261,7 @@ pub(crate) fn check_claims(
     payload: &[u8],
     now: u64,
 ) -> Result<Verified, JwtError> {
-    let claims: Map<String, Value> = serde_json::from_slice(&payload)
+    let claims: Map<String, Value> = serde_json::from_slice(payload)
         .map_err(|_| JwtError::Malformed("the token payload is not a JSON object"))?;
     let exp = match claims.get("exp") {
         None | Some(Value::Null) => return Err(JwtError::MissingClaim("exp".into())),

@@ -144,10 +144,25 @@ impl FromIterator<Algorithm> for AlgSet {
 pub(crate) struct VerifyKey {
     /// `kid`, when the key has one.
     pub kid: Option<Box<str>>,
-    /// Algorithms this key may verify.
+    /// Algorithms this key may verify (all of one [`Family`]).
     pub algs: AlgSet,
     /// The key.
     pub key: DecodingKey,
+}
+
+impl VerifyKey {
+    /// True when this key may verify `alg`: in its set, and of its family
+    /// (checked twice on purpose: jsonwebtoken panics on an HMAC check with
+    /// an RSA-components key, and a worker panic aborts the process).
+    #[inline]
+    pub(crate) fn allows(&self, alg: Algorithm) -> bool {
+        self.algs.contains(alg)
+            && self
+                .algs
+                .iter()
+                .next()
+                .is_some_and(|a| Family::of(a) == Family::of(alg))
+    }
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -195,19 +210,14 @@ impl KeySet {
     /// the `kid` was known. A known `kid` selects exactly its keys; an
     /// unknown one falls back to the keys without a `kid` (a secret or a PEM
     /// key); no `kid` tries every key that can do `alg`.
-    pub(crate) fn candidates(
-        &self,
-        kid: Option<&str>,
-        alg: Algorithm,
-        out: &mut Vec<u32>,
-    ) -> bool {
+    pub(crate) fn candidates(&self, kid: Option<&str>, alg: Algorithm, out: &mut Vec<u32>) -> bool {
         out.clear();
         let mut known = true;
         match kid.map(|k| (k, self.by_kid.get(k))) {
             Some((_, Some(ix))) => out.extend(
                 ix.iter()
                     .copied()
-                    .filter(|&i| self.keys[i as usize].algs.contains(alg)),
+                    .filter(|&i| self.keys[i as usize].allows(alg)),
             ),
             Some((_, None)) => {
                 known = false;
@@ -215,7 +225,7 @@ impl KeySet {
                     self.keys
                         .iter()
                         .enumerate()
-                        .filter(|(_, k)| k.kid.is_none() && k.algs.contains(alg))
+                        .filter(|(_, k)| k.kid.is_none() && k.allows(alg))
                         .map(|(i, _)| i as u32),
                 );
             }
@@ -223,7 +233,7 @@ impl KeySet {
                 self.keys
                     .iter()
                     .enumerate()
-                    .filter(|(_, k)| k.algs.contains(alg))
+                    .filter(|(_, k)| k.allows(alg))
                     .map(|(i, _)| i as u32),
             ),
         }
@@ -424,9 +434,80 @@ pub(crate) fn private_key_from_pem(
             }
             Err("not an RSA (2048 bits or more), EC (P-256, P-384) or Ed25519 PKCS#8 key".into())
         }
-        "EC PRIVATE KEY" => {
-            Err("the EC key is in SEC1 form; PKCS#8 is needed".into())
+        "EC PRIVATE KEY" => Err("the EC key is in SEC1 form; PKCS#8 is needed".into()),
+        other => Err(format!(
+            "the file holds a {other:?} block, not a private key"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kid: Option<&str>, algs: AlgSet) -> VerifyKey {
+        VerifyKey {
+            kid: kid.map(Into::into),
+            algs,
+            key: DecodingKey::from_secret(b"x"),
         }
-        other => Err(format!("the file holds a {other:?} block, not a private key")),
+    }
+
+    #[test]
+    fn alg_names_round_trip_and_none_is_unknown() {
+        for a in ALL {
+            assert_eq!(parse_alg(alg_name(a)), Some(a));
+        }
+        for bad in ["none", "None", "NONE", "hs256", "RS1", ""] {
+            assert_eq!(parse_alg(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn families_partition_the_algorithms() {
+        let fams = [Family::Hmac, Family::Rsa, Family::Ec, Family::Ed];
+        let total: usize = fams.iter().map(|f| f.algs().iter().count()).sum();
+        assert_eq!(total, ALL.len());
+        assert!(Family::Rsa.algs().contains(Algorithm::PS384));
+        assert!(!Family::Rsa.algs().contains(Algorithm::HS256));
+    }
+
+    #[test]
+    fn candidates_by_kid_and_alg() {
+        let hs = Family::Hmac.algs();
+        let rs = Family::Rsa.algs();
+        let set = KeySet::new(vec![
+            key(None, hs),
+            key(Some("a"), rs),
+            key(Some("b"), AlgSet::one(Algorithm::ES256)),
+        ]);
+        let mut out = Vec::new();
+        assert!(set.candidates(Some("a"), Algorithm::RS256, &mut out));
+        assert_eq!(out, [1]);
+        // A known kid with an algorithm its key cannot do: no candidate.
+        assert!(set.candidates(Some("a"), Algorithm::HS256, &mut out));
+        assert!(out.is_empty());
+        // Unknown kid: only kid-less keys of the right family.
+        assert!(!set.candidates(Some("zz"), Algorithm::HS256, &mut out));
+        assert_eq!(out, [0]);
+        assert!(!set.candidates(Some("zz"), Algorithm::RS256, &mut out));
+        assert!(out.is_empty());
+        // No kid: every key that can do alg.
+        assert!(set.candidates(None, Algorithm::ES256, &mut out));
+        assert_eq!(out, [2]);
+        // A key never allows another family, whatever its set says.
+        let mixed = key(None, AlgSet::one(Algorithm::RS256));
+        assert!(!mixed.allows(Algorithm::HS256));
+    }
+
+    #[test]
+    fn pem_parsing() {
+        let p =
+            parse_pem(b"junk\n-----BEGIN PUBLIC KEY-----\nAAEC\nAw==\n-----END PUBLIC KEY-----\n")
+                .unwrap();
+        assert_eq!(p.label, "PUBLIC KEY");
+        assert_eq!(p.der, [0, 1, 2, 3]);
+        assert!(parse_pem(b"no pem here").is_err());
+        assert!(parse_pem(b"-----BEGIN X-----\nAAEC\n").is_err());
     }
 }

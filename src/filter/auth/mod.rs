@@ -315,7 +315,12 @@ const REALM: &str = "Bearer realm=\"ringgate\"";
 const KEY_REALM: &str = "ApiKey realm=\"ringgate\"";
 
 impl RoutePolicy {
-    fn new(auth: Arc<Auth>, order: Vec<AuthMethod>, roles: Vec<String>, scopes: Vec<String>) -> Self {
+    fn new(
+        auth: Arc<Auth>,
+        order: Vec<AuthMethod>,
+        roles: Vec<String>,
+        scopes: Vec<String>,
+    ) -> Self {
         RoutePolicy {
             jwt: order.contains(&AuthMethod::Jwt),
             api_key: order.contains(&AuthMethod::ApiKey),
@@ -327,10 +332,8 @@ impl RoutePolicy {
     }
 
     fn missing(&self, rid: &[u8]) -> Reply {
-        Reply::error(401, "authentication required", rid).with_header(
-            "WWW-Authenticate",
-            if self.jwt { REALM } else { KEY_REALM },
-        )
+        Reply::error(401, "authentication required", rid)
+            .with_header("WWW-Authenticate", if self.jwt { REALM } else { KEY_REALM })
     }
 
     fn invalid(&self, method: AuthMethod, description: &str, rid: &[u8]) -> Reply {
@@ -373,6 +376,9 @@ impl RoutePolicy {
     }
 }
 
+/// The result of checking one credential: the caller, or why not.
+type Attempt = Result<Rc<Authenticated>, Cow<'static, str>>;
+
 /// The auth request filter: authenticate, authorize, and pass the caller's
 /// identity on (see the module docs).
 pub fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
@@ -390,7 +396,7 @@ pub fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
         }
     };
     let ws = &ctx.worker.auth;
-    let mut outcome: Option<(AuthMethod, Result<Rc<Authenticated>, Cow<'static, str>>)> = None;
+    let mut outcome: Option<(AuthMethod, Attempt)> = None;
     for &m in &p.order {
         match m {
             AuthMethod::Jwt => {

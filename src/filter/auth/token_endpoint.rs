@@ -12,7 +12,7 @@
 //! gateway's JSON error shape.
 
 use super::consumers::Consumer;
-use super::extract::{self, pct_decode, strip_scheme};
+use super::extract::{self, pct_decode, strip_scheme, trim};
 use super::keys::SigningKey;
 use super::{Auth, unix_now};
 use crate::filter::{Reply, RequestCtx};
@@ -49,9 +49,12 @@ fn oauth_error(status: u16, code: &str, description: &str, rid: &[u8]) -> Reply 
     }
 }
 
+/// One decoded form field: name and value.
+type Field<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
 /// Form fields; a repeated field is an error (RFC 6749 §3.2).
-fn parse_form(body: &[u8]) -> Result<Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)>, &'static str> {
-    let mut out: Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> = Vec::new();
+fn parse_form(body: &[u8]) -> Result<Vec<Field<'_>>, &'static str> {
+    let mut out: Vec<Field<'_>> = Vec::new();
     for kv in body.split(|&b| b == b'&').filter(|kv| !kv.is_empty()) {
         let (k, v) = match kv.iter().position(|&b| b == b'=') {
             Some(i) => (&kv[..i], &kv[i + 1..]),
@@ -66,7 +69,7 @@ fn parse_form(body: &[u8]) -> Result<Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)>, &'stat
     Ok(out)
 }
 
-fn field<'f>(form: &'f [(Cow<'_, [u8]>, Cow<'_, [u8]>)], name: &[u8]) -> Option<&'f [u8]> {
+fn field<'f>(form: &'f [Field<'_>], name: &[u8]) -> Option<&'f [u8]> {
     form.iter().find(|(k, _)| &**k == name).map(|(_, v)| &**v)
 }
 
@@ -79,7 +82,7 @@ pub(crate) fn answer(auth: &Auth, ep: &TokenEndpoint, ctx: &RequestCtx<'_>, body
     if !body.is_empty() {
         let ct = ctx.header(b"content-type").unwrap_or(b"");
         let media = ct.split(|&b| b == b';').next().unwrap_or(b"");
-        if !extract_trimmed(media).eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+        if !trim(media).eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
             return bad(
                 "invalid_request",
                 "send the form as Content-Type: application/x-www-form-urlencoded",
@@ -214,15 +217,6 @@ pub(crate) fn answer(auth: &Auth, ep: &TokenEndpoint, ctx: &RequestCtx<'_>, body
             Reply::error(500, "the token could not be signed", rid)
         }
     }
-}
-
-fn extract_trimmed(v: &[u8]) -> &[u8] {
-    let s = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let e = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(s, |i| i + 1);
-    &v[s..e]
 }
 
 /// Puts `value` at a dotted claim path, creating objects on the way.

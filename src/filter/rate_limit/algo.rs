@@ -117,6 +117,9 @@ impl Params {
     /// stated bound).
     #[inline]
     fn cap(&self, s: f64) -> f64 {
+        if s <= 0.0 {
+            return 0.0;
+        }
         (self.burst * s).max(1.0_f64.min(self.burst))
     }
 
@@ -266,8 +269,17 @@ impl State {
     /// admitted and `commit` is set. The state must be advanced to `now`.
     #[inline]
     pub fn check(&mut self, p: &Params, s: f64, now: u64, commit: bool) -> Check {
-        let s = s.max(1e-6);
         let window_end = ((now / p.window_ns) + 1) * p.window_ns - now;
+        if s <= 0.0 {
+            // No share of this key on this shard until the next sync.
+            return Check {
+                admit: false,
+                delay_ns: 0,
+                remaining: 0,
+                reset_ns: window_end.min(p.memory_ns().max(1)),
+                retry_ns: 1_000_000_000,
+            };
+        }
         match self {
             State::Bucket { tokens, .. } => {
                 let rate = p.rate * s;
@@ -446,7 +458,9 @@ mod tests {
                 delays.push(c.delay_ns / 1_000_000);
             }
         }
-        assert_eq!(delays, vec![0, 100, 200, 300, 400, 499]);
+        assert_eq!(delays.len(), 6, "{delays:?}");
+        assert_eq!(&delays[..5], &[0, 100, 200, 300, 400]);
+        assert!((499..=500).contains(&delays[5]), "{delays:?}");
     }
 
     #[test]

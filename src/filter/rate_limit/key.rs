@@ -154,7 +154,10 @@ pub enum Client<'a> {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let s = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
     let e = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -193,7 +196,7 @@ pub fn visit(
     out(&[tier]);
     for (i, p) in parts.iter().enumerate() {
         let mut emitted = false;
-        let mut put = |tag: u8, b: &[u8], out: &mut dyn FnMut(&[u8])| {
+        let put = |tag: u8, b: &[u8], out: &mut dyn FnMut(&[u8])| {
             out(&[i as u8, tag]);
             out(&(b.len() as u32).to_le_bytes());
             out(b);
@@ -314,7 +317,11 @@ mod tests {
         assert!(!one.contains("127.0.0.2".parse().unwrap()));
         let v6 = Cidr::parse("fd00::/8").unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
         assert!(Cidr::parse("1.2.3.4/33").is_none());
         assert!(Cidr::parse("nope").is_none());
     }

@@ -11,8 +11,10 @@
 //! spent since it reported. The shares of a key add up to 1, so the
 //! workers' capacities and refill rates add up to the limit whichever way
 //! the traffic is spread. A worker meeting a key it never saw starts with
-//! share `1/N` of a fresh key; once a key has used more than that share
-//! the reconciler installs it on the workers that do not hold it yet.
+//! share `1/N` of a fresh key; that much stays reserved for each worker
+//! that has not reported the key, and once the key is in use the
+//! reconciler installs it on those workers so the reservation is released
+//! (see [`Reconciler::reconcile_key`]).
 //!
 //! Reports are numbered; an update says which report of the worker it
 //! includes, so spends are never counted twice or missed. Channels are
@@ -55,10 +57,6 @@ impl Spends {
         } else if win + 1 == self.win {
             self.prev += 1;
         }
-    }
-
-    pub fn total(&self) -> u32 {
-        self.cur + self.prev
     }
 
     /// Subtracts these spends from a state's quota.
@@ -106,6 +104,8 @@ pub(crate) struct Update {
     pub awaiting: bool,
     /// Create the key if the worker does not hold it.
     pub install: bool,
+    /// Only create it; a worker that holds the key keeps its state.
+    pub only_install: bool,
 }
 
 /// What the reconciler sends a worker each interval.
@@ -123,6 +123,8 @@ struct Holder {
     worker: u16,
     /// Demand, decayed by half each time the key is reconciled.
     demand: f64,
+    /// Has reported the key (an installed key counts once reported).
+    acked: bool,
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +151,8 @@ struct GKey {
     lease: Lease,
     /// Global key running on local state while the store is down.
     fallback: bool,
+    /// A worker refused requests for it (it wants more than its share).
+    pressed: bool,
 }
 
 pub(crate) struct Reconciler {
@@ -253,7 +257,11 @@ impl Reconciler {
                 key_bytes: None,
                 lease: Lease::default(),
                 fallback: global && !store_ok,
+                pressed: false,
             });
+            if it.demand > it.spends.cur + it.spends.prev {
+                g.pressed = true;
+            }
             if g.key_bytes.is_none() {
                 g.key_bytes = it.key_bytes;
             }
@@ -262,17 +270,30 @@ impl Reconciler {
             g.last_active = now;
             g.lease.demand_tick += it.demand as u64;
             match g.holders.iter_mut().find(|h| h.worker == r.worker) {
-                Some(h) => h.demand += it.demand as f64,
+                Some(h) => {
+                    h.demand += it.demand as f64;
+                    h.acked = true;
+                }
                 None => g.holders.push(Holder {
                     worker: r.worker,
                     demand: it.demand as f64,
+                    acked: true,
                 }),
             }
             self.touched.push((it.limit, it.key));
         }
         for (li, key) in r.evicted {
-            if let Some(g) = self.keys.get_mut(li as usize).and_then(|m| m.get_mut(&key)) {
+            let Some(m) = self.keys.get_mut(li as usize) else {
+                continue;
+            };
+            if let Some(g) = m.get_mut(&key) {
                 g.holders.retain(|h| h.worker != r.worker);
+                // No worker holds it and it holds no lease: forget it.
+                let busy = g.lease.in_flight
+                    || matches!(g.state, State::Credit { balance } if balance >= 1.0);
+                if g.holders.is_empty() && !busy {
+                    m.remove(&key);
+                }
             }
         }
         if r.seq > self.acked[w] {
@@ -295,12 +316,21 @@ impl Reconciler {
         touched.clear();
         self.touched = touched;
         self.send();
-        if self.ticks % 20 == 0 {
+        if self.ticks % 20 == 0 || self.keys.iter().any(|m| m.len() > 1 << 20) {
             self.expire(l, now);
         }
     }
 
     /// Computes shares for one key and queues an update per holder.
+    ///
+    /// A worker that has not reported the key may meet it at any moment
+    /// and admit up to its first-touch share (`1/N` of a fresh key) before
+    /// its report arrives, so that much stays *reserved* per such worker:
+    /// the reporting holders share what is left. Once a key has used half a
+    /// first-touch share, it is installed on the other workers (as a
+    /// first touch would create it); each then reports it and becomes a
+    /// holder, which releases its reservation. Credit (global keys) needs
+    /// no reservation: a worker without credit waits for it.
     fn reconcile_key(&mut self, l: &Limits, li: u16, key: u64, now: u64) {
         let def = &l.defs[li as usize];
         let n = self.workers;
@@ -309,51 +339,94 @@ impl Reconciler {
         };
         let p = &def.tiers[g.tier as usize].params;
         g.state.advance(p, 1.0, now);
-        // A key that used more than one worker's first-touch share goes to
-        // every worker, so none of them starts it afresh.
         let credit = matches!(g.state, State::Credit { .. });
+        let first_touch = 1.0 / n as f64;
         if !credit && n > 1 && g.holders.len() < n {
-            let used = 1.0 - g.state.available(p, 1.0, now) / p.fresh_quota();
-            if used > 1.0 / n as f64 {
+            let used = p.fresh_quota() - g.state.available(p, 1.0, now);
+            if (used >= 2.0 || g.pressed) && used > 0.5 * first_touch * p.fresh_quota() {
                 for w in 0..n as u16 {
                     if !g.holders.iter().any(|h| h.worker == w) {
                         g.holders.push(Holder {
                             worker: w,
                             demand: 0.0,
+                            acked: false,
                         });
                     }
                 }
             }
         }
-        if g.holders.is_empty() {
+        let acked: Vec<usize> = (0..g.holders.len())
+            .filter(|&i| g.holders[i].acked)
+            .collect();
+        // Installs (new, or not yet reported back) get a first-touch state;
+        // a worker that already holds the key ignores it.
+        let fresh = p.fresh(first_touch, now);
+        for hd in g.holders.iter().filter(|h| !h.acked) {
+            if let Some(out) = self.out.get_mut(hd.worker as usize) {
+                out.push(Update {
+                    limit: li,
+                    key,
+                    tier: g.tier,
+                    share: first_touch,
+                    state: fresh,
+                    now,
+                    awaiting: false,
+                    install: true,
+                    only_install: true,
+                });
+            }
+        }
+        if acked.is_empty() {
             return;
         }
-        let total: f64 = g.holders.iter().map(|h| h.demand).sum();
-        let h = g.holders.len() as f64;
-        let floor = if total > 0.0 { 0.05 * total / h } else { 1.0 };
+        // What the reporting holders share.
+        let unreported = (n - acked.len()) as f64;
+        let mut base = g.state;
+        if !credit && unreported > 0.0 {
+            let reserve = unreported * first_touch * p.fresh_quota();
+            match &mut base {
+                State::Bucket { tokens, .. } => *tokens -= reserve,
+                State::Window { cur, .. } => *cur += reserve,
+                State::Credit { .. } => {}
+            }
+        }
+        // Shares follow demand. A holder without recent demand keeps a
+        // small floor (5 % split among the holders) while that is worth a
+        // request or more, so a quiet worker can still admit a request; near
+        // the end of the quota the floor goes, so it is not stranded there.
+        let total: f64 = acked.iter().map(|&i| g.holders[i].demand).sum();
+        let h = acked.len() as f64;
+        let avail = base.available(p, 1.0, now).max(0.0);
+        let floor = if total <= 0.0 {
+            1.0
+        } else if avail * 0.05 / h >= 1.0 {
+            0.05 * total / h
+        } else {
+            0.0
+        };
         let wsum = total + floor * h;
         let awaiting = credit && g.lease.in_flight && g.state.available(p, 1.0, now) < 1.0;
         // Credit is handed out in whole requests (largest remainder), so a
         // small balance is not lost to rounding.
         let mut credit_parts: Vec<f64> = Vec::new();
-        if let State::Credit { balance } = g.state {
+        if let State::Credit { balance } = base {
             let b = balance.max(0.0).floor();
-            let raw: Vec<f64> = g
-                .holders
+            let raw: Vec<f64> = acked
                 .iter()
-                .map(|x| b * (x.demand + floor) / wsum)
+                .map(|&i| b * (g.holders[i].demand + floor) / wsum)
                 .collect();
             credit_parts = raw.iter().map(|r| r.floor()).collect();
             let mut left = b - credit_parts.iter().sum::<f64>();
             let mut order: Vec<usize> = (0..raw.len()).collect();
             order.sort_by(|&a, &b| {
-                (raw[b] - raw[b].floor())
-                    .partial_cmp(&(raw[a] - raw[a].floor()))
+                let fa = raw[a] - raw[a].floor();
+                let fb = raw[b] - raw[b].floor();
+                fb.partial_cmp(&fa)
                     .unwrap_or(std::cmp::Ordering::Equal)
                     .then(
-                        g.holders[b]
+                        g.holders[acked[b]]
                             .demand
-                            .partial_cmp(&g.holders[a].demand)
+                            .partial_cmp(&g.holders[acked[a]].demand)
                             .unwrap_or(std::cmp::Ordering::Equal),
                     )
             });
@@ -365,11 +438,12 @@ impl Reconciler {
                 left -= 1.0;
             }
         }
-        for (i, hd) in g.holders.iter_mut().enumerate() {
+        for (j, &i) in acked.iter().enumerate() {
+            let hd = &mut g.holders[i];
             let share = (hd.demand + floor) / wsum;
-            let state = match g.state {
+            let state = match base {
                 State::Credit { .. } => State::Credit {
-                    balance: credit_parts[i],
+                    balance: credit_parts[j],
                 },
                 st => st.scaled(share),
             };
@@ -382,10 +456,14 @@ impl Reconciler {
                     state,
                     now,
                     awaiting,
-                    install: true,
+                    install: false,
+                    only_install: false,
                 });
             }
             hd.demand *= 0.5;
+            if hd.demand < 0.01 {
+                hd.demand = 0.0;
+            }
         }
     }
 
@@ -408,9 +486,18 @@ impl Reconciler {
         self.store_ok_sent = self.store_ok;
     }
 
-    /// Drops keys nobody used for a while.
+    /// Drops keys nobody used for a while; past twice what the workers can
+    /// hold (eviction notices lost under a flood), the least recently
+    /// active go too.
     fn expire(&mut self, l: &Limits, now: u64) {
         for (li, m) in self.keys.iter_mut().enumerate() {
+            let cap = l.defs[li].max_keys.saturating_mul(self.workers);
+            if m.len() > 2 * cap {
+                let mut ages: Vec<u64> = m.values().map(|g| g.last_active).collect();
+                let cut = ages.len() - cap;
+                let (_, &mut nth, _) = ages.select_nth_unstable(cut);
+                m.retain(|_, g| g.last_active >= nth);
+            }
             let ttl = l.defs[li].ttl_ns;
             m.retain(|_, g| {
                 let idle = now.saturating_sub(g.last_active);
@@ -459,7 +546,7 @@ impl Reconciler {
                         }
                         *balance += granted as f64;
                     }
-                    if granted < want {
+                    if (granted as i64) < want {
                         let wait = (reset_ms * 1_000_000).clamp(l.tick_ns, 1_000_000_000);
                         g.lease.next_at = now + wait;
                     }
@@ -566,7 +653,10 @@ impl Reconciler {
                     continue;
                 }
                 if g.lease.idle_ticks < 2 && *balance < low && now >= g.lease.next_at {
-                    let want = (g.lease.rate * 4.0).max(d * 2.0).clamp(1.0, max_lease).ceil();
+                    let want = (g.lease.rate * 4.0)
+                        .max(d * 2.0)
+                        .clamp(1.0, max_lease)
+                        .ceil();
                     let req = LeaseReq {
                         limit: li as u16,
                         key,

@@ -177,7 +177,20 @@ pub(crate) fn run(url: String, timeout: Duration, rx: Receiver<LeaseReq>, tx: Se
                 }
             }
         }
-        let Some(first) = first else { continue };
+        let Some(first) = first else {
+            // Idle: make sure the connection still answers.
+            if let Some(c) = conn.as_mut()
+                && redis::cmd("PING").query::<String>(&mut c.conn).is_err()
+            {
+                tracing::warn!("redis stopped answering; reconnecting in the background");
+                conn = None;
+                if up {
+                    up = false;
+                    let _ = tx.send(LeaseResp::Down);
+                }
+            }
+            continue;
+        };
         let mut batch = vec![first];
         while batch.len() < 256 {
             match rx.try_recv() {

@@ -82,6 +82,20 @@ pub(crate) struct Table {
     evicted: Vec<u64>,
 }
 
+/// What a check does. A route with one limit checks in one step
+/// (`Decide`); with several, every limit is first probed, and only when all
+/// admit is each one spent, so a refusal by one spends nothing of the
+/// others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Count the request as demand and spend it if admitted.
+    Decide,
+    /// Count the request as demand; spend nothing.
+    Probe,
+    /// Spend an already-probed request.
+    Spend,
+}
+
 /// What a check says.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Outcome {
@@ -138,9 +152,9 @@ impl Shard {
         self.tables.iter().map(|t| t.borrow().map.len()).sum()
     }
 
-    /// Checks one request against limit `li` for key `key` (tier `tier`).
-    /// `demand` counts the request towards the key's demand; `commit`
-    /// spends it when admitted. `bytes` names the key (global limits).
+    /// Checks one request against limit `li` for key `key` (tier `tier`)
+    /// in phase `phase` (see [`Phase`]). `bytes` names the key (global
+    /// limits).
     #[inline]
     pub fn check(
         &self,
@@ -148,10 +162,11 @@ impl Shard {
         key: u64,
         tier: u8,
         now: u64,
-        demand: bool,
-        commit: bool,
+        phase: Phase,
         bytes: impl FnOnce() -> Vec<u8>,
     ) -> Outcome {
+        let demand = phase != Phase::Spend;
+        let commit = phase != Phase::Probe;
         let def = &self.limits.defs[li];
         let p: &Params = &def.tiers[tier as usize].params;
         let global = def.global && self.link.is_some();
@@ -166,7 +181,11 @@ impl Shard {
                 e
             }
             None => {
-                let share = 1.0 / self.workers as f64;
+                let share = if def.mode == super::ShardMode::Full {
+                    1.0
+                } else {
+                    1.0 / self.workers as f64
+                };
                 let credit = global && self.store_ok.get();
                 let e = Entry {
                     tier,
@@ -191,7 +210,8 @@ impl Shard {
             }
         };
         e.last_seen = now;
-        if demand {
+        let reconciled = def.mode == super::ShardMode::Reconciled;
+        if demand && reconciled {
             e.demand = e.demand.saturating_add(1);
             if !e.dirty {
                 e.dirty = true;
@@ -203,7 +223,7 @@ impl Shard {
         if !c.admit && e.awaiting {
             return Outcome::Wait;
         }
-        if c.admit && commit {
+        if c.admit && commit && reconciled {
             e.fresh.add(window_of(p, now));
             if !e.dirty {
                 e.dirty = true;
@@ -211,6 +231,17 @@ impl Shard {
             }
         }
         Outcome::Checked(c)
+    }
+
+    /// Takes the reconciler's updates, if any. Runs several times per
+    /// tick, so the workers' views of a key change at nearly the same time
+    /// (the lag between them is the overshoot term of the bound).
+    pub fn poll(&self) {
+        if let Some(link) = &self.link {
+            while let Ok(b) = link.rx.try_recv() {
+                self.apply(b);
+            }
+        }
     }
 
     /// The exchange with the reconciler, plus idle-key sweeping. Runs on
@@ -254,9 +285,11 @@ impl Shard {
         let mut t = self.tables[li].borrow_mut();
         let t = &mut *t;
         if !t.map.contains_key(&u.key) {
-            if !u.install || t.map.len() >= def.max_keys {
+            if !u.install {
                 return;
             }
+            // Reported next tick, so the reconciler counts this worker as
+            // a holder of the key.
             let e = Entry {
                 tier: u.tier,
                 share: u.share,
@@ -265,14 +298,17 @@ impl Shard {
                 sent: Spends::default(),
                 sent_seq: 0,
                 demand: 0,
-                dirty: false,
+                dirty: true,
                 referenced: false,
                 last_seen: u.now,
                 awaiting: u.awaiting,
                 key_bytes: None,
             };
-            t.map.insert(u.key, e);
-            t.ring.push_back(u.key);
+            t.insert(u.key, e, def.max_keys, u.now, def.ttl_ns);
+            t.dirty.push(u.key);
+            return;
+        }
+        if u.only_install {
             return;
         }
         let e = t.map.get_mut(&u.key).expect("present");

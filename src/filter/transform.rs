@@ -1,0 +1,877 @@
+//! Request and response transformation, per route: headers added, set,
+//! removed or renamed both ways; the forwarded path rewritten
+//! (`strip_prefix`, `add_prefix`, or a template using route params); query
+//! parameters added or removed; response JSON members renamed, removed or
+//! whitelisted; response statuses mapped.
+//!
+//! Key components: [`TransformFile`] (the `transform = {...}` keys),
+//! [`Transform`] (compiled), [`Rewrite`] (per-connection scratch the proxy
+//! reads: the rewritten request target, the rewritten status line, the
+//! route's transform for the response head), [`apply_request`] (phase 3,
+//! after the route's filters), [`edit_response_head`] (called by
+//! `proxy::forward::build_response_head`), [`forward_json`] (wraps
+//! `proxy::forward::forward` when the response body is rewritten).
+//!
+//! How the head edits work without rebuilding heads: a request header that
+//! is removed, set or renamed has its line marked `HeaderRole::Drop` and the
+//! new line goes to `c.up_extra`; a rewritten path is written once into
+//! [`Rewrite::target`] and the forwarded request line uses it. Response
+//! headers likewise (marked in `c.rlines`, new lines in `c.resp_extra`); a
+//! mapped status replaces the status line.
+//!
+//! Response JSON ops need the whole body: [`forward_json`] runs the normal
+//! forward with the client side wrapped in a [`Capture`] that keeps the
+//! response bytes (up to `response_json.max_body_bytes`; a larger response
+//! switches to pass-through and is relayed unchanged), then rewrites the
+//! JSON and sends it with a correct `Content-Length`. A body that is not
+//! JSON (by `Content-Type` or by parse) is relayed unchanged.
+//!
+//! Performance notes: a route without a transform pays nothing here (no
+//! call, no allocation: `tests/alloc.rs`). With header and path ops, the
+//! per-request work is a scan of the header lines and a few copies into
+//! buffers the connection reuses; only response JSON ops buffer a body.
+
+use crate::config::{Config, Errors};
+use crate::http::chunked::ChunkedScanner;
+use crate::http::parse::{self, BodyFraming, HeaderRole, Parsed, RequestHead, ResponseHead};
+use crate::proxy::compose::PathTemplate;
+use crate::proxy::forward::{self, Conn, Outcome};
+use crate::proxy::json::{self, Doc};
+use crate::runtime::worker::Worker;
+use monoio::BufResult;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// `transform = { ... }` on a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformFile {
+    /// Header ops on the request sent upstream.
+    pub request_headers: Option<HeaderOpsFile>,
+    /// Header ops on the response sent to the client.
+    pub response_headers: Option<HeaderOpsFile>,
+    /// Removed from the start of the path (on a segment boundary).
+    pub strip_prefix: Option<String>,
+    /// Put before the path (after `strip_prefix`).
+    pub add_prefix: Option<String>,
+    /// The forwarded path, with the route's `{param}`s filled in (instead
+    /// of `strip_prefix`/`add_prefix`).
+    pub path: Option<String>,
+    /// Query parameter ops.
+    pub query: Option<QueryOpsFile>,
+    /// Response JSON ops.
+    pub response_json: Option<JsonOpsFile>,
+    /// Response status mapping: `{ "404" = 200 }`.
+    pub status: Option<BTreeMap<String, u16>>,
+}
+
+/// `{ add, set, remove, rename }` for headers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOpsFile {
+    /// Added, whatever is there (`{ "X-A" = "1" }`).
+    pub add: Option<BTreeMap<String, String>>,
+    /// Replacing every header of that name.
+    pub set: Option<BTreeMap<String, String>>,
+    /// Removed (names).
+    pub remove: Option<Vec<String>>,
+    /// Renamed, keeping the value (`{ "X-Old" = "X-New" }`).
+    pub rename: Option<BTreeMap<String, String>>,
+}
+
+/// `query = { add, remove }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryOpsFile {
+    /// Parameters set (an existing one of that name is replaced).
+    pub add: Option<BTreeMap<String, String>>,
+    /// Parameters removed (names).
+    pub remove: Option<Vec<String>>,
+}
+
+/// `response_json = { rename, remove, only, max_body_bytes }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonOpsFile {
+    /// Top-level members renamed (`{ "old" = "new" }`).
+    pub rename: Option<BTreeMap<String, String>>,
+    /// Top-level members removed.
+    pub remove: Option<Vec<String>>,
+    /// Only these top-level members kept (applied before `rename`).
+    pub only: Option<Vec<String>>,
+    /// Largest body rewritten (default 1 MiB); larger ones pass unchanged.
+    pub max_body_bytes: Option<usize>,
+}
+
+/// Header ops, compiled.
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    /// Lower-case names whose lines are dropped (remove, set, rename).
+    drop: Vec<Box<[u8]>>,
+    /// `(lower-case from, to)`.
+    rename: Vec<(Box<[u8]>, Box<[u8]>)>,
+    /// The `add` and `set` lines, ready to append.
+    lines: Box<[u8]>,
+}
+
+impl HeaderOps {
+    fn is_empty(&self) -> bool {
+        self.drop.is_empty() && self.lines.is_empty()
+    }
+}
+
+/// How the forwarded path is rewritten.
+#[derive(Debug)]
+enum PathOp {
+    None,
+    Prefix { strip: Box<[u8]>, add: Box<[u8]> },
+    Template(PathTemplate),
+}
+
+/// JSON ops, compiled.
+#[derive(Debug)]
+pub struct JsonOps {
+    rename: Vec<(String, String)>,
+    remove: Vec<String>,
+    only: Option<Vec<String>>,
+    /// Largest body rewritten.
+    pub max_body_bytes: usize,
+}
+
+/// A route's transform, compiled.
+#[derive(Debug)]
+pub struct Transform {
+    request_headers: HeaderOps,
+    response_headers: HeaderOps,
+    path: PathOp,
+    /// Query parameters set: encoded `(name, value)`.
+    query_add: Vec<(Box<[u8]>, Box<[u8]>)>,
+    /// Query parameters removed: encoded names.
+    query_remove: Vec<Box<[u8]>>,
+    /// Response JSON ops.
+    pub json: Option<JsonOps>,
+    status: Vec<(u16, u16)>,
+}
+
+impl Transform {
+    /// True when the response head is edited (headers or status).
+    pub fn edits_response_head(&self) -> bool {
+        !self.response_headers.is_empty() || !self.status.is_empty()
+    }
+
+    fn rewrites_target(&self) -> bool {
+        !matches!(self.path, PathOp::None)
+            || !self.query_add.is_empty()
+            || !self.query_remove.is_empty()
+    }
+
+    /// The status `s` is mapped to, if any.
+    pub fn map_status(&self, s: u16) -> Option<u16> {
+        self.status.iter().find(|(a, _)| *a == s).map(|(_, b)| *b)
+    }
+}
+
+/// Per-connection rewrite state the proxy reads (see the module docs).
+#[derive(Debug, Default)]
+pub struct Rewrite {
+    /// Request target (path and query) to forward instead of the client's;
+    /// empty = the client's.
+    pub target: Vec<u8>,
+    /// Status line to send instead of the backend's; empty = the backend's.
+    pub status_line: Vec<u8>,
+    /// The route's transform, while its response head is pending.
+    pub transform: Option<Arc<Transform>>,
+    /// The response head was edited already.
+    pub response_edited: bool,
+    capture: Vec<u8>,
+}
+
+impl Rewrite {
+    /// Forgets the previous request's rewrite (keeps capacity).
+    #[inline]
+    pub fn clear(&mut self) {
+        self.target.clear();
+        self.status_line.clear();
+        self.transform = None;
+        self.response_edited = false;
+    }
+}
+
+/// Header names a transform may not touch: they frame the message or
+/// belong to one hop.
+const FRAMING: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "expect",
+];
+
+fn valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn valid_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+fn compile_header_ops(key: &str, f: &HeaderOpsFile, request: bool, errs: &mut Errors) -> HeaderOps {
+    let mut ops = HeaderOps::default();
+    let mut lines = Vec::new();
+    let check_name = |errs: &mut Errors, op: &str, name: &str| -> bool {
+        let lower = name.to_ascii_lowercase();
+        if !valid_token(name) {
+            errs.push(
+                format!("{key}.{op}"),
+                format!("{name:?} is not a valid header name"),
+                "use letters, digits and '-', e.g. \"X-Api-Version\"",
+            );
+            return false;
+        }
+        if FRAMING.contains(&lower.as_str()) {
+            errs.push(
+                format!("{key}.{op}"),
+                format!("{name:?} frames the message or belongs to one hop; ringgate manages it"),
+                "remove this header from the transform",
+            );
+            return false;
+        }
+        if request && lower == "host" && (op == "remove" || op == "rename") {
+            errs.push(
+                format!("{key}.{op}"),
+                "the request must keep a Host header",
+                "use set = { \"Host\" = \"...\" } to change it",
+            );
+            return false;
+        }
+        true
+    };
+    for (op, map) in [("add", &f.add), ("set", &f.set)] {
+        for (name, value) in map.iter().flatten() {
+            if !check_name(errs, op, name) {
+                continue;
+            }
+            if !valid_value(value) {
+                errs.push(
+                    format!("{key}.{op}"),
+                    format!("the value of {name:?} contains a control character"),
+                    "remove CR, LF and other control characters from the value",
+                );
+                continue;
+            }
+            if op == "set" {
+                ops.drop.push(name.to_ascii_lowercase().into_bytes().into());
+            }
+            lines.extend_from_slice(name.as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+        }
+    }
+    for name in f.remove.iter().flatten() {
+        if check_name(errs, "remove", name) {
+            ops.drop.push(name.to_ascii_lowercase().into_bytes().into());
+        }
+    }
+    for (from, to) in f.rename.iter().flatten() {
+        if check_name(errs, "rename", from) && check_name(errs, "rename", to) {
+            let lower: Box<[u8]> = from.to_ascii_lowercase().into_bytes().into();
+            ops.drop.push(lower.clone());
+            ops.rename.push((lower, to.as_bytes().into()));
+        }
+    }
+    ops.lines = lines.into();
+    ops
+}
+
+/// Percent-encodes a query component (unreserved characters stay).
+fn encode_query(s: &str) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out.into()
+}
+
+/// Compiles route `i`'s `transform` (`route_path` is its pattern).
+pub fn compile(i: usize, f: &TransformFile, route_path: &str, errs: &mut Errors) -> Option<Transform> {
+    let before = errs.0.len();
+    let key = |k: &str| format!("routes[{i}].transform.{k}");
+    let empty = HeaderOpsFile::default();
+    let request_headers = compile_header_ops(
+        &key("request_headers"),
+        f.request_headers.as_ref().unwrap_or(&empty),
+        true,
+        errs,
+    );
+    let response_headers = compile_header_ops(
+        &key("response_headers"),
+        f.response_headers.as_ref().unwrap_or(&empty),
+        false,
+        errs,
+    );
+    let prefix_ok = |errs: &mut Errors, k: &str, p: &str| -> bool {
+        if !p.starts_with('/') || p.len() < 2 || p.ends_with('/') || p.contains(['?', '#', ' ']) {
+            errs.push(
+                key(k),
+                format!("{p:?} is not a path prefix"),
+                "write it as \"/users\": a leading '/', no trailing '/', no query",
+            );
+            false
+        } else {
+            true
+        }
+    };
+    let path = match (&f.path, &f.strip_prefix, &f.add_prefix) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            errs.push(
+                key("path"),
+                "path replaces the whole path, so strip_prefix/add_prefix would be ignored",
+                "use either path = \"/template/{id}\" or strip_prefix/add_prefix",
+            );
+            PathOp::None
+        }
+        (Some(t), None, None) => {
+            if t.contains(['?', '#', ' ']) {
+                errs.push(key("path"), format!("{t:?} contains '?', '#' or a space"), "put query parameters under query.add");
+                PathOp::None
+            } else {
+                match PathTemplate::compile(t, route_path) {
+                    Ok(t) => PathOp::Template(t),
+                    Err(m) => {
+                        errs.push(key("path"), m, "write a path like \"/items/{id}\" using the route's parameters");
+                        PathOp::None
+                    }
+                }
+            }
+        }
+        (None, None, None) => PathOp::None,
+        (None, strip, add) => {
+            let s = strip.as_deref().filter(|p| prefix_ok(errs, "strip_prefix", p));
+            let a = add.as_deref().filter(|p| prefix_ok(errs, "add_prefix", p));
+            PathOp::Prefix {
+                strip: s.unwrap_or("").as_bytes().into(),
+                add: a.unwrap_or("").as_bytes().into(),
+            }
+        }
+    };
+    let (query_add, query_remove) = match &f.query {
+        Some(q) => (
+            q.add
+                .iter()
+                .flatten()
+                .map(|(k, v)| (encode_query(k), encode_query(v)))
+                .collect(),
+            q.remove.iter().flatten().map(|k| encode_query(k)).collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let json = f.response_json.as_ref().map(|j| {
+        let max = j.max_body_bytes.unwrap_or(1 << 20);
+        if max == 0 {
+            errs.push(key("response_json.max_body_bytes"), "must be greater than 0", "use a size in bytes, e.g. 1048576");
+        }
+        if let Some(o) = &j.only
+            && o.is_empty()
+        {
+            errs.push(key("response_json.only"), "the list is empty, so every member would be removed", "list the members to keep, or remove the key");
+        }
+        JsonOps {
+            rename: j
+                .rename
+                .iter()
+                .flatten()
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect(),
+            remove: j.remove.clone().unwrap_or_default(),
+            only: j.only.clone(),
+            max_body_bytes: max,
+        }
+    });
+    let mut status = Vec::new();
+    for (from, to) in f.status.iter().flatten() {
+        let bodiless = |s: u16| (100..200).contains(&s) || s == 204 || s == 304;
+        match from.parse::<u16>() {
+            Ok(s) if (200..600).contains(&s) && (200..600).contains(to) && !bodiless(s) && !bodiless(*to) => {
+                status.push((s, *to))
+            }
+            _ => errs.push(
+                key("status"),
+                format!("cannot map {from:?} to {to}"),
+                "map statuses 200-599 other than 204 and 304 (their framing differs), e.g. { \"404\" = 200 }",
+            ),
+        }
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(Transform {
+        request_headers,
+        response_headers,
+        path,
+        query_add,
+        query_remove,
+        json,
+        status,
+    })
+}
+
+/// The path routing sees: the request path (after a version prefix was
+/// stripped), `/` when nothing is left.
+#[inline]
+pub fn routing_path<'a>(buf: &'a [u8], head: &RequestHead) -> &'a [u8] {
+    let p = head.path.of(buf);
+    if p.is_empty() { b"/" } else { p }
+}
+
+/// Applies the request side of `t` to the request in `c` (after the
+/// route's filters): header lines dropped and added, the target rewritten
+/// into `c.rewrite.target`. Also arms the response side.
+pub fn apply_request(t: &Arc<Transform>, cfg: &Config, c: &mut Conn) {
+    let ops = &t.request_headers;
+    if !ops.is_empty() {
+        edit_lines(ops, &c.buf, &mut c.lines, &mut c.up_extra);
+    }
+    if t.rewrites_target() {
+        let buf = &c.buf;
+        let path = routing_path(buf, &c.head);
+        let pq = c.head.path_query.of(buf);
+        let query = pq.iter().position(|&b| b == b'?').map(|i| &pq[i + 1..]);
+        let out = &mut c.rewrite.target;
+        out.clear();
+        match &t.path {
+            PathOp::None => out.extend_from_slice(path),
+            PathOp::Prefix { strip, add } => {
+                let rest = match path.strip_prefix(&strip[..]) {
+                    Some(r) if !strip.is_empty() && (r.is_empty() || r[0] == b'/') => r,
+                    _ => path,
+                };
+                out.extend_from_slice(add);
+                if rest.is_empty() {
+                    if add.is_empty() {
+                        out.push(b'/');
+                    }
+                } else {
+                    out.extend_from_slice(rest);
+                }
+            }
+            PathOp::Template(tpl) => {
+                let mut params = crate::router::Params::new();
+                let host = c.head.host.map_or(&b""[..], |h| h.of(buf));
+                let _ = cfg
+                    .table
+                    .lookup(host, c.head.method.of(buf), path, &mut params);
+                tpl.render(params.as_slice(), out);
+            }
+        }
+        let mut first = true;
+        let mut sep = |out: &mut Vec<u8>| {
+            out.push(if first { b'?' } else { b'&' });
+            first = false;
+        };
+        if let Some(q) = query {
+            for kv in q.split(|&b| b == b'&').filter(|kv| !kv.is_empty()) {
+                let name = kv.split(|&b| b == b'=').next().unwrap_or(kv);
+                let dropped = t.query_remove.iter().any(|r| &r[..] == name)
+                    || t.query_add.iter().any(|(r, _)| &r[..] == name);
+                if !dropped {
+                    sep(out);
+                    out.extend_from_slice(kv);
+                }
+            }
+        }
+        for (k, v) in &t.query_add {
+            sep(out);
+            out.extend_from_slice(k);
+            out.push(b'=');
+            out.extend_from_slice(v);
+        }
+    }
+    if t.edits_response_head() {
+        c.rewrite.transform = Some(t.clone());
+    }
+}
+
+/// Marks the lines `ops` drops and appends the renamed and added lines.
+fn edit_lines(
+    ops: &HeaderOps,
+    buf: &[u8],
+    lines: &mut [crate::http::parse::HeaderLine],
+    extra: &mut Vec<u8>,
+) {
+    for l in lines.iter_mut() {
+        if l.role == HeaderRole::Drop {
+            continue;
+        }
+        let name = l.name.of(buf);
+        if ops.drop.iter().any(|d| crate::http::name_eq(name, d)) {
+            l.role = HeaderRole::Drop;
+            if let Some((_, to)) = ops.rename.iter().find(|(f, _)| crate::http::name_eq(name, f)) {
+                extra.extend_from_slice(to);
+                extra.extend_from_slice(b": ");
+                extra.extend_from_slice(l.value.of(buf));
+                extra.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    extra.extend_from_slice(&ops.lines);
+}
+
+/// Edits the response head in `c` for the route's transform: status
+/// mapped into `c.rewrite.status_line`, header lines dropped in `c.rlines`
+/// and added to `c.resp_extra`. Called by `build_response_head`; a no-op
+/// when the route has no response head ops, for interim responses and on a
+/// second call.
+pub fn edit_response_head(c: &mut Conn) {
+    let Some(t) = &c.rewrite.transform else {
+        return;
+    };
+    let status = c.rhead.status;
+    if c.rewrite.response_edited || (100..200).contains(&status) {
+        return;
+    }
+    c.rewrite.response_edited = true;
+    if let Some(to) = t.map_status(status) {
+        let sl = &mut c.rewrite.status_line;
+        sl.clear();
+        sl.extend_from_slice(b"HTTP/1.1 ");
+        let mut b = itoa::Buffer::new();
+        sl.extend_from_slice(b.format(to).as_bytes());
+        sl.push(b' ');
+        sl.extend_from_slice(reason(to).as_bytes());
+        sl.extend_from_slice(b"\r\n");
+    }
+    if !t.response_headers.is_empty() {
+        edit_lines(&t.response_headers, &c.ubuf, &mut c.rlines, &mut c.resp_extra);
+    }
+}
+
+/// Reason phrases for mapped statuses.
+fn reason(s: u16) -> &'static str {
+    match s {
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        409 => "Conflict",
+        410 => "Gone",
+        422 => "Unprocessable Content",
+        s => match crate::http::reason(s) {
+            "Unknown" => "",
+            r => r,
+        },
+    }
+}
+
+/// Rewrites a JSON document with `ops`; `None` when `body` is not JSON
+/// (it is then relayed as it is).
+pub fn rewrite_json(ops: &JsonOps, body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len());
+    match json::parse(body).ok()? {
+        Doc::Object(e) => write_rewritten(ops, e, &mut out),
+        Doc::Array(items) => {
+            out.push(b'[');
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                match json::split(it).ok()? {
+                    Doc::Object(e) => write_rewritten(ops, e, &mut out),
+                    _ => out.extend_from_slice(it.get().as_bytes()),
+                }
+            }
+            out.push(b']');
+        }
+        Doc::Scalar(_) => return None,
+    }
+    Some(out)
+}
+
+fn write_rewritten(ops: &JsonOps, mut e: json::Entries<'_>, out: &mut Vec<u8>) {
+    if let Some(only) = &ops.only {
+        e.retain_keys(only);
+    }
+    e.0.retain(|(k, _)| !ops.remove.iter().any(|r| r == k));
+    for (k, _) in e.0.iter_mut() {
+        if let Some((_, to)) = ops.rename.iter().find(|(f, _)| f == k) {
+            *k = std::borrow::Cow::Owned(to.clone());
+        }
+    }
+    if !ops.rename.is_empty() {
+        json::dedup_last_wins(&mut e.0);
+    }
+    json::write_object(out, e.0.iter().map(|(k, v)| (k.as_ref(), v.get())));
+}
+
+/// Forwards the request in `c` like [`forward::forward`], rewriting the
+/// response's JSON body with the route's `response_json` ops.
+pub async fn forward_json<S>(
+    w: &Worker,
+    cfg: &Config,
+    route: usize,
+    ops: &JsonOps,
+    client: &mut S,
+    c: &mut Conn,
+) -> Outcome
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let mut cap = Capture {
+        inner: client,
+        buf: std::mem::take(&mut c.rewrite.capture),
+        limit: ops.max_body_bytes + HEAD_ALLOWANCE,
+        passthrough: false,
+    };
+    cap.buf.clear();
+    let outcome = forward::forward(w, cfg, route, &mut cap, c).await;
+    let Capture {
+        inner: client,
+        buf: captured,
+        passthrough,
+        ..
+    } = cap;
+    let outcome = if passthrough {
+        outcome
+    } else {
+        match outcome {
+            Outcome::Done { keep_alive } => {
+                let out = rewrite_captured(ops, &captured, c.head.is_head);
+                let bytes = out.as_deref().unwrap_or(&captured);
+                let b = bytes.to_vec();
+                let (r, _) = client.write_all(b).await;
+                if r.is_err() {
+                    Outcome::Abort
+                } else {
+                    c.bytes_out = bytes.len() as u64;
+                    Outcome::Done { keep_alive }
+                }
+            }
+            Outcome::Upgrade(us) => {
+                let (r, _) = client.write_all(captured.clone()).await;
+                if r.is_err() { Outcome::Abort } else { Outcome::Upgrade(us) }
+            }
+            Outcome::Abort if !captured.is_empty() => Outcome::Error {
+                status: 502,
+                message: "upstream response ended early",
+                close: true,
+            },
+            other => other,
+        }
+    };
+    c.rewrite.capture = captured;
+    outcome
+}
+
+/// The captured response with its JSON body rewritten and re-framed, or
+/// `None` to relay it unchanged.
+fn rewrite_captured(ops: &JsonOps, captured: &[u8], head_request: bool) -> Option<Vec<u8>> {
+    if head_request {
+        return None;
+    }
+    // Skip interim responses (relayed as they are).
+    let mut start = 0;
+    let mut rhead = ResponseHead::default();
+    let mut rlines = Vec::new();
+    loop {
+        match parse::parse_response(&captured[start..], &mut rhead, &mut rlines) {
+            Ok(Parsed::Complete) if (100..200).contains(&rhead.status) => start += rhead.len,
+            Ok(Parsed::Complete) => break,
+            _ => return None,
+        }
+    }
+    let head = &captured[start..start + rhead.len];
+    let is_json = rlines.iter().any(|l| {
+        crate::http::name_eq(l.name.of(head), b"content-type")
+            && l.value.of(head).windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
+    });
+    if !is_json {
+        return None;
+    }
+    let rest = &captured[start + rhead.len..];
+    let body: std::borrow::Cow<'_, [u8]> = match rhead.framing_for(false) {
+        BodyFraming::None => return None,
+        BodyFraming::Length(n) => std::borrow::Cow::Borrowed(rest.get(..n as usize)?),
+        BodyFraming::UntilClose => std::borrow::Cow::Borrowed(rest),
+        BodyFraming::Chunked => {
+            let mut b = Vec::with_capacity(rest.len());
+            let mut s = ChunkedScanner::new();
+            s.scan(rest, |x, y| b.extend_from_slice(&rest[x..y])).ok()?;
+            if !s.is_done() {
+                return None;
+            }
+            std::borrow::Cow::Owned(b)
+        }
+    };
+    let new_body = rewrite_json(ops, &body)?;
+    let mut out = Vec::with_capacity(start + rhead.len + new_body.len() + 32);
+    out.extend_from_slice(&captured[..start]);
+    out.extend_from_slice(&head[..rhead.status_line.end as usize]);
+    for l in &rlines {
+        let n = l.name.of(head);
+        if crate::http::name_eq(n, b"content-length")
+            || crate::http::name_eq(n, b"transfer-encoding")
+            || crate::http::name_eq(n, b"trailer")
+        {
+            continue;
+        }
+        out.extend_from_slice(l.line.of(head));
+    }
+    out.extend_from_slice(b"Content-Length: ");
+    let mut ib = itoa::Buffer::new();
+    out.extend_from_slice(ib.format(new_body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&new_body);
+    Some(out)
+}
+
+/// Bytes kept for the response head(s) on top of `max_body_bytes` before a
+/// response is relayed unchanged.
+const HEAD_ALLOWANCE: usize = 16 * 1024;
+
+/// The client side of a forward whose response is kept for rewriting:
+/// reads go to the client; writes are kept in `buf` until it would pass
+/// `limit`, then everything kept and all later writes go to the client
+/// unchanged.
+pub struct Capture<'a, S> {
+    inner: &'a mut S,
+    buf: Vec<u8>,
+    limit: usize,
+    passthrough: bool,
+}
+
+impl<S: AsyncWriteRent> Capture<'_, S> {
+    /// Switches to pass-through, writing what was kept.
+    async fn spill(&mut self) -> std::io::Result<()> {
+        self.passthrough = true;
+        let b = std::mem::take(&mut self.buf);
+        let (r, mut b) = self.inner.write_all(b).await;
+        b.clear();
+        self.buf = b;
+        r.map(|_| ())
+    }
+}
+
+impl<S: AsyncReadRent> AsyncReadRent for Capture<'_, S> {
+    fn read<T: IoBufMut>(&mut self, buf: T) -> impl std::future::Future<Output = BufResult<usize, T>> {
+        self.inner.read(buf)
+    }
+
+    fn readv<T: IoVecBufMut>(&mut self, buf: T) -> impl std::future::Future<Output = BufResult<usize, T>> {
+        self.inner.readv(buf)
+    }
+}
+
+impl<S: AsyncWriteRent> AsyncWriteRent for Capture<'_, S> {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        if self.passthrough {
+            return self.inner.write(buf).await;
+        }
+        // SAFETY: an IoBuf's first `bytes_init()` bytes at `read_ptr()` are
+        // initialised and stay valid while we hold the buffer.
+        let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        if self.buf.len() + data.len() > self.limit {
+            if let Err(e) = self.spill().await {
+                return (Err(e), buf);
+            }
+            return self.inner.write(buf).await;
+        }
+        self.buf.extend_from_slice(data);
+        let n = data.len();
+        (Ok(n), buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        if self.passthrough {
+            return self.inner.writev(buf).await;
+        }
+        // SAFETY: an IoVecBuf describes `read_iovec_len()` valid iovecs,
+        // each pointing at `iov_len` initialised bytes, valid while we hold it.
+        let iovs = unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+        let total: usize = iovs.iter().map(|v| v.iov_len).sum();
+        if self.buf.len() + total > self.limit {
+            if let Err(e) = self.spill().await {
+                return (Err(e), buf);
+            }
+            return self.inner.writev(buf).await;
+        }
+        for v in iovs {
+            // SAFETY: see above.
+            let s = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+            self.buf.extend_from_slice(s);
+        }
+        (Ok(total), buf)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.passthrough {
+            self.inner.flush().await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.inner.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(only: Option<&[&str]>, remove: &[&str], rename: &[(&str, &str)]) -> JsonOps {
+        JsonOps {
+            rename: rename.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            remove: remove.iter().map(|s| s.to_string()).collect(),
+            only: only.map(|o| o.iter().map(|s| s.to_string()).collect()),
+            max_body_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn json_ops() {
+        let o = ops(None, &["secret"], &[("name", "title")]);
+        let out = rewrite_json(&o, br#"{"id":1,"name":"W","secret":"x","price":1.50}"#).unwrap();
+        assert_eq!(out, br#"{"id":1,"title":"W","price":1.50}"#);
+        let o = ops(Some(&["id", "name"]), &[], &[]);
+        let out = rewrite_json(&o, br#"[{"id":1,"name":"a","x":2},{"id":2,"x":3},7]"#).unwrap();
+        assert_eq!(out, br#"[{"id":1,"name":"a"},{"id":2},7]"#);
+        assert!(rewrite_json(&o, b"not json").is_none());
+    }
+
+    #[test]
+    fn captured_chunked_json_is_reframed() {
+        let o = ops(None, &["b"], &[]);
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n7\r\n{\"a\":1,\r\n7\r\n\"b\":2}\n\r\n0\r\n\r\n";
+        let out = rewrite_captured(&o, resp, false).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-A: 1\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
+        );
+        let text = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi";
+        assert!(rewrite_captured(&o, text, false).is_none());
+    }
+
+    #[test]
+    fn query_encoding() {
+        assert_eq!(&*encode_query("a b&c"), b"a%20b%26c");
+    }
+}

@@ -1,0 +1,432 @@
+//! API composition over real sockets: one client request, several mock
+//! services called in parallel, one merged JSON answer; partial answers,
+//! required-part failures, fields, query pass-through, forwarded context.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A mock answering `body` as JSON to every request.
+fn json_service(body: &str) -> MockUpstream {
+    MockUpstream::builder()
+        .header("Content-Type", "application/json")
+        .respond(200, body)
+        .start()
+}
+
+fn gateway(upstreams: &[(&str, SocketAddr)], route: &str) -> Gateway {
+    let mut t = String::from(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\npin = false\ndrain_timeout_ms = 1000\n",
+    );
+    for (name, addr) in upstreams {
+        t.push_str(&format!(
+            "\n[upstreams.{name}]\ntargets = [\"{addr}\"]\nrequest_timeout_ms = 5000\n"
+        ));
+    }
+    t.push('\n');
+    t.push_str(route);
+    Gateway::start(&t)
+}
+
+const PRODUCT: &str = r#"{"id":42,"name":"Widget 42","tags":["a","b"]}"#;
+const PRICE: &str = r#"{"price":9.90,"currency":"EUR","internal_cost":4.1}"#;
+const STOCK: &str = r#"{"available":7}"#;
+
+fn product_page(pricing_extra: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "product-page"
+path = "/product/{{id}}"
+methods = ["GET", "HEAD"]
+
+[routes.compose]
+timeout_ms = 2000
+merge = "keys"
+
+[[routes.compose.parts]]
+key = "details"
+upstream = "products"
+path = "/products/{{id}}"
+required = true
+
+[[routes.compose.parts]]
+key = "pricing"
+upstream = "pricing"
+path = "/prices/{{id}}"
+fields = ["price", "currency"]
+fallback = {{ price = "unavailable" }}
+{pricing_extra}
+
+[[routes.compose.parts]]
+key = "inventory"
+upstream = "inventory"
+path = "/stock/{{id}}"
+query = true
+"#
+    )
+}
+
+#[test]
+fn composed_response_equals_the_merge_of_the_parts() {
+    let products = json_service(PRODUCT);
+    let pricing = json_service(PRICE);
+    let inventory = json_service(STOCK);
+    let gw = gateway(
+        &[
+            ("products", products.addr),
+            ("pricing", pricing.addr),
+            ("inventory", inventory.addr),
+        ],
+        &product_page(""),
+    );
+    let mut c = gw.client();
+    let r = c.request(
+        "GET /product/42?region=eu HTTP/1.1\r\nHost: shop.test\r\nX-Request-Id: req-compose-1\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-gateway-partial"), None, "complete answer: {r:?}");
+    assert_eq!(r.header("x-request-id"), Some("req-compose-1"));
+    let product: Value = serde_json::from_str(PRODUCT).unwrap();
+    let stock: Value = serde_json::from_str(STOCK).unwrap();
+    assert_eq!(
+        r.json(),
+        json!({
+            "details": product,
+            "pricing": {"price": 9.90, "currency": "EUR"},
+            "inventory": stock,
+        })
+    );
+    // Numbers are relayed byte for byte (no float reformatting).
+    assert!(r.text().contains(r#""price":9.90"#), "{}", r.text());
+
+    // Each part got its path, the request id, the forwarded context; only
+    // the part with query = true got the query string.
+    let (p, q, i) = (products.last(), pricing.last(), inventory.last());
+    assert_eq!(p.target, "/products/42");
+    assert_eq!(q.target, "/prices/42");
+    assert_eq!(i.target, "/stock/42?region=eu");
+    for req in [&p, &q, &i] {
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.header("x-request-id"), Some("req-compose-1"));
+        assert_eq!(req.header("x-forwarded-host"), Some("shop.test"));
+        assert!(req.has_header("traceparent"), "{}", req.head_str());
+    }
+
+    // Keep-alive: the next request on the connection works and reuses the
+    // parts' pooled connections.
+    let r2 = c.get("/product/42");
+    assert_eq!(r2.status, 200);
+    assert_eq!(products.conns(), 1, "the products connection was pooled");
+    c.assert_open();
+}
+
+#[test]
+fn generated_request_id_reaches_every_part() {
+    let products = json_service(PRODUCT);
+    let pricing = json_service(PRICE);
+    let inventory = json_service(STOCK);
+    let gw = gateway(
+        &[
+            ("products", products.addr),
+            ("pricing", pricing.addr),
+            ("inventory", inventory.addr),
+        ],
+        &product_page(""),
+    );
+    let r = gw.get("/product/1");
+    assert_eq!(r.status, 200);
+    let rid = r.header("x-request-id").expect("a request id").to_string();
+    for up in [&products, &pricing, &inventory] {
+        assert_eq!(up.last().header("x-request-id"), Some(rid.as_str()));
+    }
+}
+
+#[test]
+fn slow_optional_part_yields_its_fallback_within_its_timeout() {
+    let products = json_service(PRODUCT);
+    let pricing = MockUpstream::builder()
+        .header("Content-Type", "application/json")
+        .respond(200, PRICE)
+        .latency(Duration::from_secs(3))
+        .start();
+    let inventory = json_service(STOCK);
+    let gw = gateway(
+        &[
+            ("products", products.addr),
+            ("pricing", pricing.addr),
+            ("inventory", inventory.addr),
+        ],
+        &product_page("timeout_ms = 100"),
+    );
+    let started = Instant::now();
+    let r = gw.get("/product/42");
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-gateway-partial"), Some("pricing"));
+    let j = r.json();
+    assert_eq!(j["pricing"], json!({"price": "unavailable"}));
+    assert_eq!(j["details"]["id"], 42);
+    assert_eq!(j["inventory"]["available"], 7);
+    // The answer came before the slow part would have (3 s).
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn failing_optional_parts_give_fallback_or_null() {
+    let products = json_service(PRODUCT);
+    let pricing = MockUpstream::builder().respond(500, "boom").start();
+    let inventory = MockUpstream::builder()
+        .header("Content-Type", "application/json")
+        .respond(200, "{not json")
+        .start();
+    let gw = gateway(
+        &[
+            ("products", products.addr),
+            ("pricing", pricing.addr),
+            ("inventory", inventory.addr),
+        ],
+        &product_page(""),
+    );
+    let r = gw.get("/product/42");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-gateway-partial"), Some("pricing, inventory"));
+    let j = r.json();
+    assert_eq!(j["pricing"], json!({"price": "unavailable"}));
+    assert_eq!(j["inventory"], Value::Null);
+    assert_eq!(j["details"]["name"], "Widget 42");
+}
+
+#[test]
+fn failing_required_part_answers_502_naming_it() {
+    let pricing = json_service(PRICE);
+    let inventory = json_service(STOCK);
+    for products in [
+        MockUpstream::builder().respond(503, "down").start(),
+        MockUpstream::builder().close_after_head().start(),
+    ] {
+        let gw = gateway(
+            &[
+                ("products", products.addr),
+                ("pricing", pricing.addr),
+                ("inventory", inventory.addr),
+            ],
+            &product_page(""),
+        );
+        let r = gw.get("/product/42");
+        assert_json_error(&r, 502);
+        let j = r.json();
+        assert_eq!(j["part"], "details");
+        assert!(
+            j["error"].as_str().unwrap().contains("details"),
+            "names the part: {j}"
+        );
+    }
+    // A refused connection.
+    let gw = gateway(
+        &[
+            ("products", refused_addr()),
+            ("pricing", pricing.addr),
+            ("inventory", inventory.addr),
+        ],
+        &product_page(""),
+    );
+    let r = gw.get("/product/42");
+    assert_json_error(&r, 502);
+    assert_eq!(r.json()["part"], "details");
+}
+
+#[test]
+fn timed_out_required_part_answers_504() {
+    let products = MockUpstream::builder().stall().start();
+    let pricing = json_service(PRICE);
+    let inventory = json_service(STOCK);
+    let route = product_page("").replace("timeout_ms = 2000", "timeout_ms = 200");
+    let gw = gateway(
+        &[
+            ("products", products.addr),
+            ("pricing", pricing.addr),
+            ("inventory", inventory.addr),
+        ],
+        &route,
+    );
+    let started = Instant::now();
+    let r = gw.get("/product/42");
+    assert_json_error(&r, 504);
+    assert_eq!(r.json()["part"], "details");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// Parts are issued together: each service waits until all three requests
+/// have arrived before answering, so the request only succeeds (within the
+/// 2 s deadline) when the gateway sent them concurrently.
+#[test]
+fn parts_run_in_parallel() {
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let saw_all = Arc::new(AtomicUsize::new(0));
+    let service = |body: &'static str| {
+        let arrived = arrived.clone();
+        let saw_all = saw_all.clone();
+        MockUpstream::builder()
+            .handler(move |r| {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                let end = Instant::now() + Duration::from_secs(3);
+                while arrived.load(Ordering::SeqCst) < 3 && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                if arrived.load(Ordering::SeqCst) >= 3 {
+                    saw_all.fetch_add(1, Ordering::SeqCst);
+                }
+                Reply::Bytes {
+                    data: response_bytes(
+                        200,
+                        &[("Content-Type".into(), "application/json".into())],
+                        body.as_bytes(),
+                        r.method == "HEAD",
+                    ),
+                    close: false,
+                }
+            })
+            .start()
+    };
+    let products = service(PRODUCT);
+    let pricing = service(PRICE);
+    let inventory = service(STOCK);
+    let gw = gateway(
+        &[
+            ("products", products.addr),
+            ("pricing", pricing.addr),
+            ("inventory", inventory.addr),
+        ],
+        &product_page("required = true").replace("fallback = { price = \"unavailable\" }\n", ""),
+    );
+    let r = gw.get("/product/42");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-gateway-partial"), None);
+    assert_eq!(
+        saw_all.load(Ordering::SeqCst),
+        3,
+        "every service saw all three parts in flight at once"
+    );
+}
+
+#[test]
+fn root_merge_puts_members_at_the_top() {
+    let products = json_service(r#"{"id":42,"name":"Widget","price":0}"#);
+    let pricing = json_service(PRICE);
+    let reviews = json_service(r#"[{"stars":5},{"stars":3}]"#);
+    let route = r#"
+[[routes]]
+path = "/p/{id}"
+
+[routes.compose]
+merge = "root"
+
+[[routes.compose.parts]]
+key = "details"
+upstream = "products"
+path = "/products/{id}"
+required = true
+
+[[routes.compose.parts]]
+key = "pricing"
+upstream = "pricing"
+path = "/prices/{id}"
+fields = ["price", "currency"]
+
+[[routes.compose.parts]]
+key = "reviews"
+upstream = "reviews"
+path = "/reviews/{id}"
+"#;
+    let gw = gateway(
+        &[
+            ("products", products.addr),
+            ("pricing", pricing.addr),
+            ("reviews", reviews.addr),
+        ],
+        route,
+    );
+    let r = gw.get("/p/42");
+    assert_eq!(r.status, 200, "{r:?}");
+    // Later parts win on equal keys; a non-object part goes under its key.
+    assert_eq!(
+        r.json(),
+        json!({
+            "id": 42,
+            "name": "Widget",
+            "price": 9.90,
+            "currency": "EUR",
+            "reviews": [{"stars": 5}, {"stars": 3}],
+        })
+    );
+    let keys: Vec<String> = r.json().as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys.len(), 5);
+}
+
+#[test]
+fn chunked_part_bodies_and_head_requests() {
+    let products = MockUpstream::builder()
+        .chunked(&[r#"{"id":42,"#, r#""name":"Widget"}"#], &[])
+        .start();
+    let route = r#"
+[[routes]]
+path = "/p/{id}"
+[routes.compose]
+[[routes.compose.parts]]
+key = "details"
+upstream = "products"
+path = "/products/{id}"
+required = true
+"#;
+    let gw = gateway(&[("products", products.addr)], route);
+    let mut c = gw.client();
+    let r = c.get("/p/42");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json(), json!({"details": {"id": 42, "name": "Widget"}}));
+    c.send("HEAD /p/42 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let h = c.read_head_response();
+    assert_eq!(h.status, 200);
+    assert!(h.body.is_empty());
+    assert_eq!(c.get("/p/42").status, 200);
+}
+
+#[test]
+fn config_errors_name_the_compose_keys() {
+    let bad = r#"
+[upstreams.a]
+targets = ["127.0.0.1:9"]
+
+[[routes]]
+path = "/p/{id}"
+upstream = "a"
+
+[routes.compose]
+merge = "deep"
+
+[[routes.compose.parts]]
+key = "x"
+upstream = "nope"
+path = "/x/{sku}"
+required = true
+fallback = 1
+colour = "red"
+"#;
+    let e = ringgate::config::Config::parse(bad).unwrap_err().to_string();
+    for want in [
+        "colour",
+        "routes[0].upstream",
+        "routes[0].compose.merge",
+        "routes[0].compose.parts[0].upstream",
+        "routes[0].compose.parts[0].path",
+        "routes[0].compose.parts[0].fallback",
+    ] {
+        assert!(e.contains(want), "missing {want} in:\n{e}");
+    }
+}
