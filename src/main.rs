@@ -85,12 +85,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            serve(cfg)
+            serve(cfg, Some(config))
         }
         Cmd::Demo { listen } => match ringgate::demo::start(&listen) {
             Ok((cfg, services)) => {
                 ringgate::demo::print_tour(&cfg, &services);
-                serve(cfg)
+                serve(cfg, None)
             }
             Err(e) => {
                 eprintln!("demo: {e}");
@@ -100,9 +100,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(cfg: Config) -> ExitCode {
+fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
     let signals = ringgate::runtime::server::block_signals();
-    let mut handle = match Server::start(cfg) {
+    let started = match path {
+        Some(p) => Server::start_file(cfg, p, Default::default()),
+        None => Server::start(cfg),
+    };
+    let mut handle = match started {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ringgate: {e}");
@@ -115,7 +119,15 @@ fn serve(cfg: Config) -> ExitCode {
         driver = %handle.drivers().first().map(String::as_str).unwrap_or("-"),
         "ringgate serving"
     );
-    let sig = ringgate::runtime::server::wait_signal(&signals);
+    let sig = loop {
+        match ringgate::runtime::server::wait_signal(&signals) {
+            "SIGHUP" => {
+                // Errors are logged and counted by the reloader.
+                let _ = handle.reload();
+            }
+            other => break other,
+        }
+    };
     tracing::info!(signal = sig, "draining");
     handle.shutdown();
     tracing::info!("stopped");

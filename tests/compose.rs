@@ -91,7 +91,11 @@ fn composed_response_equals_the_merge_of_the_parts() {
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.header("x-gateway-partial"), None, "complete answer: {r:?}");
+    assert_eq!(
+        r.header("x-gateway-partial"),
+        None,
+        "complete answer: {r:?}"
+    );
     assert_eq!(r.header("x-request-id"), Some("req-compose-1"));
     let product: Value = serde_json::from_str(PRODUCT).unwrap();
     let stock: Value = serde_json::from_str(STOCK).unwrap();
@@ -418,7 +422,9 @@ required = true
 fallback = 1
 colour = "red"
 "#;
-    let e = ringgate::config::Config::parse(bad).unwrap_err().to_string();
+    let e = ringgate::config::Config::parse(bad)
+        .unwrap_err()
+        .to_string();
     for want in [
         "colour",
         "routes[0].upstream",

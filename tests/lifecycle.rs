@@ -17,7 +17,8 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_ringgate");
 
 fn write_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringgate-lifecycle-{}-{name}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("ringgate-lifecycle-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("ringgate.toml");
     std::fs::write(&p, text).unwrap();
@@ -54,7 +55,9 @@ fn spawn(path: &PathBuf) -> (Child, u16) {
             }
         }
     });
-    let port = rx.recv_timeout(Duration::from_secs(10)).expect("gateway did not start");
+    let port = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("gateway did not start");
     (child, port)
 }
 
@@ -73,7 +76,10 @@ fn one_request(addr: SocketAddr) -> Result<u16, String> {
     let mut out = Vec::new();
     s.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
     if out.len() < 12 {
-        return Err(format!("short response {:?}", String::from_utf8_lossy(&out)));
+        return Err(format!(
+            "short response {:?}",
+            String::from_utf8_lossy(&out)
+        ));
     }
     std::str::from_utf8(&out[9..12])
         .ok()
@@ -127,7 +133,10 @@ fn zero_downtime_binary_restart() {
         if let Some(s) = old.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "old process did not exit");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "old process did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "old process exit: {status:?}");
@@ -138,7 +147,160 @@ fn zero_downtime_binary_restart() {
     sigterm(&new);
     let _ = new.wait();
     let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(before > 10, "client made progress before the restart ({before})");
-    assert!(after > before + 10, "the new process served requests ({before} -> {after})");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        before > 10,
+        "client made progress before the restart ({before})"
+    );
+    assert!(
+        after > before + 10,
+        "the new process served requests ({before} -> {after})"
+    );
+}
+
+fn reload_config(be_a: &str, be_b: &str, with_b: bool, extra: &str) -> String {
+    let mut t = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n[upstreams.a]\ntargets = [\"{be_a}\"]\n[upstreams.b]\ntargets = [\"{be_b}\"]\n[[routes]]\nname = \"a\"\npath = \"/a/{{*rest}}\"\nupstream = \"a\"\n"
+    );
+    if with_b {
+        t.push_str("[[routes]]\nname = \"b\"\npath = \"/b/{*rest}\"\nupstream = \"b\"\n");
+    }
+    t
+}
+
+fn start_file(name: &str, text: &str) -> (ringgate::runtime::ServerHandle, PathBuf) {
+    let path = write_config(name, text);
+    let cfg = ringgate::config::Config::load(&path).expect("config");
+    let h = ringgate::runtime::Server::start_file(cfg, path.clone(), Default::default()).expect("start");
+    (h, path)
+}
+
+fn admin_post(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let t = String::from_utf8_lossy(&out).to_string();
+    (t[9..12].parse().unwrap(), t.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+/// A reload that adds a route, while clients keep sending on open
+/// keep-alive connections: no request fails, the connections stay open,
+/// the new route answers, and the unchanged upstream keeps its pool.
+#[test]
+fn reload_adds_a_route_without_a_failed_request() {
+    let be_a = MockUpstream::builder().respond(200, "a").start();
+    let be_b = MockUpstream::builder().respond(200, "b").start();
+    let (a, b) = (be_a.target(), be_b.target());
+    let (gw, path) = start_file("reload-add", &reload_config(&a, &b, false, ""));
+    let addr = gw.local_addrs()[0];
+    assert_eq!(Client::connect(addr).get("/b/x").status, 404);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(std::thread::spawn(move || {
+            let mut c = Client::connect(addr);
+            let (mut ok, mut bad) = (0, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                let r = c.get("/a/x");
+                if r.status == 200 && r.text() == "a" && !r.says_close() {
+                    ok += 1;
+                } else {
+                    bad.push(r.status);
+                }
+            }
+            (ok, bad)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let conns_before = be_a.conns();
+    std::fs::write(&path, reload_config(&a, &b, true, "")).unwrap();
+    let summary = gw.reload().expect("valid reload");
+    assert!(summary.contains("2 routes"), "{summary}");
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        let (ok, bad) = c.join().unwrap();
+        assert!(ok > 10, "client progressed ({ok})");
+        assert!(bad.is_empty(), "failed requests during reload: {bad:?}");
+    }
+    let r = Client::connect(addr).get("/b/x");
+    assert_eq!((r.status, r.text().as_str()), (200, "b"));
+    // Pools of the unchanged upstream were kept: no burst of new backend
+    // connections after the reload.
+    assert!(be_a.conns() <= conns_before + 2, "{} -> {}", conns_before, be_a.conns());
+}
+
+/// An invalid file leaves the running config serving; every error is
+/// reported and counted; `POST /reload` says the same.
+#[test]
+fn invalid_reload_keeps_the_old_config() {
+    let be_a = MockUpstream::builder().respond(200, "a").start();
+    let be_b = MockUpstream::builder().respond(200, "b").start();
+    let (a, b) = (be_a.target(), be_b.target());
+    let (gw, path) = start_file("reload-bad", &reload_config(&a, &b, false, ""));
+    let addr = gw.local_addrs()[0];
+    let admin = gw.admin_addr.unwrap();
+    std::fs::write(
+        &path,
+        reload_config(&a, &b, true, "").replace("upstream = \"b\"", "upstream = \"nope\"") + "bogus_key = 1\n",
+    )
+    .unwrap();
+    let errors = gw.reload().expect_err("invalid config must be rejected");
+    assert!(errors.iter().any(|e| e.contains("routes[1].upstream")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("bogus_key")), "{errors:?}");
+    let (st, body) = admin_post(admin, "/reload");
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("routes[1].upstream"), "{body}");
+    // Still the old config.
+    assert_eq!(Client::connect(addr).get("/a/1").status, 200);
+    assert_eq!(Client::connect(addr).get("/b/1").status, 404);
+    // A listen change cannot be applied by a reload.
+    std::fs::write(&path, reload_config(&a, &b, true, "").replace("listen = \"127.0.0.1:0\"\nworkers", "listen = \"127.0.0.1:1\"\nworkers")).unwrap();
+    let errors = gw.reload().expect_err("listen cannot change");
+    assert!(errors.iter().any(|e| e.starts_with("server.listen")), "{errors:?}");
+    // Fixed file: POST /reload applies it.
+    std::fs::write(&path, reload_config(&a, &b, true, "")).unwrap();
+    let (st, body) = admin_post(admin, "/reload");
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(Client::connect(addr).get("/b/1").status, 200);
+    let m = {
+        let mut s = TcpStream::connect(admin).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(m.contains("ringgate_config_reloads_total{result=\"error\"} 3"), "{m}");
+    assert!(m.contains("ringgate_config_reloads_total{result=\"ok\"} 1"), "{m}");
+}
+
+/// With `[config] watch = true`, saving the file reloads it.
+#[test]
+fn watched_file_reloads_on_change() {
+    let be_a = MockUpstream::builder().respond(200, "a").start();
+    let be_b = MockUpstream::builder().respond(200, "b").start();
+    let (a, b) = (be_a.target(), be_b.target());
+    let extra = "[config]\nwatch = true";
+    let (gw, path) = start_file("reload-watch", &reload_config(&a, &b, false, extra));
+    let addr = gw.local_addrs()[0];
+    assert_eq!(Client::connect(addr).get("/b/1").status, 404);
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::write(&path, reload_config(&a, &b, true, extra)).unwrap();
+    let t = Instant::now();
+    loop {
+        if Client::connect(addr).get("/b/1").status == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "watched change was not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

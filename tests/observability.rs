@@ -23,7 +23,10 @@ fn admin(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u1
     s.read_to_end(&mut out).unwrap();
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -85,33 +88,67 @@ fn metrics_count_requests_by_route_method_and_status_class() {
     let r = c.request("DELETE /items/1 HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.status, 405);
     let body = scrape_until(admin_addr, |b| {
-        metric(b, r#"ringgate_requests_total{route="(none)",method="DELETE",status="4xx",upstream="(none)"}"#)
-            == Some(1.0)
+        metric(
+            b,
+            r#"ringgate_requests_total{route="(none)",method="DELETE",status="4xx",upstream="(none)"}"#,
+        ) == Some(1.0)
     });
     assert_eq!(
-        metric(&body, r#"ringgate_requests_total{route="items",method="GET",status="2xx",upstream="items"}"#),
+        metric(
+            &body,
+            r#"ringgate_requests_total{route="items",method="GET",status="2xx",upstream="items"}"#
+        ),
         Some(7.0),
         "{body}"
     );
     assert_eq!(
-        metric(&body, r#"ringgate_requests_total{route="(none)",method="GET",status="4xx",upstream="(none)"}"#),
+        metric(
+            &body,
+            r#"ringgate_requests_total{route="(none)",method="GET",status="4xx",upstream="(none)"}"#
+        ),
         Some(3.0)
     );
     assert_eq!(
-        metric(&body, r#"ringgate_requests_total{route="(none)",method="DELETE",status="4xx",upstream="(none)"}"#),
+        metric(
+            &body,
+            r#"ringgate_requests_total{route="(none)",method="DELETE",status="4xx",upstream="(none)"}"#
+        ),
         Some(1.0)
     );
     // Histograms: every answered request is counted once, +Inf equals count.
-    assert_eq!(metric(&body, r#"ringgate_request_duration_seconds_count{route="items"}"#), Some(7.0));
     assert_eq!(
-        metric(&body, r#"ringgate_request_duration_seconds_bucket{route="items",le="+Inf"}"#),
+        metric(
+            &body,
+            r#"ringgate_request_duration_seconds_count{route="items"}"#
+        ),
         Some(7.0)
     );
-    assert_eq!(metric(&body, r#"ringgate_upstream_duration_seconds_count{route="items"}"#), Some(7.0));
+    assert_eq!(
+        metric(
+            &body,
+            r#"ringgate_request_duration_seconds_bucket{route="items",le="+Inf"}"#
+        ),
+        Some(7.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"ringgate_upstream_duration_seconds_count{route="items"}"#
+        ),
+        Some(7.0)
+    );
     // One keep-alive client connection: one upstream connection opened, the
     // rest reused from the pool.
-    let opened = metric(&body, r#"ringgate_upstream_connections_opened_total{upstream="items"}"#).unwrap();
-    let reused = metric(&body, r#"ringgate_upstream_connections_reused_total{upstream="items"}"#).unwrap();
+    let opened = metric(
+        &body,
+        r#"ringgate_upstream_connections_opened_total{upstream="items"}"#,
+    )
+    .unwrap();
+    let reused = metric(
+        &body,
+        r#"ringgate_upstream_connections_reused_total{upstream="items"}"#,
+    )
+    .unwrap();
     assert_eq!(opened + reused, 7.0);
     assert!(opened <= 2.0, "opened {opened}");
     assert_eq!(metric(&body, "ringgate_ready"), Some(1.0));
@@ -127,11 +164,21 @@ fn upstream_errors_are_counted() {
         assert_eq!(gw.get("/x").status, 502);
     }
     let body = scrape_until(gw.handle.admin_addr.unwrap(), |b| {
-        metric(b, r#"ringgate_requests_total{route="dead",method="GET",status="5xx",upstream="dead"}"#) == Some(4.0)
+        metric(
+            b,
+            r#"ringgate_requests_total{route="dead",method="GET",status="5xx",upstream="dead"}"#,
+        ) == Some(4.0)
     });
-    assert_eq!(metric(&body, r#"ringgate_upstream_errors_total{upstream="dead"}"#), Some(4.0), "{body}");
     assert_eq!(
-        metric(&body, r#"ringgate_requests_total{route="dead",method="GET",status="5xx",upstream="dead"}"#),
+        metric(&body, r#"ringgate_upstream_errors_total{upstream="dead"}"#),
+        Some(4.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"ringgate_requests_total{route="dead",method="GET",status="5xx",upstream="dead"}"#
+        ),
         Some(4.0)
     );
 }
@@ -192,10 +239,16 @@ fn traceparent_is_continued_with_a_new_span_or_started() {
     let tps = seen.header_all("traceparent");
     assert_eq!(tps.len(), 1, "exactly one traceparent upstream");
     let tp = tps[0];
-    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
     assert!(tp.ends_with("-01"));
     let span = &tp[36..52];
-    assert_ne!(span, "00f067aa0ba902b7", "the gateway's hop has its own span id");
+    assert_ne!(
+        span, "00f067aa0ba902b7",
+        "the gateway's hop has its own span id"
+    );
     assert_eq!(seen.header("tracestate"), Some("vendor=abc"));
 
     // Without one, a new trace is started.
@@ -213,7 +266,10 @@ fn admin_endpoints_and_token() {
     // Tests in this binary run in parallel but none reads this variable.
     unsafe { std::env::set_var(&var, "s3cret") };
     let be = MockUpstream::builder().respond(200, "ok").start();
-    let gw = gateway(&format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{var}\""), &be);
+    let gw = gateway(
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{var}\""),
+        &be,
+    );
     let a = gw.handle.admin_addr.unwrap();
     assert_eq!(admin(a, "GET", "/healthz", None).0, 401);
     assert_eq!(admin(a, "GET", "/metrics", Some("wrong")).0, 401);

@@ -1,4 +1,4 @@
-//! Rate limiting over real sockets: every algorithm, keys, trusted
+//! Rate limiting over real sockets: every algorithm, keys, tiers, trusted
 //! proxies, queueing, headers, eviction under a flood of keys, the
 //! instance-wide limit with traffic pinned to one worker or spread over
 //! both (against the two naive designs), and two instances sharing a limit
@@ -976,8 +976,9 @@ fn two_instances_share_a_global_limit_through_redis() {
     let port = free_port();
     let redis = Redis::start(port).expect("redis-server starts");
     let b = Backend::start();
-    let g1 = Gateway::start(2, b.addr, &global_config(port));
-    let g2 = Gateway::start(2, b.addr, &global_config(port));
+    let nw: usize = std::env::var("RLW").map(|v| v.parse().unwrap()).unwrap_or(2);
+    let g1 = Gateway::start(nw, b.addr, &global_config(port));
+    let g2 = Gateway::start(nw, b.addr, &global_config(port));
 
     let n = hammer(&[&g1, &g2], "/shared", "k1", Duration::from_millis(2500));
     eprintln!("global: {n} admitted by two instances, limit 300");
@@ -1080,4 +1081,96 @@ fn config_errors_name_the_key() {
          [[routes]]\npath = \"/\"\nupstream = \"b\"\nrate_limit = [\"a\"]\n",
     );
     assert_eq!(ok, "ok");
+}
+
+// ---------------------------------------------------------------------------
+// Tiers and consumer keys (identity from the auth filter)
+// ---------------------------------------------------------------------------
+
+fn sha_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// Consumers authenticated by API key are limited per consumer, with their
+/// tier's numbers: premium gets its override, free the default; premium
+/// callers of a queueing tier wait where free callers get 429.
+#[test]
+fn tiers_follow_the_consumer() {
+    let b = Backend::start();
+    let gw = Gateway::start(
+        1,
+        b.addr,
+        &format!(
+            r#"
+[auth.api_key]
+header = "X-API-Key"
+
+[[consumers]]
+id = "prem"
+api_key_sha256 = "{}"
+tier = "premium"
+
+[[consumers]]
+id = "free"
+api_key_sha256 = "{}"
+tier = "free"
+
+[rate_limits.per_consumer]
+key = "consumer"
+algorithm = "fixed_window"
+limit = 2
+window_s = 3600
+tiers = {{ premium = 5 }}
+
+[rate_limits.queue]
+key = "api_key"
+algorithm = "leaky_bucket"
+limit = 10
+window_s = 1
+tiers = {{ premium = {{ max_delay_ms = 1500 }} }}
+
+[[routes]]
+path = "/count"
+upstream = "b"
+auth = ["api_key"]
+rate_limit = ["per_consumer"]
+
+[[routes]]
+path = "/queue"
+upstream = "b"
+auth = ["api_key"]
+rate_limit = ["queue"]
+"#,
+            sha_hex("prem-key"),
+            sha_hex("free-key")
+        ),
+    );
+    assert_eq!(admitted(&gw, 10, "/count", &[("X-API-Key", "free-key")]), 2);
+    assert_eq!(admitted(&gw, 10, "/count", &[("X-API-Key", "prem-key")]), 5);
+    let r = gw.conn().get("/count", &[("X-API-Key", "prem-key")]);
+    assert_eq!(r.num("X-RateLimit-Limit"), 5);
+    // Leaky bucket at 10/s: 8 at once. Premium queues them all (up to
+    // 1.5 s); free has no queue: one passes, the rest get 429.
+    let burst = |key: &'static str| -> usize {
+        let addr = gw.addr;
+        let ts: Vec<_> = (0..8)
+            .map(|_| {
+                thread::spawn(move || Conn::open(addr).get("/queue", &[("X-API-Key", key)]).status)
+            })
+            .collect();
+        ts.into_iter()
+            .filter(|_| true)
+            .map(|t| t.join().unwrap())
+            .filter(|&s| s == 200)
+            .count()
+    };
+    assert_eq!(burst("prem-key"), 8);
+    let start = Instant::now();
+    let free = burst("free-key");
+    let leak = (start.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+    assert!(
+        free >= 1 && free <= 1 + leak,
+        "free admitted {free} (leak {leak})"
+    );
 }

@@ -175,7 +175,10 @@ transform = { response_json = { only = ["id", "email"] } }
     );
     let r = c.get("/only/7");
     assert_eq!(r.json(), json!({"id": 7, "email": "a@b.c"}));
-    assert_eq!(r.header("content-length").unwrap(), r.body.len().to_string());
+    assert_eq!(
+        r.header("content-length").unwrap(),
+        r.body.len().to_string()
+    );
     // HEAD: no body, nothing rewritten.
     c.send("HEAD /only/7 HTTP/1.1\r\nHost: x\r\n\r\n");
     let h = c.read_head_response();
@@ -244,7 +247,11 @@ transform = { response_json = { remove = ["b"], max_body_bytes = 1024 } }
     for _ in 0..2 {
         let r = c.get("/big");
         assert_eq!(r.status, 200);
-        assert!(r.text() == big, "relayed unchanged ({} bytes)", r.body.len());
+        assert!(
+            r.text() == big,
+            "relayed unchanged ({} bytes)",
+            r.body.len()
+        );
     }
 }
 
@@ -292,7 +299,9 @@ path = "/p/{id}"
 upstream = "a"
 transform = { request_headers = { remove = ["Content-Length", "Host"] }, path = "/x/{sku}", status = { "200" = 204 }, response_json = { colour = 1 } }
 "#;
-    let e = ringgate::config::Config::parse(bad).unwrap_err().to_string();
+    let e = ringgate::config::Config::parse(bad)
+        .unwrap_err()
+        .to_string();
     for want in ["colour"] {
         assert!(e.contains(want), "missing {want} in:\n{e}");
     }
@@ -305,7 +314,9 @@ path = "/p/{id}"
 upstream = "a"
 transform = { request_headers = { remove = ["Content-Length", "Host"] }, path = "/x/{sku}", status = { "200" = 204 }, strip_prefix = "/p" }
 "#;
-    let e = ringgate::config::Config::parse(bad).unwrap_err().to_string();
+    let e = ringgate::config::Config::parse(bad)
+        .unwrap_err()
+        .to_string();
     for want in [
         "routes[0].transform.request_headers.remove",
         "Content-Length",

@@ -103,8 +103,14 @@ fn path_prefix_selects_the_version_and_is_stripped() {
 #[test]
 fn header_query_and_vendor_media_type() {
     let s = setup(ACME);
-    assert_eq!(get(&s.gw, "/users/7", "Accept-Version: 2\r\n").text(), "users v2");
-    assert_eq!(get(&s.gw, "/users/7", "accept-version: v2\r\n").text(), "users v2");
+    assert_eq!(
+        get(&s.gw, "/users/7", "Accept-Version: 2\r\n").text(),
+        "users v2"
+    );
+    assert_eq!(
+        get(&s.gw, "/users/7", "accept-version: v2\r\n").text(),
+        "users v2"
+    );
     assert_eq!(get(&s.gw, "/users/7?version=2", "").text(), "users v2");
     assert_eq!(s.v2.last().target, "/users/7?version=2");
     assert_eq!(
@@ -117,12 +123,22 @@ fn header_query_and_vendor_media_type() {
         "users v2"
     );
     assert_eq!(
-        get(&s.gw, "/users/7", "Accept: application/vnd.acme.v1+json\r\n").text(),
+        get(
+            &s.gw,
+            "/users/7",
+            "Accept: application/vnd.acme.v1+json\r\n"
+        )
+        .text(),
         "users v1"
     );
     // Another vendor's media type is not a version.
     assert_eq!(
-        get(&s.gw, "/users/7", "Accept: application/vnd.other.v2+json\r\n").text(),
+        get(
+            &s.gw,
+            "/users/7",
+            "Accept: application/vnd.other.v2+json\r\n"
+        )
+        .text(),
         "users v1"
     );
 }
@@ -159,7 +175,12 @@ sources = ["query", "header"]
     assert_json_error(&r, 404);
     // So is the accept source.
     assert_eq!(
-        get(&s.gw, "/users/7", "Accept: application/vnd.acme.v2+json\r\n").text(),
+        get(
+            &s.gw,
+            "/users/7",
+            "Accept: application/vnd.acme.v2+json\r\n"
+        )
+        .text(),
         "users v1"
     );
 }
@@ -243,7 +264,9 @@ upstream = "a"
 version = "2"
 sunset = "tomorrow"
 "#;
-    let e = ringgate::config::Config::parse(bad).unwrap_err().to_string();
+    let e = ringgate::config::Config::parse(bad)
+        .unwrap_err()
+        .to_string();
     for want in [
         "versioning.sources",
         "cookie",
@@ -266,8 +289,27 @@ path = "/u"
 upstream = "a"
 version = "v2"
 "#;
-    let e = ringgate::config::Config::parse(dup).unwrap_err().to_string();
+    let e = ringgate::config::Config::parse(dup)
+        .unwrap_err()
+        .to_string();
     for want in ["routes[1].version", "both serve version 2"] {
         assert!(e.contains(want), "missing {want} in:\n{e}");
     }
+    // A route whose path starts with a version segment could never match
+    // while the path source strips it.
+    let shadowed = r#"
+[versioning]
+[upstreams.a]
+targets = ["127.0.0.1:9"]
+[[routes]]
+path = "/v2/products/{id}"
+upstream = "a"
+"#;
+    let e = ringgate::config::Config::parse(shadowed)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("routes[0].path"), "{e}");
+    assert!(e.contains("version = \"2\""), "{e}");
+    let fine = shadowed.replace("[versioning]", "[versioning]\nsources = [\"header\"]");
+    assert!(ringgate::config::Config::parse(&fine).is_ok());
 }

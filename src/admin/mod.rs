@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::telemetry::metrics::Metrics;
-use arc_swap::ArcSwap;
+use crate::runtime::reload::ConfigStore;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ pub type ReloadFn = dyn Fn() -> Result<String, Vec<String>> + Send + Sync;
 /// What the admin endpoints read.
 pub struct AdminState {
     /// The running config.
-    pub config: Arc<ArcSwap<Config>>,
+    pub config: Arc<ConfigStore>,
     /// Metric shards.
     pub metrics: Arc<Metrics>,
     /// Triggers a reload (None: reload not available).
@@ -35,7 +35,7 @@ pub struct AdminState {
 
 impl AdminState {
     /// Admin state over a running server.
-    pub fn new(config: Arc<ArcSwap<Config>>, metrics: Arc<Metrics>, reload: Option<Box<ReloadFn>>) -> Self {
+    pub fn new(config: Arc<ConfigStore>, metrics: Arc<Metrics>, reload: Option<Box<ReloadFn>>) -> Self {
         AdminState {
             config,
             metrics,
@@ -181,7 +181,7 @@ fn json_err(status: u16, msg: &str) -> (u16, &'static str, String) {
 
 /// Answers one admin request.
 pub fn handle(st: &AdminState, req: &AdminRequest) -> (u16, &'static str, String) {
-    let cfg = st.config.load_full();
+    let cfg = st.config.load();
     if let Some(admin) = &cfg.admin
         && let Some(token) = &admin.token
     {
@@ -202,7 +202,7 @@ pub fn handle(st: &AdminState, req: &AdminRequest) -> (u16, &'static str, String
                 (503, "application/json", String::from("{\"status\":\"not ready\"}"))
             }
         }
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", st.metrics.render(&cfg)),
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", st.metrics.render()),
         ("GET", "/config") => (200, "application/json", config_json(&cfg).to_string()),
         ("POST", "/reload") => match &st.reload {
             Some(f) => match f() {

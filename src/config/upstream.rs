@@ -298,7 +298,11 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
         if let Some(host) = &h.host
             && host.bytes().any(|b| b < b' ' || b == 0x7f)
         {
-            errs.push(k("host"), "contains control characters", "write a host name");
+            errs.push(
+                k("host"),
+                "contains control characters",
+                "write a host name",
+            );
         }
         let expected = h.expected_statuses.clone().unwrap_or_default();
         if expected.iter().any(|&s| !status_ok(s)) {
@@ -308,12 +312,13 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
                 "list statuses like [200, 204]",
             );
         }
-        for (x, v) in [
-            ("interval_ms", h.interval_ms),
-            ("timeout_ms", h.timeout_ms),
-        ] {
+        for (x, v) in [("interval_ms", h.interval_ms), ("timeout_ms", h.timeout_ms)] {
             if v == Some(0) {
-                errs.push(k(x), "must be greater than 0", "use milliseconds, e.g. 1000");
+                errs.push(
+                    k(x),
+                    "must be greater than 0",
+                    "use milliseconds, e.g. 1000",
+                );
             }
         }
         for (x, v) in [
@@ -388,7 +393,11 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
         }
         for (x, v) in [("window_ms", b.window_ms), ("open_ms", b.open_ms)] {
             if v == Some(0) {
-                errs.push(k(x), "must be greater than 0", "use milliseconds, e.g. 5000");
+                errs.push(
+                    k(x),
+                    "must be greater than 0",
+                    "use milliseconds, e.g. 5000",
+                );
             }
         }
         if b.half_open_probes == Some(0) {

@@ -229,6 +229,10 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
         }
     };
     let watch = file.config.as_ref().and_then(|c| c.watch).unwrap_or(false);
+    let route_slots: Vec<usize> = (1..=routes.len()).collect();
+    let upstream_slots: Vec<usize> = (0..upstreams.len()).collect();
+    let auth_fingerprint = format!("{:?}{:?}", file.auth, file.consumers);
+    let rate_fingerprint = format!("{:?}{:?}", file.rate_limits, file.redis);
     let auth = crate::filter::auth::compile(&file, &mut errs);
     let rate_limits = crate::filter::rate_limit::compile(&file, &mut errs);
     for (i, r) in file.routes.iter().enumerate() {
@@ -293,6 +297,10 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             table,
             log,
             watch,
+            auth_fingerprint,
+            rate_fingerprint,
+            route_slots,
+            upstream_slots,
             auth,
             rate_limits,
             versioning,
@@ -526,8 +534,9 @@ fn compile_route(
     let (upstream, split) = match (&r.compose, &compose) {
         (Some(_), Some(c)) => (c.parts[0].upstream, None),
         (Some(_), None) => (0, None),
-        (None, _) => super::upstream::compile_route_upstream(i, r, upstream_ids, errs)
-            .unwrap_or((0, None)),
+        (None, _) => {
+            super::upstream::compile_route_upstream(i, r, upstream_ids, errs).unwrap_or((0, None))
+        }
     };
     if r.compose.is_some() && r.transform.is_some() {
         errs.push(

@@ -78,7 +78,12 @@ fn pricing(method: &str, path: &str, _body: &[u8], _me: SocketAddr) -> (u16, &'s
     }
 }
 
-fn inventory(method: &str, path: &str, _body: &[u8], _me: SocketAddr) -> (u16, &'static str, String) {
+fn inventory(
+    method: &str,
+    path: &str,
+    _body: &[u8],
+    _me: SocketAddr,
+) -> (u16, &'static str, String) {
     if method != "GET" && method != "HEAD" {
         return not_found();
     }
@@ -86,7 +91,10 @@ fn inventory(method: &str, path: &str, _body: &[u8], _me: SocketAddr) -> (u16, &
         let n: u64 = id.parse().unwrap_or(0);
         return json(
             200,
-            format!("{{\"id\":{id},\"in_stock\":true,\"quantity\":{}}}\n", n % 13 + 1),
+            format!(
+                "{{\"id\":{id},\"in_stock\":true,\"quantity\":{}}}\n",
+                n % 13 + 1
+            ),
         );
     }
     if let Some(id) = id_after(path, "/v2/stock/") {
@@ -187,7 +195,7 @@ fn serve_conn(mut s: TcpStream, handler: Handler, me: SocketAddr) {
             handler(&method, &path, &buf[head_len..head_len + body_len], me);
         buf.drain(..head_len + body_len);
         let resp = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}\r\n{}",
+            "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nX-Served-By: {me}\r\n{}\r\n{}",
             crate::http::reason(status),
             body.len(),
             if close { "Connection: close\r\n" } else { "" },
@@ -199,3 +207,67 @@ fn serve_conn(mut s: TcpStream, handler: Handler, me: SocketAddr) {
     }
 }
 
+/// The services of the demo: name, the address `config/demo.toml` gives
+/// it, handler.
+const SERVICES: [(&str, &str, Handler); 5] = [
+    ("products-a", "127.0.0.1:18081", products),
+    ("products-b", "127.0.0.1:18082", products),
+    ("pricing", "127.0.0.1:18083", pricing),
+    ("inventory", "127.0.0.1:18084", inventory),
+    ("reviews", "127.0.0.1:18085", reviews),
+];
+
+/// Starts the demo services and returns the gateway config for them
+/// (`config/demo.toml`, with the addresses of services that could not have
+/// their usual port, and the gateway on `listen`).
+pub fn start(listen: &str) -> Result<(Config, Vec<DemoService>), String> {
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("--listen {listen:?} is not an IP:port address"))?;
+    if std::env::var_os(SECRET_ENV).is_none() {
+        let mut secret = [0u8; 32];
+        let mut f = std::fs::File::open("/dev/urandom").map_err(|e| e.to_string())?;
+        f.read_exact(&mut secret).map_err(|e| e.to_string())?;
+        // SAFETY: called from `main` before the demo or the gateway start
+        // any thread, so nothing reads the environment concurrently.
+        unsafe { std::env::set_var(SECRET_ENV, hex::encode(secret)) };
+    }
+    let mut text = DEMO_TOML.to_string();
+    let mut services = Vec::new();
+    for (name, preferred, handler) in SERVICES {
+        let s = spawn_service(name, preferred, handler).map_err(|e| e.to_string())?;
+        if s.addr.to_string() != preferred {
+            text = text.replace(&format!("\"{preferred}\""), &format!("\"{}\"", s.addr));
+        }
+        services.push(s);
+    }
+    let mut cfg = Config::parse(&text).map_err(|e| e.to_string())?;
+    cfg.server.listen = vec![listen];
+    Ok((cfg, services))
+}
+
+/// Prints what is running and the commands to try.
+pub fn print_tour(cfg: &Config, services: &[DemoService]) {
+    let gw = cfg.server.listen[0];
+    println!("ringgate demo: gateway on http://{gw} (config: config/demo.toml)");
+    for s in services {
+        println!("  demo service {:<11} on {}", s.name, s.addr);
+    }
+    println!("\nTry (README.md walks through each):");
+    println!("  curl -i http://{gw}/product-page/42     # four services, one JSON document");
+    println!(
+        "  curl -i http://{gw}/product-page/7      # pricing is slow for ids ending in 7: partial"
+    );
+    println!("  curl -i http://{gw}/catalog/42          # transformed: renamed and hidden fields");
+    println!("  curl -i http://{gw}/inventory/42        # version 1 (default), deprecated");
+    println!("  curl -i -H 'Accept-Version: 2' http://{gw}/inventory/42");
+    println!("  curl -i http://{gw}/v2/inventory/42");
+    println!("  curl -i http://{gw}/v3/inventory/42     # unknown version: 400");
+    println!("  curl -i http://{gw}/reviews/42          # 3 per 10 s, then 429");
+    println!("  curl -i http://{gw}/admin/stock/42      # 401 without a token");
+    println!(
+        "  TOKEN=$(curl -s -u demo-client:demo-secret -d grant_type=client_credentials http://{gw}/auth/token | jq -r .access_token)"
+    );
+    println!("  curl -i -H \"Authorization: Bearer $TOKEN\" http://{gw}/admin/stock/42");
+    println!("\nCtrl-C drains in-flight requests and stops.");
+}

@@ -307,7 +307,12 @@ fn encode_query(s: &str) -> Box<[u8]> {
 }
 
 /// Compiles route `i`'s `transform` (`route_path` is its pattern).
-pub fn compile(i: usize, f: &TransformFile, route_path: &str, errs: &mut Errors) -> Option<Transform> {
+pub fn compile(
+    i: usize,
+    f: &TransformFile,
+    route_path: &str,
+    errs: &mut Errors,
+) -> Option<Transform> {
     let before = errs.0.len();
     let key = |k: &str| format!("routes[{i}].transform.{k}");
     let empty = HeaderOpsFile::default();
@@ -346,13 +351,21 @@ pub fn compile(i: usize, f: &TransformFile, route_path: &str, errs: &mut Errors)
         }
         (Some(t), None, None) => {
             if t.contains(['?', '#', ' ']) {
-                errs.push(key("path"), format!("{t:?} contains '?', '#' or a space"), "put query parameters under query.add");
+                errs.push(
+                    key("path"),
+                    format!("{t:?} contains '?', '#' or a space"),
+                    "put query parameters under query.add",
+                );
                 PathOp::None
             } else {
                 match PathTemplate::compile(t, route_path) {
                     Ok(t) => PathOp::Template(t),
                     Err(m) => {
-                        errs.push(key("path"), m, "write a path like \"/items/{id}\" using the route's parameters");
+                        errs.push(
+                            key("path"),
+                            m,
+                            "write a path like \"/items/{id}\" using the route's parameters",
+                        );
                         PathOp::None
                     }
                 }
@@ -360,7 +373,9 @@ pub fn compile(i: usize, f: &TransformFile, route_path: &str, errs: &mut Errors)
         }
         (None, None, None) => PathOp::None,
         (None, strip, add) => {
-            let s = strip.as_deref().filter(|p| prefix_ok(errs, "strip_prefix", p));
+            let s = strip
+                .as_deref()
+                .filter(|p| prefix_ok(errs, "strip_prefix", p));
             let a = add.as_deref().filter(|p| prefix_ok(errs, "add_prefix", p));
             PathOp::Prefix {
                 strip: s.unwrap_or("").as_bytes().into(),
@@ -382,12 +397,20 @@ pub fn compile(i: usize, f: &TransformFile, route_path: &str, errs: &mut Errors)
     let json = f.response_json.as_ref().map(|j| {
         let max = j.max_body_bytes.unwrap_or(1 << 20);
         if max == 0 {
-            errs.push(key("response_json.max_body_bytes"), "must be greater than 0", "use a size in bytes, e.g. 1048576");
+            errs.push(
+                key("response_json.max_body_bytes"),
+                "must be greater than 0",
+                "use a size in bytes, e.g. 1048576",
+            );
         }
         if let Some(o) = &j.only
             && o.is_empty()
         {
-            errs.push(key("response_json.only"), "the list is empty, so every member would be removed", "list the members to keep, or remove the key");
+            errs.push(
+                key("response_json.only"),
+                "the list is empty, so every member would be removed",
+                "list the members to keep, or remove the key",
+            );
         }
         JsonOps {
             rename: j
@@ -519,7 +542,11 @@ fn edit_lines(
         let name = l.name.of(buf);
         if ops.drop.iter().any(|d| crate::http::name_eq(name, d)) {
             l.role = HeaderRole::Drop;
-            if let Some((_, to)) = ops.rename.iter().find(|(f, _)| crate::http::name_eq(name, f)) {
+            if let Some((_, to)) = ops
+                .rename
+                .iter()
+                .find(|(f, _)| crate::http::name_eq(name, f))
+            {
                 extra.extend_from_slice(to);
                 extra.extend_from_slice(b": ");
                 extra.extend_from_slice(l.value.of(buf));
@@ -555,7 +582,12 @@ pub fn edit_response_head(c: &mut Conn) {
         sl.extend_from_slice(b"\r\n");
     }
     if !t.response_headers.is_empty() {
-        edit_lines(&t.response_headers, &c.ubuf, &mut c.rlines, &mut c.resp_extra);
+        edit_lines(
+            &t.response_headers,
+            &c.ubuf,
+            &mut c.rlines,
+            &mut c.resp_extra,
+        );
     }
 }
 
@@ -625,7 +657,7 @@ fn write_rewritten(ops: &JsonOps, mut e: json::Entries<'_>, out: &mut Vec<u8>) {
 /// response's JSON body with the route's `response_json` ops.
 pub async fn forward_json<S>(
     w: &Worker,
-    cfg: &Config,
+    snap: &crate::runtime::worker::Generation,
     route: usize,
     ops: &JsonOps,
     client: &mut S,
@@ -641,7 +673,7 @@ where
         passthrough: false,
     };
     cap.buf.clear();
-    let outcome = forward::forward(w, cfg, route, &mut cap, c).await;
+    let outcome = forward::forward(w, snap, route, &mut cap, c).await;
     let Capture {
         inner: client,
         buf: captured,
@@ -666,7 +698,11 @@ where
             }
             Outcome::Upgrade(us) => {
                 let (r, _) = client.write_all(captured.clone()).await;
-                if r.is_err() { Outcome::Abort } else { Outcome::Upgrade(us) }
+                if r.is_err() {
+                    Outcome::Abort
+                } else {
+                    Outcome::Upgrade(us)
+                }
             }
             Outcome::Abort if !captured.is_empty() => Outcome::Error {
                 status: 502,
@@ -700,7 +736,10 @@ fn rewrite_captured(ops: &JsonOps, captured: &[u8], head_request: bool) -> Optio
     let head = &captured[start..start + rhead.len];
     let is_json = rlines.iter().any(|l| {
         crate::http::name_eq(l.name.of(head), b"content-type")
-            && l.value.of(head).windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
+            && l.value
+                .of(head)
+                .windows(4)
+                .any(|w| w.eq_ignore_ascii_case(b"json"))
     });
     if !is_json {
         return None;
@@ -770,11 +809,17 @@ impl<S: AsyncWriteRent> Capture<'_, S> {
 }
 
 impl<S: AsyncReadRent> AsyncReadRent for Capture<'_, S> {
-    fn read<T: IoBufMut>(&mut self, buf: T) -> impl std::future::Future<Output = BufResult<usize, T>> {
+    fn read<T: IoBufMut>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
         self.inner.read(buf)
     }
 
-    fn readv<T: IoVecBufMut>(&mut self, buf: T) -> impl std::future::Future<Output = BufResult<usize, T>> {
+    fn readv<T: IoVecBufMut>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
         self.inner.readv(buf)
     }
 }
@@ -804,7 +849,8 @@ impl<S: AsyncWriteRent> AsyncWriteRent for Capture<'_, S> {
         }
         // SAFETY: an IoVecBuf describes `read_iovec_len()` valid iovecs,
         // each pointing at `iov_len` initialised bytes, valid while we hold it.
-        let iovs = unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+        let iovs =
+            unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
         let total: usize = iovs.iter().map(|v| v.iov_len).sum();
         if self.buf.len() + total > self.limit {
             if let Err(e) = self.spill().await {
@@ -839,7 +885,10 @@ mod tests {
 
     fn ops(only: Option<&[&str]>, remove: &[&str], rename: &[(&str, &str)]) -> JsonOps {
         JsonOps {
-            rename: rename.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            rename: rename
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             remove: remove.iter().map(|s| s.to_string()).collect(),
             only: only.map(|o| o.iter().map(|s| s.to_string()).collect()),
             max_body_bytes: 1 << 20,

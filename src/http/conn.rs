@@ -242,11 +242,14 @@ where
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,
 {
-    let cfg = w.config.clone();
-    let srv = &cfg.server;
-    let mut c = Conn::new(srv.buffer_bytes, peer, srv.max_headers);
+    let mut c = Conn::new(w.config.server.buffer_bytes, peer, w.config.server.max_headers);
     let mut first = true;
     loop {
+        // Each request is served with the config generation current when
+        // it starts (a reload switches between requests, never during one).
+        let snap = w.current();
+        let cfg: &crate::config::Config = &snap.config;
+        let srv = &cfg.server;
         // Phase 1: read and parse a head.
         if c.buf.is_empty() {
             let t = if first {
@@ -471,7 +474,7 @@ where
                     allow,
                 )
                 .await;
-                info.finish(w, &cfg, &c, status);
+                info.finish(w, cfg, &c, status);
                 if close || !ok {
                     return;
                 }
@@ -497,7 +500,7 @@ where
                 None,
             )
             .await;
-            info.finish(w, &cfg, &c, 413);
+            info.finish(w, cfg, &c, 413);
             return;
         }
 
@@ -539,7 +542,7 @@ where
                     c.head.is_head,
                 )
                 .await;
-                info.finish(w, &cfg, &c, reply.status);
+                info.finish(w, cfg, &c, reply.status);
                 if close || !ok {
                     return;
                 }
@@ -557,10 +560,10 @@ where
         if let Some(comp) = &rc.compose {
             w.in_flight.set(w.in_flight.get() + 1);
             let (status, keep_alive) =
-                crate::proxy::compose::serve(w, &cfg, route as usize, comp, &mut stream, &mut c)
+                crate::proxy::compose::serve(w, &snap, route as usize, comp, &mut stream, &mut c)
                     .await;
             w.in_flight.set(w.in_flight.get() - 1);
-            info.finish(w, &cfg, &c, status);
+            info.finish(w, cfg, &c, status);
             if !keep_alive {
                 return;
             }
@@ -572,15 +575,22 @@ where
         w.in_flight.set(w.in_flight.get() + 1);
         let outcome = match rc.transform.as_deref().and_then(|t| t.json.as_ref()) {
             Some(ops) => {
-                crate::filter::transform::forward_json(w, &cfg, route as usize, ops, &mut stream, &mut c)
-                    .await
+                crate::filter::transform::forward_json(
+                    w,
+                    &snap,
+                    route as usize,
+                    ops,
+                    &mut stream,
+                    &mut c,
+                )
+                .await
             }
-            None => forward::forward(w, &cfg, route as usize, &mut stream, &mut c).await,
+            None => forward::forward(w, &snap, route as usize, &mut stream, &mut c).await,
         };
         w.in_flight.set(w.in_flight.get() - 1);
         match outcome {
             Outcome::Done { keep_alive } => {
-                info.finish(w, &cfg, &c, c.rhead.status);
+                info.finish(w, cfg, &c, c.rhead.status);
                 if !keep_alive {
                     return;
                 }
@@ -591,7 +601,8 @@ where
                 close,
             } => {
                 if status == 502 || status == 504 {
-                    w.metrics.upstream_error(cfg.routes[route as usize].upstream);
+                    w.metrics
+                        .upstream_error(cfg.upstream_slots[cfg.routes[route as usize].upstream]);
                 }
                 // The failed request is still in the buffer unless its body
                 // was streamed; drop it so the next one is read next.
@@ -615,7 +626,7 @@ where
                     None,
                 )
                 .await;
-                info.finish(w, &cfg, &c, status);
+                info.finish(w, cfg, &c, status);
                 if close || !ok {
                     return;
                 }
@@ -624,7 +635,7 @@ where
                 }
             }
             Outcome::Upgrade(upstream) => {
-                info.finish(w, &cfg, &c, 101);
+                info.finish(w, cfg, &c, 101);
                 crate::proxy::tunnel::tunnel(
                     stream,
                     upstream,
@@ -635,7 +646,7 @@ where
                 return;
             }
             Outcome::Abort => {
-                info.finish(w, &cfg, &c, 499);
+                info.finish(w, cfg, &c, 499);
                 return;
             }
         }
@@ -702,7 +713,13 @@ impl ReqInfo {
     fn finish(&self, w: &Worker, cfg: &crate::config::Config, c: &Conn, status: u16) {
         let total_us = self.started.elapsed().as_micros() as u64;
         w.metrics
-            .request_slot(self.route, self.method_slot, status, total_us, c.upstream_us);
+            .request_slot(
+                self.route.map_or(0, |r| cfg.route_slots[r]),
+                self.method_slot,
+                status,
+                total_us,
+                c.upstream_us,
+            );
         if let Some(log) = &w.log {
             let f = |i: usize| {
                 let (a, b) = c.log_spans[i];

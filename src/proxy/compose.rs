@@ -35,7 +35,7 @@ use crate::config::{Config, Errors};
 use crate::http::chunked::ChunkedScanner;
 use crate::http::conn::read_more_within;
 use crate::http::parse::{self, BodyFraming, Parsed, ResponseHead};
-use crate::runtime::worker::Worker;
+use crate::runtime::worker::{Generation, Worker};
 use crate::upstream::shared::Report;
 use crate::upstream::{balance, pool};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
@@ -132,7 +132,9 @@ impl PathTemplate {
                 Some(i) => pieces.push(TemplatePiece::Param(i)),
                 None => {
                     return Err(if names.is_empty() {
-                        format!("{{{name}}} is not a parameter of the route path {route_path:?}, which has none")
+                        format!(
+                            "{{{name}}} is not a parameter of the route path {route_path:?}, which has none"
+                        )
                     } else {
                         format!(
                             "{{{name}}} is not a parameter of the route path {route_path:?} (it has: {})",
@@ -158,7 +160,9 @@ impl PathTemplate {
         for p in &self.pieces {
             match p {
                 TemplatePiece::Lit(b) => out.extend_from_slice(b),
-                TemplatePiece::Param(i) => out.extend_from_slice(params.get(*i).unwrap_or(&&b""[..])),
+                TemplatePiece::Param(i) => {
+                    out.extend_from_slice(params.get(*i).unwrap_or(&&b""[..]))
+                }
             }
         }
     }
@@ -233,7 +237,11 @@ pub fn compile(
     }
     let timeout_ms = f.timeout_ms.unwrap_or(1000);
     if timeout_ms == 0 {
-        errs.push(key("timeout_ms"), "must be greater than 0", "use milliseconds, e.g. 300");
+        errs.push(
+            key("timeout_ms"),
+            "must be greater than 0",
+            "use milliseconds, e.g. 300",
+        );
     }
     let merge = match f.merge.as_deref().unwrap_or("keys") {
         "keys" => Merge::Keys,
@@ -249,7 +257,11 @@ pub fn compile(
     };
     let max_part_bytes = f.max_part_bytes.unwrap_or(1 << 20);
     if max_part_bytes == 0 {
-        errs.push(key("max_part_bytes"), "must be greater than 0", "use a size in bytes, e.g. 1048576");
+        errs.push(
+            key("max_part_bytes"),
+            "must be greater than 0",
+            "use a size in bytes, e.g. 1048576",
+        );
     }
     if f.parts.is_empty() {
         errs.push(
@@ -264,12 +276,20 @@ pub fn compile(
         let k = match &p.key {
             Some(k) if !k.is_empty() => k.clone(),
             _ => {
-                errs.push(pkey("key"), "missing", "add key = \"NAME\" (the part's key in the answer)");
+                errs.push(
+                    pkey("key"),
+                    "missing",
+                    "add key = \"NAME\" (the part's key in the answer)",
+                );
                 String::new()
             }
         };
         if !k.is_empty() && f.parts[..j].iter().any(|o| o.key.as_deref() == Some(&k)) {
-            errs.push(pkey("key"), format!("key {k:?} is used by an earlier part"), "give each part its own key");
+            errs.push(
+                pkey("key"),
+                format!("key {k:?} is used by an earlier part"),
+                "give each part its own key",
+            );
         }
         let upstream = match &p.upstream {
             Some(u) => match upstream_ids.get(u) {
@@ -290,7 +310,11 @@ pub fn compile(
                 }
             },
             None => {
-                errs.push(pkey("upstream"), "missing", "add upstream = \"NAME\" naming an [upstreams.NAME] table");
+                errs.push(
+                    pkey("upstream"),
+                    "missing",
+                    "add upstream = \"NAME\" naming an [upstreams.NAME] table",
+                );
                 0
             }
         };
@@ -298,18 +322,30 @@ pub fn compile(
             Some(t) => match PathTemplate::compile(t, route_path) {
                 Ok(t) => t,
                 Err(m) => {
-                    errs.push(pkey("path"), m, "write a path like \"/prices/{id}\" using the route's parameters");
+                    errs.push(
+                        pkey("path"),
+                        m,
+                        "write a path like \"/prices/{id}\" using the route's parameters",
+                    );
                     PathTemplate { pieces: Vec::new() }
                 }
             },
             None => {
-                errs.push(pkey("path"), "missing", "add path = \"/...\" (route parameters as {name})");
+                errs.push(
+                    pkey("path"),
+                    "missing",
+                    "add path = \"/...\" (route parameters as {name})",
+                );
                 PathTemplate { pieces: Vec::new() }
             }
         };
         let timeout = match p.timeout_ms {
             Some(0) => {
-                errs.push(pkey("timeout_ms"), "must be greater than 0", "use milliseconds, e.g. 100");
+                errs.push(
+                    pkey("timeout_ms"),
+                    "must be greater than 0",
+                    "use milliseconds, e.g. 100",
+                );
                 Duration::from_millis(timeout_ms)
             }
             Some(t) => Duration::from_millis(t.min(timeout_ms)),
@@ -326,7 +362,11 @@ pub fn compile(
         if let Some(fs) = &p.fields
             && fs.is_empty()
         {
-            errs.push(pkey("fields"), "the list is empty, so the part would be {}", "list the fields to keep, or remove the key");
+            errs.push(
+                pkey("fields"),
+                "the list is empty, so the part would be {}",
+                "list the fields to keep, or remove the key",
+            );
         }
         let fallback = match &p.fallback {
             Some(v) => serde_json::to_string(v).unwrap_or_else(|_| String::from("null")),
@@ -460,7 +500,9 @@ pub fn merge(comp: &Compose, results: &[Result<Vec<u8>, PartError>]) -> Result<M
             let mut all: Vec<(std::borrow::Cow<'_, str>, &str)> = Vec::new();
             for (p, v) in comp.parts.iter().zip(&docs) {
                 match v {
-                    PartValue::Entries(e) => all.extend(e.iter().map(|(k, v)| (k.clone(), v.get()))),
+                    PartValue::Entries(e) => {
+                        all.extend(e.iter().map(|(k, v)| (k.clone(), v.get())))
+                    }
                     PartValue::Raw(r) => all.push((std::borrow::Cow::Borrowed(p.key.as_str()), r)),
                     PartValue::Owned(r) => all.push((
                         std::borrow::Cow::Borrowed(p.key.as_str()),
@@ -534,12 +576,13 @@ fn part_value<'a>(p: &Part, body: &'a [u8], merge: Merge) -> Result<PartValue<'a
 /// Returns the status sent and whether the connection stays open.
 pub async fn serve<S: AsyncWriteRent>(
     w: &Worker,
-    cfg: &Config,
+    snap: &Generation,
     route: usize,
     comp: &Compose,
     client: &mut S,
     c: &mut Conn,
 ) -> (u16, bool) {
+    let cfg: &Config = &snap.config;
     let started = Instant::now();
     let deadline = started + comp.timeout;
     // The parts' request heads, built while the client buffer is borrowed.
@@ -572,7 +615,11 @@ pub async fn serve<S: AsyncWriteRent>(
         let mut common = Vec::with_capacity(256 + c.up_extra.len());
         common.extend_from_slice(b"X-Request-Id: ");
         common.extend_from_slice(c.rid.as_bytes());
-        let _ = write!(common, "\r\nX-Forwarded-For: {}\r\nX-Forwarded-Proto: http\r\n", c.peer.ip());
+        let _ = write!(
+            common,
+            "\r\nX-Forwarded-For: {}\r\nX-Forwarded-Proto: http\r\n",
+            c.peer.ip()
+        );
         if let Some(h) = c.head.host {
             common.extend_from_slice(b"X-Forwarded-Host: ");
             common.extend_from_slice(h.of(buf));
@@ -589,10 +636,12 @@ pub async fn serve<S: AsyncWriteRent>(
         .iter()
         .zip(&lines)
         .map(|(p, line)| {
-            let t = p.timeout.min(deadline.saturating_duration_since(Instant::now()));
+            let t = p
+                .timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
             let common = &common;
             Box::pin(async move {
-                match monoio::time::timeout(t, fetch(w, cfg, p, line, common, comp.max_part_bytes))
+                match monoio::time::timeout(t, fetch(w, snap, p, line, common, comp.max_part_bytes))
                     .await
                 {
                     Ok(r) => r,
@@ -662,14 +711,15 @@ pub async fn serve<S: AsyncWriteRent>(
 /// that turns out stale is replaced by a fresh one once.
 async fn fetch(
     w: &Worker,
-    cfg: &Config,
+    snap: &Generation,
     p: &Part,
     line: &[u8],
     common: &[u8],
     cap: usize,
 ) -> Result<Vec<u8>, PartError> {
+    let cfg: &Config = &snap.config;
     let up_cfg = &cfg.upstreams[p.upstream];
-    let up = &w.upstreams[p.upstream];
+    let up = &snap.upstreams[p.upstream];
     let list = up.list();
     let t = balance::pick(up, &list, up_cfg.balance, None, 0)
         .ok_or(PartError::Failed("has no available target"))?;
@@ -692,7 +742,9 @@ async fn fetch(
             None => match pool::connect(target.addr, up_cfg.connect_timeout).await {
                 Ok(s) => s,
                 Err(pool::ConnectError::TimedOut) => break Err(PartError::TimedOut),
-                Err(pool::ConnectError::Failed(_)) => break Err(PartError::Failed("refused the connection")),
+                Err(pool::ConnectError::Failed(_)) => {
+                    break Err(PartError::Failed("refused the connection"));
+                }
             },
         };
         let (wr, h) = s.write_all(head).await;
@@ -726,7 +778,9 @@ async fn fetch(
     let report = match &r {
         Ok(_) => Report::Success,
         Err(PartError::Status(s)) if *s >= 500 => Report::Status5xx,
-        Err(PartError::Status(_)) | Err(PartError::NotJson) | Err(PartError::TooLarge) => Report::Success,
+        Err(PartError::Status(_)) | Err(PartError::NotJson) | Err(PartError::TooLarge) => {
+            Report::Success
+        }
         Err(_) => Report::Failure,
     };
     up.shared.report(&target.shared, report);
@@ -811,7 +865,9 @@ async fn read_response(
             let mut pos = hlen;
             loop {
                 let k = scanner
-                    .scan(&buf[pos..], |a, b| body.extend_from_slice(&buf[pos + a..pos + b]))
+                    .scan(&buf[pos..], |a, b| {
+                        body.extend_from_slice(&buf[pos + a..pos + b])
+                    })
                     .map_err(|_| ReadError::Invalid)?;
                 pos += k;
                 if body.len() > cap {

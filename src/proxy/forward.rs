@@ -1,25 +1,35 @@
-//! One request through the upstream phases: pick a target, take a pooled
-//! connection (or connect), write the forwarded head and body, read the
-//! response head, relay it and the body back, return the connection.
+//! One request through the upstream phases: choose the upstream (a route's
+//! canary split), ask its circuit breaker (open: the fallback answers),
+//! pick an available target, take a pooled connection (or connect), write
+//! the forwarded head and body, read the response head, relay it and the
+//! body back, return the connection.
 //!
 //! Key components: [`Conn`] (all per-connection buffers, reused for every
-//! request on it) and [`forward`]. Retry: a request that failed on a reused
-//! pooled connection before any response byte arrived is sent once more on
-//! a fresh connection when it is idempotent and its body was sent whole.
+//! request on it) and [`forward`].
+//!
+//! Retries: a request that failed on a reused pooled connection before any
+//! response byte arrived is sent once more on a fresh connection when it is
+//! idempotent and its body was held whole. Beyond that, up to `retries`
+//! tries go to other targets — for connect failures always, and for
+//! idempotent requests held whole also for 502/503/504, resets before any
+//! response byte and per-try timeouts — within the worker's retry budget
+//! and the request deadline. Nothing is retried once the response head went
+//! to the client. Every try reports to passive outlier detection; the
+//! request's final result is recorded once with the breaker.
 //!
 //! Performance notes: the forwarded head is a list of slices of the client
 //! buffer plus a few added header lines, written with one `writev`; the
 //! response head likewise. No allocation per request after warm-up.
 
 use crate::config::Config;
+use crate::config::{Balance, Split, UpstreamConfig};
 use crate::http::chunked::ChunkedScanner;
 use crate::http::conn::read_more_within;
 use crate::http::head::{OutHead, write_head};
 use crate::http::parse::{
     self, BodyFraming, HeaderLine, HeaderRole, Parsed, RequestHead, ResponseHead,
 };
-use crate::runtime::worker::Worker;
-use crate::config::{Balance, Split, UpstreamConfig};
+use crate::runtime::worker::{Generation, Worker};
 use crate::upstream::breaker::{Admit, Breaker};
 use crate::upstream::shared::Report;
 use crate::upstream::{balance, pool};
@@ -416,7 +426,7 @@ async fn read_response_head<S: AsyncWriteRent>(
 /// response to `client`.
 pub async fn forward<S>(
     w: &Worker,
-    cfg: &Config,
+    snap: &Generation,
     route: usize,
     client: &mut S,
     c: &mut Conn,
@@ -424,14 +434,15 @@ pub async fn forward<S>(
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
+    let cfg: &Config = &snap.config;
     let srv = &cfg.server;
     let rc = &cfg.routes[route];
     let up_id = match &rc.split {
         None => rc.upstream,
-        Some(split) => choose_split(w, split, c),
+        Some(split) => choose_split(snap, split, c),
     };
     let up_cfg = &cfg.upstreams[up_id];
-    let up = &w.upstreams[up_id];
+    let up = &snap.upstreams[up_id];
     let shared = &*up.shared;
 
     // Request body bytes already read with the head.
@@ -555,7 +566,7 @@ where
         build_request_head(c, target.addr);
         c.out.src(head_len, req_end);
         target.begin();
-        w.metrics.upstream_conn(up_id, reused);
+        w.metrics.upstream_conn(cfg.upstream_slots[up_id], reused);
         c.upstream_addr = Some(target.addr);
         let sent_at = Instant::now();
         let wr = write_out(&mut us, c, true).await;
@@ -867,7 +878,7 @@ where
 
 /// Which upstream of a route's split serves this request: the sticky key's
 /// bucket when the request has one, else a weighted random draw.
-fn choose_split(w: &Worker, split: &Split, c: &Conn) -> usize {
+fn choose_split(snap: &Generation, split: &Split, c: &Conn) -> usize {
     let first = split.upstreams[0].0;
     if split.upstreams.len() == 1 {
         return first;
@@ -877,7 +888,7 @@ fn choose_split(w: &Worker, split: &Split, c: &Conn) -> usize {
         .sticky
         .as_ref()
         .and_then(|k| crate::upstream::request_key(k, &c.buf, &c.lines, ip))
-        .unwrap_or_else(|| w.upstreams[first].next_random());
+        .unwrap_or_else(|| snap.upstreams[first].next_random());
     let mut x = (r % split.total as u64) as u32;
     for &(id, weight) in &split.upstreams {
         if x < weight {
@@ -994,6 +1005,8 @@ async fn breaker_open<S: AsyncWriteRent>(
         buf.extend_from_slice(&body);
     }
     c.bytes_out += buf.len() as u64;
+    // For the access log and metrics: the status the client got.
+    c.rhead.status = status;
     let (r, b) = client.write_all(buf).await;
     c.scratch = b;
     if r.is_err() {

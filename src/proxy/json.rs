@@ -109,7 +109,10 @@ pub fn dedup_last_wins<V: Copy>(entries: &mut Vec<(Cow<'_, str>, V)>) {
     if entries.len() <= 32 {
         let mut i = 0;
         while i < entries.len() {
-            if let Some(j) = (i + 1..entries.len()).rev().find(|&j| entries[j].0 == entries[i].0) {
+            if let Some(j) = (i + 1..entries.len())
+                .rev()
+                .find(|&j| entries[j].0 == entries[i].0)
+            {
                 entries[i].1 = entries[j].1;
                 entries.remove(j);
             } else {
@@ -142,11 +145,7 @@ pub fn dedup_last_wins<V: Copy>(entries: &mut Vec<(Cow<'_, str>, V)>) {
         k
     });
     // Positions of the kept entries in order.
-    let mut kept = keep
-        .iter()
-        .enumerate()
-        .filter(|(_, k)| **k)
-        .map(|(i, _)| i);
+    let mut kept = keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i);
     for e in entries.iter_mut() {
         if let Some(orig) = kept.next() {
             e.1 = values[orig];

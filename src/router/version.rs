@@ -287,7 +287,11 @@ pub fn compile(
                     }
                 };
                 if out.contains(&src) {
-                    errs.push("versioning.sources", format!("{s:?} is listed twice"), "list each source once");
+                    errs.push(
+                        "versioning.sources",
+                        format!("{s:?} is listed twice"),
+                        "list each source once",
+                    );
                 }
                 out.push(src);
             }
@@ -302,23 +306,50 @@ pub fn compile(
         }
     };
     let header = f.header.as_deref().unwrap_or("Accept-Version");
-    if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        errs.push("versioning.header", format!("{header:?} is not a header name"), "use e.g. \"Accept-Version\"");
+    if header.is_empty()
+        || !header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        errs.push(
+            "versioning.header",
+            format!("{header:?} is not a header name"),
+            "use e.g. \"Accept-Version\"",
+        );
     }
     let query = f.query.as_deref().unwrap_or("version");
     if query.is_empty() || query.contains(['&', '=', '?', '#', ' ']) {
-        errs.push("versioning.query", format!("{query:?} is not a query parameter name"), "use e.g. \"version\"");
+        errs.push(
+            "versioning.query",
+            format!("{query:?} is not a query parameter name"),
+            "use e.g. \"version\"",
+        );
     }
     let vendor_prefix = match &f.vendor {
-        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') => {
-            Some(format!("application/vnd.{}.v", v.to_ascii_lowercase()).into_bytes().into())
+        Some(v)
+            if !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+        {
+            Some(
+                format!("application/vnd.{}.v", v.to_ascii_lowercase())
+                    .into_bytes()
+                    .into(),
+            )
         }
         Some(v) => {
-            errs.push("versioning.vendor", format!("{v:?} is not a vendor name"), "use letters, digits, '-' or '.', e.g. \"acme\"");
+            errs.push(
+                "versioning.vendor",
+                format!("{v:?} is not a vendor name"),
+                "use letters, digits, '-' or '.', e.g. \"acme\"",
+            );
             None
         }
         None => {
-            if f.sources.as_ref().is_some_and(|s| s.iter().any(|x| x == "accept")) {
+            if f.sources
+                .as_ref()
+                .is_some_and(|s| s.iter().any(|x| x == "accept"))
+            {
                 errs.push(
                     "versioning.vendor",
                     "the \"accept\" source needs a vendor (application/vnd.VENDOR.v2+json)",
@@ -330,15 +361,55 @@ pub fn compile(
     };
     let check = |errs: &mut Errors, key: String, v: &str| -> Option<Box<str>> {
         let n = std::str::from_utf8(normalize(v.trim().as_bytes())).unwrap_or("");
-        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_') {
-            errs.push(key, format!("{v:?} is not a version"), "use e.g. \"2\" or \"2.1\"");
+        if n.is_empty()
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        {
+            errs.push(
+                key,
+                format!("{v:?} is not a version"),
+                "use e.g. \"2\" or \"2.1\"",
+            );
             None
         } else {
             Some(n.into())
         }
     };
-    let default = check(errs, String::from("versioning.default"), f.default.as_deref().unwrap_or("1"))
-        .unwrap_or_else(|| "1".into());
+    let default = check(
+        errs,
+        String::from("versioning.default"),
+        f.default.as_deref().unwrap_or("1"),
+    )
+    .unwrap_or_else(|| "1".into());
+    if sources.contains(&Source::Path) {
+        // Such a route could never match: the prefix is stripped first.
+        for (i, r) in routes.iter().enumerate() {
+            let seg = r
+                .path
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or("");
+            let looks = seg.len() > 1
+                && seg.as_bytes()[0].eq_ignore_ascii_case(&b'v')
+                && seg.as_bytes()[1].is_ascii_digit()
+                && seg[1..].bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            if looks {
+                errs.push(
+                    format!("routes[{i}].path"),
+                    format!(
+                        "{:?} starts with a version segment, which the \"path\" version source strips before matching, so the route is never reached",
+                        r.path
+                    ),
+                    format!(
+                        "write the path without /{seg} and set version = \"{}\", or remove \"path\" from versioning.sources",
+                        &seg[1..]
+                    ),
+                );
+            }
+        }
+    }
     let mut versions: Vec<Box<str>> = vec![default.clone()];
     let mut route_version = Vec::with_capacity(routes.len());
     for (i, r) in routes.iter().enumerate() {
@@ -356,7 +427,11 @@ pub fn compile(
     }
     let mut sorted: Vec<&str> = versions.iter().map(|v| &**v).collect();
     sorted.sort_by(|a, b| version_order(a, b));
-    let unknown_msg: Box<str> = format!("unknown API version; this API has versions {}", sorted.join(", ")).into();
+    let unknown_msg: Box<str> = format!(
+        "unknown API version; this API has versions {}",
+        sorted.join(", ")
+    )
+    .into();
 
     // Groups: routes with the same host, path and methods.
     let mut hidden = vec![false; routes.len()];
@@ -377,7 +452,10 @@ pub fn compile(
                     };
                     errs.push(
                         format!("routes[{i}].version"),
-                        format!("routes[{m}] and routes[{i}] both serve {what} of path {:?}", r.path),
+                        format!(
+                            "routes[{m}] and routes[{i}] both serve {what} of path {:?}",
+                            r.path
+                        ),
                         "give each route sharing a path its own version, or remove one",
                     );
                 }
@@ -399,7 +477,11 @@ pub fn compile(
         vs.sort_by(|a, b| version_order(a, b));
         group_msg.insert(
             f,
-            format!("this path does not exist in the requested API version; it exists in versions {}", vs.join(", ")).into(),
+            format!(
+                "this path does not exist in the requested API version; it exists in versions {}",
+                vs.join(", ")
+            )
+            .into(),
         );
         groups.insert(f, g.into_boxed_slice());
     }
@@ -451,10 +533,11 @@ pub fn route_fields(
     r: &RouteFile,
     errs: &mut Errors,
 ) -> (Option<Box<str>>, Option<Box<[u8]>>) {
-    let version = r
-        .version
-        .as_deref()
-        .map(|v| std::str::from_utf8(normalize(v.trim().as_bytes())).unwrap_or(v).into());
+    let version = r.version.as_deref().map(|v| {
+        std::str::from_utf8(normalize(v.trim().as_bytes()))
+            .unwrap_or(v)
+            .into()
+    });
     let mut lines = Vec::new();
     if r.deprecated == Some(true) {
         lines.extend_from_slice(b"Deprecation: true\r\n");
@@ -480,12 +563,11 @@ pub fn is_http_date(s: &str) -> bool {
     let b = s.as_bytes();
     const DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
     const MONTHS: [&[u8]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
     ];
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    let num = |r: std::ops::Range<usize>| {
-        b[r].iter().fold(0u32, |a, d| a * 10 + (d - b'0') as u32)
-    };
+    let num = |r: std::ops::Range<usize>| b[r].iter().fold(0u32, |a, d| a * 10 + (d - b'0') as u32);
     b.len() == 29
         && DAYS.contains(&&b[0..3])
         && &b[3..5] == b", "
@@ -528,10 +610,16 @@ mod tests {
 
     #[test]
     fn requested_route_path() {
-        let r = Requested { version: 0, strip: 3 };
+        let r = Requested {
+            version: 0,
+            strip: 3,
+        };
         assert_eq!(r.route_path(b"/v2/users/7"), b"/users/7");
         assert_eq!(r.route_path(b"/v2"), b"/");
-        let r = Requested { version: 0, strip: 0 };
+        let r = Requested {
+            version: 0,
+            strip: 0,
+        };
         assert_eq!(r.route_path(b"/x"), b"/x");
     }
 }

@@ -3,6 +3,7 @@
 //! ([`worker`]); the server that starts them and stops them with a drain
 //! ([`server`]).
 
+pub mod reload;
 pub mod server;
 pub mod worker;
 

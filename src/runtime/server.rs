@@ -21,8 +21,10 @@ pub struct Server;
 
 /// A running gateway.
 pub struct ServerHandle {
-    /// The running config.
-    pub config: Arc<arc_swap::ArcSwap<Config>>,
+    /// The published config (a reload replaces it).
+    pub store: Arc<super::reload::ConfigStore>,
+    /// Reloads the config file, when the server was started from one.
+    pub reloader: Option<Arc<super::reload::Reloader>>,
     /// Where the admin listener is bound, when `[admin]` is configured.
     pub admin_addr: Option<SocketAddr>,
     /// Metric shards of every worker.
@@ -54,6 +56,16 @@ impl Server {
 
     /// As [`Server::start`], with hooks.
     pub fn start_with(config: Config, hooks: Hooks) -> io::Result<ServerHandle> {
+        Self::start_inner(config, hooks, None)
+    }
+
+    /// Serves the config file at `path`, with hot reload (SIGHUP through
+    /// [`ServerHandle::reload`], `POST /reload`, and `[config] watch`).
+    pub fn start_file(config: Config, path: std::path::PathBuf, hooks: Hooks) -> io::Result<ServerHandle> {
+        Self::start_inner(config, hooks, Some(path))
+    }
+
+    fn start_inner(config: Config, hooks: Hooks, path: Option<std::path::PathBuf>) -> io::Result<ServerHandle> {
         let config = Arc::new(config);
         let s = &config.server;
         // Resolve port 0 once so every worker shares the same port.
@@ -78,6 +90,7 @@ impl Server {
         // Discovery (first resolution, then its threads) and health checks.
         crate::upstream::start_control(&config);
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(&config, s.workers));
+        let store = Arc::new(super::reload::ConfigStore::new(config.clone()));
         let log = match config.log.access {
             Some(f) => Some(
                 crate::telemetry::access_log::AccessLog::start(f, &config.log.path).map_err(|e| {
@@ -105,6 +118,7 @@ impl Server {
             let core = (s.pin && !cores.is_empty()).then(|| cores[id % cores.len()]);
             let ready = ready_tx.clone();
             let shared = worker::WorkerShared {
+                store: store.clone(),
                 metrics: metrics.clone().workers[id].clone(),
                 log: log.clone(),
             };
@@ -121,7 +135,8 @@ impl Server {
         drop(ready_tx);
         let mut drivers = Vec::new();
         let mut handle = ServerHandle {
-            config: Arc::new(arc_swap::ArcSwap::new(config.clone())),
+            store: store.clone(),
+            reloader: None,
             admin_addr: None,
             metrics: metrics.clone(),
             addrs,
@@ -143,8 +158,18 @@ impl Server {
             }
         }
         handle.drivers = drivers;
+        if let Some(p) = path {
+            let r = Arc::new(super::reload::Reloader::new(p, store.clone(), metrics.clone()));
+            if config.watch {
+                r.clone().watch();
+            }
+            handle.reloader = Some(r);
+        }
         if let Some(a) = &config.admin {
-            let state = crate::admin::AdminState::new(handle.config.clone(), metrics.clone(), None);
+            let reload: Option<Box<crate::admin::ReloadFn>> = handle.reloader.clone().map(|r| {
+                Box::new(move || r.reload()) as Box<crate::admin::ReloadFn>
+            });
+            let state = crate::admin::AdminState::new(store.clone(), metrics.clone(), reload);
             match crate::admin::start(a.listen, Arc::new(state)) {
                 Ok(addr) => handle.admin_addr = Some(addr),
                 Err(e) => {
@@ -159,6 +184,17 @@ impl Server {
 }
 
 impl ServerHandle {
+    /// Reloads the config file (SIGHUP). `Err` lists every problem; the
+    /// running config is then unchanged.
+    pub fn reload(&self) -> Result<String, Vec<String>> {
+        match &self.reloader {
+            Some(r) => r.reload(),
+            None => Err(vec![String::from(
+                "reload needs a config file (ringgate run -c FILE)",
+            )]),
+        }
+    }
+
     /// The bound listen addresses (ports resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
@@ -202,8 +238,7 @@ pub fn block_signals() -> libc::sigset_t {
     }
 }
 
-/// Waits for SIGTERM or SIGINT (SIGHUP is taken and, until reload lands,
-/// ignored) and returns its name.
+/// Waits for SIGTERM, SIGINT or SIGHUP and returns its name.
 pub fn wait_signal(set: &libc::sigset_t) -> &'static str {
     loop {
         let mut sig: libc::c_int = 0;
@@ -215,7 +250,7 @@ pub fn wait_signal(set: &libc::sigset_t) -> &'static str {
         match sig {
             libc::SIGTERM => return "SIGTERM",
             libc::SIGINT => return "SIGINT",
-            _ => tracing::info!("SIGHUP received; reload is not available in this build"),
+            _ => return "SIGHUP",
         }
     }
 }

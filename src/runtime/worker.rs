@@ -19,14 +19,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// One config generation as a worker serves it: the config and this
+/// worker's upstream state for it. A request holds the generation it
+/// started with until it ends, so a reload never changes a request midway.
+pub struct Generation {
+    /// The config.
+    pub config: Arc<Config>,
+    /// Upstream pools, indexed like `config.upstreams`.
+    pub upstreams: Vec<Rc<UpstreamState>>,
+    /// Generation number (see [`crate::runtime::reload::ConfigStore`]).
+    pub number: u64,
+}
+
 /// State of one worker, shared by its connections.
 pub struct Worker {
     /// Worker index.
     pub id: usize,
-    /// The config this worker serves.
+    /// The config this worker started with (server-level settings, which a
+    /// reload does not change).
     pub config: Arc<Config>,
-    /// Upstream pools, indexed like `config.upstreams`.
-    pub upstreams: Vec<UpstreamState>,
+    active: std::cell::RefCell<Rc<Generation>>,
+    store: Arc<crate::runtime::reload::ConfigStore>,
     /// Requests being processed.
     pub in_flight: Cell<usize>,
     /// Open client connections.
@@ -52,14 +65,21 @@ impl Worker {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| UpstreamState::new(u, id))
+            .map(|u| Rc::new(UpstreamState::new(u, id)))
             .collect();
+        let (number, _) = shared.store.load_with_generation();
+        let snap = Rc::new(Generation {
+            config: config.clone(),
+            upstreams,
+            number,
+        });
         let auth = crate::filter::auth::WorkerState::new(config.auth.as_ref());
         let rate = crate::filter::rate_limit::WorkerState::new(config.rate_limits.as_ref(), id);
         Worker {
             id,
             config,
-            upstreams,
+            active: std::cell::RefCell::new(snap),
+            store: shared.store.clone(),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
             draining: Cell::new(false),
@@ -73,6 +93,51 @@ impl Worker {
                 .map(|l| crate::telemetry::access_log::WorkerLog::new(l.clone())),
             ids: RequestIds::new(id),
         }
+    }
+
+    /// The generation to serve the next request with: the current one, or
+    /// a freshly built one when a reload was published since.
+    #[inline]
+    pub fn current(&self) -> Rc<Generation> {
+        let g = self.active.borrow();
+        if self.store.generation() == g.number {
+            return g.clone();
+        }
+        drop(g);
+        self.switch()
+    }
+
+    /// The generation in use, without looking for a newer one.
+    pub fn generation(&self) -> Rc<Generation> {
+        self.active.borrow().clone()
+    }
+
+    #[cold]
+    fn switch(&self) -> Rc<Generation> {
+        let (number, config) = self.store.load_with_generation();
+        let old = self.active.borrow().clone();
+        // Upstreams whose shared state was carried over keep this worker's
+        // pools and balancer state; the others start fresh.
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                old.config
+                    .upstreams
+                    .iter()
+                    .position(|o| Arc::ptr_eq(&o.state, &u.state))
+                    .map(|i| old.upstreams[i].clone())
+                    .unwrap_or_else(|| Rc::new(UpstreamState::new(u, self.id)))
+            })
+            .collect();
+        let snap = Rc::new(Generation {
+            config,
+            upstreams,
+            number,
+        });
+        *self.active.borrow_mut() = snap.clone();
+        tracing::debug!(worker = self.id, generation = number, "switched to a new config");
+        snap
     }
 
     /// Writes a fresh 32-hex-digit request id into `out`.
@@ -228,6 +293,8 @@ pub struct Hooks {
 /// What the server hands each worker besides its config.
 #[derive(Clone)]
 pub struct WorkerShared {
+    /// The published config.
+    pub store: Arc<crate::runtime::reload::ConfigStore>,
     /// The worker's metric shard.
     pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
     /// The access-log writer, when logging is on.
@@ -349,9 +416,10 @@ async fn serve(
             loop {
                 monoio::time::sleep(Duration::from_secs(1)).await;
                 let now = Instant::now();
-                for (i, u) in w.upstreams.iter().enumerate() {
+                let snap = w.generation();
+                for (i, u) in snap.upstreams.iter().enumerate() {
                     u.sweep(now);
-                    if let Some(g) = w.metrics.pool_idle.get(i) {
+                    if let Some(g) = w.metrics.pool_idle.get(snap.config.upstream_slots[i]) {
                         g.store(u.idle_count() as i64, std::sync::atomic::Ordering::Relaxed);
                     }
                 }

@@ -74,17 +74,16 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    /// A shard sized for `cfg`.
-    pub fn new(cfg: &Config) -> Self {
-        let routes = cfg.routes.len();
-        let upstreams = cfg.upstreams.len();
+    /// A shard with room for `routes` route slots (slot 0 is "no route")
+    /// and `upstreams` upstream slots.
+    pub fn new(routes: usize, upstreams: usize) -> Self {
         let n = |k: usize| (0..k).map(|_| Counter::default()).collect::<Box<[Counter]>>();
         WorkerMetrics {
             routes,
             upstreams,
-            requests: n((routes + 1) * 10 * 5),
-            total: (0..routes + 1).map(|_| Histogram::new()).collect(),
-            upstream_time: (0..routes + 1).map(|_| Histogram::new()).collect(),
+            requests: n(routes * 10 * 5),
+            total: (0..routes).map(|_| Histogram::new()).collect(),
+            upstream_time: (0..routes).map(|_| Histogram::new()).collect(),
             open_connections: AtomicI64::new(0),
             connections: Counter::default(),
             connects: n(upstreams),
@@ -94,24 +93,12 @@ impl WorkerMetrics {
         }
     }
 
-    /// Records one answered request. `route` is `None` for 404s and other
-    /// answers given before routing.
+    /// Records one answered request: `route_slot` from
+    /// `Config::route_slots` (0 for answers given before routing), the
+    /// method's [`method_slot`].
     #[inline]
-    pub fn request(&self, route: Option<usize>, method: &[u8], status: u16, total_us: u64, upstream_us: Option<u64>) {
-        let r = route.map_or(0, |r| (r + 1).min(self.routes));
-        let class = ((status / 100) as usize).clamp(1, 5) - 1;
-        self.requests[(r * 10 + method_slot(method)) * 5 + class].add(1);
-        self.total[r].record(total_us);
-        if let Some(u) = upstream_us {
-            self.upstream_time[r].record(u);
-        }
-    }
-
-    /// As [`WorkerMetrics::request`], with the method already mapped to its
-    /// slot ([`method_slot`]).
-    #[inline]
-    pub fn request_slot(&self, route: Option<usize>, method_slot: usize, status: u16, total_us: u64, upstream_us: Option<u64>) {
-        let r = route.map_or(0, |r| (r + 1).min(self.routes));
+    pub fn request_slot(&self, route_slot: usize, method_slot: usize, status: u16, total_us: u64, upstream_us: Option<u64>) {
+        let r = if route_slot < self.routes { route_slot } else { 0 };
         let class = ((status / 100) as usize).clamp(1, 5) - 1;
         self.requests[(r * 10 + method_slot.min(9)) * 5 + class].add(1);
         self.total[r].record(total_us);
@@ -141,8 +128,20 @@ impl WorkerMetrics {
     }
 }
 
+/// Label values of the metric slots.
+#[derive(Default)]
+struct Labels {
+    /// Per route slot: (route name, upstream name).
+    routes: Vec<(String, String)>,
+    /// Per upstream slot: upstream name.
+    upstreams: Vec<String>,
+}
+
 /// All shards of a running server, and process-wide counters.
 pub struct Metrics {
+    labels: std::sync::Mutex<Labels>,
+    route_cap: usize,
+    upstream_cap: usize,
     /// One shard per worker.
     pub workers: Vec<Arc<WorkerMetrics>>,
     /// Successful reloads.
@@ -165,10 +164,26 @@ fn esc(s: &str) -> String {
 }
 
 impl Metrics {
-    /// Shards for `workers` workers.
+    /// Shards for `workers` workers, with room for the routes and upstreams
+    /// of `cfg` plus those later reloads add.
     pub fn new(cfg: &Config, workers: usize) -> Self {
+        let route_cap = cfg.routes.len() + 1 + 256;
+        let upstream_cap = cfg.upstreams.len() + 64;
+        let mut labels = Labels::default();
+        labels.routes.push((String::from("(none)"), String::from("(none)")));
+        for r in &cfg.routes {
+            labels
+                .routes
+                .push((r.name.clone(), cfg.upstreams[r.upstream].name.clone()));
+        }
+        labels.upstreams = cfg.upstreams.iter().map(|u| u.name.clone()).collect();
         Metrics {
-            workers: (0..workers).map(|_| Arc::new(WorkerMetrics::new(cfg))).collect(),
+            labels: std::sync::Mutex::new(labels),
+            route_cap,
+            upstream_cap,
+            workers: (0..workers)
+                .map(|_| Arc::new(WorkerMetrics::new(route_cap, upstream_cap)))
+                .collect(),
             reloads_ok: AtomicU64::new(0),
             reloads_err: AtomicU64::new(0),
             reload_us: AtomicU64::new(0),
@@ -176,18 +191,52 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition of every metric, labels from `cfg`.
-    pub fn render(&self, cfg: &Config) -> String {
+    /// Gives the routes and upstreams of a reloaded `cfg` the metric slots
+    /// their names had (new names get new slots), so counters continue
+    /// across reloads.
+    pub fn assign_slots(&self, cfg: &mut Config) {
+        let mut l = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut up_slots = Vec::with_capacity(cfg.upstreams.len());
+        for u in &cfg.upstreams {
+            let slot = match l.upstreams.iter().position(|n| *n == u.name) {
+                Some(s) => s,
+                None if l.upstreams.len() < self.upstream_cap => {
+                    l.upstreams.push(u.name.clone());
+                    l.upstreams.len() - 1
+                }
+                None => usize::MAX,
+            };
+            up_slots.push(slot);
+        }
+        let mut route_slots = Vec::with_capacity(cfg.routes.len());
+        for r in &cfg.routes {
+            let up = cfg.upstreams[r.upstream].name.clone();
+            let slot = match l.routes.iter().position(|(n, _)| *n == r.name) {
+                Some(s) => {
+                    l.routes[s].1 = up;
+                    s
+                }
+                None if l.routes.len() < self.route_cap => {
+                    l.routes.push((r.name.clone(), up));
+                    l.routes.len() - 1
+                }
+                None => 0,
+            };
+            route_slots.push(slot);
+        }
+        cfg.route_slots = route_slots;
+        cfg.upstream_slots = up_slots;
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
         let mut o = String::with_capacity(16 * 1024);
         let route_name = |r: usize| -> (String, String) {
-            if r == 0 {
-                (String::from("(none)"), String::from("(none)"))
-            } else {
-                let rc = &cfg.routes[r - 1];
-                (esc(&rc.name), esc(&cfg.upstreams[rc.upstream].name))
-            }
+            let (a, b) = &labels.routes[r];
+            (esc(a), esc(b))
         };
-        let routes = self.workers.first().map_or(0, |w| w.routes.min(cfg.routes.len()));
+        let routes = labels.routes.len().saturating_sub(1);
         let _ = writeln!(o, "# HELP {REQUESTS_TOTAL} Requests answered.\n# TYPE {REQUESTS_TOTAL} counter");
         for r in 0..=routes {
             let (rn, un) = route_name(r);
@@ -245,7 +294,7 @@ impl Metrics {
         for (i, w) in self.workers.iter().enumerate() {
             let _ = writeln!(o, "{CONNECTIONS_TOTAL}{{worker=\"{i}\"}} {}", w.connections.get());
         }
-        let ups = self.workers.first().map_or(0, |w| w.upstreams.min(cfg.upstreams.len()));
+        let ups = labels.upstreams.len();
         for (name, help, kind) in [
             (UPSTREAM_CONNECTS, "New upstream connections.", 0),
             (UPSTREAM_REUSED, "Requests on reused pooled connections.", 1),
@@ -262,13 +311,13 @@ impl Metrics {
                         _ => w.upstream_errors[u].get(),
                     })
                     .sum();
-                let _ = writeln!(o, "{name}{{upstream=\"{}\"}} {v}", esc(&cfg.upstreams[u].name));
+                let _ = writeln!(o, "{name}{{upstream=\"{}\"}} {v}", esc(&labels.upstreams[u]));
             }
         }
         let _ = writeln!(o, "# HELP {POOL_IDLE} Idle pooled upstream connections.\n# TYPE {POOL_IDLE} gauge");
         for u in 0..ups {
             let v: i64 = self.workers.iter().map(|w| w.pool_idle[u].load(Relaxed)).sum();
-            let _ = writeln!(o, "{POOL_IDLE}{{upstream=\"{}\"}} {v}", esc(&cfg.upstreams[u].name));
+            let _ = writeln!(o, "{POOL_IDLE}{{upstream=\"{}\"}} {v}", esc(&labels.upstreams[u]));
         }
         let _ = writeln!(
             o,

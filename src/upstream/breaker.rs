@@ -153,8 +153,7 @@ impl Breaker {
                     );
                 }
                 _ => {
-                    if self.probes_admitted.fetch_add(1, Ordering::AcqRel) < self.half_open_probes
-                    {
+                    if self.probes_admitted.fetch_add(1, Ordering::AcqRel) < self.half_open_probes {
                         return Admit::Probe;
                     }
                     // Probes that never report (should not happen) must not
@@ -204,9 +203,11 @@ impl Breaker {
     /// (the client went away).
     pub fn release(&self, admit: Admit) {
         if admit == Admit::Probe && self.state.load(Ordering::Acquire) == HALF_OPEN {
-            let _ = self.probes_admitted.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(1))
-            });
+            let _ = self
+                .probes_admitted
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(1))
+                });
         }
     }
 

@@ -60,9 +60,29 @@ mod tests {
         assert_ne!(hash_bytes(b"a"), hash_bytes(b"b"));
     }
 
+    /// The equal-weight fast path picks what the weighted score picks, so
+    /// instances agree whichever path they take.
+    #[test]
+    fn equal_weight_fast_path_agrees_with_the_score() {
+        let targets: Vec<u64> = (0..7)
+            .map(|i| hash_bytes(format!("t{i}").as_bytes()))
+            .collect();
+        for k in 0..10_000u64 {
+            let key = mix(k);
+            let by_hash = (0..7).max_by_key(|&i| rendezvous_hash(key, targets[i]));
+            let by_score = (0..7).max_by(|&a, &b| {
+                rendezvous_score(key, targets[a], 3)
+                    .total_cmp(&rendezvous_score(key, targets[b], 3))
+            });
+            assert_eq!(by_hash, by_score, "key {k}");
+        }
+    }
+
     #[test]
     fn rendezvous_respects_weights() {
-        let targets: Vec<u64> = (0..3).map(|i| hash_bytes(format!("t{i}").as_bytes())).collect();
+        let targets: Vec<u64> = (0..3)
+            .map(|i| hash_bytes(format!("t{i}").as_bytes()))
+            .collect();
         let weights = [1u32, 1, 2];
         let mut wins = [0u32; 3];
         for k in 0..40_000u64 {

@@ -97,7 +97,8 @@ pub fn check(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
             .saturating_duration_since(std::time::Instant::now())
             .max(Duration::from_millis(1))
     };
-    s.set_write_timeout(Some(left())).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(left()))
+        .map_err(|e| e.to_string())?;
     let host = h.host.clone().unwrap_or_else(|| t.addr.to_string());
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health\r\nConnection: close\r\n\r\n",
@@ -107,7 +108,8 @@ pub fn check(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
     let mut buf = [0u8; 512];
     let mut n = 0;
     while !buf[..n].contains(&b'\n') && n < buf.len() {
-        s.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(left()))
+            .map_err(|e| e.to_string())?;
         match s.read(&mut buf[n..]) {
             Ok(0) => return Err(String::from("closed before a status line")),
             Ok(k) => n += k,

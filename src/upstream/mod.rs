@@ -39,7 +39,11 @@ use std::time::Instant;
 #[inline]
 pub fn now_ms() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(|| Instant::now() - std::time::Duration::from_secs(1));
+    let base = *BASE.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(std::time::Duration::from_secs(1))
+            .unwrap_or(now)
+    });
     base.elapsed().as_millis() as u64
 }
 
@@ -191,8 +195,7 @@ pub fn admin_request(
                 return error(400, String::from("ttl_ms must be greater than 0"));
             }
             if method == "POST" {
-                u.state
-                    .register(addr, reg.weight.unwrap_or(1), reg.ttl_ms);
+                u.state.register(addr, reg.weight.unwrap_or(1), reg.ttl_ms);
                 let ttl = reg
                     .ttl_ms
                     .or(u.state.registry.as_ref().map(|r| r.ttl_ms))
@@ -202,10 +205,7 @@ pub fn admin_request(
                     serde_json::json!({ "registered": addr.to_string(), "ttl_ms": ttl }),
                 )
             } else if u.state.deregister(addr) {
-                json(
-                    200,
-                    serde_json::json!({ "deregistered": addr.to_string() }),
-                )
+                json(200, serde_json::json!({ "deregistered": addr.to_string() }))
             } else {
                 error(404, format!("{addr} is not registered with {name:?}"))
             }

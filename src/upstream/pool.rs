@@ -197,12 +197,12 @@ impl UpstreamState {
         let targets: Vec<Rc<TargetState>> = set
             .targets
             .iter()
-            .map(|t| {
-                match old.targets.iter().find(|o| Arc::ptr_eq(&o.shared, t)) {
+            .map(
+                |t| match old.targets.iter().find(|o| Arc::ptr_eq(&o.shared, t)) {
                     Some(o) => o.clone(),
                     None => Rc::new(TargetState::new(t.clone(), self.max_idle)),
-                }
-            })
+                },
+            )
             .collect();
         for o in &old.targets {
             if !targets.iter().any(|n| Rc::ptr_eq(n, o)) {

@@ -96,7 +96,9 @@ impl TargetShared {
 
     /// Milliseconds of ejection left.
     pub fn ejected_ms_left(&self, now: u64) -> u64 {
-        self.ejected_until.load(Ordering::Relaxed).saturating_sub(now)
+        self.ejected_until
+            .load(Ordering::Relaxed)
+            .saturating_sub(now)
     }
 }
 
@@ -246,7 +248,8 @@ impl UpstreamShared {
             targets = ?list.iter().map(|(a, _)| a).collect::<Vec<_>>(),
             "upstream targets changed"
         );
-        self.snapshot.store(Arc::new(TargetSet { version, targets }));
+        self.snapshot
+            .store(Arc::new(TargetSet { version, targets }));
         self.version.store(version, Ordering::Release);
         true
     }

@@ -1140,7 +1140,7 @@ mod tests {
         let l = limits(
             "[rate_limits.a]\nkey = \"consumer\"\nalgorithm = \"fixed_window\"\nlimit = 2\n\
              window_s = 3600\ntiers = { premium = 5, queue = { algorithm = \"leaky_bucket\", \
-             limit = 10, max_delay_ms = 1000 } }\n",
+             limit = 10, window_s = 1, max_delay_ms = 1000 } }\n",
         );
         let def = &l.defs[0];
         assert_eq!(def.tier_of(None), 0);
@@ -1162,9 +1162,15 @@ mod tests {
         };
         assert_eq!(count(None), 2);
         assert_eq!(count(Some("premium")), 5);
-        // The queueing tier delays instead of refusing: 1 now + 10 within
-        // a second at 10 per hour... is 1 + 0; at this rate only the first
-        // fits, so check the delay of a faster queue instead.
-        assert_eq!(count(Some("queue")), 1);
+        // The queueing tier delays instead of refusing: one now, then ten
+        // more queued at the leak rate (10/s) within max_delay_ms.
+        let delays: Vec<u64> = (0..20)
+            .filter_map(|_| w.check_key(0, b"c1", Some("queue")))
+            .filter(|c| c.admit)
+            .map(|c| c.delay_ns / 1_000_000)
+            .collect();
+        assert_eq!(delays.len(), 11, "{delays:?}");
+        assert_eq!(delays[0], 0);
+        assert!(delays[10] >= 990 && delays[10] <= 1000, "{delays:?}");
     }
 }

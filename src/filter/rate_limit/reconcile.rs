@@ -19,6 +19,26 @@
 //! Reports are numbered; an update says which report of the worker it
 //! includes, so spends are never counted twice or missed. Channels are
 //! bounded crossbeam channels; workers only `try_send`/`try_recv`.
+//!
+//! The bound. For one key over one window, with N workers:
+//!
+//! ```text
+//! limit − N  ≤  admitted  ≤  limit + (N − 1)·[share·burst < 1] + lag
+//! ```
+//!
+//! The lower side holds while demand lasts (shares are rounded down to
+//! whole requests). On the upper side, the middle term is rounding: a
+//! worker whose share is worth less than one request may still hold one
+//! (otherwise a burst of 1 spread over N workers could never pass); `lag`
+//! is what the key's traffic can take while the workers switch to a new
+//! set of shares — they poll four times per sync interval, so one worker
+//! may still spend its old share for up to a quarter of an interval after
+//! another took its new one. With 50 ms intervals that is a few requests
+//! for a key at hundreds of requests per second, and nothing for a key
+//! whose traffic stays on one worker. `tests/rate_limit.rs` measures it
+//! (limit 60, two workers: 60 pinned, 59–62 spread; the naive designs
+//! give 30 pinned for limit/N per worker and 120 spread for the full limit
+//! per worker).
 
 use super::algo::{Algorithm, Params, State};
 use super::redis_store::{LeaseReq, LeaseResp};
@@ -125,6 +145,9 @@ struct Holder {
     demand: f64,
     /// Has reported the key (an installed key counts once reported).
     acked: bool,
+    /// Quota in the view last sent to it, and spends it reported since.
+    alloc: f64,
+    spent_since: f64,
 }
 
 #[derive(Debug, Default)]
@@ -269,15 +292,19 @@ impl Reconciler {
             it.spends.apply(&mut g.state, p);
             g.last_active = now;
             g.lease.demand_tick += it.demand as u64;
+            let spent = (it.spends.cur + it.spends.prev) as f64;
             match g.holders.iter_mut().find(|h| h.worker == r.worker) {
                 Some(h) => {
                     h.demand += it.demand as f64;
                     h.acked = true;
+                    h.spent_since += spent;
                 }
                 None => g.holders.push(Holder {
                     worker: r.worker,
                     demand: it.demand as f64,
                     acked: true,
+                    alloc: 0.0,
+                    spent_since: 0.0,
                 }),
             }
             self.touched.push((it.limit, it.key));
@@ -350,6 +377,8 @@ impl Reconciler {
                             worker: w,
                             demand: 0.0,
                             acked: false,
+                            alloc: 0.0,
+                            spent_since: 0.0,
                         });
                     }
                 }
@@ -405,6 +434,24 @@ impl Reconciler {
             0.0
         };
         let wsum = total + floor * h;
+        // Until a worker takes this update it may spend what is left of its
+        // previous view; what exceeds its new part is held back from all.
+        let lag: f64 = acked
+            .iter()
+            .map(|&i| {
+                let hd = &g.holders[i];
+                let old = (hd.alloc - hd.spent_since).max(0.0);
+                (old - avail * (hd.demand + floor) / wsum).max(0.0)
+            })
+            .sum();
+        if lag > 0.0 {
+            match &mut base {
+                State::Bucket { tokens, .. } => *tokens -= lag,
+                State::Window { cur, .. } => *cur += lag,
+                State::Credit { balance } => *balance -= lag,
+            }
+        }
+        let avail_after = base.available(p, 1.0, now).max(0.0);
         let awaiting = credit && g.lease.in_flight && g.state.available(p, 1.0, now) < 1.0;
         // Credit is handed out in whole requests (largest remainder), so a
         // small balance is not lost to rounding.
@@ -447,6 +494,11 @@ impl Reconciler {
                 },
                 st => st.scaled(share),
             };
+            hd.alloc = match state {
+                State::Credit { balance } => balance,
+                _ => share * avail_after,
+            };
+            hd.spent_since = 0.0;
             if let Some(out) = self.out.get_mut(hd.worker as usize) {
                 out.push(Update {
                     limit: li,

@@ -117,9 +117,7 @@ pub fn srv_targets(server: SocketAddr, name: &str) -> io::Result<Vec<(SocketAddr
             .iter()
             .filter_map(|r| match r {
                 Record::A(n, ip) if n.eq_ignore_ascii_case(&s.target) => Some(IpAddr::V4(*ip)),
-                Record::Aaaa(n, ip) if n.eq_ignore_ascii_case(&s.target) => {
-                    Some(IpAddr::V6(*ip))
-                }
+                Record::Aaaa(n, ip) if n.eq_ignore_ascii_case(&s.target) => Some(IpAddr::V6(*ip)),
                 _ => None,
             })
             .collect();
@@ -197,7 +195,10 @@ pub fn query(server: SocketAddr, name: &str, qtype: u16) -> io::Result<Answer> {
         let n = match sock.recv(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "DNS query timed out"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "DNS query timed out",
+                ));
             }
             Err(e) => return Err(e),
         };
@@ -206,7 +207,10 @@ pub fn query(server: SocketAddr, name: &str, qtype: u16) -> io::Result<Answer> {
             return decode_answer(msg);
         }
         if std::time::Instant::now() >= deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "DNS query timed out"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "DNS query timed out",
+            ));
         }
     }
 }
@@ -257,7 +261,9 @@ pub fn decode_name(msg: &[u8], mut pos: usize) -> io::Result<(String, usize)> {
     for _ in 0..128 {
         let len = *msg.get(pos).ok_or_else(|| bad("name past the end"))? as usize;
         if len & 0xc0 == 0xc0 {
-            let lo = *msg.get(pos + 1).ok_or_else(|| bad("pointer past the end"))? as usize;
+            let lo = *msg
+                .get(pos + 1)
+                .ok_or_else(|| bad("pointer past the end"))? as usize;
             end.get_or_insert(pos + 2);
             pos = ((len & 0x3f) << 8) | lo;
             continue;
@@ -291,7 +297,12 @@ pub fn decode_answer(msg: &[u8]) -> io::Result<Answer> {
     let rcode = msg[3] & 0x0f;
     match rcode {
         0 => {}
-        3 => return Err(io::Error::new(io::ErrorKind::NotFound, "no such name (NXDOMAIN)")),
+        3 => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such name (NXDOMAIN)",
+            ));
+        }
         2 => return Err(io::Error::other("server failure (SERVFAIL)")),
         5 => return Err(io::Error::other("query refused (REFUSED)")),
         r => return Err(io::Error::other(format!("DNS error code {r}"))),
@@ -310,7 +321,9 @@ pub fn decode_answer(msg: &[u8]) -> io::Result<Answer> {
         let rtype = u16_at(msg, p)?;
         let rdlen = u16_at(msg, p + 8)? as usize;
         let rd = p + 10;
-        let data = msg.get(rd..rd + rdlen).ok_or_else(|| bad("record past the end"))?;
+        let data = msg
+            .get(rd..rd + rdlen)
+            .ok_or_else(|| bad("record past the end"))?;
         pos = rd + rdlen;
         let rec = match (rtype, rdlen) {
             (TYPE_A, 4) => Some(Record::A(
@@ -384,7 +397,10 @@ mod tests {
         );
         assert_eq!(
             a.additional,
-            vec![Record::A("node1.svc.local".into(), Ipv4Addr::new(127, 0, 0, 9))]
+            vec![Record::A(
+                "node1.svc.local".into(),
+                Ipv4Addr::new(127, 0, 0, 9)
+            )]
         );
     }
 
@@ -392,7 +408,10 @@ mod tests {
     fn errors_and_garbage_are_errors() {
         let mut q = encode_query(1, "x.test", TYPE_A).unwrap();
         q[3] = 3;
-        assert_eq!(decode_answer(&q).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            decode_answer(&q).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
         assert!(decode_answer(&[0; 5]).is_err());
         // A pointer loop.
         let mut l = encode_query(1, "x", TYPE_A).unwrap();

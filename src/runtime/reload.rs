@@ -1,0 +1,215 @@
+//! Hot reload: a new config is read and validated off the workers, then
+//! published as one immutable snapshot that every worker switches to at its
+//! next request boundary.
+//!
+//! How it fits: [`ConfigStore`] holds the published config and a generation
+//! number. A worker compares that number (one relaxed atomic load) before
+//! each request; when it changed, the worker builds its local state for the
+//! new generation — keeping the pools of upstreams whose settings did not
+//! change — and serves every new request with it, while requests already in
+//! flight finish on the config they started with. An invalid file changes
+//! nothing: the old config keeps serving and every error is reported (log,
+//! `ringgate_config_reloads_total{result="error"}`, the reload response).
+//!
+//! Triggers: SIGHUP, `POST /reload` on the admin listener, and, with
+//! `[config] watch = true`, a change of the file's modification time.
+
+use crate::config::Config;
+use crate::telemetry::metrics::Metrics;
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The published config and its generation number.
+pub struct ConfigStore {
+    current: ArcSwap<Config>,
+    generation: AtomicU64,
+}
+
+impl ConfigStore {
+    /// A store publishing `config` as generation 0.
+    pub fn new(config: Arc<Config>) -> Self {
+        ConfigStore {
+            current: ArcSwap::new(config),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The current generation number (cheap: one relaxed load).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current config.
+    pub fn load(&self) -> Arc<Config> {
+        self.current.load_full()
+    }
+
+    /// The current config with its generation number.
+    pub fn load_with_generation(&self) -> (u64, Arc<Config>) {
+        loop {
+            let g = self.generation();
+            let c = self.current.load_full();
+            if self.generation() == g {
+                return (g, c);
+            }
+        }
+    }
+
+    fn publish(&self, config: Arc<Config>) {
+        self.current.store(config);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Reloads the config file into a [`ConfigStore`].
+pub struct Reloader {
+    path: PathBuf,
+    store: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    lock: Mutex<()>,
+}
+
+fn upstream_fingerprint(u: &crate::config::UpstreamConfig) -> String {
+    format!(
+        "{:?}{:?}",
+        (
+            &u.discovery,
+            &u.targets,
+            &u.weights,
+            u.balance,
+            &u.hash_key,
+            u.connect_timeout,
+            u.request_timeout,
+            u.try_timeout,
+        ),
+        (
+            u.retries,
+            u.retry_budget_percent,
+            u.max_idle_per_target,
+            u.idle_timeout,
+            &u.health,
+            &u.outlier,
+            &u.breaker,
+            &u.fallback,
+        )
+    )
+}
+
+impl Reloader {
+    /// A reloader for the file at `path`.
+    pub fn new(path: PathBuf, store: Arc<ConfigStore>, metrics: Arc<Metrics>) -> Self {
+        Reloader {
+            path,
+            store,
+            metrics,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Reads, validates and publishes the file. On error nothing changes and
+    /// every problem is returned (and logged and counted).
+    pub fn reload(&self) -> Result<String, Vec<String>> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let t = Instant::now();
+        let r = self.prepare();
+        match r {
+            Ok((config, summary)) => {
+                crate::upstream::start_control(&config);
+                if let Some(a) = &config.auth {
+                    a.start_control();
+                }
+                self.store.publish(Arc::new(config));
+                self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .reload_us
+                    .store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                tracing::info!(%summary, elapsed_us = t.elapsed().as_micros() as u64, "config reloaded");
+                Ok(summary)
+            }
+            Err(errors) => {
+                self.metrics.reloads_err.fetch_add(1, Ordering::Relaxed);
+                for e in &errors {
+                    tracing::error!(error = %e, "reload rejected; the running config is unchanged");
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    fn prepare(&self) -> Result<(Config, String), Vec<String>> {
+        let mut new = Config::load(&self.path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let old = self.store.load();
+        let mut errors = Vec::new();
+        let (o, n) = (&old.server, &new.server);
+        for (key, same) in [
+            ("server.listen", o.listen == n.listen),
+            ("server.workers", o.workers == n.workers),
+            ("server.pin", o.pin == n.pin),
+            ("server.io", o.io == n.io),
+            ("server.io_uring_entries", o.io_uring_entries == n.io_uring_entries),
+            ("server.io_uring_mode", o.io_uring_mode == n.io_uring_mode),
+            ("server.backlog", o.backlog == n.backlog),
+            (
+                "log",
+                old.log.access == new.log.access && old.log.path == new.log.path,
+            ),
+            ("admin", format!("{:?}", old.admin) == format!("{:?}", new.admin)),
+            ("auth / consumers", old.auth_fingerprint == new.auth_fingerprint),
+            ("rate_limits / redis", old.rate_fingerprint == new.rate_fingerprint),
+        ] {
+            if !same {
+                errors.push(format!(
+                    "{key}: cannot change while running (fix: restore the running value, or restart the binary: a new process binds the same ports with SO_REUSEPORT and the old one drains)"
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // Upstreams whose settings did not change keep their shared state
+        // (discovered targets, health, breaker) and, on every worker, their
+        // pools.
+        let mut kept = 0;
+        for u in &mut new.upstreams {
+            if let Some(prev) = old.upstreams.iter().find(|p| p.name == u.name)
+                && upstream_fingerprint(prev) == upstream_fingerprint(u)
+            {
+                u.state = prev.state.clone();
+                kept += 1;
+            }
+        }
+        // Metric labels follow names across reloads.
+        self.metrics.assign_slots(&mut new);
+        let summary = format!(
+            "{} routes, {} upstreams ({} kept with their pools)",
+            new.routes.len(),
+            new.upstreams.len(),
+            kept
+        );
+        Ok((new, summary))
+    }
+
+    /// Watches the file's modification time and reloads on change.
+    pub fn watch(self: Arc<Self>) {
+        let _ = std::thread::Builder::new()
+            .name(String::from("ringgate-watch"))
+            .spawn(move || {
+                let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                let mut last = mtime(&self.path);
+                loop {
+                    std::thread::sleep(Duration::from_millis(500));
+                    let now = mtime(&self.path);
+                    if now.is_some() && now != last {
+                        last = now;
+                        // Let an editor finish writing.
+                        std::thread::sleep(Duration::from_millis(100));
+                        let _ = self.reload();
+                    }
+                }
+            });
+    }
+}
