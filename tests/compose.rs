@@ -436,3 +436,23 @@ colour = "red"
         assert!(e.contains(want), "missing {want} in:\n{e}");
     }
 }
+
+/// `config/demo.toml` (the config `ringgate demo` runs) stays valid.
+#[test]
+fn demo_config_checks() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["check", "-c", "config/demo.toml"])
+        .env(
+            "RINGGATE_DEMO_JWT_SECRET",
+            "a-test-secret-that-is-long-enough-for-hs256-0123456789",
+        )
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run ringgate check");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -795,17 +795,15 @@ rate_limit = ["key"]
 
 /// The stated bound: for a key over a window, with N workers,
 ///
-///   limit − N ≤ admitted ≤ limit + (N − 1)·[share·burst < 1] + lag,
+///   limit − N ≤ admitted ≤ limit + (N − 1)·[share·burst < 1] + refill,
 ///
-/// where `lag` is what the instance admits for the key while the workers
-/// take a new set of shares (they poll four times per sync interval, so
-/// at most a quarter interval apart): the worker still on the old share
-/// can spend up to the difference. Here (limit 60, N = 2, ~250 requests/s,
-/// 50 ms interval) that is at most 60 + 0 + 4 = 64; runs measure 59–62,
-/// whether the key's traffic is pinned to one worker or spread over both.
-/// The naive designs each miss one case: `split` (limit/N per worker)
-/// admits half the limit when pinned; `full` (the whole limit on every
-/// worker) admits N times the limit when spread.
+/// where `refill` is what a bucket refills while workers switch shares (a
+/// quarter sync interval; nothing at this limit's rate). Here (limit 60,
+/// N = 2, share·burst ≥ 1) that is 58..=60; the assertion leaves one
+/// request of slack above. Runs measure 60 pinned and 59 spread. The
+/// naive designs each miss one case: `split` (limit/N per worker) admits
+/// half the limit when pinned; `full` (the whole limit on every worker)
+/// admits N times the limit when spread.
 #[test]
 fn instance_limit_holds_pinned_and_spread() {
     let b = Backend::start();
@@ -825,8 +823,8 @@ fn instance_limit_holds_pinned_and_spread() {
     let get = |m: &str, s: bool| report.iter().find(|r| r.0 == m && r.1 == s).unwrap().2;
     let pinned = get("reconciled", false);
     let spread = get("reconciled", true);
-    assert!((58..=64).contains(&pinned), "reconciled, pinned: {pinned}");
-    assert!((58..=64).contains(&spread), "reconciled, spread: {spread}");
+    assert!((58..=61).contains(&pinned), "reconciled, pinned: {pinned}");
+    assert!((58..=61).contains(&spread), "reconciled, spread: {spread}");
     // The naive designs, for comparison.
     assert_eq!(get("split", false), 30, "split, pinned");
     let full = get("full", true);
@@ -976,9 +974,8 @@ fn two_instances_share_a_global_limit_through_redis() {
     let port = free_port();
     let redis = Redis::start(port).expect("redis-server starts");
     let b = Backend::start();
-    let nw: usize = std::env::var("RLW").map(|v| v.parse().unwrap()).unwrap_or(2);
-    let g1 = Gateway::start(nw, b.addr, &global_config(port));
-    let g2 = Gateway::start(nw, b.addr, &global_config(port));
+    let g1 = Gateway::start(2, b.addr, &global_config(port));
+    let g2 = Gateway::start(2, b.addr, &global_config(port));
 
     let n = hammer(&[&g1, &g2], "/shared", "k1", Duration::from_millis(2500));
     eprintln!("global: {n} admitted by two instances, limit 300");

@@ -302,9 +302,7 @@ transform = { request_headers = { remove = ["Content-Length", "Host"] }, path = 
     let e = ringgate::config::Config::parse(bad)
         .unwrap_err()
         .to_string();
-    for want in ["colour"] {
-        assert!(e.contains(want), "missing {want} in:\n{e}");
-    }
+    assert!(e.contains("colour"), "missing colour in:\n{e}");
     let bad = r#"
 [upstreams.a]
 targets = ["127.0.0.1:9"]

@@ -183,9 +183,12 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Assembles a route's chain: auth, then rate limits (then, as they
-    /// land, cache lookup and request transforms). This is the one place
-    /// that decides what a route does.
+    /// Assembles a route's chain: auth, then rate limits (then, as it
+    /// lands, cache lookup). This is the one place that decides which
+    /// filters a route runs; after them the connection loop applies the
+    /// route's request transform ([`transform::apply_request`], which edits
+    /// the forwarded head itself) and then composes ([`crate::proxy::compose`])
+    /// or forwards.
     pub fn compile(
         auth: Option<auth::RoutePolicy>,
         rate: Option<rate_limit::RoutePolicy>,

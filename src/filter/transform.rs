@@ -106,13 +106,16 @@ pub struct JsonOpsFile {
     pub max_body_bytes: Option<usize>,
 }
 
+/// A `(name, value)` or `(from, to)` pair of byte strings.
+type BytePair = (Box<[u8]>, Box<[u8]>);
+
 /// Header ops, compiled.
 #[derive(Debug, Default)]
 pub struct HeaderOps {
     /// Lower-case names whose lines are dropped (remove, set, rename).
     drop: Vec<Box<[u8]>>,
     /// `(lower-case from, to)`.
-    rename: Vec<(Box<[u8]>, Box<[u8]>)>,
+    rename: Vec<BytePair>,
     /// The `add` and `set` lines, ready to append.
     lines: Box<[u8]>,
 }
@@ -148,7 +151,7 @@ pub struct Transform {
     response_headers: HeaderOps,
     path: PathOp,
     /// Query parameters set: encoded `(name, value)`.
-    query_add: Vec<(Box<[u8]>, Box<[u8]>)>,
+    query_add: Vec<BytePair>,
     /// Query parameters removed: encoded names.
     query_remove: Vec<Box<[u8]>>,
     /// Response JSON ops.
@@ -676,7 +679,7 @@ where
     let outcome = forward::forward(w, snap, route, &mut cap, c).await;
     let Capture {
         inner: client,
-        buf: captured,
+        buf: mut captured,
         passthrough,
         ..
     } = cap;
@@ -685,19 +688,25 @@ where
     } else {
         match outcome {
             Outcome::Done { keep_alive } => {
-                let out = rewrite_captured(ops, &captured, c.head.is_head);
-                let bytes = out.as_deref().unwrap_or(&captured);
-                let b = bytes.to_vec();
-                let (r, _) = client.write_all(b).await;
+                let data = match rewrite_captured(ops, &captured, c.head.is_head) {
+                    Some(rewritten) => rewritten,
+                    None => std::mem::take(&mut captured),
+                };
+                let n = data.len();
+                let (r, data) = client.write_all(data).await;
+                if captured.capacity() == 0 {
+                    captured = data;
+                }
                 if r.is_err() {
                     Outcome::Abort
                 } else {
-                    c.bytes_out = bytes.len() as u64;
+                    c.bytes_out = n as u64;
                     Outcome::Done { keep_alive }
                 }
             }
             Outcome::Upgrade(us) => {
-                let (r, _) = client.write_all(captured.clone()).await;
+                let (r, data) = client.write_all(std::mem::take(&mut captured)).await;
+                captured = data;
                 if r.is_err() {
                     Outcome::Abort
                 } else {

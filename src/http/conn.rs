@@ -289,7 +289,9 @@ where
                 _ => return,
             }
         }
-        let deadline = Instant::now() + srv.header_timeout;
+        // The header deadline is only needed (and the clock only read) when
+        // the head did not arrive in one piece.
+        let mut deadline: Option<Instant> = None;
         loop {
             match parse::parse_request(
                 &c.buf,
@@ -322,7 +324,10 @@ where
                         let want = (c.buf.capacity() * 2).min(srv.max_header_bytes);
                         c.buf.reserve_exact(want - c.buf.len());
                     }
-                    let left = deadline.saturating_duration_since(Instant::now());
+                    let now = Instant::now();
+                    let left = deadline
+                        .get_or_insert(now + srv.header_timeout)
+                        .saturating_duration_since(now);
                     let (r, b) =
                         read_more_within(&mut stream, std::mem::take(&mut c.buf), left).await;
                     c.buf = b;
@@ -430,6 +435,7 @@ where
         // Phase 2: route.
         let started = Instant::now();
         c.upstream_addr = None;
+        c.upstream_id = None;
         c.upstream_us = None;
         c.bytes_out = 0;
         c.rewrite.clear();
@@ -553,7 +559,7 @@ where
 
         // The request transform (after the filters, so it sees what they added).
         if let Some(t) = &rc.transform {
-            crate::filter::transform::apply_request(t, &cfg, &mut c);
+            crate::filter::transform::apply_request(t, cfg, &mut c);
         }
 
         // Phase 4, composed: several upstreams in parallel, one merged answer.
@@ -601,8 +607,8 @@ where
                 close,
             } => {
                 if status == 502 || status == 504 {
-                    w.metrics
-                        .upstream_error(cfg.upstream_slots[cfg.routes[route as usize].upstream]);
+                    let up = c.upstream_id.unwrap_or(cfg.routes[route as usize].upstream);
+                    w.metrics.upstream_error(cfg.upstream_slots[up]);
                 }
                 // The failed request is still in the buffer unless its body
                 // was streamed; drop it so the next one is read next.
@@ -666,9 +672,7 @@ struct ReqInfo {
 impl ReqInfo {
     fn capture(w: &Worker, c: &mut Conn, started: Instant) -> ReqInfo {
         let method = c.head.method.of(&c.buf);
-        let mut rnd = [0u8; 32];
-        w.next_request_id(&mut rnd);
-        let trace = TraceContext::new(c.head.traceparent.map(|t| t.of(&c.buf)), &rnd);
+        let trace = TraceContext::new(c.head.traceparent.map(|t| t.of(&c.buf)), &c.fresh);
         let bytes_in = c.head.len as u64
             + match c.head.framing {
                 BodyFraming::Length(n) => n,

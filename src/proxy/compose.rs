@@ -121,7 +121,7 @@ impl PathTemplate {
         let mut rest = template;
         while let Some(open) = rest.find('{') {
             if open > 0 {
-                pieces.push(TemplatePiece::Lit(rest[..open].as_bytes().into()));
+                pieces.push(TemplatePiece::Lit(rest.as_bytes()[..open].into()));
             }
             let after = &rest[open + 1..];
             let close = after
@@ -590,7 +590,7 @@ pub async fn serve<S: AsyncWriteRent>(
         let buf = &c.buf;
         let mut params = crate::router::Params::new();
         let host = c.head.host.map_or(&b""[..], |h| h.of(buf));
-        let path = super::super::filter::transform::routing_path(buf, &c.head);
+        let path = crate::filter::transform::routing_path(buf, &c.head);
         let _ = cfg
             .table
             .lookup(host, c.head.method.of(buf), path, &mut params);
@@ -641,7 +641,7 @@ pub async fn serve<S: AsyncWriteRent>(
                 .min(deadline.saturating_duration_since(Instant::now()));
             let common = &common;
             Box::pin(async move {
-                match monoio::time::timeout(t, fetch(w, snap, p, line, common, comp.max_part_bytes))
+                match monoio::time::timeout(t, fetch(snap, p, line, common, comp.max_part_bytes))
                     .await
                 {
                     Ok(r) => r,
@@ -692,7 +692,6 @@ pub async fn serve<S: AsyncWriteRent>(
     if reply.status != 200 {
         w.metrics.upstream_error(cfg.routes[route].upstream);
     }
-    c.bytes_out = (reply.body.len() + 128) as u64;
     let ok = crate::http::conn::write_reply(
         client,
         &mut c.scratch,
@@ -703,6 +702,10 @@ pub async fn serve<S: AsyncWriteRent>(
         c.head.is_head,
     )
     .await;
+    if ok {
+        // The scratch buffer holds the response that was written.
+        c.bytes_out = c.scratch.len() as u64;
+    }
     (reply.status, ok && !close)
 }
 
@@ -710,7 +713,6 @@ pub async fn serve<S: AsyncWriteRent>(
 /// upstream, the whole 2xx body read (up to `cap`). A pooled connection
 /// that turns out stale is replaced by a fresh one once.
 async fn fetch(
-    w: &Worker,
     snap: &Generation,
     p: &Part,
     line: &[u8],

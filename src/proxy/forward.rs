@@ -82,6 +82,8 @@ pub struct Conn {
     pub body_end: usize,
     /// Header lines filters add to the upstream request.
     pub up_extra: Vec<u8>,
+    /// The upstream chosen for the current request (after a canary split).
+    pub upstream_id: Option<usize>,
     /// The target that served the current request, if any.
     pub upstream_addr: Option<SocketAddr>,
     /// Time from request sent to response head, in µs.
@@ -99,6 +101,8 @@ pub struct Conn {
     pub rewrite: crate::filter::transform::Rewrite,
     /// Current request id.
     pub rid: RequestId,
+    /// A fresh random id for the current request (see `set_request_id`).
+    pub fresh: [u8; 32],
     /// Client address.
     pub peer: SocketAddr,
     peer_ip: ([u8; 48], u8),
@@ -124,6 +128,7 @@ impl Conn {
             scratch: Vec::with_capacity(512),
             body_end: 0,
             up_extra: Vec::new(),
+            upstream_id: None,
             upstream_addr: None,
             upstream_us: None,
             bytes_out: 0,
@@ -136,22 +141,23 @@ impl Conn {
                 len: 0,
                 from_client: false,
             },
+            fresh: [0; 32],
             peer,
             peer_ip: (ip, n as u8),
         }
     }
 
-    /// Takes the client's `X-Request-Id` or generates one.
+    /// Takes the client's `X-Request-Id` or generates one. Either way a
+    /// fresh 32-hex-digit id is left in `fresh` (it seeds the trace id).
     pub fn set_request_id(&mut self, w: &Worker) {
+        w.next_request_id(&mut self.fresh);
         if let Some(s) = self.head.request_id {
             let v = s.of(&self.buf);
             self.rid.bytes[..v.len()].copy_from_slice(v);
             self.rid.len = v.len() as u8;
             self.rid.from_client = true;
         } else {
-            let mut id = [0u8; 32];
-            w.next_request_id(&mut id);
-            self.rid.bytes[..32].copy_from_slice(&id);
+            self.rid.bytes[..32].copy_from_slice(&self.fresh);
             self.rid.len = 32;
             self.rid.from_client = false;
         }
@@ -364,10 +370,14 @@ async fn read_response_head<S: AsyncWriteRent>(
     us: &mut TcpStream,
     client: &mut S,
     c: &mut Conn,
+    sent_at: Instant,
     timeout: Duration,
 ) -> HeadWait {
     c.ubuf.clear();
-    let deadline = Instant::now() + timeout;
+    // The first read gets the whole timeout (no clock read); later reads
+    // get what is left of it.
+    let deadline = sent_at + timeout;
+    let mut first = true;
     let mut got_any = false;
     loop {
         if !c.ubuf.is_empty() {
@@ -405,7 +415,12 @@ async fn read_response_head<S: AsyncWriteRent>(
             c.ubuf
                 .reserve_exact(want.saturating_sub(c.ubuf.len()).max(1));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = if first {
+            first = false;
+            timeout
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
         let (r, b) = read_more_within(us, std::mem::take(&mut c.ubuf), left).await;
         c.ubuf = b;
         match r {
@@ -444,6 +459,7 @@ where
     let up_cfg = &cfg.upstreams[up_id];
     let up = &snap.upstreams[up_id];
     let shared = &*up.shared;
+    c.upstream_id = Some(up_id);
 
     // Request body bytes already read with the head.
     let head_len = c.head.len;
@@ -497,7 +513,9 @@ where
     // idempotent and held whole).
     let list = up.list();
     let retry_ok = c.head.idempotent && body_done;
-    let deadline = Instant::now() + up_cfg.request_timeout;
+    let start = Instant::now();
+    let deadline = start + up_cfg.request_timeout;
+    let mut try_now = start;
     let mut tried = 0u64;
     let mut retries = 0u32;
     let mut next: Option<usize> = None;
@@ -528,12 +546,15 @@ where
                 }
             },
         };
+        if tried != 0 {
+            try_now = Instant::now();
+        }
         balance::mark(&mut tried, t);
         let target = &*list.targets[t];
         let pooled = if fresh_only {
             None
         } else {
-            up.checkout(target, Instant::now())
+            up.checkout(target, try_now)
         };
         fresh_only = false;
         let reused = pooled.is_some();
@@ -568,7 +589,7 @@ where
         target.begin();
         w.metrics.upstream_conn(cfg.upstream_slots[up_id], reused);
         c.upstream_addr = Some(target.addr);
-        let sent_at = Instant::now();
+        let sent_at = if reused { try_now } else { Instant::now() };
         let wr = write_out(&mut us, c, true).await;
         if wr.is_err() {
             target.end();
@@ -647,10 +668,11 @@ where
                 c.buf.clear();
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match read_response_head(&mut us, client, c, up_cfg.try_timeout.min(left)).await {
+        let left = deadline.saturating_duration_since(sent_at);
+        match read_response_head(&mut us, client, c, sent_at, up_cfg.try_timeout.min(left)).await {
             HeadWait::Ok => {
                 let now = Instant::now();
+                try_now = now;
                 let rtt = now.saturating_duration_since(sent_at);
                 c.upstream_us = Some(rtt.as_micros() as u64);
                 if up_cfg.balance == Balance::P2cEwma {
@@ -871,7 +893,7 @@ where
         return Outcome::Abort;
     }
     if up_reusable {
-        up.checkin(target, us, Instant::now());
+        up.checkin(target, us, try_now);
     }
     Outcome::Done { keep_alive: !close }
 }

@@ -218,11 +218,27 @@ impl RequestIds {
         self.counter.set(c);
         let hi = splitmix(self.seed ^ c);
         let lo = self.seed.rotate_left(29) ^ c;
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for i in 0..16 {
-            out[i] = HEX[((hi >> (60 - 4 * i)) & 0xf) as usize];
-            out[16 + i] = HEX[((lo >> (60 - 4 * i)) & 0xf) as usize];
-        }
+        hex16(hi, &mut out[..16]);
+        hex16(lo, &mut out[16..]);
+    }
+}
+
+/// Two hex digits per byte, from a 256-entry table.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+fn hex16(v: u64, out: &mut [u8]) {
+    for (i, b) in v.to_be_bytes().iter().enumerate() {
+        out[2 * i..2 * i + 2].copy_from_slice(&HEX_PAIRS[*b as usize]);
     }
 }
 

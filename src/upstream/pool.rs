@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Pooled connections idle longer than this are probed before reuse.
-pub const CHECK_AFTER_IDLE: Duration = Duration::from_millis(1);
+pub const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// An idle upstream connection.
 pub struct Pooled {

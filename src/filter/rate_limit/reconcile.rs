@@ -23,22 +23,21 @@
 //! The bound. For one key over one window, with N workers:
 //!
 //! ```text
-//! limit − N  ≤  admitted  ≤  limit + (N − 1)·[share·burst < 1] + lag
+//! limit − N  ≤  admitted  ≤  limit + (N − 1)·[share·burst < 1] + refill
 //! ```
 //!
 //! The lower side holds while demand lasts (shares are rounded down to
 //! whole requests). On the upper side, the middle term is rounding: a
 //! worker whose share is worth less than one request may still hold one
-//! (otherwise a burst of 1 spread over N workers could never pass); `lag`
-//! is what the key's traffic can take while the workers switch to a new
-//! set of shares — they poll four times per sync interval, so one worker
-//! may still spend its old share for up to a quarter of an interval after
-//! another took its new one. With 50 ms intervals that is a few requests
-//! for a key at hundreds of requests per second, and nothing for a key
-//! whose traffic stays on one worker. `tests/rate_limit.rs` measures it
-//! (limit 60, two workers: 60 pinned, 59–62 spread; the naive designs
-//! give 30 pinned for limit/N per worker and 120 spread for the full limit
-//! per worker).
+//! (otherwise a burst of 1 spread over N workers could never pass). A
+//! worker takes a new share up to a quarter interval after another (they
+//! poll four times per sync interval); new parts are sized so that each
+//! worker's old view and new part both fit (see `reconcile_key`), so only
+//! what a bucket refills in that quarter interval can slip past — under
+//! one request for most limits. `tests/rate_limit.rs` measures it (token
+//! bucket of 60, two workers: 60 pinned, 59 spread; the naive designs give
+//! 30 pinned for limit/N per worker and 120 spread for the full limit per
+//! worker; two instances over Redis: 300 of 300).
 
 use super::algo::{Algorithm, Params, State};
 use super::redis_store::{LeaseReq, LeaseResp};
@@ -435,15 +434,41 @@ impl Reconciler {
         };
         let wsum = total + floor * h;
         // Until a worker takes this update it may spend what is left of its
-        // previous view; what exceeds its new part is held back from all.
-        let lag: f64 = acked
+        // previous view (`old`). So the parts are sized such that every
+        // worker's larger of old and new still fits: Σ max(old_v, s_v·x) ≤
+        // avail, solved for the common quota `x` by a few fixed-point
+        // steps (x only decreases).
+        let shares: Vec<(f64, f64)> = acked
             .iter()
             .map(|&i| {
                 let hd = &g.holders[i];
-                let old = (hd.alloc - hd.spent_since).max(0.0);
-                (old - avail * (hd.demand + floor) / wsum).max(0.0)
+                (
+                    (hd.demand + floor) / wsum,
+                    (hd.alloc - hd.spent_since).max(0.0),
+                )
             })
-            .sum();
+            .collect();
+        let mut x = avail;
+        for _ in 0..4 {
+            let (mut fixed, mut free) = (0.0, 0.0);
+            for &(sh, old) in &shares {
+                if old > sh * x {
+                    fixed += old;
+                } else {
+                    free += sh;
+                }
+            }
+            let nx = if free > 0.0 {
+                ((avail - fixed) / free).clamp(0.0, x)
+            } else {
+                0.0
+            };
+            if (x - nx).abs() < 1e-9 {
+                break;
+            }
+            x = nx;
+        }
+        let lag = avail - x;
         if lag > 0.0 {
             match &mut base {
                 State::Bucket { tokens, .. } => *tokens -= lag,

@@ -1,0 +1,533 @@
+//! What may be cached and for how long: request and response
+//! `Cache-Control`, `Expires`/`Date`/`Age`, `Vary`, `Set-Cookie`, and the
+//! conversion of a captured response (as the client received it) into the
+//! stored form: the head without per-request and hop-by-hop lines, a
+//! `Content-Length`, and the de-chunked body.
+//!
+//! Everything here is pure (no I/O, no worker state), so the rules are unit
+//! tested below.
+
+use super::RouteCache;
+use crate::http::chunked::ChunkedScanner;
+use crate::http::name_eq;
+use crate::http::parse::{self, BodyFraming, HeaderLine, HeaderRole, Parsed, ResponseHead};
+use std::time::Duration;
+
+/// The directives of one or more `Cache-Control` values that matter here.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheControl {
+    /// `no-store`
+    pub no_store: bool,
+    /// `no-cache` (with or without a field list)
+    pub no_cache: bool,
+    /// `private` (with or without a field list)
+    pub private: bool,
+    /// `must-revalidate` or `proxy-revalidate`
+    pub must_revalidate: bool,
+    /// `only-if-cached` (requests)
+    pub only_if_cached: bool,
+    /// `max-age=N`
+    pub max_age: Option<u64>,
+    /// `s-maxage=N`
+    pub s_maxage: Option<u64>,
+    /// `stale-while-revalidate=N` (RFC 5861)
+    pub stale_while_revalidate: Option<u64>,
+    /// `stale-if-error=N` (RFC 5861)
+    pub stale_if_error: Option<u64>,
+    /// Some directive was present.
+    pub any: bool,
+}
+
+fn delta_seconds(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    let v = v
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(v);
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Larger than any useful lifetime: saturate (RFC 9111 §1.2.2).
+    Some(
+        v.iter()
+            .try_fold(0u64, |a, d| a.checked_mul(10)?.checked_add((d - b'0') as u64))
+            .unwrap_or(u32::MAX as u64)
+            .min(u32::MAX as u64),
+    )
+}
+
+impl CacheControl {
+    /// Adds the directives of one header value.
+    pub fn add(&mut self, value: &[u8]) {
+        for t in crate::http::tokens(value) {
+            self.any = true;
+            let (name, arg) = match t.iter().position(|&b| b == b'=') {
+                Some(i) => (t[..i].trim_ascii(), Some(&t[i + 1..])),
+                None => (t, None),
+            };
+            let lower = |s: &[u8]| name.eq_ignore_ascii_case(s);
+            if lower(b"no-store") {
+                self.no_store = true;
+            } else if lower(b"no-cache") {
+                self.no_cache = true;
+            } else if lower(b"private") {
+                self.private = true;
+            } else if lower(b"must-revalidate") || lower(b"proxy-revalidate") {
+                self.must_revalidate = true;
+            } else if lower(b"only-if-cached") {
+                self.only_if_cached = true;
+            } else if lower(b"max-age") {
+                // An invalid max-age makes the response stale (RFC 9111 §4.2.1).
+                self.max_age = Some(arg.and_then(delta_seconds).unwrap_or(0));
+            } else if lower(b"s-maxage") {
+                self.s_maxage = Some(arg.and_then(delta_seconds).unwrap_or(0));
+            } else if lower(b"stale-while-revalidate") {
+                self.stale_while_revalidate = arg.and_then(delta_seconds);
+            } else if lower(b"stale-if-error") {
+                self.stale_if_error = arg.and_then(delta_seconds);
+            }
+        }
+    }
+}
+
+/// How a request may use the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestMode {
+    /// Neither looked up nor stored (method, body, `Authorization`,
+    /// `no-store`, upgrade).
+    Bypass,
+    /// Looked up; a miss is fetched and stored.
+    Use {
+        /// The client accepts no stored answer (`no-cache`, `max-age=0`,
+        /// `Pragma: no-cache`): fetch, then store.
+        revalidate: bool,
+        /// Oldest stored answer the client accepts (`max-age=N`), seconds.
+        max_age: Option<u64>,
+        /// Answer 504 rather than go to the backend (`only-if-cached`).
+        only_if_cached: bool,
+        /// The client accepts no stale answer (`max-age` given, or
+        /// `no-cache`).
+        no_stale: bool,
+    },
+}
+
+/// How the request in `buf`/`lines` may use a cached route.
+pub fn request_mode(
+    buf: &[u8],
+    head: &crate::http::parse::RequestHead,
+    lines: &[HeaderLine],
+    policy: &RouteCache,
+) -> RequestMode {
+    let method = head.method.of(buf);
+    if (method != b"GET" && method != b"HEAD") || head.has_body() || head.upgrade.is_some() {
+        return RequestMode::Bypass;
+    }
+    let mut cc = CacheControl::default();
+    let mut pragma_no_cache = false;
+    for l in lines {
+        let name = l.name.of(buf);
+        match name.len() {
+            13 if name_eq(name, b"authorization") => {
+                if !policy.allow_authorization {
+                    return RequestMode::Bypass;
+                }
+            }
+            13 if name_eq(name, b"cache-control") => cc.add(l.value.of(buf)),
+            6 if name_eq(name, b"pragma") => {
+                pragma_no_cache |= crate::http::tokens(l.value.of(buf))
+                    .any(|t| t.eq_ignore_ascii_case(b"no-cache"));
+            }
+            _ => {}
+        }
+    }
+    if cc.no_store {
+        return RequestMode::Bypass;
+    }
+    let revalidate = cc.no_cache || cc.max_age == Some(0) || (pragma_no_cache && !cc.any);
+    RequestMode::Use {
+        revalidate,
+        max_age: cc.max_age,
+        only_if_cached: cc.only_if_cached,
+        no_stale: revalidate || cc.max_age.is_some(),
+    }
+}
+
+/// A response ready to be stored: the bytes and how long they serve.
+#[derive(Debug)]
+pub struct Storable {
+    /// Status line and kept header lines, `Content-Length`, then (from
+    /// `head_len`) the body. The blank line that ends the head is *not*
+    /// included: per-request lines go between.
+    pub bytes: Vec<u8>,
+    /// Where the head ends.
+    pub head_len: usize,
+    /// Status code.
+    pub status: u16,
+    /// Lower-case names from `Vary`.
+    pub vary: Vec<Box<[u8]>>,
+    /// Freshness lifetime from the time of storing (the response's
+    /// initial age already taken off).
+    pub fresh_for: Duration,
+    /// The response's age when it arrived (`Age`), seconds.
+    pub initial_age: u64,
+    /// Stale-while-revalidate window after `fresh_for`.
+    pub stale_while_revalidate: Duration,
+    /// Stale-if-error window after `fresh_for`.
+    pub stale_if_error: Duration,
+    /// The response's `ETag`, if any (for `If-None-Match`).
+    pub etag: Option<Box<[u8]>>,
+}
+
+/// Why a captured response was not stored (for tests and debugging).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// Not a complete, valid HTTP response.
+    Incomplete,
+    /// Status not in the route's `statuses`.
+    Status,
+    /// `no-store`, `private` or `no-cache`.
+    Directive,
+    /// `Set-Cookie` without `allow_set_cookie`.
+    SetCookie,
+    /// `Vary: *`.
+    VaryStar,
+    /// No freshness lifetime (no `max-age`/`Expires` and `ttl_s = 0`).
+    NoLifetime,
+}
+
+/// Response header lines that are never stored: framing, hop-by-hop,
+/// and the lines the gateway writes itself on every answer.
+const NOT_STORED: &[&[u8]] = &[
+    b"content-length",
+    b"transfer-encoding",
+    b"trailer",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"x-request-id",
+    b"x-cache",
+    b"age",
+];
+
+/// Turns a captured response into its stored form, or says why not.
+/// `drop_names` are lower-case names of lines the gateway added for this
+/// request only (they are added again on every hit); `now_unix` is the
+/// wall-clock time in seconds (for `Expires` and `Date`).
+pub fn storable(
+    captured: &[u8],
+    policy: &RouteCache,
+    drop_names: &[&[u8]],
+    now_unix: u64,
+) -> Result<Storable, NotStored> {
+    // Skip interim responses (relayed as they came).
+    let mut start = 0;
+    let mut rhead = ResponseHead::default();
+    let mut rlines = Vec::new();
+    loop {
+        match parse::parse_response(&captured[start..], &mut rhead, &mut rlines) {
+            Ok(Parsed::Complete) if (100..200).contains(&rhead.status) => start += rhead.len,
+            Ok(Parsed::Complete) => break,
+            _ => return Err(NotStored::Incomplete),
+        }
+    }
+    let status = rhead.status;
+    if !policy.statuses.contains(&status) {
+        return Err(NotStored::Status);
+    }
+    let head = &captured[start..start + rhead.len];
+    let mut cc = CacheControl::default();
+    let mut expires: Option<&[u8]> = None;
+    let mut date: Option<&[u8]> = None;
+    let mut age = 0u64;
+    let mut vary = Vec::new();
+    let mut etag = None;
+    for l in &rlines {
+        let name = l.name.of(head);
+        let value = l.value.of(head);
+        if name_eq(name, b"cache-control") {
+            cc.add(value);
+        } else if name_eq(name, b"expires") {
+            expires = Some(value);
+        } else if name_eq(name, b"date") {
+            date = Some(value);
+        } else if name_eq(name, b"age") {
+            age = delta_seconds(value).unwrap_or(0);
+        } else if name_eq(name, b"set-cookie") {
+            if !policy.allow_set_cookie {
+                return Err(NotStored::SetCookie);
+            }
+        } else if name_eq(name, b"etag") {
+            etag = Some(value.trim_ascii().into());
+        } else if name_eq(name, b"vary") {
+            for t in crate::http::tokens(value) {
+                if t == b"*" {
+                    return Err(NotStored::VaryStar);
+                }
+                let lower: Box<[u8]> = t.to_ascii_lowercase().into();
+                if !vary.contains(&lower) {
+                    vary.push(lower);
+                }
+            }
+        }
+    }
+    if cc.no_store || cc.private || cc.no_cache {
+        return Err(NotStored::Directive);
+    }
+    let lifetime = if let Some(s) = cc.s_maxage {
+        s
+    } else if let Some(m) = cc.max_age {
+        m
+    } else if let Some(e) = expires {
+        // An invalid Expires (e.g. "0") means already expired.
+        let base = date.and_then(parse_http_date).unwrap_or(now_unix);
+        parse_http_date(e).map_or(0, |e| e.saturating_sub(base))
+    } else {
+        policy.ttl.as_secs()
+    };
+    let fresh = lifetime.saturating_sub(age);
+    let (swr, sie) = if cc.must_revalidate {
+        (0, 0)
+    } else {
+        (
+            cc.stale_while_revalidate
+                .unwrap_or(policy.stale_while_revalidate.as_secs()),
+            cc.stale_if_error.unwrap_or(policy.stale_if_error.as_secs()),
+        )
+    };
+    if fresh == 0 && swr == 0 && sie == 0 {
+        return Err(NotStored::NoLifetime);
+    }
+
+    let rest = &captured[start + rhead.len..];
+    let mut chunked_body = Vec::new();
+    let body: &[u8] = match rhead.framing_for(false) {
+        BodyFraming::None => &[],
+        BodyFraming::Length(n) => rest.get(..n as usize).ok_or(NotStored::Incomplete)?,
+        BodyFraming::UntilClose => rest,
+        BodyFraming::Chunked => {
+            let mut s = ChunkedScanner::new();
+            s.scan(rest, |a, b| chunked_body.extend_from_slice(&rest[a..b]))
+                .map_err(|_| NotStored::Incomplete)?;
+            if !s.is_done() {
+                return Err(NotStored::Incomplete);
+            }
+            &chunked_body
+        }
+    };
+    let mut bytes = Vec::with_capacity(rhead.len + body.len() + 24);
+    bytes.extend_from_slice(&head[..rhead.status_line.end as usize]);
+    for l in &rlines {
+        let name = l.name.of(head);
+        if l.role == HeaderRole::Drop
+            || NOT_STORED.iter().any(|n| name_eq(name, n))
+            || drop_names.iter().any(|n| name_eq(name, n))
+        {
+            continue;
+        }
+        bytes.extend_from_slice(l.line.of(head));
+    }
+    if status != 204 && status != 304 {
+        bytes.extend_from_slice(b"Content-Length: ");
+        bytes.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+    }
+    let head_len = bytes.len();
+    bytes.extend_from_slice(body);
+    Ok(Storable {
+        bytes,
+        head_len,
+        status,
+        vary,
+        fresh_for: Duration::from_secs(fresh),
+        initial_age: age,
+        stale_while_revalidate: Duration::from_secs(swr),
+        stale_if_error: Duration::from_secs(sie),
+        etag,
+    })
+}
+
+/// Lower-case names of the header lines in `extra` (`Name: value\r\n`...).
+pub fn line_names(extra: &[u8]) -> Vec<&[u8]> {
+    extra
+        .split(|&b| b == b'\n')
+        .filter_map(|l| {
+            let i = l.iter().position(|&b| b == b':')?;
+            Some(l[..i].trim_ascii())
+        })
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) into seconds
+/// since the Unix epoch. Other date forms are not accepted (an `Expires`
+/// that does not parse counts as already expired).
+pub fn parse_http_date(v: &[u8]) -> Option<u64> {
+    const MONTHS: [&[u8]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let b = v.trim_ascii();
+    if b.len() != 29 || &b[3..5] != b", " || &b[25..] != b" GMT" {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        let s = &b[r];
+        s.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| s.iter().fold(0u64, |a, d| a * 10 + (d - b'0') as u64))
+    };
+    let day = num(5..7)?;
+    let month = MONTHS.iter().position(|m| *m == &b[8..11])? as u64 + 1;
+    let year = num(12..16)?;
+    if b[7] != b' ' || b[11] != b' ' || b[16] != b' ' || b[19] != b':' || b[22] != b':' {
+        return None;
+    }
+    let (h, mi, s) = (num(17..19)?, num(20..22)?, num(23..25)?);
+    if !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 || year < 1970 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + h * 3600 + mi * 60 + s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> RouteCache {
+        RouteCache {
+            ttl: Duration::from_secs(30),
+            stale_while_revalidate: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(60),
+            allow_authorization: false,
+            allow_set_cookie: false,
+            statuses: vec![200, 203, 204, 301, 404, 410].into(),
+            route_name: b"r".as_slice().into(),
+        }
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784111777)
+        );
+        assert_eq!(parse_http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(parse_http_date(b"0"), None);
+        assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), None);
+    }
+
+    #[test]
+    fn cache_control() {
+        let mut cc = CacheControl::default();
+        cc.add(b"public, max-age=60, S-MAXAGE=\"120\", stale-while-revalidate=5");
+        assert_eq!(cc.max_age, Some(60));
+        assert_eq!(cc.s_maxage, Some(120));
+        assert_eq!(cc.stale_while_revalidate, Some(5));
+        assert!(!cc.no_store);
+        let mut cc = CacheControl::default();
+        cc.add(b"no-cache=\"Set-Cookie\", max-age=abc");
+        assert!(cc.no_cache);
+        assert_eq!(cc.max_age, Some(0));
+        let mut cc = CacheControl::default();
+        cc.add(b"max-age=99999999999999999999999");
+        assert_eq!(cc.max_age, Some(u32::MAX as u64));
+    }
+
+    #[test]
+    fn lifetime_sources() {
+        let r = route();
+        let s = storable(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=5, s-maxage=7\r\nAge: 2\r\nContent-Length: 2\r\n\r\nhi",
+            &r,
+            &[],
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.fresh_for, Duration::from_secs(5));
+        assert_eq!(s.initial_age, 2);
+        let s = storable(
+            b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nExpires: Sun, 06 Nov 1994 08:50:37 GMT\r\nContent-Length: 0\r\n\r\n",
+            &r,
+            &[],
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.fresh_for, Duration::from_secs(60));
+        let s = storable(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", &r, &[], 0).unwrap();
+        assert_eq!(s.fresh_for, Duration::from_secs(30));
+        let s = storable(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=1, must-revalidate\r\nContent-Length: 0\r\n\r\n",
+            &r,
+            &[],
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.stale_if_error, Duration::ZERO);
+    }
+
+    #[test]
+    fn refusals() {
+        let r = route();
+        let no = |resp: &[u8]| storable(resp, &r, &[], 0).unwrap_err();
+        assert_eq!(
+            no(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 0\r\n\r\n"),
+            NotStored::Directive
+        );
+        assert_eq!(
+            no(b"HTTP/1.1 200 OK\r\nCache-Control: private, max-age=9\r\nContent-Length: 0\r\n\r\n"),
+            NotStored::Directive
+        );
+        assert_eq!(
+            no(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nContent-Length: 0\r\n\r\n"),
+            NotStored::SetCookie
+        );
+        assert_eq!(
+            no(b"HTTP/1.1 200 OK\r\nVary: Accept, *\r\nContent-Length: 0\r\n\r\n"),
+            NotStored::VaryStar
+        );
+        assert_eq!(
+            no(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"),
+            NotStored::Status
+        );
+        assert_eq!(
+            no(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhi"),
+            NotStored::Incomplete
+        );
+        assert_eq!(
+            no(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-while-revalidate=0, stale-if-error=0\r\nContent-Length: 0\r\n\r\n"),
+            NotStored::NoLifetime
+        );
+    }
+
+    #[test]
+    fn stored_form() {
+        let r = route();
+        let resp = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Request-Id: old\r\nX-RateLimit-Remaining: 4\r\nX-Cache: MISS\r\nVary: Accept-Language, accept-language\r\nX-A: 1\r\n\r\n2\r\nhi\r\n1\r\n!\r\n0\r\n\r\n";
+        let s = storable(resp, &r, &[b"X-RateLimit-Remaining"], 0).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&s.bytes).unwrap(),
+            "HTTP/1.1 200 OK\r\nVary: Accept-Language, accept-language\r\nX-A: 1\r\nContent-Length: 3\r\nhi!"
+        );
+        assert_eq!(&s.bytes[s.head_len..], b"hi!");
+        assert_eq!(s.vary, vec![Box::from(&b"accept-language"[..])]);
+    }
+
+    #[test]
+    fn extra_line_names() {
+        assert_eq!(
+            line_names(b"X-Cache: MISS\r\nX-RateLimit-Limit: 5\r\n"),
+            vec![&b"X-Cache"[..], &b"X-RateLimit-Limit"[..]]
+        );
+    }
+}
