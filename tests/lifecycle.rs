@@ -176,18 +176,26 @@ fn reload_config(be_a: &str, be_b: &str, with_b: bool, extra: &str) -> String {
 fn start_file(name: &str, text: &str) -> (ringgate::runtime::ServerHandle, PathBuf) {
     let path = write_config(name, text);
     let cfg = ringgate::config::Config::load(&path).expect("config");
-    let h = ringgate::runtime::Server::start_file(cfg, path.clone(), Default::default()).expect("start");
+    let h = ringgate::runtime::Server::start_file(cfg, path.clone(), Default::default())
+        .expect("start");
     (h, path)
 }
 
 fn admin_post(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     let t = String::from_utf8_lossy(&out).to_string();
-    (t[9..12].parse().unwrap(), t.split_once("\r\n\r\n").unwrap().1.to_string())
+    (
+        t[9..12].parse().unwrap(),
+        t.split_once("\r\n\r\n").unwrap().1.to_string(),
+    )
 }
 
 /// A reload that adds a route, while clients keep sending on open
@@ -236,7 +244,12 @@ fn reload_adds_a_route_without_a_failed_request() {
     assert_eq!((r.status, r.text().as_str()), (200, "b"));
     // Pools of the unchanged upstream were kept: no burst of new backend
     // connections after the reload.
-    assert!(be_a.conns() <= conns_before + 2, "{} -> {}", conns_before, be_a.conns());
+    assert!(
+        be_a.conns() <= conns_before + 2,
+        "{} -> {}",
+        conns_before,
+        be_a.conns()
+    );
 }
 
 /// An invalid file leaves the running config serving; every error is
@@ -251,11 +264,15 @@ fn invalid_reload_keeps_the_old_config() {
     let admin = gw.admin_addr.unwrap();
     std::fs::write(
         &path,
-        reload_config(&a, &b, true, "").replace("upstream = \"b\"", "upstream = \"nope\"") + "bogus_key = 1\n",
+        reload_config(&a, &b, true, "").replace("upstream = \"b\"", "upstream = \"nope\"")
+            + "bogus_key = 1\n",
     )
     .unwrap();
     let errors = gw.reload().expect_err("invalid config must be rejected");
-    assert!(errors.iter().any(|e| e.contains("routes[1].upstream")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("routes[1].upstream")),
+        "{errors:?}"
+    );
     assert!(errors.iter().any(|e| e.contains("bogus_key")), "{errors:?}");
     let (st, body) = admin_post(admin, "/reload");
     assert_eq!(st, 400, "{body}");
@@ -264,9 +281,19 @@ fn invalid_reload_keeps_the_old_config() {
     assert_eq!(Client::connect(addr).get("/a/1").status, 200);
     assert_eq!(Client::connect(addr).get("/b/1").status, 404);
     // A listen change cannot be applied by a reload.
-    std::fs::write(&path, reload_config(&a, &b, true, "").replace("listen = \"127.0.0.1:0\"\nworkers", "listen = \"127.0.0.1:1\"\nworkers")).unwrap();
+    std::fs::write(
+        &path,
+        reload_config(&a, &b, true, "").replace(
+            "listen = \"127.0.0.1:0\"\nworkers",
+            "listen = \"127.0.0.1:1\"\nworkers",
+        ),
+    )
+    .unwrap();
     let errors = gw.reload().expect_err("listen cannot change");
-    assert!(errors.iter().any(|e| e.starts_with("server.listen")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.starts_with("server.listen")),
+        "{errors:?}"
+    );
     // Fixed file: POST /reload applies it.
     std::fs::write(&path, reload_config(&a, &b, true, "")).unwrap();
     let (st, body) = admin_post(admin, "/reload");
@@ -274,13 +301,23 @@ fn invalid_reload_keeps_the_old_config() {
     assert_eq!(Client::connect(addr).get("/b/1").status, 200);
     let m = {
         let mut s = TcpStream::connect(admin).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
     };
-    assert!(m.contains("ringgate_config_reloads_total{result=\"error\"} 3"), "{m}");
-    assert!(m.contains("ringgate_config_reloads_total{result=\"ok\"} 1"), "{m}");
+    assert!(
+        m.contains("ringgate_config_reloads_total{result=\"error\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("ringgate_config_reloads_total{result=\"ok\"} 1"),
+        "{m}"
+    );
 }
 
 /// With `[config] watch = true`, saving the file reloads it.
@@ -300,7 +337,10 @@ fn watched_file_reloads_on_change() {
         if Client::connect(addr).get("/b/1").status == 200 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "watched change was not applied");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "watched change was not applied"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -8,8 +8,8 @@
 //! [`MAX_ADMIN_CONNECTIONS`] are served at once.
 
 use crate::config::Config;
-use crate::telemetry::metrics::Metrics;
 use crate::runtime::reload::ConfigStore;
+use crate::telemetry::metrics::Metrics;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -35,7 +35,11 @@ pub struct AdminState {
 
 impl AdminState {
     /// Admin state over a running server.
-    pub fn new(config: Arc<ConfigStore>, metrics: Arc<Metrics>, reload: Option<Box<ReloadFn>>) -> Self {
+    pub fn new(
+        config: Arc<ConfigStore>,
+        metrics: Arc<Metrics>,
+        reload: Option<Box<ReloadFn>>,
+    ) -> Self {
         AdminState {
             config,
             metrics,
@@ -47,8 +51,12 @@ impl AdminState {
 
 /// Binds the admin listener and serves it on a thread.
 pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind(addr)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} (admin.listen): {e}")))?;
+    let l = TcpListener::bind(addr).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (admin.listen): {e}"),
+        )
+    })?;
     let local = l.local_addr()?;
     std::thread::Builder::new()
         .name(String::from("ringgate-admin"))
@@ -106,7 +114,9 @@ fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<AdminRequest> {
                         if let Some(t) = v.strip_prefix("Bearer ") {
                             bearer = Some(t.trim().to_string());
                         }
-                    } else if h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close") {
+                    } else if h.name.eq_ignore_ascii_case("connection")
+                        && h.value.eq_ignore_ascii_case(b"close")
+                    {
                         close = true;
                     }
                 }
@@ -162,10 +172,21 @@ fn serve(mut s: TcpStream, st: &AdminState) {
             "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}{}\r\n",
             crate::http::reason(status),
             body.len(),
-            if status == 401 { "WWW-Authenticate: Bearer realm=\"ringgate-admin\"\r\n" } else { "" },
-            if req.keep_alive { "" } else { "Connection: close\r\n" },
+            if status == 401 {
+                "WWW-Authenticate: Bearer realm=\"ringgate-admin\"\r\n"
+            } else {
+                ""
+            },
+            if req.keep_alive {
+                ""
+            } else {
+                "Connection: close\r\n"
+            },
         );
-        if s.write_all(resp.as_bytes()).is_err() || s.write_all(body.as_bytes()).is_err() || !req.keep_alive {
+        if s.write_all(resp.as_bytes()).is_err()
+            || s.write_all(body.as_bytes()).is_err()
+            || !req.keep_alive
+        {
             return;
         }
     }

@@ -225,7 +225,9 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
         };
         LogConfig {
             access,
-            path: l.and_then(|l| l.path.clone()).unwrap_or_else(|| String::from("-")),
+            path: l
+                .and_then(|l| l.path.clone())
+                .unwrap_or_else(|| String::from("-")),
         }
     };
     let watch = file.config.as_ref().and_then(|c| c.watch).unwrap_or(false);

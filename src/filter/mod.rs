@@ -14,6 +14,7 @@
 //! `Arc`s and is updated by control-plane threads.
 
 pub mod auth;
+pub mod cache;
 pub mod rate_limit;
 pub mod transform;
 

@@ -8,11 +8,11 @@
 
 use super::parse::{self, BodyFraming, Parsed, RequestHead};
 use crate::filter::{Reply, RequestCtx, Verdict};
-use crate::telemetry::access_log::Record;
-use crate::telemetry::trace::TraceContext;
 use crate::proxy::forward::{self, Conn, Outcome};
 use crate::router::{Lookup, Params};
 use crate::runtime::worker::Worker;
+use crate::telemetry::access_log::Record;
+use crate::telemetry::trace::TraceContext;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use std::io::Write;
@@ -242,7 +242,11 @@ where
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,
 {
-    let mut c = Conn::new(w.config.server.buffer_bytes, peer, w.config.server.max_headers);
+    let mut c = Conn::new(
+        w.config.server.buffer_bytes,
+        peer,
+        w.config.server.max_headers,
+    );
     let mut first = true;
     loop {
         // Each request is served with the config generation current when
@@ -302,7 +306,16 @@ where
             ) {
                 Ok(Parsed::Complete) => {
                     if c.head.len > srv.max_header_bytes {
-                        let _ = write_error(&mut stream, &mut c.scratch, 431, "request head too large", b"-", true, None).await;
+                        let _ = write_error(
+                            &mut stream,
+                            &mut c.scratch,
+                            431,
+                            "request head too large",
+                            b"-",
+                            true,
+                            None,
+                        )
+                        .await;
                         return;
                     }
                     break;
@@ -716,14 +729,13 @@ impl ReqInfo {
 
     fn finish(&self, w: &Worker, cfg: &crate::config::Config, c: &Conn, status: u16) {
         let total_us = self.started.elapsed().as_micros() as u64;
-        w.metrics
-            .request_slot(
-                self.route.map_or(0, |r| cfg.route_slots[r]),
-                self.method_slot,
-                status,
-                total_us,
-                c.upstream_us,
-            );
+        w.metrics.request_slot(
+            self.route.map_or(0, |r| cfg.route_slots[r]),
+            self.method_slot,
+            status,
+            total_us,
+            c.upstream_us,
+        );
         if let Some(log) = &w.log {
             let f = |i: usize| {
                 let (a, b) = c.log_spans[i];

@@ -529,11 +529,9 @@ pub fn parse_response(
     let mut raw: [MaybeUninit<httparse::Header<'_>>; super::MAX_HEADERS_LIMIT] =
         [const { MaybeUninit::uninit() }; super::MAX_HEADERS_LIMIT];
     let mut res = httparse::Response::new(&mut []);
-    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut res,
-        buf,
-        &mut raw,
-    ) {
+    let n = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, &mut raw)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(_) => return Err("invalid response head from upstream"),

@@ -141,7 +141,8 @@ impl Reloader {
     }
 
     fn prepare(&self) -> Result<(Config, String), Vec<String>> {
-        let mut new = Config::load(&self.path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let mut new = Config::load(&self.path)
+            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
         let old = self.store.load();
         let mut errors = Vec::new();
         let (o, n) = (&old.server, &new.server);
@@ -150,16 +151,28 @@ impl Reloader {
             ("server.workers", o.workers == n.workers),
             ("server.pin", o.pin == n.pin),
             ("server.io", o.io == n.io),
-            ("server.io_uring_entries", o.io_uring_entries == n.io_uring_entries),
+            (
+                "server.io_uring_entries",
+                o.io_uring_entries == n.io_uring_entries,
+            ),
             ("server.io_uring_mode", o.io_uring_mode == n.io_uring_mode),
             ("server.backlog", o.backlog == n.backlog),
             (
                 "log",
                 old.log.access == new.log.access && old.log.path == new.log.path,
             ),
-            ("admin", format!("{:?}", old.admin) == format!("{:?}", new.admin)),
-            ("auth / consumers", old.auth_fingerprint == new.auth_fingerprint),
-            ("rate_limits / redis", old.rate_fingerprint == new.rate_fingerprint),
+            (
+                "admin",
+                format!("{:?}", old.admin) == format!("{:?}", new.admin),
+            ),
+            (
+                "auth / consumers",
+                old.auth_fingerprint == new.auth_fingerprint,
+            ),
+            (
+                "rate_limits / redis",
+                old.rate_fingerprint == new.rate_fingerprint,
+            ),
         ] {
             if !same {
                 errors.push(format!(

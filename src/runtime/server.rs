@@ -61,11 +61,19 @@ impl Server {
 
     /// Serves the config file at `path`, with hot reload (SIGHUP through
     /// [`ServerHandle::reload`], `POST /reload`, and `[config] watch`).
-    pub fn start_file(config: Config, path: std::path::PathBuf, hooks: Hooks) -> io::Result<ServerHandle> {
+    pub fn start_file(
+        config: Config,
+        path: std::path::PathBuf,
+        hooks: Hooks,
+    ) -> io::Result<ServerHandle> {
         Self::start_inner(config, hooks, Some(path))
     }
 
-    fn start_inner(config: Config, hooks: Hooks, path: Option<std::path::PathBuf>) -> io::Result<ServerHandle> {
+    fn start_inner(
+        config: Config,
+        hooks: Hooks,
+        path: Option<std::path::PathBuf>,
+    ) -> io::Result<ServerHandle> {
         let config = Arc::new(config);
         let s = &config.server;
         // Resolve port 0 once so every worker shares the same port.
@@ -93,9 +101,14 @@ impl Server {
         let store = Arc::new(super::reload::ConfigStore::new(config.clone()));
         let log = match config.log.access {
             Some(f) => Some(
-                crate::telemetry::access_log::AccessLog::start(f, &config.log.path).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot open log.path {}: {e}", config.log.path))
-                })?,
+                crate::telemetry::access_log::AccessLog::start(f, &config.log.path).map_err(
+                    |e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("cannot open log.path {}: {e}", config.log.path),
+                        )
+                    },
+                )?,
             ),
             None => None,
         };
@@ -159,16 +172,21 @@ impl Server {
         }
         handle.drivers = drivers;
         if let Some(p) = path {
-            let r = Arc::new(super::reload::Reloader::new(p, store.clone(), metrics.clone()));
+            let r = Arc::new(super::reload::Reloader::new(
+                p,
+                store.clone(),
+                metrics.clone(),
+            ));
             if config.watch {
                 r.clone().watch();
             }
             handle.reloader = Some(r);
         }
         if let Some(a) = &config.admin {
-            let reload: Option<Box<crate::admin::ReloadFn>> = handle.reloader.clone().map(|r| {
-                Box::new(move || r.reload()) as Box<crate::admin::ReloadFn>
-            });
+            let reload: Option<Box<crate::admin::ReloadFn>> = handle
+                .reloader
+                .clone()
+                .map(|r| Box::new(move || r.reload()) as Box<crate::admin::ReloadFn>);
             let state = crate::admin::AdminState::new(store.clone(), metrics.clone(), reload);
             match crate::admin::start(a.listen, Arc::new(state)) {
                 Ok(addr) => handle.admin_addr = Some(addr),
@@ -207,7 +225,9 @@ impl ServerHandle {
 
     /// Stops accepting, drains in-flight requests and joins the workers.
     pub fn shutdown(&mut self) {
-        self.metrics.ready.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .ready
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         for s in &self.signals {
             s.trigger();
         }

@@ -136,7 +136,11 @@ impl Worker {
             number,
         });
         *self.active.borrow_mut() = snap.clone();
-        tracing::debug!(worker = self.id, generation = number, "switched to a new config");
+        tracing::debug!(
+            worker = self.id,
+            generation = number,
+            "switched to a new config"
+        );
         snap
     }
 
@@ -452,7 +456,8 @@ async fn serve(
     // (answered with `Connection: close`) within the drain timeout.
     worker.idle.borrow().wake_all();
     let deadline = Instant::now() + config.server.drain_timeout;
-    while (worker.in_flight.get() > 0 || worker.connections.get() > 0) && Instant::now() < deadline {
+    while (worker.in_flight.get() > 0 || worker.connections.get() > 0) && Instant::now() < deadline
+    {
         monoio::time::sleep(Duration::from_millis(5)).await;
         worker.idle.borrow().wake_all();
     }
@@ -528,16 +533,18 @@ async fn accept_loop(w: Rc<Worker>, listener: monoio::net::TcpListener, stop: Lo
         }
         w.connections.set(w.connections.get() + 1);
         w.metrics.connections.add(1);
-        w.metrics
-            .open_connections
-            .store(w.connections.get() as i64, std::sync::atomic::Ordering::Relaxed);
+        w.metrics.open_connections.store(
+            w.connections.get() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let w2 = w.clone();
         monoio::spawn(async move {
             crate::http::conn::serve(&w2, stream, peer).await;
             w2.connections.set(w2.connections.get() - 1);
-            w2.metrics
-                .open_connections
-                .store(w2.connections.get() as i64, std::sync::atomic::Ordering::Relaxed);
+            w2.metrics.open_connections.store(
+                w2.connections.get() as i64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         });
     }
 }

@@ -40,7 +40,12 @@ impl AccessLog {
         let mut out: Box<dyn Write + Send> = if path == "-" {
             Box::new(std::io::stdout())
         } else {
-            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
         };
         let (tx, rx) = bounded::<Vec<u8>>(64);
         let (ret_tx, ret) = bounded::<Vec<u8>>(64);
@@ -204,9 +209,17 @@ impl WorkerLog {
                 b.push(b' ');
                 b.extend_from_slice(r.path);
                 let _ = write!(b, " HTTP/1.{}\" {} {} \"", r.minor, r.status, r.bytes_out);
-                b.extend_from_slice(if r.referer.is_empty() { b"-" } else { r.referer });
+                b.extend_from_slice(if r.referer.is_empty() {
+                    b"-"
+                } else {
+                    r.referer
+                });
                 b.extend_from_slice(b"\" \"");
-                b.extend_from_slice(if r.user_agent.is_empty() { b"-" } else { r.user_agent });
+                b.extend_from_slice(if r.user_agent.is_empty() {
+                    b"-"
+                } else {
+                    r.user_agent
+                });
                 b.extend_from_slice(b"\" rid=");
                 b.extend_from_slice(r.request_id);
                 let _ = write!(b, " route={} upstream=", r.route);

@@ -77,7 +77,11 @@ impl WorkerMetrics {
     /// A shard with room for `routes` route slots (slot 0 is "no route")
     /// and `upstreams` upstream slots.
     pub fn new(routes: usize, upstreams: usize) -> Self {
-        let n = |k: usize| (0..k).map(|_| Counter::default()).collect::<Box<[Counter]>>();
+        let n = |k: usize| {
+            (0..k)
+                .map(|_| Counter::default())
+                .collect::<Box<[Counter]>>()
+        };
         WorkerMetrics {
             routes,
             upstreams,
@@ -97,8 +101,19 @@ impl WorkerMetrics {
     /// `Config::route_slots` (0 for answers given before routing), the
     /// method's [`method_slot`].
     #[inline]
-    pub fn request_slot(&self, route_slot: usize, method_slot: usize, status: u16, total_us: u64, upstream_us: Option<u64>) {
-        let r = if route_slot < self.routes { route_slot } else { 0 };
+    pub fn request_slot(
+        &self,
+        route_slot: usize,
+        method_slot: usize,
+        status: u16,
+        total_us: u64,
+        upstream_us: Option<u64>,
+    ) {
+        let r = if route_slot < self.routes {
+            route_slot
+        } else {
+            0
+        };
         let class = ((status / 100) as usize).clamp(1, 5) - 1;
         self.requests[(r * 10 + method_slot.min(9)) * 5 + class].add(1);
         self.total[r].record(total_us);
@@ -160,7 +175,9 @@ const LE: [f64; 16] = [
 ];
 
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -170,7 +187,9 @@ impl Metrics {
         let route_cap = cfg.routes.len() + 1 + 256;
         let upstream_cap = cfg.upstreams.len() + 64;
         let mut labels = Labels::default();
-        labels.routes.push((String::from("(none)"), String::from("(none)")));
+        labels
+            .routes
+            .push((String::from("(none)"), String::from("(none)")));
         for r in &cfg.routes {
             labels
                 .routes
@@ -237,7 +256,10 @@ impl Metrics {
             (esc(a), esc(b))
         };
         let routes = labels.routes.len().saturating_sub(1);
-        let _ = writeln!(o, "# HELP {REQUESTS_TOTAL} Requests answered.\n# TYPE {REQUESTS_TOTAL} counter");
+        let _ = writeln!(
+            o,
+            "# HELP {REQUESTS_TOTAL} Requests answered.\n# TYPE {REQUESTS_TOTAL} counter"
+        );
         for r in 0..=routes {
             let (rn, un) = route_name(r);
             for (m, mname) in METHODS.iter().enumerate() {
@@ -255,15 +277,27 @@ impl Metrics {
             }
         }
         for (name, help, pick) in [
-            (REQUEST_DURATION, "Time from request head to response end.", 0),
-            (UPSTREAM_DURATION, "Time from request sent to response head.", 1),
+            (
+                REQUEST_DURATION,
+                "Time from request head to response end.",
+                0,
+            ),
+            (
+                UPSTREAM_DURATION,
+                "Time from request sent to response head.",
+                1,
+            ),
         ] {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
             for r in 0..=routes {
                 let mut counts = vec![0u64; histogram::BUCKETS];
                 let mut sum = 0;
                 for w in &self.workers {
-                    let h = if pick == 0 { &w.total[r] } else { &w.upstream_time[r] };
+                    let h = if pick == 0 {
+                        &w.total[r]
+                    } else {
+                        &w.upstream_time[r]
+                    };
                     sum += h.merge_into(&mut counts);
                 }
                 let total: u64 = counts.iter().sum();
@@ -286,13 +320,27 @@ impl Metrics {
                 let _ = writeln!(o, "{name}_count{{route=\"{rn}\"}} {total}");
             }
         }
-        let _ = writeln!(o, "# HELP {OPEN_CONNECTIONS} Open client connections.\n# TYPE {OPEN_CONNECTIONS} gauge");
+        let _ = writeln!(
+            o,
+            "# HELP {OPEN_CONNECTIONS} Open client connections.\n# TYPE {OPEN_CONNECTIONS} gauge"
+        );
         for (i, w) in self.workers.iter().enumerate() {
-            let _ = writeln!(o, "{OPEN_CONNECTIONS}{{worker=\"{i}\"}} {}", w.open_connections.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "{OPEN_CONNECTIONS}{{worker=\"{i}\"}} {}",
+                w.open_connections.load(Relaxed)
+            );
         }
-        let _ = writeln!(o, "# HELP {CONNECTIONS_TOTAL} Client connections accepted.\n# TYPE {CONNECTIONS_TOTAL} counter");
+        let _ = writeln!(
+            o,
+            "# HELP {CONNECTIONS_TOTAL} Client connections accepted.\n# TYPE {CONNECTIONS_TOTAL} counter"
+        );
         for (i, w) in self.workers.iter().enumerate() {
-            let _ = writeln!(o, "{CONNECTIONS_TOTAL}{{worker=\"{i}\"}} {}", w.connections.get());
+            let _ = writeln!(
+                o,
+                "{CONNECTIONS_TOTAL}{{worker=\"{i}\"}} {}",
+                w.connections.get()
+            );
         }
         let ups = labels.upstreams.len();
         for (name, help, kind) in [
@@ -311,13 +359,28 @@ impl Metrics {
                         _ => w.upstream_errors[u].get(),
                     })
                     .sum();
-                let _ = writeln!(o, "{name}{{upstream=\"{}\"}} {v}", esc(&labels.upstreams[u]));
+                let _ = writeln!(
+                    o,
+                    "{name}{{upstream=\"{}\"}} {v}",
+                    esc(&labels.upstreams[u])
+                );
             }
         }
-        let _ = writeln!(o, "# HELP {POOL_IDLE} Idle pooled upstream connections.\n# TYPE {POOL_IDLE} gauge");
+        let _ = writeln!(
+            o,
+            "# HELP {POOL_IDLE} Idle pooled upstream connections.\n# TYPE {POOL_IDLE} gauge"
+        );
         for u in 0..ups {
-            let v: i64 = self.workers.iter().map(|w| w.pool_idle[u].load(Relaxed)).sum();
-            let _ = writeln!(o, "{POOL_IDLE}{{upstream=\"{}\"}} {v}", esc(&labels.upstreams[u]));
+            let v: i64 = self
+                .workers
+                .iter()
+                .map(|w| w.pool_idle[u].load(Relaxed))
+                .sum();
+            let _ = writeln!(
+                o,
+                "{POOL_IDLE}{{upstream=\"{}\"}} {v}",
+                esc(&labels.upstreams[u])
+            );
         }
         let _ = writeln!(
             o,

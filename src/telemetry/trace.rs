@@ -14,7 +14,8 @@ pub struct TraceContext {
 }
 
 fn is_hex(b: &[u8]) -> bool {
-    b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    b.iter()
+        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
 impl TraceContext {

@@ -476,6 +476,24 @@ impl Store {
         self.free.push(slot);
     }
 
+    /// Removes every variant stored under `key`; returns how many.
+    pub fn remove_key(&mut self, key: &OwnedKey) -> usize {
+        let mut s = self.map.get(&key.hash).copied().unwrap_or(NIL);
+        let mut doomed = Vec::new();
+        while s != NIL {
+            let slot = &self.slots[s as usize];
+            if slot.entry.as_ref().is_some_and(|e| e.key.bytes == key.bytes) {
+                doomed.push(s);
+            }
+            s = slot.chain;
+        }
+        let n = doomed.len();
+        for d in doomed {
+            self.remove(d);
+        }
+        n
+    }
+
     /// Removes every entry for which `doomed` is true; returns how many.
     pub fn remove_where(&mut self, mut doomed: impl FnMut(&Entry) -> bool) -> usize {
         let mut n = 0;
