@@ -30,6 +30,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Triggers a reload (None: reload not available).
     pub reload: Option<Box<ReloadFn>>,
+    /// Where `POST /cache/purge` publishes (None: not available).
+    pub cache_purge: Option<Arc<crate::filter::cache::PurgeLog>>,
     active: AtomicUsize,
 }
 
@@ -44,6 +46,7 @@ impl AdminState {
             config,
             metrics,
             reload,
+            cache_purge: None,
             active: AtomicUsize::new(0),
         }
     }
@@ -240,6 +243,14 @@ pub fn handle(st: &AdminState, req: &AdminRequest) -> (u16, &'static str, String
             },
             None => json_err(501, "reload needs a config file (ringgate run -c FILE)"),
         },
+        ("POST", "/cache/purge") => match &st.cache_purge {
+            Some(log) => {
+                let (status, body) = crate::filter::cache::admin_purge(log, &req.body);
+                (status, "application/json", body)
+            }
+            None => json_err(501, "cache purge is not available"),
+        },
+        (_, "/cache/purge") => json_err(405, "method not allowed (use POST)"),
         (_, p) if p == "/upstreams" || p.starts_with("/upstreams/") => {
             match crate::upstream::admin_request(&cfg, &req.method, p, &req.body) {
                 Some((status, body)) => (status, "application/json", body),

@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub config: Option<ConfigFileSection>,
     /// `[versioning]`
     pub versioning: Option<crate::router::version::VersioningFile>,
+    /// `[cache]`
+    pub cache: Option<crate::filter::cache::CacheFile>,
 }
 
 /// `[log]`
@@ -305,4 +307,6 @@ pub struct RouteFile {
     pub deprecated: Option<bool>,
     /// Responses carry `Sunset: <HTTP-date>`.
     pub sunset: Option<String>,
+    /// `cache = { ttl_s, stale_while_revalidate_s, stale_if_error_s, ... }`.
+    pub cache: Option<crate::filter::cache::RouteCacheFile>,
 }

@@ -277,6 +277,8 @@ pub struct RouteConfig {
     pub version: Option<Box<str>>,
     /// `Deprecation`/`Sunset` response header lines, when set.
     pub deprecation: Option<Box<[u8]>>,
+    /// `cache`, compiled: responses are stored and served per worker.
+    pub cache: Option<std::sync::Arc<crate::filter::cache::RouteCache>>,
 }
 
 /// `[admin]`, validated.
@@ -332,6 +334,8 @@ pub struct Config {
     pub rate_limits: Option<std::sync::Arc<crate::filter::rate_limit::Limits>>,
     /// `[versioning]` and the routes' versions; `None` when unused.
     pub versioning: Option<std::sync::Arc<crate::router::version::Versioning>>,
+    /// `[cache]` (defaults when absent).
+    pub cache: crate::filter::cache::CacheSettings,
 }
 
 impl Config {

@@ -290,6 +290,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
         None
     };
 
+    let cache = crate::filter::cache::compile_settings(file.cache.as_ref(), &mut errs);
     match (server, table) {
         (Some(server), Some(table)) if errs.0.is_empty() => Ok(Config {
             server,
@@ -306,6 +307,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             auth,
             rate_limits,
             versioning,
+            cache,
         }),
         _ => Err(ConfigErrors(errs.0)),
     }
@@ -552,6 +554,10 @@ fn compile_route(
         .as_ref()
         .and_then(|f| crate::filter::transform::compile(i, f, &path, errs));
     let (version, deprecation) = crate::router::version::route_fields(i, r, errs);
+    let cache = r
+        .cache
+        .as_ref()
+        .and_then(|f| crate::filter::cache::compile_route(i, f, r, &name, errs));
     if errs.0.len() > before {
         return None;
     }
@@ -568,5 +574,6 @@ fn compile_route(
         transform: transform.map(std::sync::Arc::new),
         version,
         deprecation,
+        cache: cache.map(std::sync::Arc::new),
     })
 }

@@ -590,9 +590,15 @@ where
             continue;
         }
 
-        // Phases 4-5: the request goes upstream.
+        // Phases 4-5: the request goes upstream (a cached route's may be
+        // answered from its cache instead).
         w.in_flight.set(w.in_flight.get() + 1);
         let outcome = match rc.transform.as_deref().and_then(|t| t.json.as_ref()) {
+            _ if rc.cache.is_some() => {
+                let policy = rc.cache.as_deref().unwrap_or_else(|| unreachable!());
+                crate::filter::cache::serve(w, &snap, route as usize, policy, &mut stream, &mut c)
+                    .await
+            }
             Some(ops) => {
                 crate::filter::transform::forward_json(
                     w,

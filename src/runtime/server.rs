@@ -99,6 +99,7 @@ impl Server {
         crate::upstream::start_control(&config);
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(&config, s.workers));
         let store = Arc::new(super::reload::ConfigStore::new(config.clone()));
+        let cache_purge = Arc::new(crate::filter::cache::PurgeLog::default());
         let log = match config.log.access {
             Some(f) => Some(
                 crate::telemetry::access_log::AccessLog::start(f, &config.log.path).map_err(
@@ -132,6 +133,7 @@ impl Server {
             let ready = ready_tx.clone();
             let shared = worker::WorkerShared {
                 store: store.clone(),
+                cache_purge: cache_purge.clone(),
                 metrics: metrics.clone().workers[id].clone(),
                 log: log.clone(),
             };
@@ -187,7 +189,8 @@ impl Server {
                 .reloader
                 .clone()
                 .map(|r| Box::new(move || r.reload()) as Box<crate::admin::ReloadFn>);
-            let state = crate::admin::AdminState::new(store.clone(), metrics.clone(), reload);
+            let mut state = crate::admin::AdminState::new(store.clone(), metrics.clone(), reload);
+            state.cache_purge = Some(cache_purge.clone());
             match crate::admin::start(a.listen, Arc::new(state)) {
                 Ok(addr) => handle.admin_addr = Some(addr),
                 Err(e) => {

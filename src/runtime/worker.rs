@@ -52,6 +52,8 @@ pub struct Worker {
     pub auth: crate::filter::auth::WorkerState,
     /// This worker's rate-limit shard.
     pub rate: crate::filter::rate_limit::WorkerState,
+    /// This worker's response cache.
+    pub cache: crate::filter::cache::WorkerCache,
     /// This worker's metric shard (read by the admin thread on scrape).
     pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
     /// This worker's access-log buffer, when logging is on.
@@ -86,6 +88,10 @@ impl Worker {
             idle: std::cell::RefCell::new(IdleSet::default()),
             auth,
             rate,
+            cache: crate::filter::cache::WorkerCache::new(
+                shared.cache_purge.clone(),
+                shared.metrics.clone(),
+            ),
             metrics: shared.metrics.clone(),
             log: shared
                 .log
@@ -319,6 +325,8 @@ pub struct WorkerShared {
     pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
     /// The access-log writer, when logging is on.
     pub log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
+    /// Cache purges from the admin API.
+    pub cache_purge: Arc<crate::filter::cache::PurgeLog>,
 }
 
 /// What a worker reports once it is listening.
@@ -405,7 +413,9 @@ async fn serve(
     let worker = Rc::new(Worker::new(id, config.clone(), &shared));
     let mut accept_tasks = Vec::new();
     let stop_tx = LocalStop::new();
+    let mut listen_fds = Vec::new();
     for l in listeners {
+        listen_fds.push(std::os::fd::AsRawFd::as_raw_fd(&l));
         let l = match monoio::net::TcpListener::from_std(l) {
             Ok(l) => l,
             Err(e) => {
@@ -418,6 +428,7 @@ async fn serve(
         accept_tasks.push(monoio::spawn(accept_loop(w, l, stop)));
     }
     crate::filter::rate_limit::spawn_worker_tasks(&worker);
+    crate::filter::cache::spawn_worker_tasks(&worker);
     if worker.log.is_some() {
         let w = worker.clone();
         monoio::spawn(async move {
@@ -448,9 +459,26 @@ async fn serve(
     }
     shutdown.wait().await;
     worker.draining.set(true);
-    stop_tx.stop();
-    for t in accept_tasks {
-        t.await;
+    // Stop accepting without losing a connection: shutdown(2) on a listener
+    // hands the connections still in its queue to the other listeners of
+    // the SO_REUSEPORT group (with net.ipv4.tcp_migrate_req = 1) and ends
+    // the pending accept with an error, so no accepted socket is dropped by
+    // cancelling an accept that had already completed. Cancelling is only
+    // the fallback.
+    for &fd in &listen_fds {
+        // SAFETY: the fd is a listener owned by one of this worker's accept
+        // tasks, still open here.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RD);
+        }
+    }
+    let all = async {
+        for t in accept_tasks.drain(..) {
+            t.await;
+        }
+    };
+    if monoio::time::timeout(Duration::from_millis(200), all).await.is_err() {
+        stop_tx.stop();
     }
     // Idle keep-alive connections end now; busy ones finish their request
     // (answered with `Connection: close`) within the drain timeout.
@@ -520,6 +548,7 @@ async fn accept_loop(w: Rc<Worker>, listener: monoio::net::TcpListener, stop: Lo
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
+            Err(_) if w.draining.get() => return,
             Err(e) => {
                 tracing::warn!(worker = w.id, error = %e, "accept failed");
                 monoio::time::sleep(Duration::from_millis(10)).await;

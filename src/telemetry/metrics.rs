@@ -71,6 +71,14 @@ pub struct WorkerMetrics {
     pub upstream_errors: Box<[Counter]>,
     /// Idle pooled connections, per upstream (refreshed by the sweeper).
     pub pool_idle: Box<[AtomicI64]>,
+    /// Cache hits, misses and stale answers: `[route slot][event]`.
+    cache: Box<[Counter]>,
+    /// Bytes held by this worker's response cache.
+    pub cache_bytes: AtomicI64,
+    /// Entries held by this worker's response cache.
+    pub cache_entries: AtomicI64,
+    /// Cache entries evicted for space.
+    pub cache_evictions: Counter,
 }
 
 impl WorkerMetrics {
@@ -94,6 +102,18 @@ impl WorkerMetrics {
             reused: n(upstreams),
             upstream_errors: n(upstreams),
             pool_idle: (0..upstreams).map(|_| AtomicI64::new(0)).collect(),
+            cache: n(routes * 3),
+            cache_bytes: AtomicI64::new(0),
+            cache_entries: AtomicI64::new(0),
+            cache_evictions: Counter::default(),
+        }
+    }
+
+    /// Counts a cached route's request: a hit, a miss or a stale answer.
+    #[inline]
+    pub fn cache_event(&self, route_slot: usize, event: crate::filter::cache::CacheEvent) {
+        if route_slot < self.routes {
+            self.cache[route_slot * 3 + event as usize].add(1);
         }
     }
 
@@ -381,6 +401,41 @@ impl Metrics {
                 "{POOL_IDLE}{{upstream=\"{}\"}} {v}",
                 esc(&labels.upstreams[u])
             );
+        }
+        for (k, (name, help)) in [
+            (CACHE_HITS, "Requests answered fresh from the cache."),
+            (
+                CACHE_MISSES,
+                "Requests on cached routes that went to the backend.",
+            ),
+            (CACHE_STALE, "Requests answered with a stale cached copy."),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for r in 1..=routes {
+                let v: u64 = self.workers.iter().map(|w| w.cache[r * 3 + k].get()).sum();
+                if v > 0 {
+                    let _ = writeln!(o, "{name}{{route=\"{}\"}} {v}", route_name(r).0);
+                }
+            }
+        }
+        for (name, help, kind) in [
+            (CACHE_BYTES, "Bytes held by the response cache.", 0),
+            (CACHE_ENTRIES, "Responses held by the cache.", 1),
+            (CACHE_EVICTIONS, "Cache entries evicted for space.", 2),
+        ] {
+            let ty = if kind == 2 { "counter" } else { "gauge" };
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {ty}");
+            for (i, w) in self.workers.iter().enumerate() {
+                let v = match kind {
+                    0 => w.cache_bytes.load(Relaxed),
+                    1 => w.cache_entries.load(Relaxed),
+                    _ => w.cache_evictions.get() as i64,
+                };
+                let _ = writeln!(o, "{name}{{worker=\"{i}\"}} {v}");
+            }
         }
         let _ = writeln!(
             o,

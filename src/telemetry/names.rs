@@ -23,6 +23,20 @@ pub const POOL_IDLE: &str = "ringgate_upstream_pool_idle";
 /// Upstream failures (connect, timeout, reset, invalid), by upstream.
 pub const UPSTREAM_ERRORS: &str = "ringgate_upstream_errors_total";
 
+/// Requests answered fresh from the response cache, by route.
+pub const CACHE_HITS: &str = "ringgate_cache_hits_total";
+/// Requests on cached routes that went to the backend, by route.
+pub const CACHE_MISSES: &str = "ringgate_cache_misses_total";
+/// Requests answered with a stale cached copy (stale-while-revalidate or
+/// stale-if-error), by route.
+pub const CACHE_STALE: &str = "ringgate_cache_stale_total";
+/// Bytes held by the response cache, by worker.
+pub const CACHE_BYTES: &str = "ringgate_cache_bytes";
+/// Responses held by the cache, by worker.
+pub const CACHE_ENTRIES: &str = "ringgate_cache_entries";
+/// Cache entries evicted for space, by worker.
+pub const CACHE_EVICTIONS: &str = "ringgate_cache_evictions_total";
+
 /// Config reloads, by result (ok, error).
 pub const RELOADS_TOTAL: &str = "ringgate_config_reloads_total";
 /// Duration of the last successful reload.

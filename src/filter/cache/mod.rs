@@ -88,6 +88,9 @@ pub const DEFAULT_MAX_BYTES_PER_WORKER: u64 = 64 << 20;
 pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 1 << 20;
 /// Default `statuses`.
 pub const DEFAULT_STATUSES: [u16; 6] = [200, 203, 204, 301, 404, 410];
+/// Most background refreshes in flight on one worker; past it, stale
+/// answers are served without queuing another (a later request will).
+pub const MAX_REFRESHES: usize = 64;
 /// Bytes a capture may hold beyond `max_object_bytes` (response heads,
 /// chunk framing) before it gives up.
 const CAPTURE_ALLOWANCE: usize = forward::MAX_RESPONSE_HEAD;
@@ -163,7 +166,9 @@ pub fn compile_settings(f: Option<&CacheFile>, errs: &mut Errors) -> CacheSettin
     let Some(f) = f else {
         return CacheSettings::default();
     };
-    let max = f.max_bytes_per_worker.unwrap_or(DEFAULT_MAX_BYTES_PER_WORKER);
+    let max = f
+        .max_bytes_per_worker
+        .unwrap_or(DEFAULT_MAX_BYTES_PER_WORKER);
     if max == 0 {
         errs.push(
             "cache.max_bytes_per_worker",
@@ -338,6 +343,7 @@ struct RefreshJob {
     route: usize,
     conn: Box<Conn>,
     leader: Leader,
+    _slot: RefreshSlot,
 }
 
 /// One worker's cache.
@@ -346,6 +352,8 @@ pub struct WorkerCache {
     pending: PendingMap,
     jobs: RefCell<VecDeque<RefreshJob>>,
     jobs_waker: Cell<Option<Waker>>,
+    /// Refreshes queued or running.
+    refreshing: Rc<Cell<usize>>,
     purge: Arc<PurgeLog>,
     applied: Cell<u64>,
     iov: wire::IovPool,
@@ -360,6 +368,7 @@ impl WorkerCache {
             pending: Rc::new(RefCell::new(HashMap::new())),
             jobs: RefCell::new(VecDeque::new()),
             jobs_waker: Cell::new(None),
+            refreshing: Rc::new(Cell::new(0)),
             applied: Cell::new(purge.sequence()),
             purge,
             iov: wire::IovPool::default(),
@@ -406,8 +415,12 @@ impl WorkerCache {
 
     fn publish_size(&self, store: &Store) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.metrics.cache_bytes.store(store.bytes() as i64, Relaxed);
-        self.metrics.cache_entries.store(store.len() as i64, Relaxed);
+        self.metrics
+            .cache_bytes
+            .store(store.bytes() as i64, Relaxed);
+        self.metrics
+            .cache_entries
+            .store(store.len() as i64, Relaxed);
     }
 
     fn pending_for(&self, key: &KeyRef<'_>, hash: u64) -> Option<Rc<Pending>> {
@@ -454,7 +467,12 @@ impl WorkerCache {
         let mut store = self.store.borrow_mut();
         let stored = match policy::storable(captured, policy, drop_names, now_unix) {
             Ok(s) if s.bytes.len() <= settings.max_object_bytes => {
-                let entry = Entry::new(req.key, s, req.forwarded(), Instant::now());
+                let fwd = Forwarded {
+                    buf: &req.head,
+                    lines: &req.lines,
+                    extra: &req.extra,
+                };
+                let entry = Entry::new(req.key.clone(), s, fwd, Instant::now());
                 let evicted = store.insert(entry, settings.max_bytes_per_worker);
                 self.metrics.cache_evictions.add(evicted as u64);
                 true
@@ -510,6 +528,7 @@ async fn refresh(w: Rc<Worker>, job: RefreshJob) {
         route,
         mut conn,
         leader,
+        _slot,
     } = job;
     let Some(policy) = snap.config.routes[route].cache.clone() else {
         return;
@@ -517,6 +536,15 @@ async fn refresh(w: Rc<Worker>, job: RefreshJob) {
     let mut sink = wire::Sink;
     let r = fetch_and_store(&w, &snap, route, &policy, &mut sink, &mut conn, false, 0).await;
     leader.finish(r.fetched);
+}
+
+/// Counts a refresh from queued to finished (or dropped).
+struct RefreshSlot(Rc<Cell<usize>>);
+
+impl Drop for RefreshSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 /// What is kept of a request to store its response under: the key, and
@@ -536,14 +564,6 @@ impl RequestCopy {
             head: c.buf[..c.head.len].to_vec(),
             lines: c.lines.clone(),
             extra: c.up_extra.clone(),
-        }
-    }
-
-    fn forwarded(&self) -> Forwarded<'_> {
-        Forwarded {
-            buf: &self.head,
-            lines: &self.lines,
-            extra: &self.extra,
         }
     }
 }
@@ -584,7 +604,13 @@ fn refresh_conn(w: &Worker, c: &Conn) -> Box<Conn> {
 }
 
 /// The route's forward: with its response JSON transform, if any.
-async fn fetch<S>(w: &Worker, snap: &Generation, route: usize, client: &mut S, c: &mut Conn) -> Outcome
+async fn fetch<S>(
+    w: &Worker,
+    snap: &Generation,
+    route: usize,
+    client: &mut S,
+    c: &mut Conn,
+) -> Outcome
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
@@ -593,9 +619,7 @@ where
         .as_deref()
         .and_then(|t| t.json.as_ref())
     {
-        Some(ops) => {
-            crate::filter::transform::forward_json(w, snap, route, ops, client, c).await
-        }
+        Some(ops) => crate::filter::transform::forward_json(w, snap, route, ops, client, c).await,
         None => forward::forward(w, snap, route, client, c).await,
     }
 }
@@ -721,7 +745,9 @@ async fn answer<S: AsyncWriteRent>(
 /// True when the request's `If-None-Match` lists `etag` (weak comparison)
 /// or is `*`.
 fn if_none_match(c: &Conn, etag: &[u8]) -> bool {
-    let weak = |t: &[u8]| t.strip_prefix(b"W/").unwrap_or(t);
+    fn weak(t: &[u8]) -> &[u8] {
+        t.strip_prefix(b"W/").unwrap_or(t)
+    }
     c.lines
         .iter()
         .filter(|l| crate::http::name_eq(l.name.of(&c.buf), b"if-none-match"))
@@ -790,12 +816,15 @@ where
                 if st.revalidate && !no_stale {
                     // One fetch per key: a miss or refresh in flight will
                     // store the new answer.
-                    if let Some(leader) = cache.lead(key_of(c, policy).to_key()) {
+                    let room = cache.refreshing.get() < MAX_REFRESHES;
+                    if room && let Some(leader) = cache.lead(key_of(c, policy).to_key()) {
+                        cache.refreshing.set(cache.refreshing.get() + 1);
                         cache.jobs.borrow_mut().push_back(RefreshJob {
                             snap: snap.clone(),
                             route,
                             conn: refresh_conn(w, c),
                             leader,
+                            _slot: RefreshSlot(cache.refreshing.clone()),
                         });
                         if let Some(waker) = cache.jobs_waker.take() {
                             waker.wake();

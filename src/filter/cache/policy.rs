@@ -50,7 +50,9 @@ fn delta_seconds(v: &[u8]) -> Option<u64> {
     // Larger than any useful lifetime: saturate (RFC 9111 §1.2.2).
     Some(
         v.iter()
-            .try_fold(0u64, |a, d| a.checked_mul(10)?.checked_add((d - b'0') as u64))
+            .try_fold(0u64, |a, d| {
+                a.checked_mul(10)?.checked_add((d - b'0') as u64)
+            })
             .unwrap_or(u32::MAX as u64)
             .min(u32::MAX as u64),
     )
@@ -127,10 +129,8 @@ pub fn request_mode(
     for l in lines {
         let name = l.name.of(buf);
         match name.len() {
-            13 if name_eq(name, b"authorization") => {
-                if !policy.allow_authorization {
-                    return RequestMode::Bypass;
-                }
+            13 if !policy.allow_authorization && name_eq(name, b"authorization") => {
+                return RequestMode::Bypass;
             }
             13 if name_eq(name, b"cache-control") => cc.add(l.value.of(buf)),
             6 if name_eq(name, b"pragma") => {
@@ -320,7 +320,7 @@ pub fn storable(
         let name = l.name.of(head);
         if l.role == HeaderRole::Drop
             || NOT_STORED.iter().any(|n| name_eq(name, n))
-            || drop_names.iter().any(|n| name_eq(name, n))
+            || drop_names.iter().any(|n| name.eq_ignore_ascii_case(n))
         {
             continue;
         }
@@ -464,7 +464,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.fresh_for, Duration::from_secs(60));
-        let s = storable(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", &r, &[], 0).unwrap();
+        let s = storable(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            &r,
+            &[],
+            0,
+        )
+        .unwrap();
         assert_eq!(s.fresh_for, Duration::from_secs(30));
         let s = storable(
             b"HTTP/1.1 200 OK\r\nCache-Control: max-age=1, must-revalidate\r\nContent-Length: 0\r\n\r\n",

@@ -42,8 +42,7 @@ impl PurgeRule {
         if let Some(h) = &self.host {
             let eh = e.key.host();
             let h = h.as_bytes();
-            let same = eh == h
-                || (eh.len() > h.len() && eh.starts_with(h) && eh[h.len()] == b':');
+            let same = eh == h || (eh.len() > h.len() && eh.starts_with(h) && eh[h.len()] == b':');
             if !same {
                 return false;
             }
@@ -68,7 +67,8 @@ impl PurgeRule {
             prefix: Option<String>,
             host: Option<String>,
         }
-        let b: Body = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+        let b: Body =
+            serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
         let check = |p: &str| {
             if p.starts_with('/') && !p.contains(['#', ' ']) {
                 Ok(())
@@ -196,7 +196,7 @@ mod tests {
         let applied = log.apply_since(1, |r| seen.push(r.cloned()));
         assert_eq!(applied, 2);
         assert_eq!(seen, vec![Some(rule("/b"))]);
-        for _ in 0..KEPT_RULES {
+        for _ in 0..=KEPT_RULES {
             log.publish(rule("/c"));
         }
         let mut cleared = false;

@@ -68,7 +68,8 @@ impl KeyRef<'_> {
 
     /// The key as one owned buffer.
     pub fn to_key(self) -> OwnedKey {
-        let mut bytes = Vec::with_capacity(self.route.len() + self.host.len() + self.path_query.len());
+        let mut bytes =
+            Vec::with_capacity(self.route.len() + self.host.len() + self.path_query.len());
         bytes.extend_from_slice(self.route);
         bytes.extend(self.host.iter().map(u8::to_ascii_lowercase));
         bytes.extend_from_slice(self.path_query);
@@ -183,13 +184,17 @@ impl<'a> Forwarded<'a> {
     }
 }
 
+/// A `Vary` header's lower-case name and the request's joined values
+/// (`None`: the request did not have it).
+pub type VaryValue = (Box<[u8]>, Option<Box<[u8]>>);
+
 /// One stored response and what it is stored under.
 #[derive(Debug)]
 pub struct Entry {
     /// Its key.
     pub key: OwnedKey,
     /// `(lower-case name, joined request value)` for each `Vary` name.
-    pub vary: Box<[(Box<[u8]>, Option<Box<[u8]>>)]>,
+    pub vary: Box<[VaryValue]>,
     /// The response.
     pub resp: Rc<Stored>,
     /// When it was stored.
@@ -263,9 +268,7 @@ impl Entry {
 
     /// True when the request's headers match this variant.
     pub fn vary_matches(&self, req: Forwarded<'_>) -> bool {
-        self.vary
-            .iter()
-            .all(|(n, v)| req.matches(n, v.as_deref()))
+        self.vary.iter().all(|(n, v)| req.matches(n, v.as_deref()))
     }
 
     /// Where it stands at `now`.
@@ -289,7 +292,11 @@ impl Entry {
 
     fn same_variant_names(&self, other: &Entry) -> bool {
         self.vary.len() == other.vary.len()
-            && self.vary.iter().zip(other.vary.iter()).all(|(a, b)| a.0 == b.0)
+            && self
+                .vary
+                .iter()
+                .zip(other.vary.iter())
+                .all(|(a, b)| a.0 == b.0)
     }
 }
 
@@ -482,7 +489,11 @@ impl Store {
         let mut doomed = Vec::new();
         while s != NIL {
             let slot = &self.slots[s as usize];
-            if slot.entry.as_ref().is_some_and(|e| e.key.bytes == key.bytes) {
+            if slot
+                .entry
+                .as_ref()
+                .is_some_and(|e| e.key.bytes == key.bytes)
+            {
                 doomed.push(s);
             }
             s = slot.chain;
@@ -502,17 +513,6 @@ impl Store {
                 self.remove(i as u32);
                 n += 1;
             }
-        }
-        n
-    }
-
-    /// Evicts least recently used entries until at most `max_bytes` are
-    /// held; returns how many.
-    pub fn shrink_to(&mut self, max_bytes: usize) -> usize {
-        let mut n = 0;
-        while self.bytes > max_bytes && self.tail != NIL {
-            self.remove(self.tail);
-            n += 1;
         }
         n
     }
@@ -605,7 +605,10 @@ mod tests {
         let max = one * 3 + one / 2;
         for i in 0..5 {
             let p = format!("/{i}");
-            s.insert(Entry::new(key(&p).to_key(), storable(&[0; 1000], &[]), req, now), max);
+            s.insert(
+                Entry::new(key(&p).to_key(), storable(&[0; 1000], &[]), req, now),
+                max,
+            );
             assert!(s.bytes() <= max);
             if i == 2 {
                 // Touch /0 so /1 is the least recently used.
@@ -629,29 +632,59 @@ mod tests {
         let mut s = Store::default();
         let now = Instant::now();
         let (b_en, l_en) = parse("GET / HTTP/1.1\r\nHost: h\r\nAccept-Language: en\r\n\r\n");
-        let (b_de, l_de) =
-            parse("GET / HTTP/1.1\r\nHost: h\r\nAccept-Language: de\r\nAccept-Language: at\r\n\r\n");
+        let (b_de, l_de) = parse(
+            "GET / HTTP/1.1\r\nHost: h\r\nAccept-Language: de\r\nAccept-Language: at\r\n\r\n",
+        );
         let (b_no, l_no) = parse("GET / HTTP/1.1\r\nHost: h\r\n\r\n");
-        let en = Forwarded { buf: &b_en, lines: &l_en, extra: b"" };
-        let de = Forwarded { buf: &b_de, lines: &l_de, extra: b"" };
-        let no = Forwarded { buf: &b_no, lines: &l_no, extra: b"" };
+        let en = Forwarded {
+            buf: &b_en,
+            lines: &l_en,
+            extra: b"",
+        };
+        let de = Forwarded {
+            buf: &b_de,
+            lines: &l_de,
+            extra: b"",
+        };
+        let no = Forwarded {
+            buf: &b_no,
+            lines: &l_no,
+            extra: b"",
+        };
         let k = key("/p");
-        s.insert(Entry::new(k.to_key(), storable(b"en", &[b"accept-language"]), en, now), 1 << 20);
-        s.insert(Entry::new(k.to_key(), storable(b"de", &[b"accept-language"]), de, now), 1 << 20);
+        s.insert(
+            Entry::new(k.to_key(), storable(b"en", &[b"accept-language"]), en, now),
+            1 << 20,
+        );
+        s.insert(
+            Entry::new(k.to_key(), storable(b"de", &[b"accept-language"]), de, now),
+            1 << 20,
+        );
         let body = |s: &mut Store, r: Forwarded<'_>| {
-            s.lookup(k.hash(), &k, r).map(|i| s.get(i).resp.bytes[s.get(i).resp.head_len..].to_vec())
+            s.lookup(k.hash(), &k, r)
+                .map(|i| s.get(i).resp.bytes[s.get(i).resp.head_len..].to_vec())
         };
         assert_eq!(body(&mut s, en).as_deref(), Some(&b"en"[..]));
         assert_eq!(body(&mut s, de).as_deref(), Some(&b"de"[..]));
         assert_eq!(body(&mut s, no), None);
         // A value added by the gateway counts as the request's.
-        let added = Forwarded { buf: &b_no, lines: &l_no, extra: b"Accept-Language: en\r\n" };
+        let added = Forwarded {
+            buf: &b_no,
+            lines: &l_no,
+            extra: b"Accept-Language: en\r\n",
+        };
         assert_eq!(body(&mut s, added).as_deref(), Some(&b"en"[..]));
         // The same variant again replaces it; a response without Vary
         // replaces all variants.
-        s.insert(Entry::new(k.to_key(), storable(b"en2", &[b"accept-language"]), en, now), 1 << 20);
+        s.insert(
+            Entry::new(k.to_key(), storable(b"en2", &[b"accept-language"]), en, now),
+            1 << 20,
+        );
         assert_eq!(s.len(), 2);
-        s.insert(Entry::new(k.to_key(), storable(b"all", &[]), en, now), 1 << 20);
+        s.insert(
+            Entry::new(k.to_key(), storable(b"all", &[]), en, now),
+            1 << 20,
+        );
         assert_eq!(s.len(), 1);
         assert_eq!(body(&mut s, de).as_deref(), Some(&b"all"[..]));
     }
@@ -660,14 +693,26 @@ mod tests {
     fn standing_windows() {
         let now = Instant::now();
         let (b, l) = parse("GET / HTTP/1.1\r\nHost: h\r\n\r\n");
-        let req = Forwarded { buf: &b, lines: &l, extra: b"" };
+        let req = Forwarded {
+            buf: &b,
+            lines: &l,
+            extra: b"",
+        };
         let mut st = storable(b"x", &[]);
         st.initial_age = 3;
         st.stale_while_revalidate = Duration::from_secs(5);
         st.stale_if_error = Duration::from_secs(20);
         let e = Entry::new(key("/").to_key(), st, req, now);
         let at = |s: u64| e.standing(now + Duration::from_secs(s));
-        assert_eq!(at(0), Standing { age: 3, fresh: true, revalidate: false, if_error: false });
+        assert_eq!(
+            at(0),
+            Standing {
+                age: 3,
+                fresh: true,
+                revalidate: false,
+                if_error: false
+            }
+        );
         assert!(at(12).revalidate && at(12).if_error && !at(12).fresh);
         assert!(!at(16).revalidate && at(16).if_error);
         assert!(e.is_dead(now + Duration::from_secs(31)));

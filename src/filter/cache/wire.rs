@@ -46,7 +46,11 @@ impl<'a, S> Tee<'a, S> {
             buf: Vec::new(),
             limit,
             overflow: false,
-            hold: if hold_errors { Hold::Deciding } else { Hold::Off },
+            hold: if hold_errors {
+                Hold::Deciding
+            } else {
+                Hold::Off
+            },
         }
     }
 
@@ -92,7 +96,10 @@ impl<'a, S> Tee<'a, S> {
 }
 
 impl<S: AsyncReadRent> AsyncReadRent for Tee<'_, S> {
-    fn read<T: IoBufMut>(&mut self, buf: T) -> impl std::future::Future<Output = BufResult<usize, T>> {
+    fn read<T: IoBufMut>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
         self.inner.read(buf)
     }
 
@@ -126,7 +133,8 @@ impl<S: AsyncWriteRent> AsyncWriteRent for Tee<'_, S> {
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         // SAFETY: an IoVecBuf describes `read_iovec_len()` valid iovecs,
         // each pointing at `iov_len` initialised bytes, valid while we hold it.
-        let iovs = unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+        let iovs =
+            unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
         if let Some(v) = iovs.iter().find(|v| v.iov_len > 0) {
             // SAFETY: see above.
             let first = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
@@ -193,7 +201,8 @@ impl AsyncWriteRent for Sink {
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         // SAFETY: see `Tee::writev`.
-        let iovs = unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+        let iovs =
+            unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
         let n = iovs.iter().map(|v| v.iov_len).sum();
         (Ok(n), buf)
     }
@@ -261,7 +270,11 @@ pub async fn write_stored<S: AsyncWriteRent>(
     head_only: bool,
     pool: &IovPool,
 ) -> io::Result<usize> {
-    let iov = pool.0.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(3));
+    let iov = pool
+        .0
+        .borrow_mut()
+        .pop()
+        .unwrap_or_else(|| Vec::with_capacity(3));
     let mut hb = HitBuf {
         stored,
         extra: std::mem::take(extra),
@@ -273,7 +286,11 @@ pub async fn write_stored<S: AsyncWriteRent>(
     let parts: [&[u8]; 3] = [
         &b[..hb.stored.head_len],
         &hb.extra,
-        if head_only { &[] } else { &b[hb.stored.head_len..] },
+        if head_only {
+            &[]
+        } else {
+            &b[hb.stored.head_len..]
+        },
     ];
     let mut total = 0;
     for p in parts {
