@@ -310,9 +310,21 @@ pub fn config_json(cfg: &Config) -> serde_json::Value {
             "methods": r.methods.map(|m| m.to_string()),
             "upstream": cfg.upstreams[r.upstream].name,
             "filters": r.chain.filters.len(),
+            "cache": r.cache.as_ref().map(|c| json!({
+                "ttl_s": c.ttl.as_secs(),
+                "stale_while_revalidate_s": c.stale_while_revalidate.as_secs(),
+                "stale_if_error_s": c.stale_if_error.as_secs(),
+                "allow_authorization": c.allow_authorization,
+                "allow_set_cookie": c.allow_set_cookie,
+                "statuses": c.statuses,
+            })),
         })).collect::<Vec<_>>(),
         "log": { "access": cfg.log.access.map(|f| format!("{f:?}")), "path": cfg.log.path },
         "auth": cfg.auth.as_ref().map(|_| "<configured; secrets redacted>"),
         "rate_limits": cfg.rate_limits.as_ref().map(|_| "<configured>"),
+        "cache": {
+            "max_bytes_per_worker": cfg.cache.max_bytes_per_worker,
+            "max_object_bytes": cfg.cache.max_object_bytes,
+        },
     })
 }

@@ -593,13 +593,13 @@ where
         // Phases 4-5: the request goes upstream (a cached route's may be
         // answered from its cache instead).
         w.in_flight.set(w.in_flight.get() + 1);
-        let outcome = match rc.transform.as_deref().and_then(|t| t.json.as_ref()) {
-            _ if rc.cache.is_some() => {
-                let policy = rc.cache.as_deref().unwrap_or_else(|| unreachable!());
+        let json_ops = rc.transform.as_deref().and_then(|t| t.json.as_ref());
+        let outcome = match (rc.cache.as_deref(), json_ops) {
+            (Some(policy), _) => {
                 crate::filter::cache::serve(w, &snap, route as usize, policy, &mut stream, &mut c)
                     .await
             }
-            Some(ops) => {
+            (None, Some(ops)) => {
                 crate::filter::transform::forward_json(
                     w,
                     &snap,
@@ -610,7 +610,7 @@ where
                 )
                 .await
             }
-            None => forward::forward(w, &snap, route as usize, &mut stream, &mut c).await,
+            (None, None) => forward::forward(w, &snap, route as usize, &mut stream, &mut c).await,
         };
         w.in_flight.set(w.in_flight.get() - 1);
         match outcome {

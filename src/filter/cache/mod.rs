@@ -54,9 +54,9 @@
 //! the request head (for the key and `Vary`) and the response (up to
 //! `max_object_bytes`). Purges cost an atomic load per cached request.
 
-mod policy;
+pub mod policy;
 mod purge;
-mod store;
+pub mod store;
 mod wire;
 
 pub use policy::{CacheControl, NotStored, parse_http_date};
@@ -589,6 +589,17 @@ fn key_of<'a>(c: &'a Conn, policy: &'a RouteCache) -> KeyRef<'a> {
     }
 }
 
+/// Request headers a refresh does not forward: it wants the whole
+/// current answer, not this client's 304 or range.
+const NOT_REFRESHED: &[&[u8]] = &[
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-match",
+    b"if-unmodified-since",
+    b"if-range",
+    b"range",
+];
+
 /// A copy of the request in `c` for a background refresh.
 fn refresh_conn(w: &Worker, c: &Conn) -> Box<Conn> {
     let srv = &w.config.server;
@@ -596,6 +607,12 @@ fn refresh_conn(w: &Worker, c: &Conn) -> Box<Conn> {
     r.buf.extend_from_slice(&c.buf[..c.head.len]);
     r.head = c.head.clone();
     r.lines.extend_from_slice(&c.lines);
+    for l in r.lines.iter_mut() {
+        let name = l.name.of(&r.buf);
+        if NOT_REFRESHED.iter().any(|n| crate::http::name_eq(name, n)) {
+            l.role = crate::http::parse::HeaderRole::Drop;
+        }
+    }
     r.up_extra.extend_from_slice(&c.up_extra);
     r.rid = c.rid;
     r.rewrite.target.extend_from_slice(&c.rewrite.target);
@@ -816,7 +833,8 @@ where
                 if st.revalidate && !no_stale {
                     // One fetch per key: a miss or refresh in flight will
                     // store the new answer.
-                    let room = cache.refreshing.get() < MAX_REFRESHES;
+                    // (A HEAD cannot refresh a GET's entry: no body.)
+                    let room = cache.refreshing.get() < MAX_REFRESHES && !head_only;
                     if room && let Some(leader) = cache.lead(key_of(c, policy).to_key()) {
                         cache.refreshing.set(cache.refreshing.get() + 1);
                         cache.jobs.borrow_mut().push_back(RefreshJob {
@@ -856,15 +874,17 @@ where
                 waited = true;
                 let t = cfg.upstreams[cfg.routes[route].upstream].request_timeout;
                 let _ = monoio::time::timeout(t, FetchDone(p.clone())).await;
-                match p.result.get() {
-                    Fetched::Stored => continue,
-                    Fetched::Failed if fallback.is_some() => {
-                        let (resp, age) = fallback.take().unwrap_or_else(|| unreachable!());
-                        w.metrics.cache_event(slot, CacheEvent::Stale);
-                        return answer(w, client, c, resp, b"STALE", age, true).await;
-                    }
-                    _ => break None,
+                let result = p.result.get();
+                if result == Fetched::Stored {
+                    continue;
                 }
+                if result == Fetched::Failed
+                    && let Some((resp, age)) = fallback.take()
+                {
+                    w.metrics.cache_event(slot, CacheEvent::Stale);
+                    return answer(w, client, c, resp, b"STALE", age, true).await;
+                }
+                break None;
             }
             Some(_) => break None,
             None => break cache.lead(key_of(c, policy).to_key()),
