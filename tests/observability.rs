@@ -285,3 +285,17 @@ fn admin_endpoints_and_token() {
     assert_eq!(admin(a, "GET", "/nope", Some("s3cret")).0, 404);
     assert_eq!(admin(a, "DELETE", "/metrics", Some("s3cret")).0, 405);
 }
+
+#[test]
+fn metrics_can_be_turned_off() {
+    let be = MockUpstream::builder().respond(200, "ok").start();
+    let gw = gateway("[admin]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false", &be);
+    let mut c = gw.client();
+    for _ in 0..5 {
+        assert_eq!(c.get("/items/1").status, 200);
+    }
+    let (st, body) = admin(gw.handle.admin_addr.unwrap(), "GET", "/metrics", None);
+    assert_eq!(st, 200);
+    assert!(!body.contains("ringgate_requests_total{"), "{body}");
+    assert_eq!(metric(&body, "ringgate_ready"), Some(1.0));
+}

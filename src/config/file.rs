@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub log: Option<LogFile>,
     /// `[config]`
     pub config: Option<ConfigFileSection>,
+    /// `[metrics]`
+    pub metrics: Option<MetricsFile>,
     /// `[versioning]`
     pub versioning: Option<crate::router::version::VersioningFile>,
     /// `[cache]`
@@ -49,6 +51,14 @@ pub struct LogFile {
     pub access: Option<String>,
     /// `-` (stdout) or a file path.
     pub path: Option<String>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// Record per-request metrics (default true).
+    pub enabled: Option<bool>,
 }
 
 /// `[config]`

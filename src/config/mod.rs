@@ -318,6 +318,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[config] watch`: reload when the file changes.
     pub watch: bool,
+    /// `[metrics] enabled`: record per-request metrics.
+    pub metrics_enabled: bool,
     /// Debug text of the `[auth]` and `[[consumers]]` sections (a reload
     /// may not change them).
     pub auth_fingerprint: String,

@@ -300,6 +300,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             table,
             log,
             watch,
+            metrics_enabled: file.metrics.as_ref().and_then(|m| m.enabled).unwrap_or(true),
             auth_fingerprint,
             rate_fingerprint,
             route_slots,

@@ -734,14 +734,19 @@ impl ReqInfo {
     }
 
     fn finish(&self, w: &Worker, cfg: &crate::config::Config, c: &Conn, status: u16) {
+        if !cfg.metrics_enabled && w.log.is_none() {
+            return;
+        }
         let total_us = self.started.elapsed().as_micros() as u64;
-        w.metrics.request_slot(
-            self.route.map_or(0, |r| cfg.route_slots[r]),
-            self.method_slot,
-            status,
-            total_us,
-            c.upstream_us,
-        );
+        if cfg.metrics_enabled {
+            w.metrics.request_slot(
+                self.route.map_or(0, |r| cfg.route_slots[r]),
+                self.method_slot,
+                status,
+                total_us,
+                c.upstream_us,
+            );
+        }
         if let Some(log) = &w.log {
             let f = |i: usize| {
                 let (a, b) = c.log_spans[i];

@@ -587,7 +587,9 @@ where
         build_request_head(c, target.addr);
         c.out.src(head_len, req_end);
         target.begin();
-        w.metrics.upstream_conn(cfg.upstream_slots[up_id], reused);
+        if cfg.metrics_enabled {
+            w.metrics.upstream_conn(cfg.upstream_slots[up_id], reused);
+        }
         c.upstream_addr = Some(target.addr);
         let sent_at = if reused { try_now } else { Instant::now() };
         let wr = write_out(&mut us, c, true).await;
