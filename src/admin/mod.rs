@@ -54,11 +54,19 @@ impl AdminState {
 
 /// Binds the admin listener and serves it on a thread.
 pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind(addr).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {addr} (admin.listen): {e}"),
-        )
+    // SO_REUSEPORT, like the traffic listeners: during a zero-downtime
+    // restart the old and the new process both hold the admin port.
+    let bind = || -> std::io::Result<TcpListener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        sock.set_reuse_port(true)?;
+        sock.bind(&addr.into())?;
+        sock.listen(128)?;
+        Ok(sock.into())
+    };
+    let l = bind().map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} (admin.listen): {e}"))
     })?;
     let local = l.local_addr()?;
     std::thread::Builder::new()
