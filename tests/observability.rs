@@ -289,7 +289,10 @@ fn admin_endpoints_and_token() {
 #[test]
 fn metrics_can_be_turned_off() {
     let be = MockUpstream::builder().respond(200, "ok").start();
-    let gw = gateway("[admin]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false", &be);
+    let gw = gateway(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false",
+        &be,
+    );
     let mut c = gw.client();
     for _ in 0..5 {
         assert_eq!(c.get("/items/1").status, 200);

@@ -66,7 +66,10 @@ pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Socket
         Ok(sock.into())
     };
     let l = bind().map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr} (admin.listen): {e}"))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (admin.listen): {e}"),
+        )
     })?;
     let local = l.local_addr()?;
     std::thread::Builder::new()

@@ -300,7 +300,11 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             table,
             log,
             watch,
-            metrics_enabled: file.metrics.as_ref().and_then(|m| m.enabled).unwrap_or(true),
+            metrics_enabled: file
+                .metrics
+                .as_ref()
+                .and_then(|m| m.enabled)
+                .unwrap_or(true),
             auth_fingerprint,
             rate_fingerprint,
             route_slots,

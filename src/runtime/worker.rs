@@ -477,7 +477,10 @@ async fn serve(
             t.await;
         }
     };
-    if monoio::time::timeout(Duration::from_millis(200), all).await.is_err() {
+    if monoio::time::timeout(Duration::from_millis(200), all)
+        .await
+        .is_err()
+    {
         stop_tx.stop();
     }
     // Idle keep-alive connections end now; busy ones finish their request

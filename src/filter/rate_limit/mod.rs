@@ -1067,16 +1067,19 @@ fn write_headers(
     let params = &def.tiers[d.tier as usize].params;
     let secs = |ns: u64| ns.div_ceil(1_000_000_000);
     let reset = secs(d.check.reset_ns);
+    // A refused request reports nothing left for this caller now, even when
+    // quota remains elsewhere in the instance (another worker's share).
+    let remaining = if refused { 0 } else { d.check.remaining };
     out.extend_from_slice(b"RateLimit: \"");
     out.extend_from_slice(def.name.replace(['"', '\\'], "_").as_bytes());
     out.extend_from_slice(b"\";r=");
-    out.extend_from_slice(buf.format(d.check.remaining).as_bytes());
+    out.extend_from_slice(buf.format(remaining).as_bytes());
     out.extend_from_slice(b";t=");
     out.extend_from_slice(buf.format(reset).as_bytes());
     out.extend_from_slice(b"\r\nX-RateLimit-Limit: ");
     out.extend_from_slice(buf.format(params.limit).as_bytes());
     out.extend_from_slice(b"\r\nX-RateLimit-Remaining: ");
-    out.extend_from_slice(buf.format(d.check.remaining).as_bytes());
+    out.extend_from_slice(buf.format(remaining).as_bytes());
     out.extend_from_slice(b"\r\nX-RateLimit-Reset: ");
     out.extend_from_slice(buf.format(reset).as_bytes());
     out.extend_from_slice(b"\r\n");
