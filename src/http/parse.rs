@@ -141,6 +141,18 @@ impl ConnectionTokens {
             false
         }
     }
+    /// Marks every header named in `Connection` as hop-by-hop.
+    fn drop_listed(&self, buf: &[u8], lines: &mut [HeaderLine]) {
+        if self.len == 0 {
+            return;
+        }
+        for l in lines.iter_mut() {
+            if self.contains(buf, l.name.of(buf)) {
+                l.role = HeaderRole::Drop;
+            }
+        }
+    }
+
     fn contains(&self, buf: &[u8], name: &[u8]) -> bool {
         self.names[..self.len as usize]
             .iter()
@@ -242,6 +254,15 @@ fn line_span(buf: &[u8], name: &[u8], value: &[u8]) -> Span {
         start: start as u32,
         end: (end + 1) as u32,
     }
+}
+
+fn push_line(lines: &mut Vec<HeaderLine>, buf: &[u8], name: &[u8], value: &[u8], role: HeaderRole) {
+    lines.push(HeaderLine {
+        line: line_span(buf, name, value),
+        name: Span::within(buf, name),
+        value: Span::within(buf, value),
+        role,
+    });
 }
 
 fn parse_content_length(v: &[u8]) -> Option<u64> {
@@ -456,20 +477,9 @@ pub fn parse_request(
             }
             _ => {}
         }
-        lines.push(HeaderLine {
-            line: line_span(buf, name, value),
-            name: Span::within(buf, name),
-            value: Span::within(buf, value),
-            role,
-        });
+        push_line(lines, buf, name, value, role);
     }
-    if conn_tokens.len > 0 {
-        for l in lines.iter_mut() {
-            if conn_tokens.contains(buf, l.name.of(buf)) {
-                l.role = HeaderRole::Drop;
-            }
-        }
-    }
+    conn_tokens.drop_listed(buf, lines);
     if head.minor == 1 && !host_seen {
         return Err(HeadError::Bad("HTTP/1.1 request without Host"));
     }
@@ -595,20 +605,9 @@ pub fn parse_response(
             12 if name_eq(name, b"x-request-id") => head.has_request_id = true,
             _ => {}
         }
-        lines.push(HeaderLine {
-            line: line_span(buf, name, value),
-            name: Span::within(buf, name),
-            value: Span::within(buf, value),
-            role,
-        });
+        push_line(lines, buf, name, value, role);
     }
-    if conn_tokens.len > 0 {
-        for l in lines.iter_mut() {
-            if conn_tokens.contains(buf, l.name.of(buf)) {
-                l.role = HeaderRole::Drop;
-            }
-        }
-    }
+    conn_tokens.drop_listed(buf, lines);
     head.framing = if te {
         if chunked {
             BodyFraming::Chunked
