@@ -302,3 +302,77 @@ fn metrics_can_be_turned_off() {
     assert!(!body.contains("ringgate_requests_total{"), "{body}");
     assert_eq!(metric(&body, "ringgate_ready"), Some(1.0));
 }
+
+#[test]
+fn rate_limit_breaker_and_target_metrics() {
+    let be = MockUpstream::builder().respond(200, "ok").start();
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+pin = false
+[admin]
+listen = "127.0.0.1:0"
+[rate_limits.tiny]
+key = "ip"
+limit = 2
+window_s = 60
+[upstreams.items]
+targets = ["{}"]
+[upstreams.dead]
+targets = ["{}"]
+[upstreams.dead.breaker]
+failure_threshold = 2
+open_ms = 60000
+[[routes]]
+name = "items"
+path = "/items/{{id}}"
+upstream = "items"
+rate_limit = ["tiny"]
+[[routes]]
+name = "dead"
+path = "/dead"
+upstream = "dead"
+"#,
+        be.target(),
+        refused_addr()
+    ));
+    let statuses: Vec<u16> = (0..4).map(|_| gw.get("/items/1").status).collect();
+    assert_eq!(statuses, vec![200, 200, 429, 429]);
+    let dead: Vec<u16> = (0..3).map(|_| gw.get("/dead").status).collect();
+    assert_eq!(&dead[..2], &[502, 502], "{dead:?}");
+    assert_eq!(
+        dead[2], 503,
+        "the breaker is open after two failures: {dead:?}"
+    );
+    let body = scrape_until(gw.handle.admin_addr.unwrap(), |b| {
+        metric(
+            b,
+            r#"ringgate_rate_limit_decisions_total{limit="tiny",decision="limited"}"#,
+        ) == Some(2.0)
+    });
+    assert_eq!(
+        metric(
+            &body,
+            r#"ringgate_rate_limit_decisions_total{limit="tiny",decision="admitted"}"#
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, r#"ringgate_breaker_state{upstream="dead"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&body, r#"ringgate_breaker_opens_total{upstream="dead"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"ringgate_upstream_targets{upstream="items",state="healthy"}"#
+        ),
+        Some(1.0)
+    );
+}

@@ -237,7 +237,7 @@ pub fn handle(st: &AdminState, req: &AdminRequest) -> (u16, &'static str, String
                 (503, "application/json", String::from("{\"status\":\"not ready\"}"))
             }
         }
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", st.metrics.render()),
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", st.metrics.render_with(&cfg)),
         ("GET", "/config") => (200, "application/json", config_json(&cfg).to_string()),
         ("POST", "/reload") => match &st.reload {
             Some(f) => match f() {

@@ -71,6 +71,8 @@ pub struct WorkerMetrics {
     pub upstream_errors: Box<[Counter]>,
     /// Idle pooled connections, per upstream (refreshed by the sweeper).
     pub pool_idle: Box<[AtomicI64]>,
+    /// Rate-limit decisions: `[limit][admitted, delayed, limited, store_error]`.
+    rate_limit: Box<[Counter]>,
     /// Cache hits, misses and stale answers: `[route slot][event]`.
     cache: Box<[Counter]>,
     /// Bytes held by this worker's response cache.
@@ -81,7 +83,18 @@ pub struct WorkerMetrics {
     pub cache_evictions: Counter,
 }
 
+/// Rate limits with their own decision counters (more share the last row).
+pub const RATE_LIMIT_SLOTS: usize = 64;
+const RL_DECISIONS: [&str; 4] = ["admitted", "delayed", "limited", "store_error"];
+
 impl WorkerMetrics {
+    /// Counts a rate-limit decision for limit `li`: 0 admitted, 1 delayed
+    /// (queued, then admitted), 2 limited (429), 3 store error.
+    #[inline]
+    pub fn rate_limit_decision(&self, li: usize, decision: usize) {
+        self.rate_limit[li.min(RATE_LIMIT_SLOTS - 1) * 4 + decision.min(3)].add(1);
+    }
+
     /// A shard with room for `routes` route slots (slot 0 is "no route")
     /// and `upstreams` upstream slots.
     pub fn new(routes: usize, upstreams: usize) -> Self {
@@ -102,6 +115,7 @@ impl WorkerMetrics {
             reused: n(upstreams),
             upstream_errors: n(upstreams),
             pool_idle: (0..upstreams).map(|_| AtomicI64::new(0)).collect(),
+            rate_limit: n(RATE_LIMIT_SLOTS * 4),
             cache: n(routes * 3),
             cache_bytes: AtomicI64::new(0),
             cache_entries: AtomicI64::new(0),
@@ -265,6 +279,100 @@ impl Metrics {
         }
         cfg.route_slots = route_slots;
         cfg.upstream_slots = up_slots;
+    }
+
+    /// [`Metrics::render`] plus what is read from the running config's
+    /// shared state at scrape time: rate-limit decisions (labelled with the
+    /// limits' names), breaker state and opens, target health and ejections.
+    pub fn render_with(&self, cfg: &Config) -> String {
+        let mut o = self.render();
+        if let Some(l) = &cfg.rate_limits {
+            let names = l.limit_names();
+            let _ = writeln!(
+                o,
+                "# HELP {RATE_LIMIT_DECISIONS} Rate-limit decisions.\n# TYPE {RATE_LIMIT_DECISIONS} counter"
+            );
+            for (li, name) in names.iter().enumerate().take(RATE_LIMIT_SLOTS) {
+                for (d, dn) in RL_DECISIONS.iter().enumerate() {
+                    let v: u64 = self
+                        .workers
+                        .iter()
+                        .map(|w| w.rate_limit[li * 4 + d].get())
+                        .sum();
+                    let _ = writeln!(
+                        o,
+                        "{RATE_LIMIT_DECISIONS}{{limit=\"{}\",decision=\"{dn}\"}} {v}",
+                        esc(name)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP {BREAKER_STATE} Breaker state: 0 closed, 1 open, 2 half-open.\n# TYPE {BREAKER_STATE} gauge"
+        );
+        let mut opens = String::new();
+        let mut targets = String::new();
+        let mut ejections = String::new();
+        let now = crate::upstream::now_ms();
+        for u in &cfg.upstreams {
+            let name = esc(&u.name);
+            if let Some(b) = &u.state.breaker {
+                let st = match b.state() {
+                    crate::upstream::breaker::State::Closed => 0,
+                    crate::upstream::breaker::State::Open => 1,
+                    crate::upstream::breaker::State::HalfOpen => 2,
+                };
+                let _ = writeln!(o, "{BREAKER_STATE}{{upstream=\"{name}\"}} {st}");
+                let _ = writeln!(
+                    opens,
+                    "{BREAKER_OPENS}{{upstream=\"{name}\"}} {}",
+                    b.opens()
+                );
+            }
+            let snap = u.state.snapshot();
+            let (mut healthy, mut unhealthy, mut ejected, mut ej_total) = (0, 0, 0, 0u64);
+            for t in &snap.targets {
+                if t.is_ejected(now) {
+                    ejected += 1;
+                } else if t.is_healthy() {
+                    healthy += 1;
+                } else {
+                    unhealthy += 1;
+                }
+                ej_total += t.ejections() as u64;
+            }
+            for (state, v) in [
+                ("healthy", healthy),
+                ("unhealthy", unhealthy),
+                ("ejected", ejected),
+            ] {
+                let _ = writeln!(
+                    targets,
+                    "{UPSTREAM_TARGETS}{{upstream=\"{name}\",state=\"{state}\"}} {v}"
+                );
+            }
+            let _ = writeln!(
+                ejections,
+                "{UPSTREAM_EJECTIONS}{{upstream=\"{name}\"}} {ej_total}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP {BREAKER_OPENS} Times a breaker opened.\n# TYPE {BREAKER_OPENS} counter"
+        );
+        o.push_str(&opens);
+        let _ = writeln!(
+            o,
+            "# HELP {UPSTREAM_TARGETS} Targets by state.\n# TYPE {UPSTREAM_TARGETS} gauge"
+        );
+        o.push_str(&targets);
+        let _ = writeln!(
+            o,
+            "# HELP {UPSTREAM_EJECTIONS} Outlier ejections of the current targets.\n# TYPE {UPSTREAM_EJECTIONS} counter"
+        );
+        o.push_str(&ejections);
+        o
     }
 
     /// Prometheus text exposition of every metric.

@@ -43,3 +43,16 @@ pub const RELOADS_TOTAL: &str = "ringgate_config_reloads_total";
 pub const RELOAD_DURATION: &str = "ringgate_config_reload_duration_seconds";
 /// 1 once the config is loaded and every worker serves.
 pub const READY: &str = "ringgate_ready";
+
+/// Rate-limit decisions, by limit and decision (admitted, delayed, limited,
+/// store_error).
+pub const RATE_LIMIT_DECISIONS: &str = "ringgate_rate_limit_decisions_total";
+
+/// Breaker state by upstream: 0 closed, 1 open, 2 half-open.
+pub const BREAKER_STATE: &str = "ringgate_breaker_state";
+/// Times a breaker opened, by upstream.
+pub const BREAKER_OPENS: &str = "ringgate_breaker_opens_total";
+/// Targets by upstream and state (healthy, unhealthy, ejected).
+pub const UPSTREAM_TARGETS: &str = "ringgate_upstream_targets";
+/// Outlier ejections of the current targets, by upstream.
+pub const UPSTREAM_EJECTIONS: &str = "ringgate_upstream_ejections_total";

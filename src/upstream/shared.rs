@@ -71,6 +71,11 @@ impl TargetShared {
         self.weight.load(Ordering::Relaxed)
     }
 
+    /// Times this target was ejected by outlier detection.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
     /// Passing active health checks (always true without them).
     #[inline]
     pub fn is_healthy(&self) -> bool {

@@ -245,6 +245,11 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits' names, in index order (metric labels).
+    pub fn limit_names(&self) -> Vec<&str> {
+        self.defs.iter().map(|d| d.name.as_str()).collect()
+    }
+
     /// Starts the reconciler and Redis lease threads; called once by the
     /// server. With one worker and no global limit there is nothing to
     /// reconcile and no thread is started.
@@ -920,6 +925,8 @@ pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdic
         match v {
             Verdicts::Admit { tight, delay_ns } => {
                 write_headers(shard, p, ctx, &tight, false);
+                let m = &ctx.worker.metrics;
+                m.rate_limit_decision(tight.li, if delay_ns > 0 { 1 } else { 0 });
                 if delay_ns > 0 {
                     monoio::time::sleep(Duration::from_nanos(delay_ns)).await;
                 }
@@ -927,9 +934,15 @@ pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdic
             }
             Verdicts::Reject(d) => {
                 write_headers(shard, p, ctx, &d, true);
+                ctx.worker.metrics.rate_limit_decision(d.li, 2);
                 return Verdict::Reply(Reply::error(429, "rate limit exceeded", ctx.request_id));
             }
-            Verdicts::StoreDown => return store_down(ctx),
+            Verdicts::StoreDown => {
+                for &li in &p.limits {
+                    ctx.worker.metrics.rate_limit_decision(li, 3);
+                }
+                return store_down(ctx);
+            }
             Verdicts::Wait => {
                 if waited >= max_wait {
                     // No lease in time: treat it as the store failing.
