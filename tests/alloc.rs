@@ -2,46 +2,13 @@
 //! global allocator counts allocations made on gateway worker threads while
 //! many keep-alive requests are proxied, after a warm-up.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static COUNTING: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    static IS_WORKER: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) && IS_WORKER.with(|w| w.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) && IS_WORKER.with(|w| w.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        unsafe { System.realloc(p, l, n) }
-    }
-}
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn mark_worker(_: usize) {
-    IS_WORKER.with(|w| w.set(true));
-}
+static GLOBAL: support::alloc_count::Counting = support::alloc_count::Counting;
 
 /// A keep-alive backend answering every request with a fixed response.
 fn backend() -> std::net::SocketAddr {
@@ -115,26 +82,20 @@ upstream = "items"
 "#
     ))
     .unwrap();
-    let gw = ringgate::runtime::Server::start_with(
-        cfg,
-        ringgate::runtime::worker::Hooks {
-            on_worker_start: Some(mark_worker),
-        },
-    )
-    .unwrap();
+    let gw = ringgate::runtime::Server::start_with(cfg, support::alloc_count::hooks()).unwrap();
     let mut s = TcpStream::connect(gw.local_addrs()[0]).unwrap();
     s.set_nodelay(true).unwrap();
     let mut buf = vec![0u8; 4096];
     for _ in 0..500 {
         request(&mut s, &mut buf);
     }
-    COUNTING.store(true, Ordering::SeqCst);
+    support::alloc_count::counting(true);
     const N: u64 = 5000;
     for _ in 0..N {
         request(&mut s, &mut buf);
     }
-    COUNTING.store(false, Ordering::SeqCst);
-    let allocs = ALLOCS.load(Ordering::SeqCst);
+    support::alloc_count::counting(false);
+    let allocs = support::alloc_count::allocs();
     assert_eq!(
         allocs, 0,
         "{allocs} allocations on the worker over {N} proxied requests"
@@ -142,12 +103,12 @@ upstream = "items"
 
     // The counter does see the worker: a new connection allocates its
     // buffers (once per connection, not per request).
-    COUNTING.store(true, Ordering::SeqCst);
+    support::alloc_count::counting(true);
     let mut s2 = TcpStream::connect(gw.local_addrs()[0]).unwrap();
     request(&mut s2, &mut buf);
-    COUNTING.store(false, Ordering::SeqCst);
+    support::alloc_count::counting(false);
     assert!(
-        ALLOCS.load(Ordering::SeqCst) > 0,
+        support::alloc_count::allocs() > 0,
         "allocation counter saw nothing"
     );
 }

@@ -11,11 +11,9 @@
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
@@ -26,40 +24,8 @@ use support::*;
 // by the gateway's worker hook, only while switched on.
 // ---------------------------------------------------------------------------
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static COUNTING: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    static IS_WORKER: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) && IS_WORKER.with(|w| w.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) && IS_WORKER.with(|w| w.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn mark_worker(_: usize) {
-    IS_WORKER.with(|w| w.set(true));
-}
+static GLOBAL: support::alloc_count::Counting = support::alloc_count::Counting;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -785,13 +751,7 @@ fn hit_allocates_nothing() {
         .respond(200, "hello")
         .start();
     let cfg = ringgate::config::Config::parse(&config("", up.addr, &route(""))).unwrap();
-    let gw = ringgate::runtime::Server::start_with(
-        cfg,
-        ringgate::runtime::worker::Hooks {
-            on_worker_start: Some(mark_worker),
-        },
-    )
-    .unwrap();
+    let gw = ringgate::runtime::Server::start_with(cfg, support::alloc_count::hooks()).unwrap();
     let mut s = TcpStream::connect(gw.local_addrs()[0]).unwrap();
     s.set_nodelay(true).unwrap();
     let mut buf = vec![0u8; 4096];
@@ -816,13 +776,13 @@ fn hit_allocates_nothing() {
         request(&mut s);
     }
     assert!(request(&mut s).contains("X-Cache: HIT"));
-    COUNTING.store(true, Ordering::SeqCst);
+    support::alloc_count::counting(true);
     const N: u64 = 2000;
     for _ in 0..N {
         request(&mut s);
     }
-    COUNTING.store(false, Ordering::SeqCst);
-    let allocs = ALLOCS.load(Ordering::SeqCst);
+    support::alloc_count::counting(false);
+    let allocs = support::alloc_count::allocs();
     assert_eq!(
         allocs, 0,
         "{allocs} allocations on the worker over {N} hits"

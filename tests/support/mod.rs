@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod alloc_count;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
