@@ -128,18 +128,20 @@ def git_short_commit() -> str:
     return commit
 
 
-def cargo_build_release() -> Path:
+def cargo_build_release(example: Optional[str] = None) -> Path:
+    """Builds the ringgate binary (or, with `example`, that example) in release mode."""
     if not have("cargo"):
         die("cargo not found (install Rust via rustup; ~/.cargo/bin is searched)")
-    log("cargo build --release")
-    r = run(["cargo", "build", "--release", "--bin", "ringgate"], cwd=REPO_ROOT)
+    what = ["--example", example] if example else ["--bin", "ringgate"]
+    log(f"cargo build --release {' '.join(what)}")
+    r = run(["cargo", "build", "--release", *what], cwd=REPO_ROOT)
     if r.returncode != 0:
         die("cargo build --release failed (see the compiler output above)")
     target_dir = os.environ.get("CARGO_TARGET_DIR")
     base = Path(target_dir) if target_dir else REPO_ROOT / "target"
     if not base.is_absolute():
         base = REPO_ROOT / base
-    binary = base / "release" / "ringgate"
+    binary = base / "release" / "examples" / example if example else base / "release" / "ringgate"
     if not binary.is_file():
         die(f"build succeeded but {binary} is missing")
     return binary
