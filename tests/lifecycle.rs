@@ -344,3 +344,65 @@ fn watched_file_reloads_on_change() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Health checks across reloads: a reload that adds an upstream keeps one
+/// checker (checks of a kept upstream arrive once per interval, not twice),
+/// and a reload that drops an upstream's health section stops its checks.
+#[test]
+fn reload_keeps_one_health_checker() {
+    let a = MockUpstream::builder().respond(200, "a").start();
+    let b = MockUpstream::builder().respond(200, "b").start();
+    let (ba, bb) = (a.addr.to_string(), b.addr.to_string());
+    let health = "[upstreams.a.health]\npath = \"/health\"\ninterval_ms = 30\ntimeout_ms = 500\n";
+    let checks = || {
+        a.requests()
+            .iter()
+            .filter(|r| r.target == "/health")
+            .count()
+    };
+    // Checks of `a` seen over 600 ms, and how many 30 ms intervals that was.
+    let rate = || {
+        let (before, t0) = (checks(), Instant::now());
+        std::thread::sleep(Duration::from_millis(600));
+        (checks() - before, t0.elapsed().as_millis() as usize / 30)
+    };
+    let text = |with_b: bool, health: &str| {
+        let mut t = reload_config(&ba, &bb, with_b, "");
+        t.push_str(health);
+        if with_b {
+            // a second upstream with checks of its own, new in this config
+            t.push_str("[upstreams.c]\ntargets = [\"");
+            t.push_str(&bb);
+            t.push_str("\"]\n[upstreams.c.health]\npath = \"/health\"\ninterval_ms = 30\n");
+        }
+        t
+    };
+    let (gw, path) = start_file("reload-health", &text(false, health));
+    let (n, intervals) = rate();
+    assert!(
+        n >= 3,
+        "checks of a run before the reload ({n} in {intervals} intervals)"
+    );
+    assert!(n <= intervals + 2, "{n} checks in {intervals} intervals");
+
+    std::fs::write(&path, text(true, health)).unwrap();
+    gw.reload().expect("valid reload");
+    let (n, intervals) = rate();
+    assert!(n >= 3, "checks of a go on after the reload ({n})");
+    assert!(
+        n <= intervals + 2,
+        "one checker after the reload: {n} checks of a in {intervals} intervals"
+    );
+    let on_b = b
+        .requests()
+        .iter()
+        .filter(|r| r.target == "/health")
+        .count();
+    assert!(on_b >= 3, "the new upstream c is checked ({on_b})");
+
+    std::fs::write(&path, text(false, "")).unwrap();
+    gw.reload().expect("valid reload");
+    std::thread::sleep(Duration::from_millis(100)); // a check in flight may finish
+    let (n, _) = rate();
+    assert_eq!(n, 0, "a's health section is gone: no more checks");
+}

@@ -618,6 +618,54 @@ fn health_checks_remove_and_restore_targets() {
     );
 }
 
+/// A target that accepts connections and never answers holds one check
+/// thread until its timeout; the other targets' checks go on meanwhile, so
+/// a sick neighbour is taken out of rotation in its usual few intervals.
+#[test]
+fn a_hanging_target_does_not_delay_the_checks_of_others() {
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    thread::spawn(move || {
+        for s in hang.incoming().flatten() {
+            h.lock().unwrap().push(s); // accepted, never answered
+        }
+    });
+    let sick = switchable("sick", 500);
+    sick.sick.store(true, SeqCst);
+    let gw = GatewayConfig::new()
+        .upstream(
+            "up",
+            &[hang_addr, sick.mock.addr],
+            &[
+                "[upstreams.up.health]",
+                "path = \"/health\"",
+                "interval_ms = 50",
+                "timeout_ms = 10000",
+                "unhealthy_threshold = 2",
+            ],
+        )
+        .route("/{*rest}", "up", &[])
+        .start();
+    let healthy = |i: usize| upstream_state(&gw, "up")["targets"][i]["healthy"] == true;
+    // One check at a time would wait 10 s for the hanging target first.
+    eventually("sick target unhealthy", || !healthy(1));
+    assert!(healthy(0), "the hanging target is still within its timeout");
+    let checks = || sick.mock.requests().len() - traffic(&sick.mock);
+    let before = checks();
+    thread::sleep(Duration::from_millis(500));
+    let n = checks() - before;
+    assert!(
+        n >= 4,
+        "the sick target is checked every interval ({n} in 500 ms)"
+    );
+    assert!(
+        held.lock().unwrap().len() <= 1,
+        "the hanging target is not checked again while a check of it is running"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Balancers
 // ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-//! Active health checks: one checker thread for every target of every
-//! upstream with `[upstreams.NAME.health]` (not one per worker).
+//! Active health checks: one scheduler thread and a small pool of check
+//! threads for every target of every upstream with `[upstreams.NAME.health]`
+//! (not one per worker).
 //!
 //! Each target is checked every `interval_ms` with a blocking HTTP/1.1
 //! `GET path` (`Connection: close`) within `timeout_ms`; a status in
@@ -8,62 +9,133 @@
 //! passes in a row bring it back. The verdict is one atomic flag on the
 //! target ([`TargetShared::set_healthy`]) that workers read when picking.
 //! Targets start healthy.
+//!
+//! The scheduler hands due targets to [`CHECKERS`] threads, so a target
+//! that hangs until its timeout delays only its own check, never the
+//! checks of other targets; a target is never checked twice at once. A
+//! server has one [`Checker`], found through its upstreams' shared state,
+//! whose list of what to check is replaced on every config (start and
+//! reload, see [`update`]): upstreams a reload removes stop being checked,
+//! kept ones keep their counters, and a reload never starts a second
+//! checker. The threads end when the server's upstreams are gone.
 
 use super::now_ms;
 use super::shared::{TargetShared, UpstreamShared};
 use crate::config::{Config, HealthConfig};
+use arc_swap::ArcSwap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Weak;
+use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// How often the checker looks for due targets.
+/// How often the scheduler looks for due targets.
 const TICK: Duration = Duration::from_millis(10);
 
-/// Starts the checker thread when any upstream has health checks.
-pub fn start(config: &Config) {
-    let checks: Vec<(Weak<UpstreamShared>, HealthConfig)> = config
+/// Check threads per server: this many targets can be mid-check at once.
+pub const CHECKERS: usize = 8;
+
+type Checks = Vec<(Weak<UpstreamShared>, Arc<HealthConfig>)>;
+
+/// One server's health checker: what to check, read by its scheduler.
+#[derive(Default)]
+pub struct Checker {
+    checks: ArcSwap<Checks>,
+}
+
+struct Job {
+    up: Arc<UpstreamShared>,
+    target: Arc<TargetShared>,
+    health: Arc<HealthConfig>,
+}
+
+/// Makes `config`'s upstreams the ones checked (call on start and after
+/// every reload, with the new config); starts the checker of this server
+/// the first time any of its upstreams has checks.
+pub fn update(config: &Config) {
+    let checks: Checks = config
         .upstreams
         .iter()
         .filter_map(|u| {
             u.health
                 .as_ref()
-                .map(|h| (std::sync::Arc::downgrade(&u.state), h.clone()))
+                .map(|h| (Arc::downgrade(&u.state), Arc::new(h.clone())))
         })
         .collect();
-    if checks.is_empty() {
-        return;
+    let existing = config
+        .upstreams
+        .iter()
+        .find_map(|u| u.state.health_checker.get().cloned());
+    let checker = match existing {
+        Some(c) => c,
+        None if checks.is_empty() => return,
+        None => {
+            let c = Arc::new(Checker::default());
+            if let Err(e) = start_threads(&c) {
+                tracing::error!(error = %e, "cannot start the health checker");
+                return;
+            }
+            c
+        }
+    };
+    for u in &config.upstreams {
+        let _ = u.state.health_checker.set(checker.clone());
     }
-    let r = std::thread::Builder::new()
-        .name(String::from("ringgate-health"))
-        .spawn(move || run(checks));
-    if let Err(e) = r {
-        tracing::error!(error = %e, "cannot start the health checker");
-    }
+    checker.checks.store(Arc::new(checks));
 }
 
-fn run(checks: Vec<(Weak<UpstreamShared>, HealthConfig)>) {
+fn start_threads(checker: &Arc<Checker>) -> std::io::Result<()> {
+    // Bounded by the number of targets that can be due at once; a full
+    // queue only means a target waits for a free check thread.
+    let (tx, rx) = crossbeam_channel::bounded::<Job>(1024);
+    for i in 0..CHECKERS {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("ringgate-health-{i}"))
+            .spawn(move || {
+                for job in rx {
+                    let pass = check(&job.target, &job.health).is_ok();
+                    apply(&job.up, &job.target, &job.health, pass);
+                    job.target.check_in_flight.store(false, Release);
+                }
+            })?;
+    }
+    let weak = Arc::downgrade(checker);
+    std::thread::Builder::new()
+        .name(String::from("ringgate-health"))
+        .spawn(move || schedule(weak, tx))?;
+    Ok(())
+}
+
+fn schedule(checker: Weak<Checker>, tx: crossbeam_channel::Sender<Job>) {
     loop {
-        let mut alive = false;
-        for (weak, h) in &checks {
+        let Some(list) = checker.upgrade().map(|c| c.checks.load_full()) else {
+            return; // the server is gone; dropping `tx` ends the check threads
+        };
+        for (weak, h) in list.iter() {
             let Some(up) = weak.upgrade() else { continue };
-            alive = true;
             let interval = h.interval.as_millis() as u64;
             for t in up.snapshot().targets.iter() {
-                let last = t.checked_at.load(std::sync::atomic::Ordering::Relaxed);
+                let last = t.checked_at.load(Relaxed);
                 let now = now_ms();
                 if last != 0 && now < last + interval {
                     continue;
                 }
-                t.checked_at
-                    .store(now.max(1), std::sync::atomic::Ordering::Relaxed);
-                let pass = check(t, h).is_ok();
-                apply(&up, t, h, pass);
+                if t.check_in_flight.swap(true, AcqRel) {
+                    continue; // still being checked (a slow target)
+                }
+                t.checked_at.store(now.max(1), Relaxed);
+                let job = Job {
+                    up: up.clone(),
+                    target: t.clone(),
+                    health: h.clone(),
+                };
+                if tx.send(job).is_err() {
+                    return;
+                }
             }
         }
-        if !alive {
-            return;
-        }
+        drop(list);
         std::thread::sleep(TICK);
     }
 }

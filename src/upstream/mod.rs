@@ -51,16 +51,12 @@ pub fn now_ms() -> u64 {
 /// and the thread of each dynamic discovery source, and the health
 /// checker. Idempotent per config.
 pub fn start_control(config: &Config) {
-    let mut first = false;
     for u in &config.upstreams {
         if !u.state.started.swap(true, Ordering::AcqRel) {
-            first = true;
             discovery::start(u);
         }
     }
-    if first {
-        health::start(config);
-    }
+    health::update(config);
 }
 
 /// The fixed-seed hash of the request's `key` (header, cookie or client

@@ -45,6 +45,8 @@ pub struct TargetShared {
     pub(crate) check_failures: AtomicU32,
     /// When the checker last looked (ms on the process clock).
     pub(crate) checked_at: AtomicU64,
+    /// A check of this target is queued or running.
+    pub(crate) check_in_flight: AtomicBool,
 }
 
 impl TargetShared {
@@ -62,6 +64,7 @@ impl TargetShared {
             check_passes: AtomicU32::new(0),
             check_failures: AtomicU32::new(0),
             checked_at: AtomicU64::new(0),
+            check_in_flight: AtomicBool::new(false),
         }
     }
 
@@ -166,6 +169,9 @@ pub struct UpstreamShared {
     pub(crate) started: AtomicBool,
     /// Why the last discovery attempt failed (empty when it worked).
     pub(crate) discovery_error: Mutex<String>,
+    /// The health checker of this upstream's server (shared by all its
+    /// upstreams, kept across reloads).
+    pub(crate) health_checker: std::sync::OnceLock<Arc<super::health::Checker>>,
 }
 
 impl std::fmt::Debug for UpstreamShared {
@@ -208,6 +214,7 @@ impl UpstreamShared {
             }),
             started: AtomicBool::new(false),
             discovery_error: Mutex::new(String::new()),
+            health_checker: std::sync::OnceLock::new(),
         }
     }
 
