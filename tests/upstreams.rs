@@ -1111,25 +1111,36 @@ struct Zone {
     a: HashMap<String, Vec<[u8; 4]>>,
     /// name → (priority, weight, port, target).
     srv: HashMap<String, Vec<(u16, u16, u16, String)>>,
+    /// Over UDP, answer with the first record only and the TC flag when
+    /// there are more (as a server does when an answer does not fit).
+    truncate_udp: bool,
 }
 
-/// A small authoritative DNS server on UDP 127.0.0.1:ephemeral answering
-/// A and SRV from a zone the test changes.
+/// A small authoritative DNS server on 127.0.0.1:ephemeral, UDP and TCP
+/// on the same port, answering A and SRV from a zone the test changes.
 struct TestDns {
     addr: SocketAddr,
     zone: Arc<Mutex<Zone>>,
     queries: Arc<AtomicUsize>,
+    tcp_queries: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
 impl TestDns {
     fn start() -> TestDns {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (sock, tcp) = loop {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            if let Ok(tcp) = TcpListener::bind(sock.local_addr().unwrap()) {
+                break (sock, tcp);
+            }
+        };
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
+        tcp.set_nonblocking(true).unwrap();
         let addr = sock.local_addr().unwrap();
         let zone = Arc::new(Mutex::new(Zone::default()));
         let queries = Arc::new(AtomicUsize::new(0));
+        let tcp_queries = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (z, q, s) = (zone.clone(), queries.clone(), stop.clone());
         thread::spawn(move || {
@@ -1139,8 +1150,37 @@ impl TestDns {
                     continue;
                 };
                 q.fetch_add(1, SeqCst);
-                if let Some(resp) = answer(&buf[..n], &z.lock().unwrap()) {
+                let zone = z.lock().unwrap().clone();
+                let limit = zone.truncate_udp.then_some(1);
+                if let Some(resp) = answer(&buf[..n], &zone, limit) {
                     let _ = sock.send_to(&resp, from);
+                }
+            }
+        });
+        let (z, q, s) = (zone.clone(), tcp_queries.clone(), stop.clone());
+        thread::spawn(move || {
+            use std::io::{Read, Write};
+            while !s.load(SeqCst) {
+                let Ok((mut c, _)) = tcp.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                c.set_nonblocking(false).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut len = [0u8; 2];
+                if c.read_exact(&mut len).is_err() {
+                    continue;
+                }
+                let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+                if c.read_exact(&mut msg).is_err() {
+                    continue;
+                }
+                q.fetch_add(1, SeqCst);
+                let zone = z.lock().unwrap().clone();
+                if let Some(resp) = answer(&msg, &zone, None) {
+                    let mut out = (resp.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&resp);
+                    let _ = c.write_all(&out);
                 }
             }
         });
@@ -1148,6 +1188,7 @@ impl TestDns {
             addr,
             zone,
             queries,
+            tcp_queries,
             stop,
         }
     }
@@ -1171,8 +1212,9 @@ fn put_name(out: &mut Vec<u8>, name: &str) {
     out.push(0);
 }
 
-/// Builds the response to one query (NXDOMAIN for unknown names).
-fn answer(q: &[u8], zone: &Zone) -> Option<Vec<u8>> {
+/// Builds the response to one query (NXDOMAIN for unknown names); with
+/// `limit`, at most that many answers and the TC flag when some were cut.
+fn answer(q: &[u8], zone: &Zone, limit: Option<usize>) -> Option<Vec<u8>> {
     if q.len() < 12 {
         return None;
     }
@@ -1226,9 +1268,17 @@ fn answer(q: &[u8], zone: &Zone) -> Option<Vec<u8>> {
         }
         _ => {}
     }
+    let mut flags = 0x85;
+    if let Some(k) = limit
+        && answers.len() > k
+    {
+        answers.truncate(k);
+        additional.clear();
+        flags |= 0x02; // TC
+    }
     let mut out = Vec::new();
     out.extend_from_slice(&q[..2]);
-    out.extend_from_slice(&[0x85, if known { 0x80 } else { 0x83 }, 0, 1]);
+    out.extend_from_slice(&[flags, if known { 0x80 } else { 0x83 }, 0, 1]);
     out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(additional.len() as u16).to_be_bytes());
@@ -1253,6 +1303,39 @@ fn dns_gateway(dns: &TestDns, name: &str) -> Gateway {
         )
         .route("/{*rest}", "up", &[])
         .start()
+}
+
+/// An SRV answer too large for the server's UDP reply comes back with the
+/// TC flag; the gateway asks again over TCP and gets every target.
+#[test]
+fn dns_truncated_answer_is_asked_again_over_tcp() {
+    let names = ["t0", "t1", "t2", "t3", "t4"];
+    let backends: Vec<MockUpstream> = names.iter().map(|n| named(n)).collect();
+    let dns = TestDns::start();
+    dns.set(|z| {
+        let records = backends
+            .iter()
+            .map(|b| (10, 1, b.addr.port(), String::from("node.big.test")))
+            .collect();
+        z.srv.insert(String::from("_http._tcp.big.test"), records);
+        z.a.insert(String::from("node.big.test"), vec![[127, 0, 0, 1]]);
+        z.truncate_udp = true;
+    });
+    let gw = dns_gateway(&dns, "_http._tcp.big.test");
+    let count = || {
+        upstream_state(&gw, "up")["targets"]
+            .as_array()
+            .map_or(0, |t| t.len())
+    };
+    eventually("all five SRV targets", || count() == 5);
+    assert!(
+        dns.tcp_queries.load(SeqCst) > 0,
+        "the full answer came over TCP"
+    );
+    let seen = tally(&gw, "/x", 50);
+    for n in names {
+        assert_eq!(seen.get(&format!("200 {n}")), Some(&10), "{seen:?}");
+    }
 }
 
 /// SRV records give ports and weights; when the answer changes, traffic

@@ -9,14 +9,18 @@
 //!   answer's additional section, or with A/AAAA queries. Queries go to
 //!   `dns_server`, or the first `nameserver` of `/etc/resolv.conf`.
 //!
-//! The client is a minimal RFC 1035 one over UDP: one question per query,
-//! name compression understood, truncated answers taken as they are.
+//! The client is a minimal RFC 1035 one: one question per query over UDP
+//! with EDNS(0) (a 1232-byte payload, so answers of a few dozen records fit
+//! in one datagram; asked again without it if the server answers FORMERR),
+//! name compression understood, and a truncated answer (TC) asked again
+//! over TCP, so large SRV sets are never cut short.
 //! A failed or empty resolution keeps the last good list and logs why.
 
 use super::super::shared::UpstreamShared;
 use crate::config::DnsDiscovery;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
 /// Deadline of one DNS query.
@@ -28,6 +32,11 @@ pub const TYPE_A: u16 = 1;
 pub const TYPE_AAAA: u16 = 28;
 /// Record type SRV.
 pub const TYPE_SRV: u16 = 33;
+/// Pseudo-record type OPT (EDNS).
+pub const TYPE_OPT: u16 = 41;
+/// UDP payload size offered with EDNS(0): large enough for a few dozen
+/// SRV records, small enough never to need IP fragmentation.
+pub const EDNS_PAYLOAD: u16 = 1232;
 
 /// Resolves `d` once and publishes the result when it is usable.
 pub fn refresh(shared: &UpstreamShared, d: &DnsDiscovery) {
@@ -176,8 +185,29 @@ pub struct Answer {
     pub additional: Vec<Record>,
 }
 
-/// Sends one query to `server` and parses the answer.
+/// Sends one query to `server` and parses the answer: over UDP with
+/// EDNS(0) (without it when the server does not understand it), then over
+/// TCP when the UDP answer was truncated.
 pub fn query(server: SocketAddr, name: &str, qtype: u16) -> io::Result<Answer> {
+    let id = query_id();
+    let mut msg = exchange_udp(server, id, &encode_query_edns(id, name, qtype)?)?;
+    if msg[3] & 0x0f == 1 {
+        // FORMERR: a server that does not know EDNS.
+        msg = exchange_udp(server, id, &encode_query(id, name, qtype)?)?;
+    }
+    if msg[2] & 0x02 != 0 {
+        // TC: the answer did not fit; TCP carries it whole.
+        msg = exchange_tcp(server, id, &encode_query(id, name, qtype)?)?;
+    }
+    decode_answer(&msg)
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "DNS query timed out")
+}
+
+/// One query over UDP; returns the response with the query's id.
+fn exchange_udp(server: SocketAddr, id: u16, q: &[u8]) -> io::Result<Vec<u8>> {
     let bind: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -186,33 +216,54 @@ pub fn query(server: SocketAddr, name: &str, qtype: u16) -> io::Result<Answer> {
     let sock = UdpSocket::bind(bind)?;
     sock.connect(server)?;
     sock.set_read_timeout(Some(QUERY_TIMEOUT))?;
-    let id = query_id();
-    let q = encode_query(id, name, qtype)?;
-    sock.send(&q)?;
+    sock.send(q)?;
     let mut buf = [0u8; 4096];
     let deadline = std::time::Instant::now() + QUERY_TIMEOUT;
     loop {
         let n = match sock.recv(&mut buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "DNS query timed out",
-                ));
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(timed_out()),
             Err(e) => return Err(e),
         };
         let msg = &buf[..n];
-        if msg.len() >= 2 && u16::from_be_bytes([msg[0], msg[1]]) == id {
-            return decode_answer(msg);
+        if msg.len() >= 12 && u16::from_be_bytes([msg[0], msg[1]]) == id {
+            return Ok(msg.to_vec());
         }
         if std::time::Instant::now() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "DNS query timed out",
-            ));
+            return Err(timed_out());
         }
     }
+}
+
+/// One query over TCP (RFC 1035 4.2.2: each message after its 2-byte length).
+fn exchange_tcp(server: SocketAddr, id: u16, q: &[u8]) -> io::Result<Vec<u8>> {
+    let deadline = std::time::Instant::now() + QUERY_TIMEOUT;
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let mut s = TcpStream::connect_timeout(&server, QUERY_TIMEOUT)?;
+    s.set_write_timeout(Some(left()))?;
+    let mut out = Vec::with_capacity(q.len() + 2);
+    out.extend_from_slice(&(q.len() as u16).to_be_bytes());
+    out.extend_from_slice(q);
+    s.write_all(&out)?;
+    let read = |s: &mut TcpStream, buf: &mut [u8]| -> io::Result<()> {
+        s.set_read_timeout(Some(left()))?;
+        s.read_exact(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => timed_out(),
+            _ => e,
+        })
+    };
+    let mut len = [0u8; 2];
+    read(&mut s, &mut len)?;
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    read(&mut s, &mut msg)?;
+    if msg.len() < 12 || u16::from_be_bytes([msg[0], msg[1]]) != id {
+        return Err(bad("TCP answer does not match the query"));
+    }
+    Ok(msg)
 }
 
 fn query_id() -> u16 {
@@ -237,6 +288,19 @@ pub fn encode_query(id: u16, name: &str, qtype: u16) -> io::Result<Vec<u8>> {
     encode_name(&mut q, name)?;
     q.extend_from_slice(&qtype.to_be_bytes());
     q.extend_from_slice(&1u16.to_be_bytes());
+    Ok(q)
+}
+
+/// [`encode_query`] plus an OPT pseudo-record offering [`EDNS_PAYLOAD`]
+/// bytes of UDP payload (EDNS version 0, no options).
+pub fn encode_query_edns(id: u16, name: &str, qtype: u16) -> io::Result<Vec<u8>> {
+    let mut q = encode_query(id, name, qtype)?;
+    q[11] = 1; // ARCOUNT
+    q.push(0); // owner: the root
+    q.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    q.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes()); // CLASS = payload size
+    q.extend_from_slice(&[0, 0, 0, 0]); // TTL = extended rcode, version, flags
+    q.extend_from_slice(&[0, 0]); // RDLEN
     Ok(q)
 }
 
@@ -402,6 +466,23 @@ mod tests {
                 Ipv4Addr::new(127, 0, 0, 9)
             )]
         );
+    }
+
+    #[test]
+    fn edns_query_carries_one_opt_record() {
+        let q = encode_query_edns(7, "a.test", TYPE_A).unwrap();
+        let plain = encode_query(7, "a.test", TYPE_A).unwrap();
+        assert_eq!(&q[..10], &plain[..10]);
+        assert_eq!(u16::from_be_bytes([q[10], q[11]]), 1, "ARCOUNT");
+        assert_eq!(&q[12..plain.len()], &plain[12..]);
+        let opt = &q[plain.len()..];
+        assert_eq!(opt, &[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        // The decoder skips the OPT record a server echoes back.
+        let mut r = q.clone();
+        r[2] = 0x81;
+        r[3] = 0x80;
+        let a = decode_answer(&r).unwrap();
+        assert!(a.records.is_empty() && a.additional.is_empty());
     }
 
     #[test]
