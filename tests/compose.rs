@@ -20,12 +20,19 @@ fn json_service(body: &str) -> MockUpstream {
 }
 
 fn gateway(upstreams: &[(&str, SocketAddr)], route: &str) -> Gateway {
+    let with: Vec<_> = upstreams.iter().map(|&(n, a)| (n, a, "")).collect();
+    gateway_with(&with, route)
+}
+
+/// `gateway`, with extra TOML after each upstream's table (its sub-tables,
+/// such as `[upstreams.NAME.breaker]`).
+fn gateway_with(upstreams: &[(&str, SocketAddr, &str)], route: &str) -> Gateway {
     let mut t = String::from(
         "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\npin = false\ndrain_timeout_ms = 1000\n",
     );
-    for (name, addr) in upstreams {
+    for (name, addr, extra) in upstreams {
         t.push_str(&format!(
-            "\n[upstreams.{name}]\ntargets = [\"{addr}\"]\nrequest_timeout_ms = 5000\n"
+            "\n[upstreams.{name}]\ntargets = [\"{addr}\"]\nrequest_timeout_ms = 5000\n{extra}\n"
         ));
     }
     t.push('\n');
@@ -399,6 +406,196 @@ required = true
     assert_eq!(h.status, 200);
     assert!(h.body.is_empty());
     assert_eq!(c.get("/p/42").status, 200);
+}
+
+// ---------------------------------------------------------------------------
+// Parts behind their upstream's circuit breaker
+// ---------------------------------------------------------------------------
+
+/// The breaker state of `name`, as the admin API reports it.
+fn breaker_state(gw: &Gateway, name: &str) -> String {
+    let cfg = gw.handle.store.load();
+    let (status, body) =
+        ringgate::upstream::admin_request(&cfg, "GET", &format!("/upstreams/{name}"), b"")
+            .expect("an /upstreams path");
+    assert_eq!(status, 200, "{body}");
+    let j: Value = serde_json::from_str(&body).unwrap();
+    j["breaker"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Regression: a compose part used to call its upstream without its
+/// circuit breaker, so a dead backend behind a composed route was hit by
+/// every request and never tripped the breaker ordinary routes rely on.
+/// Now the part's failures open it; once open, the part contributes its
+/// fallback without a connection being made.
+#[test]
+fn dead_optional_part_trips_its_breaker_and_is_no_longer_called() {
+    let products = json_service(PRODUCT);
+    // Accepts, reads the request, closes without answering.
+    let pricing = MockUpstream::builder().handler(|_| Reply::Close).start();
+    let inventory = json_service(STOCK);
+    let gw = gateway_with(
+        &[
+            ("products", products.addr, ""),
+            (
+                "pricing",
+                pricing.addr,
+                "[upstreams.pricing.breaker]\nfailure_threshold = 3\nopen_ms = 60000\n",
+            ),
+            ("inventory", inventory.addr, ""),
+        ],
+        &product_page(""),
+    );
+    let mut c = gw.client();
+    for i in 0..3 {
+        let r = c.get("/product/42");
+        assert_eq!(r.status, 200, "failure {i}: {r:?}");
+        assert_eq!(r.header("x-gateway-partial"), Some("pricing"));
+    }
+    assert_eq!(pricing.conns(), 3, "each failure was a connection");
+    assert_eq!(breaker_state(&gw, "pricing"), "open");
+    let products_before = products.hits();
+    for i in 0..10 {
+        let r = c.get("/product/42");
+        assert_eq!(r.status, 200, "request {i} with the breaker open: {r:?}");
+        assert_eq!(r.header("x-gateway-partial"), Some("pricing"));
+        let j = r.json();
+        assert_eq!(j["pricing"], json!({"price": "unavailable"}));
+        assert_eq!(j["details"]["id"], 42);
+        assert_eq!(j["inventory"]["available"], 7);
+    }
+    assert_eq!(
+        pricing.conns(),
+        3,
+        "an open breaker let a connection through"
+    );
+    assert_eq!(pricing.hits(), 3);
+    assert_eq!(
+        products.hits(),
+        products_before + 10,
+        "other parts still run"
+    );
+    c.assert_open();
+}
+
+/// A required part behind an open breaker answers 503 with `Retry-After`
+/// and a JSON error naming the part, without contacting the backend.
+#[test]
+fn required_part_behind_open_breaker_answers_503_with_retry_after() {
+    let pricing = json_service(PRICE);
+    let inventory = json_service(STOCK);
+    let gw = gateway_with(
+        &[
+            (
+                "products",
+                refused_addr(),
+                "[upstreams.products.breaker]\nfailure_threshold = 2\nopen_ms = 5000\n",
+            ),
+            ("pricing", pricing.addr, ""),
+            ("inventory", inventory.addr, ""),
+        ],
+        &product_page(""),
+    );
+    let mut c = gw.client();
+    for _ in 0..2 {
+        let r = c.get("/product/42");
+        assert_json_error(&r, 502);
+        assert_eq!(r.json()["part"], "details");
+    }
+    assert_eq!(breaker_state(&gw, "products"), "open");
+    let r = c.get("/product/42");
+    assert_json_error(&r, 503);
+    let j = r.json();
+    assert_eq!(j["part"], "details");
+    let msg = j["error"].as_str().unwrap();
+    assert!(
+        msg.contains("details") && msg.contains("circuit breaker open"),
+        "names the part and the open circuit: {msg}"
+    );
+    let secs: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=5).contains(&secs), "Retry-After {secs}");
+    // The connection stays usable.
+    assert_eq!(c.get("/product/42").status, 503);
+}
+
+/// After `open_ms` the breaker half-opens: the next request's part is the
+/// probe, reaches the recovered backend, closes the breaker, and the route
+/// answers in full again.
+#[test]
+fn half_open_probe_reaches_the_recovered_part_and_closes_the_breaker() {
+    const OPEN_MS: u64 = 300;
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let f = failing.clone();
+    let pricing = MockUpstream::builder()
+        .handler(move |r| {
+            let (status, body) = if f.load(Ordering::SeqCst) {
+                (503, "down")
+            } else {
+                (200, PRICE)
+            };
+            Reply::Bytes {
+                data: response_bytes(
+                    status,
+                    &[("Content-Type".into(), "application/json".into())],
+                    body.as_bytes(),
+                    r.method == "HEAD",
+                ),
+                close: false,
+            }
+        })
+        .start();
+    let products = json_service(PRODUCT);
+    let inventory = json_service(STOCK);
+    let gw = gateway_with(
+        &[
+            ("products", products.addr, ""),
+            (
+                "pricing",
+                pricing.addr,
+                &format!(
+                    "[upstreams.pricing.breaker]\nfailure_threshold = 2\nopen_ms = {OPEN_MS}\nhalf_open_probes = 1\n"
+                ),
+            ),
+            ("inventory", inventory.addr, ""),
+        ],
+        &product_page(""),
+    );
+    let mut c = gw.client();
+    for _ in 0..2 {
+        let r = c.get("/product/42");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-gateway-partial"), Some("pricing"));
+    }
+    assert_eq!(pricing.hits(), 2);
+    // Recovered, but the breaker is open: still the fallback, no traffic.
+    failing.store(false, Ordering::SeqCst);
+    let r = c.get("/product/42");
+    assert_eq!(r.header("x-gateway-partial"), Some("pricing"));
+    assert_eq!(pricing.hits(), 2, "an open breaker sent traffic");
+
+    std::thread::sleep(Duration::from_millis(OPEN_MS * 2));
+    assert_eq!(breaker_state(&gw, "pricing"), "half_open");
+    let r = c.get("/product/42");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-gateway-partial"), None, "the probe succeeded");
+    assert_eq!(
+        r.json()["pricing"],
+        json!({"price": 9.90, "currency": "EUR"})
+    );
+    assert_eq!(pricing.hits(), 3, "one probe");
+    assert_eq!(breaker_state(&gw, "pricing"), "closed");
+    for _ in 0..3 {
+        let r = c.get("/product/42");
+        assert_eq!(r.header("x-gateway-partial"), None);
+    }
+    assert_eq!(pricing.hits(), 6);
 }
 
 #[test]

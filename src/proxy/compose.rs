@@ -17,9 +17,21 @@
 //!
 //! Failure rules: a `required` part that fails (connect error, non-2xx,
 //! invalid JSON, body over `max_part_bytes`) answers 502; one that times
-//! out answers 504; either way the JSON error names the part. An optional
-//! part that fails contributes its `fallback` (or `null`) and the answer
-//! carries `X-Gateway-Partial: <keys>`.
+//! out answers 504; one whose upstream's circuit breaker is open answers
+//! 503 with `Retry-After`; each time the JSON error names the part. An
+//! optional part that fails (an open breaker included) contributes its
+//! `fallback` (or `null`) and the answer carries `X-Gateway-Partial: <keys>`.
+//!
+//! Upstream protections: a part goes through its upstream's breaker and
+//! passive outlier detection like a forwarded request
+//! (`crate::upstream::breaker::Ticket`, the same rules as
+//! `proxy::forward`). An open breaker fails the part at once, without a
+//! connection. Otherwise the outcome is recorded once: the response's
+//! status is judged by the breaker's `failure_statuses` (and a 5xx counts
+//! for outlier ejection); a connect error, a broken connection, an invalid
+//! response or the part's deadline passing is a failure. A part dropped
+//! before its verdict (the request abandoned) gives a half-open probe slot
+//! back, so probes never leak.
 //!
 //! Performance notes: parts' bodies are validated and split one level deep
 //! by [`crate::proxy::json`] and spliced as raw slices into the output
@@ -31,11 +43,13 @@
 
 use super::forward::Conn;
 use super::json::{self, Doc};
-use crate::config::{Config, Errors};
+use crate::config::{Config, Errors, UpstreamConfig};
 use crate::http::chunked::ChunkedScanner;
 use crate::http::conn::read_more_within;
 use crate::http::parse::{self, BodyFraming, Parsed, ResponseHead};
 use crate::runtime::worker::{Generation, Worker};
+use crate::upstream::breaker::Ticket;
+use crate::upstream::pool::{TargetState, UpstreamState};
 use crate::upstream::shared::Report;
 use crate::upstream::{balance, pool};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
@@ -407,6 +421,8 @@ pub enum PartError {
     NotJson,
     /// The body was over `max_part_bytes`.
     TooLarge,
+    /// The upstream's circuit breaker is open: nothing was sent.
+    CircuitOpen,
 }
 
 impl PartError {
@@ -414,6 +430,7 @@ impl PartError {
     pub fn status(&self) -> u16 {
         match self {
             PartError::TimedOut => 504,
+            PartError::CircuitOpen => 503,
             _ => 502,
         }
     }
@@ -426,6 +443,7 @@ impl PartError {
             PartError::Status(s) => format!("answered {s}"),
             PartError::NotJson => String::from("answered a body that is not JSON"),
             PartError::TooLarge => String::from("answered a body over max_part_bytes"),
+            PartError::CircuitOpen => String::from("is unavailable (circuit breaker open)"),
         }
     }
 }
@@ -636,18 +654,9 @@ pub async fn serve<S: AsyncWriteRent>(
         .iter()
         .zip(&lines)
         .map(|(p, line)| {
-            let t = p
-                .timeout
-                .min(deadline.saturating_duration_since(Instant::now()));
-            let common = &common;
-            Box::pin(async move {
-                match monoio::time::timeout(t, fetch(snap, p, line, common, comp.max_part_bytes))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(PartError::TimedOut),
-                }
-            })
+            // The part's deadline (never after the overall one).
+            let until = (started + p.timeout).min(deadline);
+            Box::pin(fetch(snap, p, line, &common, comp.max_part_bytes, until))
         })
         .collect();
     let results = JoinAll::new(futs).await;
@@ -681,11 +690,21 @@ pub async fn serve<S: AsyncWriteRent>(
                 "request_id": String::from_utf8_lossy(rid.as_bytes()),
                 "part": p.key,
             });
-            crate::filter::Reply {
+            let r = crate::filter::Reply {
                 status,
                 headers: Vec::new(),
                 content_type: "application/json",
                 body: body.to_string().into_bytes(),
+            };
+            if e == PartError::CircuitOpen {
+                let secs = snap.upstreams[p.upstream]
+                    .shared
+                    .breaker
+                    .as_ref()
+                    .map_or(1, |b| b.retry_after_secs());
+                r.with_header("Retry-After", &secs.to_string())
+            } else {
+                r
             }
         }
     };
@@ -709,44 +728,107 @@ pub async fn serve<S: AsyncWriteRent>(
     (reply.status, ok && !close)
 }
 
-/// One part's exchange: a GET on a pooled (or fresh) connection of its
-/// upstream, the whole 2xx body read (up to `cap`). A pooled connection
-/// that turns out stale is replaced by a fresh one once.
+/// One part: asks its upstream's breaker, picks a target, runs the
+/// exchange until `until` (the part's deadline), then records the outcome
+/// with the breaker and passive outlier detection under the rules
+/// `proxy::forward` uses: a response is judged by its status (the
+/// breaker's `failure_statuses`; a 5xx for outlier detection), a connect
+/// error, broken connection, invalid response or timeout is a failure.
+/// An open breaker fails the part at once, without a connection. If this
+/// future is dropped before a verdict (the request was abandoned), the
+/// breaker ticket gives its probe slot back.
 async fn fetch(
     snap: &Generation,
     p: &Part,
     line: &[u8],
     common: &[u8],
     cap: usize,
+    until: Instant,
 ) -> Result<Vec<u8>, PartError> {
     let cfg: &Config = &snap.config;
     let up_cfg = &cfg.upstreams[p.upstream];
     let up = &snap.upstreams[p.upstream];
+    let mut ticket = Ticket::new(up.shared.breaker.as_ref());
+    if ticket.rejected() {
+        return Err(PartError::CircuitOpen);
+    }
     let list = up.list();
+    // No target to try: no verdict, the ticket is released (as forward does).
     let t = balance::pick(up, &list, up_cfg.balance, None, 0)
         .ok_or(PartError::Failed("has no available target"))?;
-    let target = list.targets[t].clone();
+    let target = InFlight::begin(&list.targets[t]);
     let mut head = Vec::with_capacity(line.len() + common.len() + 32);
     head.extend_from_slice(line);
-    let _ = write!(head, "Host: {}\r\n", target.addr);
+    let _ = write!(head, "Host: {}\r\n", target.0.addr);
     head.extend_from_slice(common);
-    target.begin();
+    let left = until.saturating_duration_since(Instant::now());
+    let r = monoio::time::timeout(left, exchange(up, up_cfg, target.0, head, cap))
+        .await
+        .unwrap_or(Err(ReadError::TimedOut));
+    drop(target);
+    let shared = &list.targets[t].shared;
+    let (status, result) = match r {
+        Ok((status, body)) if (200..300).contains(&status) => (status, Ok(body)),
+        Ok((status, _)) => (status, Err(PartError::Status(status))),
+        // An answer, only too large for the merge.
+        Err(ReadError::TooLarge(status)) => (status, Err(PartError::TooLarge)),
+        Err(e) => {
+            up.shared.report(shared, Report::Failure);
+            ticket.record(false);
+            return Err(e.into());
+        }
+    };
+    let report = if status >= 500 {
+        Report::Status5xx
+    } else {
+        Report::Success
+    };
+    up.shared.report(shared, report);
+    ticket.record_status(status);
+    result
+}
+
+/// A request in flight to a target (its `least_conn` count) for as long
+/// as this lives, however the part ends.
+struct InFlight<'a>(&'a TargetState);
+
+impl<'a> InFlight<'a> {
+    fn begin(t: &'a TargetState) -> Self {
+        t.begin();
+        InFlight(t)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A GET on a pooled (or fresh) connection of `target`, the whole body
+/// read (up to `cap`): the status and the body. A pooled connection that
+/// turns out stale is replaced by a fresh one once.
+async fn exchange(
+    up: &UpstreamState,
+    up_cfg: &UpstreamConfig,
+    target: &TargetState,
+    mut head: Vec<u8>,
+    cap: usize,
+) -> Result<(u16, Vec<u8>), ReadError> {
     let mut fresh_only = false;
-    let r = loop {
+    loop {
         let pooled = if fresh_only {
             None
         } else {
-            up.checkout(&target, Instant::now())
+            up.checkout(target, Instant::now())
         };
         let reused = pooled.is_some();
         let mut s = match pooled {
             Some(s) => s,
             None => match pool::connect(target.addr, up_cfg.connect_timeout).await {
                 Ok(s) => s,
-                Err(pool::ConnectError::TimedOut) => break Err(PartError::TimedOut),
-                Err(pool::ConnectError::Failed(_)) => {
-                    break Err(PartError::Failed("refused the connection"));
-                }
+                Err(pool::ConnectError::TimedOut) => return Err(ReadError::TimedOut),
+                Err(pool::ConnectError::Failed(_)) => return Err(ReadError::Refused),
             },
         };
         let (wr, h) = s.write_all(head).await;
@@ -756,54 +838,46 @@ async fn fetch(
                 fresh_only = true;
                 continue;
             }
-            break Err(PartError::Failed("closed the connection"));
+            return Err(ReadError::Closed);
         }
         match read_response(&mut s, cap, up_cfg.request_timeout).await {
             Err(ReadError::Nothing) if reused => {
                 fresh_only = true;
                 continue;
             }
-            Err(e) => break Err(e.into()),
+            Err(e) => return Err(e),
             Ok((status, body, reusable)) => {
                 if reusable {
-                    up.checkin(&target, s, Instant::now());
+                    up.checkin(target, s, Instant::now());
                 }
-                break if (200..300).contains(&status) {
-                    Ok(body)
-                } else {
-                    Err(PartError::Status(status))
-                };
+                return Ok((status, body));
             }
         }
-    };
-    target.end();
-    let report = match &r {
-        Ok(_) => Report::Success,
-        Err(PartError::Status(s)) if *s >= 500 => Report::Status5xx,
-        Err(PartError::Status(_)) | Err(PartError::NotJson) | Err(PartError::TooLarge) => {
-            Report::Success
-        }
-        Err(_) => Report::Failure,
-    };
-    up.shared.report(&target.shared, report);
-    r
+    }
 }
 
 enum ReadError {
     /// EOF before any byte: a stale pooled connection.
     Nothing,
+    /// Connect refused or failed.
+    Refused,
+    /// The connection broke while the request was written.
+    Closed,
     TimedOut,
     Invalid,
-    TooLarge,
+    /// A response with this status whose body is over the cap.
+    TooLarge(u16),
 }
 
 impl From<ReadError> for PartError {
     fn from(e: ReadError) -> Self {
         match e {
             ReadError::Nothing => PartError::Failed("closed the connection before responding"),
+            ReadError::Refused => PartError::Failed("refused the connection"),
+            ReadError::Closed => PartError::Failed("closed the connection"),
             ReadError::TimedOut => PartError::TimedOut,
             ReadError::Invalid => PartError::Failed("sent an invalid response"),
-            ReadError::TooLarge => PartError::TooLarge,
+            ReadError::TooLarge(_) => PartError::TooLarge,
         }
     }
 }
@@ -851,7 +925,7 @@ async fn read_response(
         }
         BodyFraming::Length(n) => {
             if n as usize > cap {
-                return Err(ReadError::TooLarge);
+                return Err(ReadError::TooLarge(head.status));
             }
             let n = n as usize;
             while buf.len() < hlen + n {
@@ -873,7 +947,7 @@ async fn read_response(
                     .map_err(|_| ReadError::Invalid)?;
                 pos += k;
                 if body.len() > cap {
-                    return Err(ReadError::TooLarge);
+                    return Err(ReadError::TooLarge(head.status));
                 }
                 if scanner.is_done() {
                     reusable &= pos == buf.len();
@@ -888,7 +962,7 @@ async fn read_response(
             reusable = false;
             loop {
                 if buf.len() - hlen > cap {
-                    return Err(ReadError::TooLarge);
+                    return Err(ReadError::TooLarge(head.status));
                 }
                 match read_into(s, &mut buf, gap).await {
                     Ok(()) => {}

@@ -30,7 +30,7 @@ use crate::http::parse::{
     self, BodyFraming, HeaderLine, HeaderRole, Parsed, RequestHead, ResponseHead,
 };
 use crate::runtime::worker::{Generation, Worker};
-use crate::upstream::breaker::{Admit, Breaker};
+use crate::upstream::breaker::Ticket;
 use crate::upstream::shared::Report;
 use crate::upstream::{balance, pool};
 use monoio::buf::IoBuf;
@@ -493,8 +493,7 @@ where
 
     // The breaker: an open one answers at once, with the fallback.
     let mut ticket = Ticket::new(shared.breaker.as_ref());
-    if ticket.admit == Admit::Rejected {
-        ticket.done = true;
+    if ticket.rejected() {
         return breaker_open(w, client, c, up_cfg, body_done, req_end).await;
     }
     up.budget.deposit();
@@ -923,53 +922,6 @@ fn choose_split(snap: &Generation, split: &Split, c: &Conn) -> usize {
     first
 }
 
-/// A request's standing with the upstream's breaker: what it admitted,
-/// and whether the verdict was recorded. A ticket dropped without a
-/// verdict (the client went away, or its request was bad) gives a
-/// half-open probe slot back.
-struct Ticket<'a> {
-    breaker: Option<&'a Breaker>,
-    admit: Admit,
-    done: bool,
-}
-
-impl<'a> Ticket<'a> {
-    #[inline]
-    fn new(breaker: Option<&'a Breaker>) -> Self {
-        Ticket {
-            breaker,
-            admit: breaker.map_or(Admit::Closed, |b| b.admit()),
-            done: breaker.is_none(),
-        }
-    }
-
-    #[inline]
-    fn record(&mut self, ok: bool) {
-        if !self.done {
-            self.done = true;
-            if let Some(b) = self.breaker {
-                b.record(self.admit, ok);
-            }
-        }
-    }
-
-    #[inline]
-    fn record_status(&mut self, status: u16) {
-        let ok = self.breaker.is_none_or(|b| !b.is_failure_status(status));
-        self.record(ok);
-    }
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        if !self.done
-            && let Some(b) = self.breaker
-        {
-            b.release(self.admit);
-        }
-    }
-}
-
 /// Answers a request whose upstream's breaker is open: the upstream's
 /// `[fallback]`, or 503 with `Retry-After`. Allocation is fine here: this
 /// is the degraded path.
@@ -993,11 +945,11 @@ async fn breaker_open<S: AsyncWriteRent>(
             None,
         ),
         None => {
-            let ms = up_cfg
+            let secs = up_cfg
                 .state
                 .breaker
                 .as_ref()
-                .map_or(0, |b| b.retry_after_ms());
+                .map_or(1, |b| b.retry_after_secs());
             let body = serde_json::json!({
                 "error": format!("upstream {} is unavailable (circuit breaker open)", up_cfg.name),
                 "status": 503,
@@ -1007,7 +959,7 @@ async fn breaker_open<S: AsyncWriteRent>(
                 503,
                 "application/json",
                 body.to_string().into_bytes(),
-                Some(ms.div_ceil(1000).max(1)),
+                Some(secs),
             )
         }
     };

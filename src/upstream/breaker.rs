@@ -7,6 +7,11 @@
 //! then half-open: `half_open_probes` requests are admitted; when all of
 //! them succeed it closes, the first failure re-opens it.
 //!
+//! Callers hold a [`Ticket`] per request: it asks [`Breaker::admit`],
+//! records the verdict once, and gives a half-open probe slot back when
+//! dropped without one. Plain forwarding (`proxy::forward`) and each part
+//! of a composed route (`proxy::compose`) use it the same way.
+//!
 //! Performance notes: [`Breaker::admit`] in the closed state is one relaxed
 //! load. Recording a success is a load (plus a store only after a failure);
 //! the rolling window, when `failure_rate` is set, costs two `fetch_add`s on
@@ -318,6 +323,12 @@ impl Breaker {
         at.saturating_add(self.open_ms).saturating_sub(now_ms())
     }
 
+    /// `retry_after_ms` in whole seconds for a `Retry-After` header:
+    /// rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after_ms().div_ceil(1000).max(1)
+    }
+
     /// Consecutive failures counted while closed.
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive.load(Ordering::Relaxed)
@@ -326,6 +337,67 @@ impl Breaker {
     /// Times it opened.
     pub fn opens(&self) -> u64 {
         self.opens.load(Ordering::Relaxed)
+    }
+}
+
+/// A request's standing with its upstream's breaker: what it admitted,
+/// and whether the verdict was recorded. A ticket dropped without a
+/// verdict (the client went away, its request was bad, or the attempt was
+/// abandoned) gives a half-open probe slot back. Without a breaker it
+/// admits everything and records nothing.
+pub struct Ticket<'a> {
+    breaker: Option<&'a Breaker>,
+    admit: Admit,
+    done: bool,
+}
+
+impl<'a> Ticket<'a> {
+    /// Asks `breaker` (if any) to admit a request now.
+    #[inline]
+    pub fn new(breaker: Option<&'a Breaker>) -> Self {
+        let admit = breaker.map_or(Admit::Closed, |b| b.admit());
+        Ticket {
+            breaker,
+            admit,
+            // Nothing to record or release without a breaker, or when it
+            // refused.
+            done: breaker.is_none() || admit == Admit::Rejected,
+        }
+    }
+
+    /// True when the breaker is open: do not send.
+    #[inline]
+    pub fn rejected(&self) -> bool {
+        self.admit == Admit::Rejected
+    }
+
+    /// Records the verdict (once; later calls do nothing).
+    #[inline]
+    pub fn record(&mut self, ok: bool) {
+        if !self.done {
+            self.done = true;
+            if let Some(b) = self.breaker {
+                b.record(self.admit, ok);
+            }
+        }
+    }
+
+    /// Records a response's status: a failure when the breaker counts it
+    /// as one ([`Breaker::is_failure_status`]).
+    #[inline]
+    pub fn record_status(&mut self, status: u16) {
+        let ok = self.breaker.is_none_or(|b| !b.is_failure_status(status));
+        self.record(ok);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(b) = self.breaker
+        {
+            b.release(self.admit);
+        }
     }
 }
 
@@ -398,6 +470,25 @@ mod tests {
             b.record(Admit::Closed, false);
         }
         assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn ticket_dropped_without_verdict_gives_the_probe_back() {
+        let b = Breaker::new(&cfg(1, None));
+        b.record(Admit::Closed, false);
+        assert!(Ticket::new(Some(&b)).rejected());
+        std::thread::sleep(Duration::from_millis(60));
+        for _ in 0..3 {
+            // Abandoned probes: each one's slot comes back.
+            let t = Ticket::new(Some(&b));
+            assert_eq!(t.admit, Admit::Probe);
+            drop(t);
+        }
+        let mut t = Ticket::new(Some(&b));
+        t.record_status(503);
+        assert!(Ticket::new(Some(&b)).rejected(), "a failed probe re-opens");
+        assert_eq!(b.opens(), 2);
+        assert!(!Ticket::new(None).rejected());
     }
 
     #[test]
