@@ -1,12 +1,16 @@
 //! Authentication and authorization over real sockets (issue 4): JWTs of
 //! every algorithm family, forged and out-of-date tokens, duplicate tokens,
 //! API keys, the token endpoint round trip, roles and scopes, stripped
-//! identity headers, a JWKS rotated under a running gateway, and config
-//! errors that name the key and the fix.
+//! identity headers, `hide_credentials`, a JWKS rotated under a running
+//! gateway, and config errors that name the key and the fix.
 //!
 //! Each test starts its own gateway (2 workers, port 0) in front of a mock
 //! backend that counts the requests it receives and echoes their headers,
 //! so every rejection is also checked to have never reached the backend.
+//! The `hide_credentials` tests use `support::MockUpstream`, which records
+//! each request's target as well as its headers.
+
+mod support;
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -40,6 +44,7 @@ const ENV_VARS: &[&str] = &[
     "RG_AUTH_T_SPOOF",
     "RG_AUTH_T_COUNTER",
     "RG_AUTH_T_CONFIG",
+    "RG_AUTH_T_HIDE",
 ];
 
 fn env() {
@@ -1803,6 +1808,287 @@ audience = ["{AUD}"]
 }
 
 // ---------------------------------------------------------------------------
+// hide_credentials: the credential used is not forwarded
+// ---------------------------------------------------------------------------
+
+/// Every token source and both API key sources; per method a route that
+/// hides the credential, one with `hide_credentials = false` and one
+/// without the key; `/hide/any` takes either method, `/hide/tx` also has a
+/// request transform that rewrites the target.
+fn hide_config(up: &support::MockUpstream) -> String {
+    let mut t = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n\n[upstreams.app]\ntargets = [\"{}\"]\n",
+        up.addr
+    );
+    for (path, auth, extra) in [
+        ("/hide/jwt", "\"jwt\"", "hide_credentials = true"),
+        ("/keep/jwt", "\"jwt\"", "hide_credentials = false"),
+        ("/default/jwt", "\"jwt\"", ""),
+        ("/hide/key", "\"api_key\"", "hide_credentials = true"),
+        ("/keep/key", "\"api_key\"", "hide_credentials = false"),
+        ("/default/key", "\"api_key\"", ""),
+        (
+            "/hide/any",
+            "\"jwt\", \"api_key\"",
+            "hide_credentials = true",
+        ),
+        (
+            "/hide/tx",
+            "\"api_key\"",
+            "hide_credentials = true\ntransform = { add_prefix = \"/api\", query = { add = { source = \"gw\" } } }",
+        ),
+    ] {
+        t += &format!(
+            "\n[[routes]]\npath = \"{path}\"\nupstream = \"app\"\nauth = [{auth}]\n{extra}\n"
+        );
+    }
+    t + &hs_jwt("RG_AUTH_T_HIDE")
+        + "token_header = \"X-Access-Token\"\ntoken_query = \"access_token\"\ntoken_cookie = \"session\"\n"
+        + "\n[auth.api_key]\nquery = \"api_key\"\n"
+        + &consumers()
+}
+
+/// Sends a GET through the gateway and returns the request the backend
+/// received (after checking the caller was authenticated).
+fn received(
+    g: &Gateway,
+    up: &support::MockUpstream,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> support::Request {
+    let before = up.hits();
+    let r = get(g.addr, path, headers);
+    assert_eq!(r.status, 200, "{path}: {r:?}");
+    assert_eq!(up.hits(), before + 1, "{path}");
+    let req = up.last();
+    assert!(req.header("X-User-Id").is_some(), "{path}: {req:?}");
+    req
+}
+
+/// The headers and cookies every hide test sends besides the credential.
+const OTHER: (&str, &str) = ("X-Other", "kept");
+
+#[test]
+fn hide_credentials_bearer_header() {
+    env();
+    let up = support::MockUpstream::builder().start();
+    let g = gateway(&hide_config(&up));
+    let t = hs(&claims("hana"));
+    let auth = bearer(&t);
+    let headers = [
+        ("Authorization", auth.as_str()),
+        OTHER,
+        ("Cookie", "theme=dark"),
+    ];
+
+    let r = received(&g, &up, "/hide/jwt?a=1&b=2", &headers);
+    assert!(!r.has_header("Authorization"), "{}", r.head_str());
+    assert!(!r.head_str().contains(&t), "{}", r.head_str());
+    assert_eq!(r.target, "/hide/jwt?a=1&b=2");
+    assert_eq!(r.header("X-Other"), Some("kept"));
+    assert_eq!(r.header("Cookie"), Some("theme=dark"));
+    assert_eq!(r.header("X-User-Id"), Some("hana"));
+    assert_eq!(r.header("X-Auth-Method"), Some("jwt"));
+
+    for path in ["/keep/jwt?a=1&b=2", "/default/jwt?a=1&b=2"] {
+        let r = received(&g, &up, path, &headers);
+        assert_eq!(r.header("Authorization"), Some(auth.as_str()), "{path}");
+        assert_eq!(r.target, path);
+        assert_eq!(r.header("X-Other"), Some("kept"), "{path}");
+        assert_eq!(r.header("Cookie"), Some("theme=dark"), "{path}");
+    }
+
+    // The token in its own header is hidden the same way.
+    let r = received(&g, &up, "/hide/jwt", &[("X-Access-Token", &t), OTHER]);
+    assert!(!r.has_header("X-Access-Token"), "{}", r.head_str());
+    assert_eq!(r.header("X-Other"), Some("kept"));
+    let r = received(&g, &up, "/keep/jwt", &[("X-Access-Token", &t), OTHER]);
+    assert_eq!(r.header("X-Access-Token"), Some(t.as_str()));
+}
+
+#[test]
+fn hide_credentials_api_key_header() {
+    env();
+    let up = support::MockUpstream::builder().start();
+    let g = gateway(&hide_config(&up));
+    let headers = [("X-API-Key", "acme-key-1"), OTHER, ("Cookie", "theme=dark")];
+
+    let r = received(&g, &up, "/hide/key?a=1", &headers);
+    assert!(!r.has_header("X-API-Key"), "{}", r.head_str());
+    assert!(!r.head_str().contains("acme-key-1"), "{}", r.head_str());
+    assert_eq!(r.target, "/hide/key?a=1");
+    assert_eq!(r.header("X-Other"), Some("kept"));
+    assert_eq!(r.header("Cookie"), Some("theme=dark"));
+    assert_eq!(r.header("X-Consumer-Id"), Some("acme"));
+
+    for path in ["/keep/key?a=1", "/default/key?a=1"] {
+        let r = received(&g, &up, path, &headers);
+        assert_eq!(r.header("X-API-Key"), Some("acme-key-1"), "{path}");
+        assert_eq!(r.target, path);
+        assert_eq!(r.header("X-Other"), Some("kept"), "{path}");
+    }
+
+    // Only the credential that authenticated the request is hidden: on a
+    // route taking either method the JWT is checked first, so the API key
+    // sent alongside it reaches the backend.
+    let t = hs(&claims("hana"));
+    let both = [
+        ("Authorization", &bearer(&t)[..]),
+        ("X-API-Key", "acme-key-1"),
+    ];
+    let r = received(&g, &up, "/hide/any", &both);
+    assert_eq!(r.header("X-Auth-Method"), Some("jwt"));
+    assert!(!r.has_header("Authorization"), "{}", r.head_str());
+    assert_eq!(r.header("X-API-Key"), Some("acme-key-1"));
+    let r = received(
+        &g,
+        &up,
+        "/hide/any",
+        &[both[1], ("Authorization", "Basic eDp5")],
+    );
+    assert_eq!(r.header("X-Auth-Method"), Some("api_key"));
+    assert!(!r.has_header("X-API-Key"), "{}", r.head_str());
+    assert_eq!(r.header("Authorization"), Some("Basic eDp5"));
+}
+
+#[test]
+fn hide_credentials_query_parameter() {
+    env();
+    let up = support::MockUpstream::builder().start();
+    let g = gateway(&hide_config(&up));
+    // API key in the query: the parameter goes, the others stay in order.
+    for (sent, forwarded) in [
+        ("/hide/key?a=1&api_key=acme-key-1&b=2", "/hide/key?a=1&b=2"),
+        ("/hide/key?api_key=acme-key-1&a=1&b=2", "/hide/key?a=1&b=2"),
+        ("/hide/key?b=2&a=1&api_key=acme-key-1", "/hide/key?b=2&a=1"),
+        ("/hide/key?api_key=acme-key-1", "/hide/key"),
+        (
+            "/hide/key?api_key=acme-key-1&x=api_key&api_key=acme-key-1",
+            "/hide/key?x=api_key",
+        ),
+        // After a request transform that rewrites the target.
+        (
+            "/hide/tx?a=1&api_key=acme-key-1",
+            "/api/hide/tx?a=1&source=gw",
+        ),
+    ] {
+        let r = received(&g, &up, sent, &[OTHER]);
+        assert_eq!(r.target, forwarded, "{sent}");
+        assert_eq!(r.header("X-Other"), Some("kept"), "{sent}");
+        assert_eq!(r.header("X-Consumer-Id"), Some("acme"), "{sent}");
+    }
+    for sent in [
+        "/keep/key?a=1&api_key=acme-key-1&b=2",
+        "/default/key?a=1&api_key=acme-key-1&b=2",
+    ] {
+        let r = received(&g, &up, sent, &[OTHER]);
+        assert_eq!(r.target, sent);
+    }
+
+    // A JWT in the query.
+    let t = hs(&claims("hana"));
+    let r = received(
+        &g,
+        &up,
+        &format!("/hide/jwt?a=1&access_token={t}&b=2"),
+        &[OTHER],
+    );
+    assert_eq!(r.target, "/hide/jwt?a=1&b=2");
+    assert_eq!(r.header("X-User-Id"), Some("hana"));
+    let sent = format!("/keep/jwt?a=1&access_token={t}&b=2");
+    assert_eq!(received(&g, &up, &sent, &[OTHER]).target, sent);
+
+    // An absolute-form target and pipelined keep-alive requests: the cut
+    // is made in the client's buffer, and the request behind it is intact.
+    let mut c = support::Client::connect(g.addr);
+    c.send(
+        "GET http://test/hide/key?api_key=acme-key-1&a=1 HTTP/1.1\r\nHost: test\r\nX-Other: kept\r\n\r\n\
+         GET /keep/key?api_key=basic-key-2&b=2 HTTP/1.1\r\nHost: test\r\nCookie: session=x\r\n\r\n\
+         GET /hide/key?z=9&api_key=basic-key-2 HTTP/1.1\r\nHost: test\r\n\r\n",
+    );
+    for _ in 0..3 {
+        assert_eq!(c.read_response().status, 200);
+    }
+    let reqs = up.requests();
+    let last3: Vec<_> = reqs[reqs.len() - 3..].iter().collect();
+    assert_eq!(last3[0].target, "/hide/key?a=1");
+    assert_eq!(last3[0].header("X-Forwarded-Host"), Some("test"));
+    assert_eq!(last3[0].header("X-Other"), Some("kept"));
+    assert_eq!(last3[1].target, "/keep/key?api_key=basic-key-2&b=2");
+    assert_eq!(last3[1].header("Cookie"), Some("session=x"));
+    assert_eq!(last3[1].header("X-Consumer-Id"), Some("basic-co"));
+    assert_eq!(last3[2].target, "/hide/key?z=9");
+}
+
+#[test]
+fn hide_credentials_cookie() {
+    env();
+    let up = support::MockUpstream::builder().start();
+    let g = gateway(&hide_config(&up));
+    let t = hs(&claims("hana"));
+    for (sent, forwarded) in [
+        (
+            format!("theme=dark; session={t}; lang=en"),
+            Some("theme=dark; lang=en"),
+        ),
+        (format!("session={t}; lang=en"), Some("lang=en")),
+        (format!("theme=dark;session=\"{t}\""), Some("theme=dark")),
+        (format!("session={t}"), None),
+    ] {
+        let r = received(&g, &up, "/hide/jwt?a=1", &[("Cookie", &sent), OTHER]);
+        assert_eq!(r.header("Cookie"), forwarded, "{sent}");
+        assert!(!r.head_str().contains(&t), "{}", r.head_str());
+        assert_eq!(r.target, "/hide/jwt?a=1");
+        assert_eq!(r.header("X-Other"), Some("kept"), "{sent}");
+        assert_eq!(r.header("X-User-Id"), Some("hana"), "{sent}");
+    }
+    // Other Cookie lines are left alone.
+    let r = received(
+        &g,
+        &up,
+        "/hide/jwt",
+        &[
+            ("Cookie", "theme=dark"),
+            ("Cookie", &format!("session={t}; lang=en")),
+        ],
+    );
+    assert_eq!(r.header_all("Cookie"), ["theme=dark", "lang=en"]);
+
+    let sent = format!("theme=dark; session={t}; lang=en");
+    for path in ["/keep/jwt", "/default/jwt"] {
+        let r = received(&g, &up, path, &[("Cookie", &sent), OTHER]);
+        assert_eq!(r.header("Cookie"), Some(sent.as_str()), "{path}");
+        assert_eq!(r.header("X-Other"), Some("kept"), "{path}");
+    }
+}
+
+#[test]
+fn hide_credentials_config_errors() {
+    let route = "[[routes]]\npath = \"/a\"\nupstream = \"app\"\nauth = [\"jwt\"]\n";
+    let jwt = "[auth.jwt]\nalgorithms = [\"HS256\"]\nsecret_env = \"RG_AUTH_T_CONFIG\"\n";
+    // A wrong type is named by the TOML layer, key and line.
+    let errs = config_errors(&format!("{MIN}{route}hide_credentials = \"yes\"\n{jwt}"));
+    let e = errs
+        .iter()
+        .find(|e| e.key.starts_with("routes.hide_credentials"))
+        .unwrap_or_else(|| panic!("no error names hide_credentials: {errs:#?}"));
+    assert!(e.message.contains("expected a boolean"), "{e:#?}");
+    assert!(e.key.contains("(line 9)"), "{e:#?}");
+    assert!(!e.fix.is_empty());
+
+    // Nothing to hide on a public route.
+    let errs = config_errors(&format!(
+        "{MIN}[[routes]]\npath = \"/a\"\nupstream = \"app\"\nhide_credentials = true\n"
+    ));
+    assert_error(&errs, "routes[0].hide_credentials", "no auth key");
+
+    env();
+    for v in ["true", "false"] {
+        Config::parse(&format!("{MIN}{route}hide_credentials = {v}\n{jwt}")).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Config errors name the key and the fix
 // ---------------------------------------------------------------------------
 
@@ -1889,9 +2175,19 @@ fn config_errors_name_the_key_and_fix() {
     assert_error(&errs, "auth.jwt.public_key_file", "cannot read");
 
     let errs = config_errors(&format!(
-        "{MIN}{route}[auth.jwt]\nalgorithms = [\"RS256\"]\njwks_url = \"https://idp.example/jwks\"\n"
+        "{MIN}{route}[auth.jwt]\nalgorithms = [\"RS256\"]\njwks_url = \"ftp://idp.example/jwks\"\n"
     ));
-    assert_error(&errs, "auth.jwt.jwks_url", "https");
+    assert_error(&errs, "auth.jwt.jwks_url", "https://");
+
+    let errs = config_errors(&format!(
+        "{MIN}{route}[auth.jwt]\nalgorithms = [\"RS256\"]\njwks_url = \"https://idp.example/jwks\"\njwks_ca_file = \"/nonexistent/ca.pem\"\n"
+    ));
+    assert_error(&errs, "auth.jwt.jwks_ca_file", "cannot read");
+
+    let errs = config_errors(&format!(
+        "{MIN}{route}[auth.jwt]\nalgorithms = [\"RS256\"]\njwks_url = \"http://idp.example/jwks\"\njwks_ca_file = \"/etc/hostname\"\n"
+    ));
+    assert_error(&errs, "auth.jwt.jwks_ca_file", "https");
 
     let errs = config_errors(&format!(
         "{MIN}[[routes]]\npath = \"/a\"\nupstream = \"app\"\nauth = [\"api_key\"]\n[[consumers]]\nid = \"acme\"\napi_key_sha256 = \"xyz\"\n[[consumers]]\nid = \"acme\"\napi_key_sha256 = \"{}\"\ntier = \"a\\nb\"\n",
@@ -1926,4 +2222,125 @@ fn config_errors_name_the_key_and_fix() {
         "{MIN}{route}[auth.jwt]\nalgorithms = [\"HS256\"]\nsecret_env = \"RG_AUTH_T_CONFIG\"\n"
     ))
     .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// JWKS over https
+// ---------------------------------------------------------------------------
+
+/// A private CA and a `localhost` server certificate it signed: the CA's
+/// PEM and the server's TLS settings.
+fn private_ca_server() -> (String, Arc<rustls::ServerConfig>) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "ringgate test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![String::from("localhost")]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    (ca_cert.pem(), Arc::new(config))
+}
+
+/// Serves `doc` at `GET /keys.json` over TLS; counts the requests that got
+/// through the handshake.
+fn https_jwks_server(tls: Arc<rustls::ServerConfig>, doc: String) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let f = fetches.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(tcp) = c else { return };
+            let _ = tcp.set_read_timeout(Some(IO_TIMEOUT));
+            let conn = rustls::ServerConnection::new(tls.clone()).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 4096];
+            while find(&buf, b"\r\n\r\n").is_none() {
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                }
+            }
+            if !buf.starts_with(b"GET /keys.json ") {
+                continue; // the handshake failed, or another path
+            }
+            f.fetch_add(1, Ordering::SeqCst);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{doc}",
+                doc.len()
+            );
+            let _ = s.write_all(resp.as_bytes());
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+    });
+    (port, fetches)
+}
+
+fn https_jwks_config(b: &Backend, port: u16, ca_file: Option<&std::path::Path>) -> String {
+    let ca = ca_file.map_or(String::new(), |p| {
+        format!("jwks_ca_file = \"{}\"\n", p.display())
+    });
+    base(b)
+        + &format!(
+            r#"
+[auth.jwt]
+algorithms = ["ES256"]
+jwks_url = "https://localhost:{port}/keys.json"
+{ca}issuer = "{ISS}"
+audience = ["{AUD}"]
+"#
+        )
+}
+
+/// A JWKS on an https server whose certificate a private CA signed: with
+/// that CA in `jwks_ca_file` the keys are fetched and tokens verify;
+/// without it the certificate is not trusted, nothing is fetched, and the
+/// same token gets 401.
+#[test]
+fn jwks_url_over_https_with_a_private_ca() {
+    env();
+    let k = ec_key(false);
+    let (ca_pem, tls) = private_ca_server();
+    let (port, fetches) = https_jwks_server(tls, jwks(&[(&k, "key-1")]));
+    let dir = std::env::temp_dir().join(format!("ringgate-auth-https-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let b = Backend::start();
+    let t = sign(Algorithm::ES256, &k.enc, &claims("rosa"), Some("key-1"));
+
+    let g = gateway(&https_jwks_config(&b, port, Some(&ca_file)));
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "fetched once at start, over TLS"
+    );
+    let r = get_bearer(g.addr, "/jwt", &t);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.echoed("X-User-Id").as_deref(), Some("rosa"));
+
+    let untrusted = gateway(&https_jwks_config(&b, port, None));
+    let r = get_bearer(untrusted.addr, "/jwt", &t);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "no request is sent to a server whose certificate is not trusted"
+    );
+    assert_eq!(b.hits(), 1);
 }

@@ -305,6 +305,9 @@ pub struct RouteFile {
     pub roles: Option<Vec<String>>,
     /// Scopes required (all of them).
     pub scopes: Option<Vec<String>>,
+    /// Do not forward the credential the request authenticated with
+    /// (default false).
+    pub hide_credentials: Option<bool>,
     /// Names of `[rate_limits.NAME]` applied to this route.
     pub rate_limit: Option<Vec<String>>,
     /// `[routes.compose]`: answered by several upstreams merged (instead of `upstream`).

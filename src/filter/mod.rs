@@ -81,6 +81,10 @@ pub struct RequestCtx<'a> {
     pub upstream_headers: &'a mut Vec<u8>,
     /// Header lines to add to the response for the client.
     pub response_headers: &'a mut Vec<u8>,
+    /// Set by the auth filter on a route with `hide_credentials`: where the
+    /// credential that authenticated the request was found. The connection
+    /// loop removes it after the filters ([`auth::hide_credentials`]).
+    pub hide_credentials: auth::CredentialSources,
     /// The request id.
     pub request_id: &'a [u8],
 }

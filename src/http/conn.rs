@@ -401,6 +401,7 @@ where
                             identity: None,
                             upstream_headers: &mut c.up_extra,
                             response_headers: &mut c.resp_extra,
+                            hide_credentials: Default::default(),
                             request_id: rid.as_bytes(),
                         };
                         auth.token_endpoint(&ctx, &body)
@@ -534,7 +535,7 @@ where
         let chain = &rc.chain;
         if !chain.is_empty() {
             let rid = c.rid;
-            let verdict = {
+            let (verdict, hide) = {
                 let mut ctx = RequestCtx {
                     worker: w,
                     route: route as usize,
@@ -545,9 +546,11 @@ where
                     identity: None,
                     upstream_headers: &mut c.up_extra,
                     response_headers: &mut c.resp_extra,
+                    hide_credentials: Default::default(),
                     request_id: rid.as_bytes(),
                 };
-                chain.request(&mut ctx).await
+                let v = chain.request(&mut ctx).await;
+                (v, ctx.hide_credentials)
             };
             if let Verdict::Reply(reply) = verdict {
                 let close = c.head.has_body() || !c.head.keep_alive || w.draining.get();
@@ -567,6 +570,12 @@ where
                 }
                 c.consume_head_only();
                 continue;
+            }
+            // `hide_credentials`: the credential used is not forwarded.
+            if !hide.is_empty()
+                && let Some(auth) = &cfg.auth
+            {
+                crate::filter::auth::hide_credentials(auth, hide, &mut c);
             }
         }
 

@@ -1,7 +1,7 @@
-//! `[auth]`, `[[consumers]]` and the routes' `auth`, `roles`, `scopes`
-//! keys: the file structs and their compilation. Every problem is reported
-//! with its key and a fix; keys, secrets and files are all loaded here, so
-//! a config that passes `ringgate check` starts with its keys in hand
+//! `[auth]`, `[[consumers]]` and the routes' `auth`, `roles`, `scopes`,
+//! `hide_credentials` keys: the file structs and their compilation. Every
+//! problem is reported with its key and a fix; keys, secrets and files are
+//! all loaded here, so a config that passes `ringgate check` starts with its keys in hand
 //! (a `jwks_url` is only parsed here and fetched by the control thread).
 
 use super::consumers::{Consumer, Consumers};
@@ -45,8 +45,11 @@ pub struct JwtFile {
     pub public_key_file: Option<String>,
     /// A JWKS document on disk.
     pub jwks_file: Option<String>,
-    /// A JWKS fetched over `http://` by a control-plane thread.
+    /// A JWKS fetched over `http://` or `https://` by a control-plane thread.
     pub jwks_url: Option<String>,
+    /// Extra CA certificates (PEM) trusted for an `https://` `jwks_url`, on
+    /// top of the system's trust store.
+    pub jwks_ca_file: Option<String>,
     /// Seconds between JWKS fetches (default 300).
     pub jwks_refresh_s: Option<u64>,
     /// Least seconds between fetches caused by unknown `kid`s (default 10).
@@ -414,23 +417,53 @@ fn compile_jwt(j: &JwtFile, errs: &mut Errors) -> JwtParts {
     let min_gap = Duration::from_secs(j.jwks_min_refresh_s.unwrap_or(10));
     let jwks = match &j.jwks_url {
         Some(u) => match parse_url(u) {
-            Ok(url) => Some(JwksSource {
-                url,
-                refresh: Duration::from_secs(refresh.max(1)),
-                min_gap,
-                allowed: algs,
-            }),
+            Ok(url) => {
+                let tls = if url.tls {
+                    match super::jwks::tls_config(j.jwks_ca_file.as_deref()) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            errs.push(
+                                key("jwks_ca_file"),
+                                e,
+                                "give a readable PEM file of the CA certificates that sign the JWKS server's certificate",
+                            );
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                Some(JwksSource {
+                    url,
+                    tls,
+                    refresh: Duration::from_secs(refresh.max(1)),
+                    min_gap,
+                    allowed: algs,
+                })
+            }
             Err(e) => {
                 errs.push(
                     key("jwks_url"),
                     e,
-                    "use an http:// URL (e.g. \"http://127.0.0.1:8081/.well-known/jwks.json\"), or download the JWKS and use jwks_file",
+                    "use an http:// or https:// URL (e.g. \"https://idp.example/.well-known/jwks.json\"), or download the JWKS and use jwks_file",
                 );
                 None
             }
         },
         None => None,
     };
+    if j.jwks_ca_file.is_some()
+        && !j
+            .jwks_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    {
+        errs.push(
+            key("jwks_ca_file"),
+            "is set without an https:// jwks_url",
+            "remove jwks_ca_file, or use an https:// jwks_url",
+        );
+    }
     let strings = |k: &str, v: &Option<OneOrMany>, errs: &mut Errors| -> Vec<String> {
         let v = v.as_ref().map(|v| v.to_vec()).unwrap_or_default();
         if v.iter().any(String::is_empty) {
@@ -740,7 +773,7 @@ pub fn compile(file: &FileConfig, errs: &mut Errors) -> Option<Arc<Auth>> {
     }))
 }
 
-/// Compiles a route's `auth`, `roles` and `scopes` keys.
+/// Compiles a route's `auth`, `roles`, `scopes` and `hide_credentials` keys.
 pub fn route_policy(
     auth: Option<&Arc<Auth>>,
     route: &RouteFile,
@@ -751,7 +784,15 @@ pub fn route_policy(
     let before = errs.0.len();
     let roles = list_values(&key("roles"), &route.roles, ",", errs);
     let scopes = list_values(&key("scopes"), &route.scopes, " ", errs);
+    let hide_credentials = route.hide_credentials.unwrap_or(false);
     let Some(methods) = &route.auth else {
+        if hide_credentials {
+            errs.push(
+                key("hide_credentials"),
+                "is true but the route has no auth key, so no credential is ever checked to hide",
+                "add auth = [\"jwt\"] (or [\"api_key\"], or both) to the route, or remove hide_credentials",
+            );
+        }
         if route.roles.is_some() || route.scopes.is_some() {
             let k = if route.roles.is_some() {
                 "roles"
@@ -813,5 +854,11 @@ pub fn route_policy(
         return None;
     }
     let auth = auth?.clone();
-    Some(RoutePolicy::new(auth, order, roles, scopes))
+    Some(RoutePolicy::new(
+        auth,
+        order,
+        roles,
+        scopes,
+        hide_credentials,
+    ))
 }

@@ -4,6 +4,7 @@
 //! *different* value anywhere is an error, never a silent choice.
 
 use super::Auth;
+use super::hide::CredentialSources;
 use crate::filter::RequestCtx;
 use crate::http::name_eq;
 use std::borrow::Cow;
@@ -13,11 +14,13 @@ pub(crate) const TWO_TOKENS: &str = "the request carries more than one different
 /// The request carries two different API keys.
 pub(crate) const TWO_KEYS: &str = "the request carries more than one different API key";
 
-/// Credentials found in a request.
+/// Credentials found in a request, and where each was found.
 #[derive(Default)]
 pub(crate) struct Found<'a> {
     pub token: Option<Cow<'a, [u8]>>,
     pub api_key: Option<Cow<'a, [u8]>>,
+    pub token_from: CredentialSources,
+    pub key_from: CredentialSources,
 }
 
 fn put<'a>(
@@ -113,6 +116,7 @@ pub(crate) fn credentials<'a>(
             if name_eq(name, b"authorization") {
                 if let Some(t) = strip_scheme(value, b"bearer") {
                     put(&mut f.token, Cow::Borrowed(t), TWO_TOKENS)?;
+                    f.token_from.insert(CredentialSources::BEARER);
                 }
                 continue;
             }
@@ -121,6 +125,7 @@ pub(crate) fn credentials<'a>(
             {
                 let t = strip_scheme(value, b"bearer").unwrap_or_else(|| trim(value));
                 put(&mut f.token, Cow::Borrowed(t), TWO_TOKENS)?;
+                f.token_from.insert(CredentialSources::TOKEN_HEADER);
                 continue;
             }
             if let Some(c) = &s.cookie
@@ -136,6 +141,7 @@ pub(crate) fn credentials<'a>(
                             v = &v[1..v.len() - 1];
                         }
                         put(&mut f.token, Cow::Borrowed(v), TWO_TOKENS)?;
+                        f.token_from.insert(CredentialSources::TOKEN_COOKIE);
                     }
                 }
                 continue;
@@ -143,16 +149,19 @@ pub(crate) fn credentials<'a>(
         }
         if want_key && name_eq(name, &auth.api_key.header) {
             put(&mut f.api_key, Cow::Borrowed(trim(value)), TWO_KEYS)?;
+            f.key_from.insert(CredentialSources::KEY_HEADER);
         }
     }
     if let Some(q) = src.and_then(|s| s.query.as_deref()) {
         for v in query_values(ctx, q) {
             put(&mut f.token, pct_decode(v, false), TWO_TOKENS)?;
+            f.token_from.insert(CredentialSources::TOKEN_QUERY);
         }
     }
     if want_key && let Some(q) = auth.api_key.query.as_deref() {
         for v in query_values(ctx, q) {
             put(&mut f.api_key, pct_decode(v, false), TWO_KEYS)?;
+            f.key_from.insert(CredentialSources::KEY_QUERY);
         }
     }
     Ok(f)

@@ -10,8 +10,9 @@
 //! every `jwks_refresh_s`, backs off on failures while keeping the last good
 //! keys, and exits once the [`KeyStore`] is dropped (config replaced).
 //!
-//! The fetch is a plain blocking HTTP/1.1 GET over `std::net::TcpStream`
-//! (`http://` only), off every worker.
+//! The fetch is a blocking HTTP/1.1 GET over `std::net::TcpStream`, off
+//! every worker; `https://` URLs go through rustls, verifying the server
+//! against the system's trust store plus `jwks_ca_file` when given.
 
 use super::keys::{AlgSet, KeySet, VerifyKey, keys_from_jwks};
 use arc_swap::ArcSwap;
@@ -119,6 +120,8 @@ impl KeyStore {
 #[derive(Debug, Clone)]
 pub(crate) struct JwksSource {
     pub url: HttpUrl,
+    /// TLS settings for an `https://` URL.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub refresh: Duration,
     pub min_gap: Duration,
     pub allowed: AlgSet,
@@ -160,7 +163,7 @@ fn run(weak: Weak<KeyStore>, src: JwksSource, first: std::sync::mpsc::Sender<()>
         if now >= next_due || (wanted && gap_ok) {
             store.refresh_wanted.store(false, Ordering::Release);
             last_fetch = Some(now);
-            match fetch(&src.url).and_then(|body| {
+            match fetch(&src.url, src.tls.as_ref()).and_then(|body| {
                 let digest = super::consumers::sha256(&body);
                 if last_body == Some(digest) {
                     return Ok(None);
@@ -203,27 +206,28 @@ fn run(weak: Weak<KeyStore>, src: JwksSource, first: std::sync::mpsc::Sender<()>
     }
 }
 
-/// An `http://host[:port]/path` URL.
+/// An `http://` or `https://host[:port]/path` URL.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpUrl {
     pub text: String,
+    /// `https://`.
+    pub tls: bool,
     host: String,
     port: u16,
     authority: String,
     path: String,
 }
 
-/// Parses an `http://` URL (https is not supported by this fetcher).
+/// Parses an `http://` or `https://` URL.
 pub(crate) fn parse_url(s: &str) -> Result<HttpUrl, String> {
-    let rest = if let Some(r) = s.strip_prefix("http://") {
-        r
-    } else if s.starts_with("https://") {
-        return Err(format!(
-            "{s:?} uses https, which the JWKS fetcher does not support yet"
-        ));
+    let (rest, tls) = if let Some(r) = s.strip_prefix("http://") {
+        (r, false)
+    } else if let Some(r) = s.strip_prefix("https://") {
+        (r, true)
     } else {
-        return Err(format!("{s:?} is not an http:// URL"));
+        return Err(format!("{s:?} is not an http:// or https:// URL"));
     };
+    let default_port = if tls { 443 } else { 80 };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -236,7 +240,7 @@ pub(crate) fn parse_url(s: &str) -> Result<HttpUrl, String> {
             .find(']')
             .ok_or_else(|| format!("{s:?} has an unclosed [IPv6] host"))?;
         let port = match &h[end + 1..] {
-            "" => 80,
+            "" => default_port,
             p => p
                 .strip_prefix(':')
                 .and_then(|p| p.parse().ok())
@@ -249,7 +253,7 @@ pub(crate) fn parse_url(s: &str) -> Result<HttpUrl, String> {
                 h.to_string(),
                 p.parse().map_err(|_| format!("{s:?} has a bad port"))?,
             ),
-            None => (authority.to_string(), 80),
+            None => (authority.to_string(), default_port),
         }
     };
     if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
@@ -259,6 +263,7 @@ pub(crate) fn parse_url(s: &str) -> Result<HttpUrl, String> {
     }
     Ok(HttpUrl {
         text: s.to_string(),
+        tls,
         host,
         port,
         authority: authority.to_string(),
@@ -266,8 +271,48 @@ pub(crate) fn parse_url(s: &str) -> Result<HttpUrl, String> {
     })
 }
 
+/// The TLS client settings for `https://` JWKS URLs: the system's trust
+/// store (`/etc/ssl/certs` and friends, or `SSL_CERT_FILE`) plus the
+/// certificates of `ca_file` (PEM), if given.
+pub(crate) fn tls_config(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {path:?}: {e}"))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{path:?} is not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{path:?} holds no certificate"));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("{path:?}: a certificate is not usable: {e}"))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(String::from(
+            "no trusted certificate: the system trust store is empty and no CA file is given",
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// GETs the URL; the body of a 200 response.
-pub(crate) fn fetch(u: &HttpUrl) -> Result<Vec<u8>, String> {
+pub(crate) fn fetch(
+    u: &HttpUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Vec<u8>, String> {
     let addrs: Vec<_> = (u.host.as_str(), u.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {}: {e}", u.host))?
@@ -283,10 +328,23 @@ pub(crate) fn fetch(u: &HttpUrl) -> Result<Vec<u8>, String> {
             Err(e) => last_err = format!("cannot connect to {a}: {e}"),
         }
     }
-    let mut s = stream.ok_or(last_err)?;
+    let s = stream.ok_or(last_err)?;
     s.set_read_timeout(Some(FETCH_TIMEOUT))
         .and_then(|_| s.set_write_timeout(Some(FETCH_TIMEOUT)))
         .map_err(|e| e.to_string())?;
+    if !u.tls {
+        return exchange(s, u);
+    }
+    let config = tls.ok_or("an https:// URL without TLS settings")?;
+    let name = rustls_pki_types::ServerName::try_from(u.host.clone())
+        .map_err(|e| format!("{:?} is not a valid TLS server name: {e}", u.host))?;
+    let conn = rustls::ClientConnection::new(config.clone(), name)
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    exchange(rustls::StreamOwned::new(conn, s), u)
+}
+
+/// Sends the GET on `s` and reads the response body.
+fn exchange<S: Read + Write>(mut s: S, u: &HttpUrl) -> Result<Vec<u8>, String> {
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: ringgate\r\nConnection: close\r\n\r\n",
         u.path, u.authority
@@ -312,6 +370,9 @@ pub(crate) fn fetch(u: &HttpUrl) -> Result<Vec<u8>, String> {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A TLS peer that closes without close_notify: the framing
+            // check below decides whether the body is whole.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(format!("cannot read the response: {e}")),
         }
     }
@@ -418,7 +479,9 @@ mod tests {
         assert_eq!((u.port, u.path.as_str()), (80, "/"));
         let u = parse_url("http://[::1]:9/k").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 9));
-        assert!(parse_url("https://x/").is_err());
+        let u = parse_url("https://idp.example/.well-known/jwks.json").unwrap();
+        assert_eq!((u.tls, u.port, u.host.as_str()), (true, 443, "idp.example"));
+        assert!(!parse_url("http://x/").unwrap().tls);
         assert!(parse_url("ftp://x/").is_err());
         assert!(parse_url("http://x:notaport/").is_err());
     }

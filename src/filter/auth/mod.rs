@@ -12,6 +12,9 @@
 //!   credentials → 401 with `WWW-Authenticate`; valid but not allowed → 403.
 //!   (Client-sent copies of those headers are dropped by the parser on
 //!   every route.)
+//! - [`hide_credentials`]: on a route with `hide_credentials = true`, the
+//!   credential that authenticated the request is removed from what the
+//!   backend receives (`hide`).
 //! - `jwt` (header, key choice, signature, claims), `keys` (secret, PEM,
 //!   JWKS keys; the algorithm sets that prevent confusion), `jwks` (the key
 //!   store and its control-plane refresher), `consumers` (SHA-256 digests,
@@ -28,6 +31,7 @@ mod cache;
 mod config;
 mod consumers;
 mod extract;
+mod hide;
 mod jwks;
 mod jwt;
 mod keys;
@@ -37,6 +41,7 @@ pub use config::{
     ApiKeyFile, AuthFile, ConsumerFile, JwtFile, TokenEndpointFile, compile, route_policy,
 };
 pub use consumers::{Consumer, Consumers, sha256};
+pub use hide::{CredentialSources, hide_credentials};
 pub use jwks::KeyStore;
 pub use jwt::{JwtError, MAX_TOKEN_BYTES, Verified};
 pub use keys::KeySet;
@@ -309,6 +314,8 @@ pub struct RoutePolicy {
     api_key: bool,
     roles: Vec<String>,
     scopes: Vec<String>,
+    /// `hide_credentials`: the credential used is not forwarded.
+    hide_credentials: bool,
 }
 
 const REALM: &str = "Bearer realm=\"ringgate\"";
@@ -320,6 +327,7 @@ impl RoutePolicy {
         order: Vec<AuthMethod>,
         roles: Vec<String>,
         scopes: Vec<String>,
+        hide_credentials: bool,
     ) -> Self {
         RoutePolicy {
             jwt: order.contains(&AuthMethod::Jwt),
@@ -328,6 +336,7 @@ impl RoutePolicy {
             order,
             roles,
             scopes,
+            hide_credentials,
         }
     }
 
@@ -417,13 +426,19 @@ pub fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
             }
         }
     }
-    let a = match outcome {
+    let (used, a) = match outcome {
         None => return Verdict::Reply(p.missing(rid)),
         Some((m, Err(d))) => return Verdict::Reply(p.invalid(m, &d, rid)),
-        Some((_, Ok(a))) => a,
+        Some((m, Ok(a))) => (m, a),
     };
     if let Some(r) = p.forbidden(&a.identity, rid) {
         return Verdict::Reply(r);
+    }
+    if p.hide_credentials {
+        ctx.hide_credentials = match used {
+            AuthMethod::Jwt => found.token_from,
+            AuthMethod::ApiKey => found.key_from,
+        };
     }
     ctx.upstream_headers.extend_from_slice(&a.headers);
     ctx.identity = Some(a.identity.clone());
