@@ -406,3 +406,40 @@ fn reload_keeps_one_health_checker() {
     let (n, _) = rate();
     assert_eq!(n, 0, "a's health section is gone: no more checks");
 }
+
+/// Auth reloads: a reload that swaps the consumers revokes the old API key
+/// and accepts the new one at once, also on a keep-alive connection opened
+/// before the reload; the backend sees the new consumer's identity.
+#[test]
+fn reload_adds_and_revokes_api_keys() {
+    use sha2::Digest;
+    let be = MockUpstream::builder().echo().start();
+    let text = |consumer: &str, key: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\ntargets = [\"{}\"]\n[[routes]]\nname = \"a\"\npath = \"/a/{{*rest}}\"\nupstream = \"a\"\nauth = [\"api_key\"]\n[[consumers]]\nid = \"{consumer}\"\napi_key_sha256 = \"{}\"\n",
+            be.target(),
+            hex::encode(sha2::Sha256::digest(key.as_bytes()))
+        )
+    };
+    let get = |c: &mut Client, key: &str| {
+        c.request(format!(
+            "GET /a/x HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\n\r\n"
+        ))
+    };
+    let (gw, path) = start_file("reload-auth", &text("acme", "old-key"));
+    let addr = gw.local_addrs()[0];
+    let mut kept = Client::connect(addr);
+    assert_eq!(get(&mut kept, "old-key").status, 200);
+    assert_eq!(get(&mut kept, "new-key").status, 401);
+
+    std::fs::write(&path, text("globex", "new-key")).unwrap();
+    gw.reload().expect("an auth change reloads");
+    for c in [&mut kept, &mut Client::connect(addr)] {
+        let r = get(c, "old-key");
+        assert_eq!(r.status, 401, "the removed key is refused: {}", r.text());
+        let r = get(c, "new-key");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let seen = be.last();
+    assert_eq!(seen.header("x-consumer-id"), Some("globex"), "{seen:?}");
+}

@@ -65,6 +65,8 @@ pub struct Identity {
 pub struct RequestCtx<'a> {
     /// The worker running this request.
     pub worker: &'a Worker,
+    /// This worker's auth state for the request's config generation.
+    pub auth_state: &'a auth::WorkerState,
     /// Route index.
     pub route: usize,
     /// The client buffer the head spans point into.

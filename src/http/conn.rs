@@ -378,6 +378,13 @@ where
             }
         }
         first = false;
+        // The head may have waited through a reload on an idle keep-alive
+        // connection: serve it with the generation current now, so a
+        // reload (a revoked key, a changed route) applies to every request
+        // that arrives after it.
+        let snap = w.current();
+        let cfg: &crate::config::Config = &snap.config;
+        let srv = &cfg.server;
         c.set_request_id(w);
 
         // The token endpoint is answered by the gateway itself.
@@ -393,6 +400,7 @@ where
                     Ok(body) => {
                         let ctx = RequestCtx {
                             worker: w,
+                            auth_state: &snap.auth,
                             route: usize::MAX,
                             buf: &c.buf,
                             head: &c.head,
@@ -538,6 +546,7 @@ where
             let (verdict, hide) = {
                 let mut ctx = RequestCtx {
                     worker: w,
+                    auth_state: &snap.auth,
                     route: route as usize,
                     buf: &c.buf,
                     head: &c.head,

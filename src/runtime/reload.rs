@@ -166,10 +166,6 @@ impl Reloader {
                 format!("{:?}", old.admin) == format!("{:?}", new.admin),
             ),
             (
-                "auth / consumers",
-                old.auth_fingerprint == new.auth_fingerprint,
-            ),
-            (
                 "rate_limits / redis",
                 old.rate_fingerprint == new.rate_fingerprint,
             ),

@@ -27,6 +27,9 @@ pub struct Generation {
     pub config: Arc<Config>,
     /// Upstream pools, indexed like `config.upstreams`.
     pub upstreams: Vec<Rc<UpstreamState>>,
+    /// This worker's auth state for `config.auth` (validated-token cache,
+    /// prepared consumer identities); rebuilt when a reload changes auth.
+    pub auth: Rc<crate::filter::auth::WorkerState>,
     /// Generation number (see [`crate::runtime::reload::ConfigStore`]).
     pub number: u64,
 }
@@ -48,8 +51,6 @@ pub struct Worker {
     pub draining: Cell<bool>,
     /// Connections waiting for their next request.
     pub idle: std::cell::RefCell<IdleSet>,
-    /// Auth state of this worker (validated-token cache).
-    pub auth: crate::filter::auth::WorkerState,
     /// This worker's rate-limit shard.
     pub rate: crate::filter::rate_limit::WorkerState,
     /// This worker's response cache.
@@ -73,9 +74,9 @@ impl Worker {
         let snap = Rc::new(Generation {
             config: config.clone(),
             upstreams,
+            auth: Rc::new(crate::filter::auth::WorkerState::new(config.auth.as_ref())),
             number,
         });
-        let auth = crate::filter::auth::WorkerState::new(config.auth.as_ref());
         let rate = crate::filter::rate_limit::WorkerState::new(config.rate_limits.as_ref(), id);
         Worker {
             id,
@@ -86,7 +87,6 @@ impl Worker {
             connections: Cell::new(0),
             draining: Cell::new(false),
             idle: std::cell::RefCell::new(IdleSet::default()),
-            auth,
             rate,
             cache: crate::filter::cache::WorkerCache::new(
                 shared.cache_purge.clone(),
@@ -136,9 +136,20 @@ impl Worker {
                     .unwrap_or_else(|| Rc::new(UpstreamState::new(u, self.id)))
             })
             .collect();
+        let same_auth = match (&old.config.auth, &config.auth) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let auth = if same_auth {
+            old.auth.clone()
+        } else {
+            Rc::new(crate::filter::auth::WorkerState::new(config.auth.as_ref()))
+        };
         let snap = Rc::new(Generation {
             config,
             upstreams,
+            auth,
             number,
         });
         *self.active.borrow_mut() = snap.clone();

@@ -404,7 +404,7 @@ pub fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
             return Verdict::Reply(p.invalid(m, msg, rid));
         }
     };
-    let ws = &ctx.worker.auth;
+    let ws = ctx.auth_state;
     let mut outcome: Option<(AuthMethod, Attempt)> = None;
     for &m in &p.order {
         match m {
