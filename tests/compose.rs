@@ -1,6 +1,8 @@
 //! API composition over real sockets: one client request, several mock
 //! services called in parallel, one merged JSON answer; partial answers,
-//! required-part failures, fields, query pass-through, forwarded context.
+//! required-part failures, fields, query pass-through, forwarded context;
+//! a cached compose route (hits without part calls, partial answers not
+//! stored, ttl, purge, coalescing, stale windows, config).
 
 mod support;
 
@@ -651,5 +653,380 @@ fn demo_config_checks() {
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A cached compose route
+// ---------------------------------------------------------------------------
+
+/// `gateway`, with an admin listener (for purges).
+fn cached_gateway(upstreams: &[(&str, SocketAddr)], route: &str) -> Gateway {
+    let mut t = String::from(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\npin = false\ndrain_timeout_ms = 1000\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    for (name, addr) in upstreams {
+        t.push_str(&format!(
+            "\n[upstreams.{name}]\ntargets = [\"{addr}\"]\nrequest_timeout_ms = 5000\n"
+        ));
+    }
+    t.push('\n');
+    t.push_str(route);
+    Gateway::start(&t)
+}
+
+/// The product page with `cache = { CACHE }` on the route.
+fn cached_product_page(cache: &str) -> String {
+    product_page("").replacen(
+        "methods = [\"GET\", \"HEAD\"]\n",
+        &format!("methods = [\"GET\", \"HEAD\"]\ncache = {{ {cache} }}\n"),
+        1,
+    )
+}
+
+/// A JSON service whose answer is `body` while `up` is set and a 500
+/// otherwise.
+fn switchable_service(body: &'static str, up: Arc<std::sync::atomic::AtomicBool>) -> MockUpstream {
+    MockUpstream::builder()
+        .handler(move |r| {
+            let (status, body) = if up.load(Ordering::SeqCst) {
+                (200, body)
+            } else {
+                (500, "down")
+            };
+            Reply::Bytes {
+                data: response_bytes(
+                    status,
+                    &[("Content-Type".into(), "application/json".into())],
+                    body.as_bytes(),
+                    r.method == "HEAD",
+                ),
+                close: false,
+            }
+        })
+        .start()
+}
+
+struct Services {
+    products: MockUpstream,
+    pricing: MockUpstream,
+    inventory: MockUpstream,
+}
+
+impl Services {
+    fn new() -> Services {
+        Services {
+            products: json_service(PRODUCT),
+            pricing: json_service(PRICE),
+            inventory: json_service(STOCK),
+        }
+    }
+
+    fn gateway(&self, cache: &str) -> Gateway {
+        cached_gateway(
+            &[
+                ("products", self.products.addr),
+                ("pricing", self.pricing.addr),
+                ("inventory", self.inventory.addr),
+            ],
+            &cached_product_page(cache),
+        )
+    }
+
+    /// Requests each part's backend has seen: products, pricing, inventory.
+    fn hits(&self) -> [usize; 3] {
+        [
+            self.products.hits(),
+            self.pricing.hits(),
+            self.inventory.hits(),
+        ]
+    }
+}
+
+fn x_cache(r: &Response) -> &str {
+    r.header("x-cache").unwrap_or("(none)")
+}
+
+/// `POST /cache/purge` on the admin listener; returns the status.
+fn purge(gw: &Gateway, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(gw.handle.admin_addr.unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST /cache/purge HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out)[9..12].parse().unwrap()
+}
+
+#[test]
+fn cached_compose_route_answers_the_second_request_without_calling_parts() {
+    let s = Services::new();
+    let gw = s.gateway("ttl_s = 30");
+    let mut c = gw.client();
+    let r1 = c.request("GET /product/42?region=eu HTTP/1.1\r\nHost: shop.test\r\n\r\n");
+    assert_eq!((r1.status, x_cache(&r1)), (200, "MISS"), "{r1:?}");
+    assert_eq!(r1.header("x-gateway-partial"), None);
+    assert_eq!(s.hits(), [1, 1, 1]);
+    let r2 = c.request(
+        "GET /product/42?region=eu HTTP/1.1\r\nHost: shop.test\r\nX-Request-Id: second\r\n\r\n",
+    );
+    assert_eq!((r2.status, x_cache(&r2)), (200, "HIT"), "{r2:?}");
+    assert_eq!(r2.body, r1.body, "the stored merged answer");
+    assert_eq!(r2.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r2.header("content-length"),
+        Some(r1.body.len().to_string().as_str())
+    );
+    assert_eq!(r2.header("age"), Some("0"));
+    assert_eq!(r2.header_all("x-request-id"), ["second"]);
+    assert_eq!(r2.header("x-gateway-partial"), None);
+    // HEAD is answered from the stored GET.
+    c.send("HEAD /product/42?region=eu HTTP/1.1\r\nHost: shop.test\r\n\r\n");
+    let h = c.read_head_response();
+    assert_eq!((h.status, x_cache(&h)), (200, "HIT"));
+    assert!(h.body.is_empty());
+    assert_eq!(s.hits(), [1, 1, 1], "every part was called exactly once");
+    // Another query (the inventory part passes it on) is another key.
+    let r3 = c.request("GET /product/42?region=us HTTP/1.1\r\nHost: shop.test\r\n\r\n");
+    assert_eq!(x_cache(&r3), "MISS");
+    assert_eq!(s.inventory.last().target, "/stock/42?region=us");
+    assert_eq!(s.hits(), [2, 2, 2]);
+    c.assert_open();
+}
+
+/// A partial aggregate (an optional part failed) must not be served for
+/// the whole ttl: it goes to the client marked `X-Gateway-Partial` and is
+/// not stored, so the next request calls the parts again.
+#[test]
+fn partial_compose_answer_is_not_stored() {
+    let pricing_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = Services {
+        products: json_service(PRODUCT),
+        pricing: switchable_service(PRICE, pricing_up.clone()),
+        inventory: json_service(STOCK),
+    };
+    let gw = s.gateway("ttl_s = 30");
+    let mut c = gw.client();
+    for i in 1..=2 {
+        let r = c.get("/product/42");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-gateway-partial"), Some("pricing"));
+        assert_eq!(x_cache(&r), "MISS", "request {i}");
+        assert_eq!(s.hits(), [i, i, i], "request {i} called every part");
+    }
+    // Once every part answers, the complete answer is stored.
+    pricing_up.store(true, Ordering::SeqCst);
+    let r = c.get("/product/42");
+    assert_eq!((x_cache(&r), r.header("x-gateway-partial")), ("MISS", None));
+    let r = c.get("/product/42");
+    assert_eq!((x_cache(&r), r.header("x-gateway-partial")), ("HIT", None));
+    assert_eq!(
+        r.json()["pricing"],
+        json!({"price": 9.90, "currency": "EUR"})
+    );
+    assert_eq!(s.hits(), [3, 3, 3]);
+}
+
+#[test]
+fn failed_required_part_is_not_stored() {
+    let products_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = Services {
+        products: switchable_service(PRODUCT, products_up.clone()),
+        pricing: json_service(PRICE),
+        inventory: json_service(STOCK),
+    };
+    let gw = s.gateway("ttl_s = 30");
+    let mut c = gw.client();
+    for _ in 0..2 {
+        let r = c.get("/product/42");
+        assert_json_error(&r, 502);
+        assert_eq!(x_cache(&r), "MISS");
+    }
+    assert_eq!(s.products.hits(), 2);
+}
+
+/// A part that says its answer must not be stored keeps the merged
+/// answer out of the cache.
+#[test]
+fn part_with_no_store_keeps_the_compose_answer_out() {
+    let s = Services {
+        products: json_service(PRODUCT),
+        pricing: MockUpstream::builder()
+            .header("Content-Type", "application/json")
+            .header("Cache-Control", "private, max-age=60")
+            .respond(200, PRICE)
+            .start(),
+        inventory: json_service(STOCK),
+    };
+    let gw = s.gateway("ttl_s = 30");
+    let mut c = gw.client();
+    for _ in 0..2 {
+        let r = c.get("/product/42");
+        assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
+        assert_eq!(r.header("x-gateway-partial"), None);
+    }
+    assert_eq!(s.hits(), [2, 2, 2]);
+}
+
+#[test]
+fn cached_compose_answer_expires_after_the_route_ttl() {
+    let s = Services::new();
+    let gw = s.gateway("ttl_s = 1");
+    let mut c = gw.client();
+    assert_eq!(x_cache(&c.get("/product/42")), "MISS");
+    assert_eq!(x_cache(&c.get("/product/42")), "HIT");
+    assert_eq!(s.hits(), [1, 1, 1]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = c.get("/product/42");
+    assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
+    assert_eq!(s.hits(), [2, 2, 2], "the parts were called again");
+    assert_eq!(x_cache(&c.get("/product/42")), "HIT");
+}
+
+#[test]
+fn purge_removes_a_cached_compose_answer() {
+    let s = Services::new();
+    let gw = s.gateway("ttl_s = 300");
+    let mut c = gw.client();
+    for p in ["/product/42", "/product/43"] {
+        c.get(p);
+        assert_eq!(x_cache(&c.get(p)), "HIT", "{p}");
+    }
+    assert_eq!(s.hits(), [2, 2, 2]);
+    assert_eq!(purge(&gw, r#"{"path": "/product/42"}"#), 200);
+    let r = c.get("/product/42");
+    assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
+    assert_eq!(x_cache(&c.get("/product/43")), "HIT");
+    assert_eq!(s.hits(), [3, 3, 3]);
+    assert_eq!(purge(&gw, r#"{"prefix": "/product/"}"#), 200);
+    assert_eq!(x_cache(&c.get("/product/43")), "MISS");
+    assert_eq!(s.hits(), [4, 4, 4]);
+}
+
+/// Concurrent misses for one key wait for the first one's parts.
+#[test]
+fn concurrent_compose_misses_call_the_parts_once() {
+    let s = Services {
+        products: MockUpstream::builder()
+            .header("Content-Type", "application/json")
+            .latency(Duration::from_millis(300))
+            .respond(200, PRODUCT)
+            .start(),
+        pricing: json_service(PRICE),
+        inventory: json_service(STOCK),
+    };
+    let gw = s.gateway("ttl_s = 30");
+    const N: usize = 6;
+    let barrier = Arc::new(std::sync::Barrier::new(N));
+    let addr = gw.addr;
+    let threads: Vec<_> = (0..N)
+        .map(|_| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                b.wait();
+                let r = c.get("/product/42");
+                (r.status, x_cache(&r).to_string(), r.json())
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (status, _, body) in &results {
+        assert_eq!(*status, 200);
+        assert_eq!(body["details"]["id"], 42);
+    }
+    let misses = results.iter().filter(|r| r.1 == "MISS").count();
+    assert_eq!(misses, 1, "{results:?}");
+    assert_eq!(s.hits(), [1, 1, 1]);
+}
+
+/// After expiry, within `stale_if_error_s`, a failing required part is
+/// answered with the stale merged answer.
+#[test]
+fn stale_if_error_covers_a_failed_required_part() {
+    let products_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let s = Services {
+        products: switchable_service(PRODUCT, products_up.clone()),
+        pricing: json_service(PRICE),
+        inventory: json_service(STOCK),
+    };
+    let gw = s.gateway("ttl_s = 1, stale_if_error_s = 60");
+    let mut c = gw.client();
+    let first = c.get("/product/42");
+    assert_eq!((first.status, x_cache(&first)), (200, "MISS"));
+    products_up.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = c.get("/product/42");
+    assert_eq!((r.status, x_cache(&r)), (200, "STALE"), "{r:?}");
+    assert_eq!(r.body, first.body);
+    assert_eq!(s.products.hits(), 2, "the parts were asked");
+    c.assert_open();
+}
+
+/// After expiry, within `stale_while_revalidate_s`, the stale merged
+/// answer is served at once while one background refresh calls the parts.
+#[test]
+fn stale_while_revalidate_refreshes_the_parts_once() {
+    let s = Services::new();
+    let gw = s.gateway("ttl_s = 1, stale_while_revalidate_s = 30");
+    let mut c = gw.client();
+    assert_eq!(x_cache(&c.get("/product/42")), "MISS");
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = c.get("/product/42");
+    assert_eq!((r.status, x_cache(&r)), (200, "STALE"), "{r:?}");
+    assert!(
+        s.products.wait_hits(2),
+        "a background refresh called the parts"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let r = loop {
+        let r = c.get("/product/42");
+        if x_cache(&r) == "HIT" || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((r.status, x_cache(&r)), (200, "HIT"));
+    assert_eq!(r.header("age"), Some("0"), "the refreshed answer");
+    assert_eq!(s.hits(), [2, 2, 2], "exactly one refresh");
+}
+
+#[test]
+fn compose_cache_config_is_accepted_and_checked() {
+    let parse = |cache: &str| {
+        let text = format!(
+            "[upstreams.products]\ntargets = [\"127.0.0.1:9\"]\n\
+             [upstreams.pricing]\ntargets = [\"127.0.0.1:9\"]\n\
+             [upstreams.inventory]\ntargets = [\"127.0.0.1:9\"]\n{}",
+            cached_product_page(cache)
+        );
+        ringgate::config::Config::parse(&text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    // Refused before ("a compose route cannot be cached yet").
+    assert_eq!(parse("ttl_s = 30"), "");
+    assert_eq!(
+        parse("ttl_s = 30, stale_while_revalidate_s = 5, stale_if_error_s = 60"),
+        ""
+    );
+    // A merged answer has no freshness of its own: ttl_s is required.
+    let e = parse("stale_if_error_s = 60");
+    assert!(
+        e.contains("routes[0].cache.ttl_s") && e.contains("set ttl_s"),
+        "{e}"
+    );
+    // Only complete 200s are stored: statuses has no meaning here.
+    let e = parse("ttl_s = 30, statuses = [200, 404]");
+    assert!(
+        e.contains("routes[0].cache.statuses") && e.contains("remove statuses"),
+        "{e}"
     );
 }

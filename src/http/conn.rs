@@ -593,23 +593,26 @@ where
             crate::filter::transform::apply_request(t, cfg, &mut c);
         }
 
-        // Phase 4, composed: several upstreams in parallel, one merged answer.
-        if let Some(comp) = &rc.compose {
+        // Phase 4, composed: several upstreams in parallel, one merged answer
+        // (a cached compose route goes through its cache below).
+        if let Some(comp) = &rc.compose
+            && rc.cache.is_none()
+        {
             w.in_flight.set(w.in_flight.get() + 1);
-            let (status, keep_alive) =
+            let a =
                 crate::proxy::compose::serve(w, &snap, route as usize, comp, &mut stream, &mut c)
                     .await;
             w.in_flight.set(w.in_flight.get() - 1);
-            info.finish(w, cfg, &c, status);
-            if !keep_alive {
+            info.finish(w, cfg, &c, a.status);
+            if !a.keep_alive {
                 return;
             }
             c.consume_head_only();
             continue;
         }
 
-        // Phases 4-5: the request goes upstream (a cached route's may be
-        // answered from its cache instead).
+        // Phases 4-5: the request goes upstream, or to its compose parts (a
+        // cached route's may be answered from its cache instead).
         w.in_flight.set(w.in_flight.get() + 1);
         let json_ops = rc.transform.as_deref().and_then(|t| t.json.as_ref());
         let outcome = match (rc.cache.as_deref(), json_ops) {

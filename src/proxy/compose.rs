@@ -22,6 +22,13 @@
 //! optional part that fails (an open breaker included) contributes its
 //! `fallback` (or `null`) and the answer carries `X-Gateway-Partial: <keys>`.
 //!
+//! Caching: with `cache = {...}` on the route, the connection loop goes
+//! through `filter::cache::serve`, which answers hits without calling any
+//! part and calls [`serve`] on a miss with the client side recorded; it
+//! stores the answer only when [`Answered::cacheable`] (a complete 200, no
+//! part saying `no-store`, `private` or `no-cache`), fresh for the route's
+//! `ttl_s`.
+//!
 //! Upstream protections: a part goes through its upstream's breaker and
 //! passive outlier detection like a forwarded request
 //! (`crate::upstream::breaker::Ticket`, the same rules as
@@ -590,8 +597,21 @@ fn part_value<'a>(p: &Part, body: &'a [u8], merge: Merge) -> Result<PartValue<'a
     }
 }
 
+/// What [`serve`] sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    /// The status sent.
+    pub status: u16,
+    /// The connection stays open.
+    pub keep_alive: bool,
+    /// A complete 200: every part answered (no `X-Gateway-Partial`) and
+    /// none with `Cache-Control: no-store`, `private` or `no-cache`. Only
+    /// such an answer is stored by a cached compose route.
+    pub cacheable: bool,
+}
+
 /// Runs a compose route for the request in `c` and answers the client.
-/// Returns the status sent and whether the connection stays open.
+/// Leaves the request in `c.buf` (the caller drops it).
 pub async fn serve<S: AsyncWriteRent>(
     w: &Worker,
     snap: &Generation,
@@ -599,7 +619,7 @@ pub async fn serve<S: AsyncWriteRent>(
     comp: &Compose,
     client: &mut S,
     c: &mut Conn,
-) -> (u16, bool) {
+) -> Answered {
     let cfg: &Config = &snap.config;
     let started = Instant::now();
     let deadline = started + comp.timeout;
@@ -659,7 +679,15 @@ pub async fn serve<S: AsyncWriteRent>(
             Box::pin(fetch(snap, p, line, &common, comp.max_part_bytes, until))
         })
         .collect();
-    let results = JoinAll::new(futs).await;
+    let mut cacheable = true;
+    let results: Vec<_> = JoinAll::new(futs)
+        .await
+        .into_iter()
+        .map(|(r, no_store)| {
+            cacheable &= !no_store;
+            r
+        })
+        .collect();
     c.upstream_us = Some(started.elapsed().as_micros() as u64);
 
     let close = c.head.has_body() || !c.head.keep_alive || w.draining.get();
@@ -673,6 +701,7 @@ pub async fn serve<S: AsyncWriteRent>(
                 body: m.body,
             };
             if !m.partial.is_empty() {
+                cacheable = false;
                 r = r.with_header("X-Gateway-Partial", &m.partial);
             }
             r
@@ -725,7 +754,11 @@ pub async fn serve<S: AsyncWriteRent>(
         // The scratch buffer holds the response that was written.
         c.bytes_out = c.scratch.len() as u64;
     }
-    (reply.status, ok && !close)
+    Answered {
+        status: reply.status,
+        keep_alive: ok && !close,
+        cacheable: cacheable && reply.status == 200,
+    }
 }
 
 /// One part: asks its upstream's breaker, picks a target, runs the
@@ -737,6 +770,9 @@ pub async fn serve<S: AsyncWriteRent>(
 /// An open breaker fails the part at once, without a connection. If this
 /// future is dropped before a verdict (the request was abandoned), the
 /// breaker ticket gives its probe slot back.
+///
+/// Also returns whether the answer forbids storing (`Cache-Control:
+/// no-store`, `private` or `no-cache`), for a cached compose route.
 async fn fetch(
     snap: &Generation,
     p: &Part,
@@ -744,18 +780,19 @@ async fn fetch(
     common: &[u8],
     cap: usize,
     until: Instant,
-) -> Result<Vec<u8>, PartError> {
+) -> (Result<Vec<u8>, PartError>, bool) {
     let cfg: &Config = &snap.config;
     let up_cfg = &cfg.upstreams[p.upstream];
     let up = &snap.upstreams[p.upstream];
     let mut ticket = Ticket::new(up.shared.breaker.as_ref());
     if ticket.rejected() {
-        return Err(PartError::CircuitOpen);
+        return (Err(PartError::CircuitOpen), false);
     }
     let list = up.list();
     // No target to try: no verdict, the ticket is released (as forward does).
-    let t = balance::pick(up, &list, up_cfg.balance, None, 0)
-        .ok_or(PartError::Failed("has no available target"))?;
+    let Some(t) = balance::pick(up, &list, up_cfg.balance, None, 0) else {
+        return (Err(PartError::Failed("has no available target")), false);
+    };
     let target = InFlight::begin(&list.targets[t]);
     let mut head = Vec::with_capacity(line.len() + common.len() + 32);
     head.extend_from_slice(line);
@@ -767,15 +804,17 @@ async fn fetch(
         .unwrap_or(Err(ReadError::TimedOut));
     drop(target);
     let shared = &list.targets[t].shared;
-    let (status, result) = match r {
-        Ok((status, body)) if (200..300).contains(&status) => (status, Ok(body)),
-        Ok((status, _)) => (status, Err(PartError::Status(status))),
+    let (status, result, no_store) = match r {
+        Ok((status, body, no_store)) if (200..300).contains(&status) => {
+            (status, Ok(body), no_store)
+        }
+        Ok((status, _, _)) => (status, Err(PartError::Status(status)), false),
         // An answer, only too large for the merge.
-        Err(ReadError::TooLarge(status)) => (status, Err(PartError::TooLarge)),
+        Err(ReadError::TooLarge(status)) => (status, Err(PartError::TooLarge), false),
         Err(e) => {
             up.shared.report(shared, Report::Failure);
             ticket.record(false);
-            return Err(e.into());
+            return (Err(e.into()), false);
         }
     };
     let report = if status >= 500 {
@@ -785,7 +824,7 @@ async fn fetch(
     };
     up.shared.report(shared, report);
     ticket.record_status(status);
-    result
+    (result, no_store)
 }
 
 /// A request in flight to a target (its `least_conn` count) for as long
@@ -806,15 +845,16 @@ impl Drop for InFlight<'_> {
 }
 
 /// A GET on a pooled (or fresh) connection of `target`, the whole body
-/// read (up to `cap`): the status and the body. A pooled connection that
-/// turns out stale is replaced by a fresh one once.
+/// read (up to `cap`): the status, the body and whether the answer forbids
+/// storing. A pooled connection that turns out stale is replaced by a
+/// fresh one once.
 async fn exchange(
     up: &UpstreamState,
     up_cfg: &UpstreamConfig,
     target: &TargetState,
     mut head: Vec<u8>,
     cap: usize,
-) -> Result<(u16, Vec<u8>), ReadError> {
+) -> Result<(u16, Vec<u8>, bool), ReadError> {
     let mut fresh_only = false;
     loop {
         let pooled = if fresh_only {
@@ -846,11 +886,16 @@ async fn exchange(
                 continue;
             }
             Err(e) => return Err(e),
-            Ok((status, body, reusable)) => {
+            Ok(ReadResponse {
+                status,
+                body,
+                reusable,
+                no_store,
+            }) => {
                 if reusable {
                     up.checkin(target, s, Instant::now());
                 }
-                return Ok((status, body));
+                return Ok((status, body, no_store));
             }
         }
     }
@@ -882,14 +927,23 @@ impl From<ReadError> for PartError {
     }
 }
 
+/// A part's response, read whole.
+struct ReadResponse {
+    status: u16,
+    body: Vec<u8>,
+    /// The connection can be pooled again.
+    reusable: bool,
+    /// `Cache-Control: no-store`, `private` or `no-cache`.
+    no_store: bool,
+}
+
 /// Reads one response (head and whole body, Content-Length, chunked or
-/// until close) of at most `cap` body bytes. Returns the status, the body
-/// and whether the connection can be pooled again.
+/// until close) of at most `cap` body bytes.
 async fn read_response(
     s: &mut TcpStream,
     cap: usize,
     gap: Duration,
-) -> Result<(u16, Vec<u8>, bool), ReadError> {
+) -> Result<ReadResponse, ReadError> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut head = ResponseHead::default();
     let mut lines = Vec::new();
@@ -915,6 +969,13 @@ async fn read_response(
             e => e,
         })?;
     }
+    let no_store = lines.iter().any(|l| {
+        crate::http::name_eq(l.name.of(&buf), b"cache-control") && {
+            let mut cc = crate::filter::cache::CacheControl::default();
+            cc.add(l.value.of(&buf));
+            cc.no_store || cc.private || cc.no_cache
+        }
+    });
     let framing = head.framing_for(false);
     let mut body = Vec::new();
     let mut reusable = head.keep_alive;
@@ -975,7 +1036,12 @@ async fn read_response(
             body = buf;
         }
     }
-    Ok((head.status, body, reusable))
+    Ok(ReadResponse {
+        status: head.status,
+        body,
+        reusable,
+        no_store,
+    })
 }
 
 fn eof_invalid(e: ReadError) -> ReadError {

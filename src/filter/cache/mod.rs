@@ -9,10 +9,10 @@
 //! the admin API to every worker).
 //!
 //! How it fits: the connection loop calls [`serve`] in place of
-//! `proxy::forward` for a route with `cache`, after the route's filters
-//! (auth, rate limits) and request transform ran — so a hit is still
-//! authenticated and counted, and the transform's response edits are
-//! stored with the response. A lookup key is the route's name, the host,
+//! `proxy::forward` (or `proxy::compose::serve`) for a route with
+//! `cache`, after the route's filters (auth, rate limits) and request
+//! transform ran — so a hit is still authenticated and counted, and the
+//! transform's response edits are stored with the response. A lookup key is the route's name, the host,
 //! and the path and query as the client sent them, plus the request's
 //! values of the headers the stored response names in `Vary` (as
 //! forwarded: the client's lines the gateway does not drop, and the lines
@@ -47,6 +47,19 @@
 //! `only-if-cached` answers 504 on a miss. `If-None-Match` matching a
 //! stored `ETag` is answered 304.
 //!
+//! Compose routes: the merged answer is what is fetched, teed and stored
+//! (the parts themselves are not cached), under the same key, with the
+//! same hits, `X-Cache`, `Age`, coalescing, stale-while-revalidate (the
+//! refresh runs the parts) and stale-if-error (a failed required part's
+//! 502/503/504 is held back for the stale copy). Only a complete 200 is
+//! stored: not an answer with `X-Gateway-Partial` (a failed optional part
+//! would otherwise be served for the whole ttl; it is sent as it is, not
+//! replaced by a stale copy), not an error, and not when a part answered
+//! `no-store`, `private` or `no-cache`. The merged answer has no
+//! `Cache-Control`, `Vary` or `ETag` of its own: it is fresh for the
+//! route's `ttl_s` (required on a compose route), varies on nothing but
+//! the key, and `If-None-Match` never matches it.
+//!
 //! Performance notes: a route without `cache` pays one `Option` check. A
 //! hit allocates nothing: the key is hashed where it lies in the request
 //! buffer, the entry's bytes are an `Rc` the write holds, and the
@@ -66,6 +79,7 @@ pub use store::Stored;
 use crate::config::Errors;
 use crate::config::file::RouteFile;
 use crate::http::parse::HeaderLine;
+use crate::proxy::compose;
 use crate::proxy::forward::{self, Conn, Outcome};
 use crate::runtime::worker::{Generation, Worker};
 use crate::telemetry::metrics::WorkerMetrics;
@@ -110,7 +124,8 @@ pub struct CacheFile {
 #[serde(deny_unknown_fields)]
 pub struct RouteCacheFile {
     /// Freshness when the response gives none (default 0: only responses
-    /// with `max-age`, `s-maxage` or `Expires` are stored).
+    /// with `max-age`, `s-maxage` or `Expires` are stored). On a compose
+    /// route, the merged answer's freshness (required there).
     pub ttl_s: Option<u64>,
     /// Serve stale this long after expiry while one refresh runs.
     pub stale_while_revalidate_s: Option<u64>,
@@ -120,7 +135,8 @@ pub struct RouteCacheFile {
     pub allow_authorization: Option<bool>,
     /// Store responses with `Set-Cookie` (default false).
     pub allow_set_cookie: Option<bool>,
-    /// Statuses stored (default 200, 203, 204, 301, 404, 410).
+    /// Statuses stored (default 200, 203, 204, 301, 404, 410; not on a
+    /// compose route, which stores only complete 200s).
     pub statuses: Option<Vec<u16>>,
 }
 
@@ -213,11 +229,22 @@ pub fn compile_route(
     let key = |k: &str| format!("routes[{i}].cache.{k}");
     let before = errs.0.len();
     if r.compose.is_some() {
-        errs.push(
-            format!("routes[{i}].cache"),
-            "a compose route cannot be cached yet",
-            "remove cache from the compose route (cache its parts' routes instead)",
-        );
+        // A merged answer has no Cache-Control of its own: the route's ttl
+        // is its whole lifetime, and only complete 200s are stored.
+        if f.ttl_s.unwrap_or(0) == 0 {
+            errs.push(
+                key("ttl_s"),
+                "a compose answer has no Cache-Control of its own, so its freshness is ttl_s, and without it nothing would be stored",
+                "set ttl_s = SECONDS (e.g. ttl_s = 30), or remove cache from the compose route",
+            );
+        }
+        if f.statuses.is_some() {
+            errs.push(
+                key("statuses"),
+                "a compose route stores only complete 200 answers (never a partial one or an error)",
+                "remove statuses from the compose route's cache",
+            );
+        }
     }
     if let Some(ms) = &r.methods
         && !ms.iter().any(|m| m == "GET" || m == "HEAD")
@@ -620,24 +647,49 @@ fn refresh_conn(w: &Worker, c: &Conn) -> Box<Conn> {
     r
 }
 
-/// The route's forward: with its response JSON transform, if any.
+/// The route's forward (with its response JSON transform, if any), or
+/// its compose parts. Also returns whether the answer may be stored, as
+/// far as the fetch knows: a proxied answer came from a target (not an
+/// open breaker's fallback); a compose answer is complete
+/// ([`compose::Answered::cacheable`]).
 async fn fetch<S>(
     w: &Worker,
     snap: &Generation,
     route: usize,
     client: &mut S,
     c: &mut Conn,
-) -> Outcome
+) -> (Outcome, bool)
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
-    match snap.config.routes[route]
-        .transform
-        .as_deref()
-        .and_then(|t| t.json.as_ref())
-    {
+    let rc = &snap.config.routes[route];
+    if let Some(comp) = rc.compose.as_deref() {
+        let a = compose::serve(w, snap, route, comp, client, c).await;
+        c.rhead.status = a.status;
+        // As after a forward, the request has left the buffer.
+        c.consume_head_only();
+        return (
+            Outcome::Done {
+                keep_alive: a.keep_alive,
+            },
+            a.cacheable,
+        );
+    }
+    let outcome = match rc.transform.as_deref().and_then(|t| t.json.as_ref()) {
         Some(ops) => crate::filter::transform::forward_json(w, snap, route, ops, client, c).await,
         None => forward::forward(w, snap, route, client, c).await,
+    };
+    (outcome, c.upstream_addr.is_some())
+}
+
+/// How long a miss waits for another request's fetch of its key: the
+/// route's upstream response timeout, or a compose route's deadline for
+/// its parts (plus a second for the merge and the write).
+fn fetch_wait(snap: &Generation, route: usize) -> Duration {
+    let cfg = &snap.config;
+    match cfg.routes[route].compose.as_deref() {
+        Some(comp) => comp.timeout + Duration::from_secs(1),
+        None => cfg.upstreams[cfg.routes[route].upstream].request_timeout,
     }
 }
 
@@ -673,7 +725,7 @@ where
         settings.max_object_bytes + CAPTURE_ALLOWANCE,
         hold_errors,
     );
-    let outcome = fetch(w, snap, route, &mut tee, c).await;
+    let (outcome, may_store) = fetch(w, snap, route, &mut tee, c).await;
     let (captured, swallowed) = tee.finish();
     let failed = swallowed.is_some()
         || matches!(
@@ -684,8 +736,9 @@ where
             }
         );
     let stored = match (&outcome, captured) {
-        // No target answered (an open breaker's fallback): not stored.
-        (Outcome::Done { .. }, Some(cap)) if swallowed.is_none() && c.upstream_addr.is_some() => {
+        // No target answered (an open breaker's fallback), or a partial
+        // compose answer: not stored.
+        (Outcome::Done { .. }, Some(cap)) if swallowed.is_none() && may_store => {
             let drop = policy::line_names(&c.resp_extra[..added.min(c.resp_extra.len())]);
             w.cache.store_response(settings, policy, req, &cap, &drop)
         }
@@ -802,7 +855,7 @@ where
             RequestMode::Bypass => {
                 w.metrics.cache_event(slot, CacheEvent::Miss);
                 c.resp_extra.extend_from_slice(b"X-Cache: MISS\r\n");
-                return fetch(w, snap, route, client, c).await;
+                return fetch(w, snap, route, client, c).await.0;
             }
         };
     let head_only = c.head.is_head;
@@ -872,7 +925,7 @@ where
                 // Another request on this worker is fetching this key:
                 // wait for it, then look again.
                 waited = true;
-                let t = cfg.upstreams[cfg.routes[route].upstream].request_timeout;
+                let t = fetch_wait(snap, route);
                 let _ = monoio::time::timeout(t, FetchDone(p.clone())).await;
                 let result = p.result.get();
                 if result == Fetched::Stored {
@@ -896,7 +949,7 @@ where
     let before = c.resp_extra.len();
     c.resp_extra.extend_from_slice(b"X-Cache: MISS\r\n");
     if head_only {
-        return fetch(w, snap, route, client, c).await;
+        return fetch(w, snap, route, client, c).await.0;
     }
     let added = c.resp_extra.len();
     let r = fetch_and_store(
