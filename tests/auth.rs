@@ -1,8 +1,10 @@
 //! Authentication and authorization over real sockets (issue 4): JWTs of
 //! every algorithm family, forged and out-of-date tokens, duplicate tokens,
-//! API keys, the token endpoint round trip, roles and scopes, stripped
-//! identity headers, `hide_credentials`, a JWKS rotated under a running
-//! gateway, and config errors that name the key and the fix.
+//! API keys, the token endpoint round trip and its failed-attempt limit
+//! (per client address: clients bind to other 127.0.0.0/8 addresses),
+//! roles and scopes, stripped identity headers, `hide_credentials`, a JWKS
+//! rotated under a running gateway, and config errors that name the key and
+//! the fix.
 //!
 //! Each test starts its own gateway (2 workers, port 0) in front of a mock
 //! backend that counts the requests it receives and echoes their headers,
@@ -19,7 +21,7 @@ use ringgate::config::Config;
 use ringgate::runtime::{Server, ServerHandle};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -45,6 +47,7 @@ const ENV_VARS: &[&str] = &[
     "RG_AUTH_T_COUNTER",
     "RG_AUTH_T_CONFIG",
     "RG_AUTH_T_HIDE",
+    "RG_AUTH_T_FAILURES",
 ];
 
 fn env() {
@@ -485,7 +488,18 @@ impl Resp {
 }
 
 fn send(addr: SocketAddr, raw: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
+    send_on(TcpStream::connect(addr).unwrap(), raw)
+}
+
+/// Sends from source address `src` (any of 127.0.0.0/8 on loopback).
+fn send_from(src: IpAddr, addr: SocketAddr, raw: &[u8]) -> Resp {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::new(src, 0).into()).unwrap();
+    s.connect(&addr.into()).unwrap();
+    send_on(s.into(), raw)
+}
+
+fn send_on(mut s: TcpStream, raw: &[u8]) -> Resp {
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.write_all(raw).unwrap();
     let mut buf = Vec::new();
@@ -537,6 +551,10 @@ fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Resp {
+    send(addr, raw_request(method, path, headers, body).as_bytes())
+}
+
+fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
     let mut r = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for (k, v) in headers {
         r.push_str(&format!("{k}: {v}\r\n"));
@@ -546,7 +564,7 @@ fn request(
     }
     r.push_str("\r\n");
     r.push_str(body);
-    send(addr, r.as_bytes())
+    r
 }
 
 fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
@@ -1636,6 +1654,257 @@ fn check_issued_default_ttl(r: &Resp) -> String {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["expires_in"], 3600);
     r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Token endpoint: failed-attempt limit
+// ---------------------------------------------------------------------------
+
+/// A gateway (2 workers: the count is shared, so which worker takes each
+/// connection does not matter) whose token endpoint has `limit` keys.
+fn limit_config(b: &Backend, limit: &str) -> String {
+    base(b)
+        + &consumers()
+        + &hs_jwt("RG_AUTH_T_FAILURES")
+        + "\n[auth.token_endpoint]\npath = \"/auth/token\"\n"
+        + limit
+}
+
+const RIGHT: &str = "grant_type=client_credentials&client_id=acme&client_secret=acme-secret";
+const WRONG: &str = "grant_type=client_credentials&client_id=acme&client_secret=guess";
+
+/// A token request from `src`, each on its own connection.
+fn token_from(src: &str, addr: SocketAddr, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut h = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    h.extend_from_slice(headers);
+    let raw = raw_request("POST", "/auth/token", &h, body);
+    send_from(src.parse().unwrap(), addr, raw.as_bytes())
+}
+
+/// Asserts a 429 from the failed-attempt limit: `Retry-After` within
+/// `1..=window_s`, the JSON error shape, and no token. Returns Retry-After.
+fn assert_blocked(r: &Resp, window_s: u64, what: &str) -> u64 {
+    assert_eq!(r.status, 429, "{what}: {r:?}");
+    let retry: u64 = r
+        .header("Retry-After")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no Retry-After: {r:?}"));
+    assert!(
+        (1..=window_s).contains(&retry),
+        "{what}: Retry-After {retry}"
+    );
+    assert_eq!(r.header("Cache-Control"), Some("no-store"), "{what}");
+    assert_eq!(r.header("WWW-Authenticate"), None, "{what}");
+    let j = r.json();
+    assert_eq!(j["error"], "too_many_attempts", "{what}");
+    assert_eq!(j["status"], 429, "{what}");
+    assert!(
+        j["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{what}"
+    );
+    assert!(j["error_description"].as_str().is_some(), "{what}");
+    assert!(j.get("access_token").is_none(), "{what}");
+    retry
+}
+
+/// Credential guessing is cut off per client address: after
+/// `max_failures` refused client authentications the next attempt, with
+/// the right secret or a valid API key, gets 429 and no token, while
+/// another address is unaffected. 400s do not count and a success does
+/// not reset the count.
+#[test]
+fn token_endpoint_blocks_an_address_after_failed_attempts() {
+    env();
+    let b = Backend::start();
+    let g = gateway(&limit_config(
+        &b,
+        "max_failures = 3\nfailure_window_s = 60\n",
+    ));
+    let a = "127.0.0.1";
+    check_issued_default_ttl(&token_from(a, g.addr, &[], RIGHT));
+    // Malformed requests test no secret: not counted, however many.
+    for _ in 0..5 {
+        let r = token_from(a, g.addr, &[], "grant_type=password&client_id=acme");
+        assert_eq!(r.status, 400, "{r:?}");
+    }
+    // Failure 1: a wrong secret; 2: an unknown client.
+    assert_eq!(token_from(a, g.addr, &[], WRONG).status, 401);
+    let unknown = "grant_type=client_credentials&client_id=nobody&client_secret=x";
+    assert_eq!(token_from(a, g.addr, &[], unknown).status, 401);
+    // Under the limit the right secret still works, and does not reset it.
+    check_issued_default_ttl(&token_from(a, g.addr, &[], RIGHT));
+    // Failure 3: a bad API key.
+    let r = token_from(a, g.addr, &[("X-API-Key", "guessed-key")], "");
+    assert_eq!(r.status, 401, "{r:?}");
+
+    // Blocked: the right secret, Basic, a valid API key all get 429.
+    assert_blocked(&token_from(a, g.addr, &[], RIGHT), 60, "right secret");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("acme:acme-secret")
+    );
+    assert_blocked(
+        &token_from(
+            a,
+            g.addr,
+            &[("Authorization", &basic)],
+            "grant_type=client_credentials",
+        ),
+        60,
+        "Basic",
+    );
+    assert_blocked(
+        &token_from(a, g.addr, &[("X-API-Key", "acme-key-1")], ""),
+        60,
+        "API key",
+    );
+    // X-Forwarded-For from a peer that is not a trusted proxy changes nothing.
+    assert_blocked(
+        &token_from(a, g.addr, &[("X-Forwarded-For", "198.51.100.1")], RIGHT),
+        60,
+        "spoofed X-Forwarded-For",
+    );
+    // Blocked attempts are not counted further, and the rest of the
+    // gateway still serves the address.
+    assert_eq!(get(g.addr, "/public", &[]).status, 200);
+
+    // Another address: unaffected, and counted on its own.
+    let other = "127.0.0.2";
+    check_issued_default_ttl(&token_from(other, g.addr, &[], RIGHT));
+    for _ in 0..2 {
+        assert_eq!(token_from(other, g.addr, &[], WRONG).status, 401);
+    }
+    check_issued_default_ttl(&token_from(other, g.addr, &[], RIGHT));
+    assert_eq!(token_from(other, g.addr, &[], WRONG).status, 401);
+    assert_blocked(&token_from(other, g.addr, &[], RIGHT), 60, "second address");
+    assert_blocked(
+        &token_from(a, g.addr, &[], RIGHT),
+        60,
+        "first address, still",
+    );
+    // Only the /public request reached the backend.
+    assert_eq!(b.hits(), 1);
+}
+
+/// The block ends with the window: a small window, slept past, lets the
+/// right secret through again; `max_failures = 0` turns the limit off.
+#[test]
+fn token_endpoint_failure_window_passes() {
+    env();
+    let b = Backend::start();
+    let g = gateway(&limit_config(
+        &b,
+        "max_failures = 2\nfailure_window_s = 1\n",
+    ));
+    let a = "127.0.0.3";
+    let before = Instant::now();
+    assert_eq!(token_from(a, g.addr, &[], WRONG).status, 401);
+    let first_answered = Instant::now();
+    assert_eq!(token_from(a, g.addr, &[], WRONG).status, 401);
+    let r = token_from(a, g.addr, &[], RIGHT);
+    // The window runs from the first failure (counted in tenths of a
+    // second): it certainly still ran if this answer came within 0.9 s.
+    if before.elapsed() < Duration::from_millis(900) {
+        assert_eq!(assert_blocked(&r, 1, "inside the window"), 1);
+    }
+    // It certainly ended 1 s after the first failure was answered.
+    let end = first_answered + Duration::from_millis(1200);
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    check_issued_default_ttl(&token_from(a, g.addr, &[], RIGHT));
+    // A fresh window: one failure does not block.
+    assert_eq!(token_from(a, g.addr, &[], WRONG).status, 401);
+    check_issued_default_ttl(&token_from(a, g.addr, &[], RIGHT));
+
+    // Off.
+    let g = gateway(&limit_config(&b, "max_failures = 0\n"));
+    for _ in 0..15 {
+        assert_eq!(token_from(a, g.addr, &[], WRONG).status, 401);
+    }
+    check_issued_default_ttl(&token_from(a, g.addr, &[], RIGHT));
+
+    // The default (10 per 60 s) is on.
+    let g = gateway(&limit_config(&b, ""));
+    for _ in 0..10 {
+        assert_eq!(token_from(a, g.addr, &[], WRONG).status, 401);
+    }
+    assert_blocked(&token_from(a, g.addr, &[], RIGHT), 60, "default limit");
+    assert_eq!(b.hits(), 0);
+}
+
+/// Behind a trusted proxy the failures are counted for the forwarded
+/// client (the rightmost `X-Forwarded-For` entry that is not a trusted
+/// proxy); the same header from any other peer is ignored.
+#[test]
+fn token_endpoint_failures_behind_a_trusted_proxy() {
+    env();
+    let b = Backend::start();
+    let g = gateway(&limit_config(
+        &b,
+        "max_failures = 2\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n",
+    ));
+    let proxy = "127.0.0.1";
+    let xff = |v: &'static str| [("X-Forwarded-For", v)];
+    for v in ["203.0.113.5", "198.51.100.9, 203.0.113.5, 10.1.2.3"] {
+        assert_eq!(token_from(proxy, g.addr, &xff(v), WRONG).status, 401);
+    }
+    assert_blocked(
+        &token_from(proxy, g.addr, &xff("203.0.113.5"), RIGHT),
+        60,
+        "forwarded client",
+    );
+    // Another forwarded client, and the proxy's own requests, pass.
+    check_issued_default_ttl(&token_from(proxy, g.addr, &xff("203.0.113.6"), RIGHT));
+    check_issued_default_ttl(&token_from(proxy, g.addr, &[], RIGHT));
+    // An untrusted peer cannot borrow or shed a forwarded identity.
+    let direct = "127.0.0.4";
+    check_issued_default_ttl(&token_from(direct, g.addr, &xff("203.0.113.5"), RIGHT));
+    for v in ["192.0.2.1", "192.0.2.2"] {
+        assert_eq!(token_from(direct, g.addr, &xff(v), WRONG).status, 401);
+    }
+    assert_blocked(
+        &token_from(direct, g.addr, &xff("192.0.2.3"), RIGHT),
+        60,
+        "untrusted peer",
+    );
+    assert_eq!(b.hits(), 0);
+}
+
+#[test]
+fn token_endpoint_failure_limit_config_errors() {
+    let b = Backend::start();
+    let errs = config_errors(&limit_config(
+        &b,
+        "max_failures = 5000\nfailure_window_s = 0\ntrusted_proxies = [\"10.0.0.0/33\", \"proxy\"]\n",
+    ));
+    assert_error(&errs, "auth.token_endpoint.max_failures", "5000");
+    assert_error(
+        &errs,
+        "auth.token_endpoint.failure_window_s",
+        "outside 1..=86400",
+    );
+    assert_error(
+        &errs,
+        "auth.token_endpoint.trusted_proxies",
+        "\"10.0.0.0/33\"",
+    );
+    assert_error(&errs, "auth.token_endpoint.trusted_proxies", "\"proxy\"");
+    let errs = config_errors(&limit_config(&b, "failure_window_s = 90000\n"));
+    assert_error(&errs, "auth.token_endpoint.failure_window_s", "90000");
+    // Types are checked by the TOML layer, which names the key.
+    let errs = config_errors(&limit_config(&b, "max_failures = -1\n"));
+    assert!(
+        errs[0].key.starts_with("auth.token_endpoint.max_failures"),
+        "{errs:#?}"
+    );
+    let errs = config_errors(&limit_config(&b, "failure_window = 60\n"));
+    assert!(errs[0].message.contains("failure_window"), "{errs:#?}");
+    // And good ones pass, including off.
+    for ok in [
+        "max_failures = 0\n",
+        "max_failures = 1000\nfailure_window_s = 86400\n",
+    ] {
+        Config::parse(&limit_config(&b, ok)).unwrap();
+    }
 }
 
 // ---------------------------------------------------------------------------

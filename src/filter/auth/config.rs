@@ -11,11 +11,12 @@ use super::keys::{
     ALL, AlgSet, Family, SigningKey, VerifyKey, alg_name, keys_from_jwks, parse_alg,
     private_key_from_pem, public_key_from_pem,
 };
-use super::token_endpoint::TokenEndpoint;
+use super::token_endpoint::{FailureLimit, TokenEndpoint};
 use super::{ApiKeyConfig, Auth, JwtAuth, RoutePolicy, TokenSources};
 use crate::config::Errors;
 use crate::config::file::{FileConfig, OneOrMany, RouteFile};
 use crate::filter::AuthMethod;
+use crate::filter::rate_limit::Cidr;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -92,6 +93,16 @@ pub struct TokenEndpointFile {
     pub algorithm: Option<String>,
     /// `kid` put in issued tokens' headers.
     pub key_id: Option<String>,
+    /// Failed client authentications per client address within
+    /// `failure_window_s` after which the endpoint answers 429 without
+    /// checking credentials (default 10; 0 turns the limit off).
+    pub max_failures: Option<u64>,
+    /// The failure window, seconds, from an address's first failure
+    /// (default 60).
+    pub failure_window_s: Option<u64>,
+    /// Peers whose `X-Forwarded-For` names the client for the failure
+    /// count (addresses or CIDR ranges; default none).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[auth.api_key]`
@@ -568,6 +579,7 @@ fn compile_endpoint(
             "use seconds, e.g. 3600",
         );
     }
+    let failures = compile_failure_limit(t, errs);
     if !consumers.has_client_secrets() && !consumers.has_api_keys() {
         errs.push(
             "auth.token_endpoint",
@@ -707,7 +719,50 @@ fn compile_endpoint(
         path,
         ttl,
         key: signing,
+        failures,
     })
+}
+
+/// Most failures per window `max_failures` may allow.
+const MAX_FAILURES: u64 = 1000;
+/// Longest `failure_window_s`, seconds (one day).
+const MAX_FAILURE_WINDOW: u64 = 86_400;
+
+/// `max_failures`, `failure_window_s` and `trusted_proxies`: the
+/// failed-attempt limit (None when `max_failures = 0`).
+fn compile_failure_limit(t: &TokenEndpointFile, errs: &mut Errors) -> Option<FailureLimit> {
+    let key = |k: &str| format!("auth.token_endpoint.{k}");
+    let max = t.max_failures.unwrap_or(10);
+    if max > MAX_FAILURES {
+        errs.push(
+            key("max_failures"),
+            format!("{max} failed attempts per window is more than {MAX_FAILURES}, too many to stop guessing"),
+            "use a small number, e.g. 10 (0 turns the limit off)",
+        );
+    }
+    let window = t.failure_window_s.unwrap_or(60);
+    if window == 0 || window > MAX_FAILURE_WINDOW {
+        errs.push(
+            key("failure_window_s"),
+            format!("{window} is outside 1..={MAX_FAILURE_WINDOW}"),
+            "use seconds, e.g. 60",
+        );
+    }
+    let mut trusted = Vec::new();
+    for p in t.trusted_proxies.iter().flatten() {
+        match Cidr::parse(p) {
+            Some(c) => trusted.push(c),
+            None => errs.push(
+                key("trusted_proxies"),
+                format!("{p:?} is not an address or CIDR range"),
+                "write \"10.0.0.0/8\", \"192.168.1.7\" or \"fd00::/8\"",
+            ),
+        }
+    }
+    if max == 0 || max > MAX_FAILURES || window == 0 || window > MAX_FAILURE_WINDOW {
+        return None;
+    }
+    Some(FailureLimit::new(max as u16, window, trusted))
 }
 
 /// Compiles `[auth]` and `[[consumers]]`. Returns an [`Auth`] whenever

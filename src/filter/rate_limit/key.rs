@@ -153,6 +153,15 @@ pub enum Client<'a> {
     Raw(&'a [u8]),
 }
 
+impl std::fmt::Display for Client<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Ip(ip) => ip.fmt(f),
+            Client::Raw(b) => String::from_utf8_lossy(b).fmt(f),
+        }
+    }
+}
+
 fn trim(b: &[u8]) -> &[u8] {
     let s = b
         .iter()

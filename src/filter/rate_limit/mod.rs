@@ -31,6 +31,8 @@ mod shard;
 
 pub use algo::{Algorithm, Check, Params, State};
 pub use key::{Cidr, KeyPart};
+/// The client address rules (`trusted_proxies`), shared with the token endpoint.
+pub(crate) use key::{Client, client as client_address};
 
 use super::{Identity, Reply, RequestCtx, Verdict};
 use crate::config::Errors;
