@@ -376,3 +376,301 @@ upstream = "dead"
         Some(1.0)
     );
 }
+
+/// The secret of the auth tests' `[auth.jwt]`, in an environment variable
+/// named for this process (set once; nothing else in this binary reads it).
+fn auth_secret_env() -> String {
+    let var = format!("RINGGATE_TEST_AUTH_METRICS_{}", std::process::id());
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: set once; no test in this binary reads this variable
+        // except through the gateways started after this call.
+        unsafe { std::env::set_var(&var, "metrics-test-secret-0123456789abcdef0123") };
+    });
+    var
+}
+
+fn sha_hex(s: &str) -> String {
+    hex::encode(ringgate::filter::auth::sha256(s.as_bytes()))
+}
+
+/// A gateway with a route without auth (`items`), a route wanting a JWT or
+/// an API key and the `orders` role (`orders`), the token endpoint (two
+/// failed client authentications block an address), and two consumers:
+/// `shop` has the role, `guest` has not. `extra_top` goes after
+/// `[server]`; `extra_routes` before the other routes.
+fn auth_gateway_toml(backend: &MockUpstream, extra_top: &str, extra_routes: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+pin = false
+{extra_top}
+
+[admin]
+listen = "127.0.0.1:0"
+
+[upstreams.items]
+targets = ["{target}"]
+{extra_routes}
+[[routes]]
+name = "items"
+path = "/items/{{id}}"
+upstream = "items"
+
+[[routes]]
+name = "orders"
+path = "/orders/{{id}}"
+upstream = "items"
+auth = ["jwt", "api_key"]
+roles = ["orders"]
+
+[auth.jwt]
+algorithms = ["HS256"]
+secret_env = "{var}"
+issuer = "ringgate-test"
+
+[auth.token_endpoint]
+path = "/auth/token"
+ttl_s = 600
+max_failures = 2
+failure_window_s = 600
+
+[[consumers]]
+id = "shop"
+client_secret_sha256 = "{shop_secret}"
+api_key_sha256 = "{shop_key}"
+roles = ["orders"]
+
+[[consumers]]
+id = "guest"
+client_secret_sha256 = "{guest_secret}"
+api_key_sha256 = "{guest_key}"
+roles = ["reader"]
+"#,
+        target = backend.target(),
+        var = auth_secret_env(),
+        shop_secret = sha_hex("shop-secret"),
+        shop_key = sha_hex("shop-key"),
+        guest_secret = sha_hex("guest-secret"),
+        guest_key = sha_hex("guest-key"),
+    )
+}
+
+/// A GET of `path` with one extra header line (or none); the status.
+fn get_with(c: &mut Client, path: &str, header: &str) -> u16 {
+    c.request(format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\n{header}{}\r\n",
+        if header.is_empty() { "" } else { "\r\n" }
+    ))
+    .status
+}
+
+/// A token request with a form `body`; the response.
+fn token_request(c: &mut Client, body: &str) -> Response {
+    c.request(format!(
+        "POST /auth/token HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// An access token for consumer `id` from the token endpoint.
+fn token_for(c: &mut Client, id: &str) -> String {
+    let r = token_request(
+        c,
+        &format!("grant_type=client_credentials&client_id={id}&client_secret={id}-secret"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+/// Every `name{...} value` series of `body` whose value is not zero, sorted.
+fn series(body: &str, name: &str) -> Vec<String> {
+    let prefix = format!("{name}{{");
+    let mut out: Vec<String> = body
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && !l.ends_with(" 0"))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out
+}
+
+/// Auth decisions are counted once per request on the route with auth, by
+/// the method that decided (`none` when no credential was found) and the
+/// decision; token endpoint answers by result; the route without auth has
+/// no auth series.
+#[test]
+fn auth_decisions_and_token_endpoint_answers_are_counted() {
+    let be = MockUpstream::builder().respond(200, "ok").start();
+    let gw = Gateway::start(&auth_gateway_toml(&be, "", ""));
+    let admin_addr = gw.handle.admin_addr.expect("admin listener");
+    let mut c = gw.client();
+
+    // Token endpoint: 2 issued, 1 invalid_request (unsupported grant),
+    // 2 invalid_client (wrong secret), then 1 blocked (the address used up
+    // its 2 failures, so even the right secret is refused).
+    let shop = token_for(&mut c, "shop");
+    let guest = token_for(&mut c, "guest");
+    let r = token_request(
+        &mut c,
+        "grant_type=password&client_id=shop&client_secret=shop-secret",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    for _ in 0..2 {
+        let r = token_request(
+            &mut c,
+            "grant_type=client_credentials&client_id=shop&client_secret=guess",
+        );
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    let r = token_request(
+        &mut c,
+        "grant_type=client_credentials&client_id=shop&client_secret=shop-secret",
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+
+    // The route with auth, through every outcome.
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+    for _ in 0..3 {
+        assert_eq!(get_with(&mut c, "/orders/1", &bearer(&shop)), 200);
+    }
+    assert_eq!(get_with(&mut c, "/orders/1", "X-API-Key: shop-key"), 200);
+    for _ in 0..2 {
+        assert_eq!(get_with(&mut c, "/orders/1", ""), 401);
+    }
+    assert_eq!(get_with(&mut c, "/orders/1", &bearer("not.a.token")), 401);
+    assert_eq!(get_with(&mut c, "/orders/1", "X-API-Key: wrong-key"), 401);
+    assert_eq!(get_with(&mut c, "/orders/1", &bearer(&guest)), 403);
+    for _ in 0..2 {
+        assert_eq!(get_with(&mut c, "/orders/1", "X-API-Key: guest-key"), 403);
+    }
+    // The route without auth, with and without a credential.
+    assert_eq!(get_with(&mut c, "/items/1", ""), 200);
+    assert_eq!(get_with(&mut c, "/items/1", &bearer(&shop)), 200);
+
+    let body = scrape_until(admin_addr, |b| {
+        metric(
+            b,
+            r#"ringgate_requests_total{route="items",method="GET",status="2xx",upstream="items"}"#,
+        ) == Some(2.0)
+    });
+    assert!(
+        body.contains("# TYPE ringgate_auth_decisions_total counter"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE ringgate_token_endpoint_requests_total counter"),
+        "{body}"
+    );
+    assert_eq!(
+        series(&body, "ringgate_auth_decisions_total"),
+        vec![
+            r#"ringgate_auth_decisions_total{route="orders",method="api_key",decision="allowed"} 1"#,
+            r#"ringgate_auth_decisions_total{route="orders",method="api_key",decision="forbidden"} 2"#,
+            r#"ringgate_auth_decisions_total{route="orders",method="api_key",decision="invalid"} 1"#,
+            r#"ringgate_auth_decisions_total{route="orders",method="jwt",decision="allowed"} 3"#,
+            r#"ringgate_auth_decisions_total{route="orders",method="jwt",decision="forbidden"} 1"#,
+            r#"ringgate_auth_decisions_total{route="orders",method="jwt",decision="invalid"} 1"#,
+            r#"ringgate_auth_decisions_total{route="orders",method="none",decision="missing"} 2"#,
+        ],
+        "{body}"
+    );
+    assert!(
+        !body.contains(r#"ringgate_auth_decisions_total{route="items""#),
+        "{body}"
+    );
+    for (result, n) in [
+        ("issued", 2.0),
+        ("invalid_request", 1.0),
+        ("invalid_client", 2.0),
+        ("blocked", 1.0),
+        ("error", 0.0),
+    ] {
+        assert_eq!(
+            metric(
+                &body,
+                &format!(r#"ringgate_token_endpoint_requests_total{{result="{result}"}}"#)
+            ),
+            Some(n),
+            "{result}: {body}"
+        );
+    }
+}
+
+/// With `[metrics] enabled = false` nothing is counted: no auth decision
+/// and no token endpoint series.
+#[test]
+fn auth_metrics_are_off_when_metrics_are() {
+    let be = MockUpstream::builder().respond(200, "ok").start();
+    let gw = Gateway::start(&auth_gateway_toml(&be, "[metrics]\nenabled = false", ""));
+    let mut c = gw.client();
+    let shop = token_for(&mut c, "shop");
+    assert_eq!(
+        get_with(
+            &mut c,
+            "/orders/1",
+            &format!("Authorization: Bearer {shop}")
+        ),
+        200
+    );
+    assert_eq!(get_with(&mut c, "/orders/1", ""), 401);
+    let (st, body) = admin(gw.handle.admin_addr.unwrap(), "GET", "/metrics", None);
+    assert_eq!(st, 200);
+    assert!(!body.contains("ringgate_auth_decisions_total{"), "{body}");
+    assert!(
+        !body.contains("ringgate_token_endpoint_requests_total{"),
+        "{body}"
+    );
+    assert_eq!(metric(&body, "ringgate_ready"), Some(1.0));
+}
+
+/// A reload that adds a route with auth before `orders` keeps `orders`'s
+/// auth counts (its label slot follows its name) and gives the new route
+/// its own series.
+#[test]
+fn auth_decision_counts_follow_routes_by_name_across_reloads() {
+    let be = MockUpstream::builder().respond(200, "ok").start();
+    let dir = std::env::temp_dir().join(format!("ringgate-authm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("reload.toml");
+    std::fs::write(&path, auth_gateway_toml(&be, "", "")).unwrap();
+    let cfg = ringgate::config::Config::load(&path).expect("config");
+    let h = ringgate::runtime::Server::start_file(cfg, path.clone(), Default::default())
+        .expect("start");
+    let addr = h.local_addrs()[0];
+    let admin_addr = h.admin_addr.expect("admin listener");
+    let mut c = Client::connect(addr);
+    assert_eq!(get_with(&mut c, "/orders/1", "X-API-Key: shop-key"), 200);
+    assert_eq!(get_with(&mut c, "/orders/1", ""), 401);
+
+    let first = r#"
+[[routes]]
+name = "first"
+path = "/first"
+upstream = "items"
+auth = ["api_key"]
+"#;
+    std::fs::write(&path, auth_gateway_toml(&be, "", first)).unwrap();
+    h.reload().expect("valid reload");
+    let mut c = Client::connect(addr);
+    assert_eq!(get_with(&mut c, "/orders/1", "X-API-Key: shop-key"), 200);
+    assert_eq!(get_with(&mut c, "/first", "X-API-Key: guest-key"), 200);
+
+    let body = scrape_until(admin_addr, |b| {
+        metric(
+            b,
+            r#"ringgate_auth_decisions_total{route="first",method="api_key",decision="allowed"}"#,
+        ) == Some(1.0)
+    });
+    assert_eq!(
+        series(&body, "ringgate_auth_decisions_total"),
+        vec![
+            r#"ringgate_auth_decisions_total{route="first",method="api_key",decision="allowed"} 1"#,
+            r#"ringgate_auth_decisions_total{route="orders",method="api_key",decision="allowed"} 2"#,
+            r#"ringgate_auth_decisions_total{route="orders",method="none",decision="missing"} 1"#,
+        ],
+        "{body}"
+    );
+}

@@ -65,8 +65,9 @@ pub struct Identity {
 pub struct RequestCtx<'a> {
     /// The worker running this request.
     pub worker: &'a Worker,
-    /// This worker's auth state for the request's config generation.
-    pub auth_state: &'a auth::WorkerState,
+    /// The config generation serving this request (its config, and this
+    /// worker's auth state for it).
+    pub generation: &'a crate::runtime::worker::Generation,
     /// Route index.
     pub route: usize,
     /// The client buffer the head spans point into.

@@ -400,7 +400,7 @@ where
                     Ok(body) => {
                         let ctx = RequestCtx {
                             worker: w,
-                            auth_state: &snap.auth,
+                            generation: &snap,
                             route: usize::MAX,
                             buf: &c.buf,
                             head: &c.head,
@@ -546,7 +546,7 @@ where
             let (verdict, hide) = {
                 let mut ctx = RequestCtx {
                     worker: w,
-                    auth_state: &snap.auth,
+                    generation: &snap,
                     route: route as usize,
                     buf: &c.buf,
                     head: &c.head,

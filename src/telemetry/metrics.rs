@@ -5,10 +5,16 @@
 //! worker alone with relaxed loads and stores (no read-modify-write, no
 //! cache line shared with another writer). [`Metrics::render`] walks every
 //! shard and prints Prometheus text.
+//!
+//! Filters count their decisions in the same shards: rate-limit decisions
+//! per limit, cache events and auth decisions per route slot, token
+//! endpoint answers per result. A route without auth or cache never
+//! touches those counters.
 
 use super::histogram::{self, Histogram};
 use super::names::*;
 use crate::config::Config;
+use crate::filter::AuthMethod;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -75,6 +81,11 @@ pub struct WorkerMetrics {
     rate_limit: Box<[Counter]>,
     /// Cache hits, misses and stale answers: `[route slot][event]`.
     cache: Box<[Counter]>,
+    /// Auth decisions: `[route slot][method][decision]` (see
+    /// [`WorkerMetrics::auth_decision`]).
+    auth: Box<[Counter]>,
+    /// Token endpoint answers, by [`TokenResult`].
+    token_endpoint: [Counter; TOKEN_RESULTS.len()],
     /// Bytes held by this worker's response cache.
     pub cache_bytes: AtomicI64,
     /// Entries held by this worker's response cache.
@@ -86,6 +97,66 @@ pub struct WorkerMetrics {
 /// Rate limits with their own decision counters (more share the last row).
 pub const RATE_LIMIT_SLOTS: usize = 64;
 const RL_DECISIONS: [&str; 4] = ["admitted", "delayed", "limited", "store_error"];
+
+/// `method` label of auth decisions: the method that decided, or `none`
+/// when the request carried no credential the route accepts.
+const AUTH_METHOD_LABELS: [&str; 3] = ["jwt", "api_key", "none"];
+/// `decision` label of auth decisions, indexed by [`AuthDecision`].
+const AUTH_DECISION_LABELS: [&str; 4] = ["allowed", "missing", "invalid", "forbidden"];
+/// Counters per route slot for auth decisions.
+const AUTH_PER_ROUTE: usize = AUTH_METHOD_LABELS.len() * AUTH_DECISION_LABELS.len();
+
+/// What the auth filter decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// Authenticated and authorized: the request goes on.
+    Allowed = 0,
+    /// No credential the route accepts (401).
+    Missing = 1,
+    /// A credential that did not validate (401).
+    Invalid = 2,
+    /// Authenticated but lacking a required role or scope (403).
+    Forbidden = 3,
+}
+
+/// `result` label of token endpoint answers, indexed by [`TokenResult`].
+const TOKEN_RESULTS: [&str; 5] = [
+    "issued",
+    "invalid_request",
+    "invalid_client",
+    "blocked",
+    "error",
+];
+
+/// How the token endpoint answered one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenResult {
+    /// 200: a token was issued.
+    Issued = 0,
+    /// 400: a malformed request, an unsupported grant type or a scope the
+    /// client lacks.
+    InvalidRequest = 1,
+    /// 401: the client authentication was refused.
+    InvalidClient = 2,
+    /// 429: the client address used up its failed attempts.
+    Blocked = 3,
+    /// Anything else (500: the token could not be signed).
+    Error = 4,
+}
+
+impl TokenResult {
+    /// The result of an answer with `status`.
+    #[inline]
+    pub fn of_status(status: u16) -> TokenResult {
+        match status {
+            200 => TokenResult::Issued,
+            400 => TokenResult::InvalidRequest,
+            401 => TokenResult::InvalidClient,
+            429 => TokenResult::Blocked,
+            _ => TokenResult::Error,
+        }
+    }
+}
 
 impl WorkerMetrics {
     /// Counts a rate-limit decision for limit `li`: 0 admitted, 1 delayed
@@ -117,6 +188,8 @@ impl WorkerMetrics {
             pool_idle: (0..upstreams).map(|_| AtomicI64::new(0)).collect(),
             rate_limit: n(RATE_LIMIT_SLOTS * 4),
             cache: n(routes * 3),
+            auth: n(routes * AUTH_PER_ROUTE),
+            token_endpoint: Default::default(),
             cache_bytes: AtomicI64::new(0),
             cache_entries: AtomicI64::new(0),
             cache_evictions: Counter::default(),
@@ -129,6 +202,32 @@ impl WorkerMetrics {
         if route_slot < self.routes {
             self.cache[route_slot * 3 + event as usize].add(1);
         }
+    }
+
+    /// Counts an auth decision on a route with auth: `method` is the
+    /// method that decided (None when no credential was found).
+    #[inline]
+    pub fn auth_decision(
+        &self,
+        route_slot: usize,
+        method: Option<AuthMethod>,
+        decision: AuthDecision,
+    ) {
+        if route_slot < self.routes {
+            let m = match method {
+                Some(AuthMethod::Jwt) => 0,
+                Some(AuthMethod::ApiKey) => 1,
+                None => 2,
+            };
+            let i = (route_slot * AUTH_METHOD_LABELS.len() + m) * AUTH_DECISION_LABELS.len();
+            self.auth[i + decision as usize].add(1);
+        }
+    }
+
+    /// Counts one token endpoint answer.
+    #[inline]
+    pub fn token_request(&self, result: TokenResult) {
+        self.token_endpoint[result as usize].add(1);
     }
 
     /// Records one answered request: `route_slot` from
@@ -283,7 +382,9 @@ impl Metrics {
 
     /// [`Metrics::render`] plus what is read from the running config's
     /// shared state at scrape time: rate-limit decisions (labelled with the
-    /// limits' names), breaker state and opens, target health and ejections.
+    /// limits' names), token endpoint answers (when the endpoint is on and
+    /// metrics are enabled), breaker state and opens, target health and
+    /// ejections.
     pub fn render_with(&self, cfg: &Config) -> String {
         let mut o = self.render();
         if let Some(l) = &cfg.rate_limits {
@@ -305,6 +406,19 @@ impl Metrics {
                         esc(name)
                     );
                 }
+            }
+        }
+        if cfg.metrics_enabled
+            && let Some(a) = &cfg.auth
+            && a.token_path().is_some()
+        {
+            let _ = writeln!(
+                o,
+                "# HELP {TOKEN_ENDPOINT_REQUESTS} Token endpoint answers.\n# TYPE {TOKEN_ENDPOINT_REQUESTS} counter"
+            );
+            for (k, result) in TOKEN_RESULTS.iter().enumerate() {
+                let v: u64 = self.workers.iter().map(|w| w.token_endpoint[k].get()).sum();
+                let _ = writeln!(o, "{TOKEN_ENDPOINT_REQUESTS}{{result=\"{result}\"}} {v}");
             }
         }
         let _ = writeln!(
@@ -526,6 +640,25 @@ impl Metrics {
                 let v: u64 = self.workers.iter().map(|w| w.cache[r * 3 + k].get()).sum();
                 if v > 0 {
                     let _ = writeln!(o, "{name}{{route=\"{}\"}} {v}", route_name(r).0);
+                }
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP {AUTH_DECISIONS} Authentication and authorization decisions.\n# TYPE {AUTH_DECISIONS} counter"
+        );
+        for r in 0..=routes {
+            for (m, mname) in AUTH_METHOD_LABELS.iter().enumerate() {
+                for (d, dname) in AUTH_DECISION_LABELS.iter().enumerate() {
+                    let i = (r * AUTH_METHOD_LABELS.len() + m) * AUTH_DECISION_LABELS.len() + d;
+                    let v: u64 = self.workers.iter().map(|w| w.auth[i].get()).sum();
+                    if v > 0 {
+                        let _ = writeln!(
+                            o,
+                            "{AUTH_DECISIONS}{{route=\"{}\",method=\"{mname}\",decision=\"{dname}\"}} {v}",
+                            route_name(r).0
+                        );
+                    }
                 }
             }
         }

@@ -48,6 +48,14 @@ pub const READY: &str = "ringgate_ready";
 /// store_error).
 pub const RATE_LIMIT_DECISIONS: &str = "ringgate_rate_limit_decisions_total";
 
+/// Authentication and authorization decisions on routes with `auth`, by
+/// route, method that decided (jwt, api_key, none) and decision (allowed,
+/// missing, invalid, forbidden).
+pub const AUTH_DECISIONS: &str = "ringgate_auth_decisions_total";
+/// Token endpoint answers, by result (issued, invalid_request,
+/// invalid_client, blocked, error).
+pub const TOKEN_ENDPOINT_REQUESTS: &str = "ringgate_token_endpoint_requests_total";
+
 /// Breaker state by upstream: 0 closed, 1 open, 2 half-open.
 pub const BREAKER_STATE: &str = "ringgate_breaker_state";
 /// Times a breaker opened, by upstream.

@@ -47,6 +47,7 @@ pub use jwt::{JwtError, MAX_TOKEN_BYTES, Verified};
 pub use keys::KeySet;
 
 use super::{AuthMethod, Identity, Reply, RequestCtx, Verdict};
+use crate::telemetry::metrics::{AuthDecision, TokenResult};
 use cache::TokenCache;
 use jwt::JwtRules;
 use std::borrow::Cow;
@@ -121,10 +122,18 @@ impl Auth {
         self.endpoint.as_ref().map(|e| e.path.as_str())
     }
 
-    /// Answers a token request (`POST` to the token endpoint) with `body`.
+    /// Answers a token request (`POST` to the token endpoint) with `body`,
+    /// counted in `ringgate_token_endpoint_requests_total`.
     pub fn token_endpoint(&self, ctx: &RequestCtx<'_>, body: &[u8]) -> Reply {
         match &self.endpoint {
-            Some(ep) => token_endpoint::answer(self, ep, ctx, body),
+            Some(ep) => {
+                let reply = token_endpoint::answer(self, ep, ctx, body);
+                if ctx.generation.config.metrics_enabled {
+                    let result = TokenResult::of_status(reply.status);
+                    ctx.worker.metrics.token_request(result);
+                }
+                reply
+            }
             None => Reply::error(404, "token endpoint disabled", ctx.request_id),
         }
     }
@@ -388,6 +397,18 @@ impl RoutePolicy {
 /// The result of checking one credential: the caller, or why not.
 type Attempt = Result<Rc<Authenticated>, Cow<'static, str>>;
 
+/// Counts the filter's decision in the worker's metric shard
+/// (`ringgate_auth_decisions_total`), under the route's metric slot of the
+/// request's config generation.
+fn count(ctx: &RequestCtx<'_>, method: Option<AuthMethod>, decision: AuthDecision) {
+    let cfg = &ctx.generation.config;
+    if cfg.metrics_enabled
+        && let Some(&slot) = cfg.route_slots.get(ctx.route)
+    {
+        ctx.worker.metrics.auth_decision(slot, method, decision);
+    }
+}
+
 /// The auth request filter: authenticate, authorize, and pass the caller's
 /// identity on (see the module docs).
 pub fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
@@ -401,10 +422,11 @@ pub fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
             } else {
                 AuthMethod::Jwt
             };
+            count(ctx, Some(m), AuthDecision::Invalid);
             return Verdict::Reply(p.invalid(m, msg, rid));
         }
     };
-    let ws = ctx.auth_state;
+    let ws = &*ctx.generation.auth;
     let mut outcome: Option<(AuthMethod, Attempt)> = None;
     for &m in &p.order {
         match m {
@@ -427,13 +449,21 @@ pub fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
         }
     }
     let (used, a) = match outcome {
-        None => return Verdict::Reply(p.missing(rid)),
-        Some((m, Err(d))) => return Verdict::Reply(p.invalid(m, &d, rid)),
+        None => {
+            count(ctx, None, AuthDecision::Missing);
+            return Verdict::Reply(p.missing(rid));
+        }
+        Some((m, Err(d))) => {
+            count(ctx, Some(m), AuthDecision::Invalid);
+            return Verdict::Reply(p.invalid(m, &d, rid));
+        }
         Some((m, Ok(a))) => (m, a),
     };
     if let Some(r) = p.forbidden(&a.identity, rid) {
+        count(ctx, Some(used), AuthDecision::Forbidden);
         return Verdict::Reply(r);
     }
+    count(ctx, Some(used), AuthDecision::Allowed);
     if p.hide_credentials {
         ctx.hide_credentials = match used {
             AuthMethod::Jwt => found.token_from,
