@@ -580,11 +580,18 @@ where
                 c.consume_head_only();
                 continue;
             }
-            // `hide_credentials`: the credential used is not forwarded.
+            // `hide_credentials`: the credential used is not forwarded, nor
+            // written to the access log (whose path was copied before).
             if !hide.is_empty()
                 && let Some(auth) = &cfg.auth
             {
                 crate::filter::auth::hide_credentials(auth, hide, &mut c);
+                if w.log.is_some() {
+                    let l = &mut c.log_fields;
+                    let start = l.len();
+                    l.extend_from_slice(c.head.path_query.of(&c.buf));
+                    c.log_spans[1] = (start, l.len());
+                }
             }
         }
 
