@@ -34,7 +34,8 @@
 //! The client address is the TCP peer; when the peer is one of the
 //! endpoint's `trusted_proxies`, it is the rightmost `X-Forwarded-For` entry
 //! that is not itself a trusted proxy (the rule of the rate limiter's `ip`
-//! key). `X-Forwarded-For` from any other peer is ignored.
+//! key). `X-Forwarded-For` from any other peer is ignored. IPv6 clients
+//! are counted by /64, the block one subscriber usually holds.
 //!
 //! State: one table for all workers, in the compiled [`Auth`] (so a reload
 //! starts every address afresh). Counts are shared rather than kept per
@@ -149,7 +150,9 @@ impl FailureLimit {
         (self.epoch.elapsed().as_millis() / TICK_MS) as u32
     }
 
-    /// The hash of a client address.
+    /// The hash of a client address. IPv6 clients count by /64: one
+    /// subscriber usually holds a whole /64, so counting single addresses
+    /// would let it guess from 2^64 of them.
     fn hash(&self, client: Client<'_>) -> u64 {
         let mut h = self.hasher.build_hasher();
         match client {
@@ -159,7 +162,7 @@ impl FailureLimit {
             }
             Client::Ip(IpAddr::V6(a)) => {
                 h.write_u8(6);
-                h.write(&a.octets());
+                h.write(&a.octets()[..8]);
             }
             Client::Raw(b) => {
                 h.write_u8(0);
@@ -530,6 +533,10 @@ mod tests {
         ));
         assert_ne!(a, b);
         assert_eq!(a, mapped);
+        // IPv6 by /64: one subscriber's addresses share a count.
+        let v6 = |s: &str| l.hash(Client::Ip(s.parse().unwrap()));
+        assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:2:ffff::7"));
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
         l.fail_at(a, 10);
         l.fail_at(a, 10);
         assert!(l.blocked_at(a, 11).is_some());
