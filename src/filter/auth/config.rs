@@ -748,17 +748,9 @@ fn compile_failure_limit(t: &TokenEndpointFile, errs: &mut Errors) -> Option<Fai
             "use seconds, e.g. 60",
         );
     }
-    let mut trusted = Vec::new();
-    for p in t.trusted_proxies.iter().flatten() {
-        match Cidr::parse(p) {
-            Some(c) => trusted.push(c),
-            None => errs.push(
-                key("trusted_proxies"),
-                format!("{p:?} is not an address or CIDR range"),
-                "write \"10.0.0.0/8\", \"192.168.1.7\" or \"fd00::/8\"",
-            ),
-        }
-    }
+    let trusted = Cidr::parse_list(t.trusted_proxies.iter().flatten(), |msg, fix| {
+        errs.push(key("trusted_proxies"), msg, fix)
+    });
     if max == 0 || max > MAX_FAILURES || window == 0 || window > MAX_FAILURE_WINDOW {
         return None;
     }

@@ -54,6 +54,25 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Parses a `trusted_proxies` list; `bad(message, fix)` is called for
+    /// each entry that is not an address or CIDR range.
+    pub fn parse_list<'a>(
+        items: impl IntoIterator<Item = &'a String>,
+        mut bad: impl FnMut(String, &'static str),
+    ) -> Vec<Cidr> {
+        let mut out = Vec::new();
+        for s in items {
+            match Cidr::parse(s) {
+                Some(c) => out.push(c),
+                None => bad(
+                    format!("{s:?} is not an address or CIDR range"),
+                    "write \"10.0.0.0/8\", \"192.168.1.7\" or \"fd00::/8\"",
+                ),
+            }
+        }
+        out
+    }
+
     /// Parses an address or a CIDR range.
     pub fn parse(s: &str) -> Option<Cidr> {
         let (addr, bits) = match s.split_once('/') {

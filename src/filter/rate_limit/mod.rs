@@ -644,17 +644,9 @@ fn compile_limit(
             "remove shard_mode, or use scope = \"local\"",
         );
     }
-    let mut trusted = Vec::new();
-    for t in lf.trusted_proxies.iter().flatten() {
-        match Cidr::parse(t) {
-            Some(c) => trusted.push(c),
-            None => errs.push(
-                k("trusted_proxies"),
-                format!("{t:?} is not an address or CIDR range"),
-                "write \"10.0.0.0/8\", \"192.168.1.7\" or \"fd00::/8\"",
-            ),
-        }
-    }
+    let trusted = Cidr::parse_list(lf.trusted_proxies.iter().flatten(), |msg, fix| {
+        errs.push(k("trusted_proxies"), msg, fix)
+    });
     let mut tiers = Vec::new();
     if let Some(p) = base_params {
         tiers.push(Tier {
