@@ -10,6 +10,7 @@ use super::parse::{self, BodyFraming, Parsed, RequestHead};
 use crate::filter::{Reply, RequestCtx, Verdict};
 use crate::proxy::forward::{self, Conn, Outcome};
 use crate::router::{Lookup, Params};
+use crate::runtime::watchdog::Watchdog;
 use crate::runtime::worker::Worker;
 use crate::telemetry::access_log::Record;
 use crate::telemetry::trace::TraceContext;
@@ -42,6 +43,28 @@ pub async fn read_more_within<S: AsyncReadRent>(
     match monoio::time::timeout(t, read_more(s, buf)).await {
         Ok((r, b)) => (Ok(r), b),
         Err(_) => (Err(()), Vec::with_capacity(cap)),
+    }
+}
+
+/// Like [`read_more`] under a deadline kept by the worker's watchdog: `at`
+/// on its coarse clock; `Err(())` when the deadline passed (the socket's
+/// read side is then shut: close it). `idle` marks a keep-alive wait for
+/// the next request, which a drain ends at once. The buffer always comes
+/// back whole.
+pub async fn read_more_until<S: AsyncReadRent>(
+    s: &mut S,
+    fd: std::os::fd::RawFd,
+    buf: Vec<u8>,
+    dog: &Watchdog,
+    at: u64,
+    idle: bool,
+) -> (Result<std::io::Result<usize>, ()>, Vec<u8>) {
+    let armed = dog.arm(fd, at, idle);
+    let (r, b) = read_more(s, buf).await;
+    if armed.fired() {
+        (Err(()), b)
+    } else {
+        (Ok(r), b)
     }
 }
 
@@ -247,6 +270,7 @@ where
         peer,
         w.config.server.max_headers,
     );
+    let fd = stream.as_raw_fd();
     let mut first = true;
     loop {
         // Each request is served with the config generation current when
@@ -269,11 +293,15 @@ where
             if !first && w.draining.get() {
                 return;
             }
-            let slot = (!first).then(|| w.idle.borrow_mut().insert(stream.as_raw_fd()));
-            let (r, b) = read_more_within(&mut stream, std::mem::take(&mut c.buf), t).await;
-            if let Some(slot) = slot {
-                w.idle.borrow_mut().remove(slot);
-            }
+            let (r, b) = read_more_until(
+                &mut stream,
+                fd,
+                std::mem::take(&mut c.buf),
+                &w.watchdog,
+                w.watchdog.after(t),
+                !first,
+            )
+            .await;
             c.buf = b;
             match r {
                 Ok(Ok(n)) if n > 0 => {}
@@ -293,9 +321,9 @@ where
                 _ => return,
             }
         }
-        // The header deadline is only needed (and the clock only read) when
-        // the head did not arrive in one piece.
-        let mut deadline: Option<Instant> = None;
+        // The header deadline is only needed when the head did not arrive
+        // in one piece.
+        let mut deadline: Option<u64> = None;
         loop {
             match parse::parse_request(
                 &c.buf,
@@ -337,12 +365,16 @@ where
                         let want = (c.buf.capacity() * 2).min(srv.max_header_bytes);
                         c.buf.reserve_exact(want - c.buf.len());
                     }
-                    let now = Instant::now();
-                    let left = deadline
-                        .get_or_insert(now + srv.header_timeout)
-                        .saturating_duration_since(now);
-                    let (r, b) =
-                        read_more_within(&mut stream, std::mem::take(&mut c.buf), left).await;
+                    let at = *deadline.get_or_insert(w.watchdog.after(srv.header_timeout));
+                    let (r, b) = read_more_until(
+                        &mut stream,
+                        fd,
+                        std::mem::take(&mut c.buf),
+                        &w.watchdog,
+                        at,
+                        false,
+                    )
+                    .await;
                     c.buf = b;
                     match r {
                         Ok(Ok(n)) if n > 0 => {}
@@ -456,6 +488,7 @@ where
 
         // Phase 2: route.
         let started = Instant::now();
+        c.started = started;
         c.upstream_addr = None;
         c.upstream_id = None;
         c.upstream_us = None;

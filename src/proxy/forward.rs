@@ -24,11 +24,12 @@
 use crate::config::Config;
 use crate::config::{Balance, Split, UpstreamConfig};
 use crate::http::chunked::ChunkedScanner;
-use crate::http::conn::read_more_within;
+use crate::http::conn::{read_more_until, read_more_within};
 use crate::http::head::{OutHead, write_head};
 use crate::http::parse::{
     self, BodyFraming, HeaderLine, HeaderRole, Parsed, RequestHead, ResponseHead,
 };
+use crate::runtime::watchdog::Watchdog;
 use crate::runtime::worker::{Generation, Worker};
 use crate::upstream::breaker::Ticket;
 use crate::upstream::shared::Report;
@@ -38,7 +39,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
 
 /// Largest response head accepted from a backend.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -105,6 +107,9 @@ pub struct Conn {
     pub fresh: [u8; 32],
     /// Client address.
     pub peer: SocketAddr,
+    /// When the current request's head was parsed (its timeouts and its
+    /// duration count from here).
+    pub started: Instant,
     peer_ip: ([u8; 48], u8),
 }
 
@@ -143,6 +148,7 @@ impl Conn {
             },
             fresh: [0; 32],
             peer,
+            started: Instant::now(),
             peer_ip: (ip, n as u8),
         }
     }
@@ -370,14 +376,11 @@ async fn read_response_head<S: AsyncWriteRent>(
     us: &mut TcpStream,
     client: &mut S,
     c: &mut Conn,
-    sent_at: Instant,
-    timeout: Duration,
+    dog: &Watchdog,
+    at: u64,
 ) -> HeadWait {
     c.ubuf.clear();
-    // The first read gets the whole timeout (no clock read); later reads
-    // get what is left of it.
-    let deadline = sent_at + timeout;
-    let mut first = true;
+    let fd = us.as_raw_fd();
     let mut got_any = false;
     loop {
         if !c.ubuf.is_empty() {
@@ -415,13 +418,7 @@ async fn read_response_head<S: AsyncWriteRent>(
             c.ubuf
                 .reserve_exact(want.saturating_sub(c.ubuf.len()).max(1));
         }
-        let left = if first {
-            first = false;
-            timeout
-        } else {
-            deadline.saturating_duration_since(Instant::now())
-        };
-        let (r, b) = read_more_within(us, std::mem::take(&mut c.ubuf), left).await;
+        let (r, b) = read_more_until(us, fd, std::mem::take(&mut c.ubuf), dog, at, false).await;
         c.ubuf = b;
         match r {
             Ok(Ok(n)) if n > 0 => got_any = true,
@@ -512,8 +509,10 @@ where
     // idempotent and held whole).
     let list = up.list();
     let retry_ok = c.head.idempotent && body_done;
-    let start = Instant::now();
+    let start = c.started;
     let deadline = start + up_cfg.request_timeout;
+    // The same deadline on the watchdog's coarse clock, for the reads.
+    let request_at = w.watchdog.after(up_cfg.request_timeout);
     let mut try_now = start;
     let mut tried = 0u64;
     let mut retries = 0u32;
@@ -669,8 +668,8 @@ where
                 c.buf.clear();
             }
         }
-        let left = deadline.saturating_duration_since(sent_at);
-        match read_response_head(&mut us, client, c, sent_at, up_cfg.try_timeout.min(left)).await {
+        let at = w.watchdog.after(up_cfg.try_timeout).min(request_at);
+        match read_response_head(&mut us, client, c, &w.watchdog, at).await {
             HeadWait::Ok => {
                 let now = Instant::now();
                 try_now = now;
@@ -827,12 +826,19 @@ where
 
     // Response body.
     let mut ok = true;
+    let ufd = us.as_raw_fd();
     if !resp_done {
         loop {
             c.ubuf.clear();
-            let (r, b) =
-                read_more_within(&mut us, std::mem::take(&mut c.ubuf), up_cfg.request_timeout)
-                    .await;
+            let (r, b) = read_more_until(
+                &mut us,
+                ufd,
+                std::mem::take(&mut c.ubuf),
+                &w.watchdog,
+                w.watchdog.after(up_cfg.request_timeout),
+                false,
+            )
+            .await;
             c.ubuf = b;
             let n = match r {
                 Ok(Ok(n)) if n > 0 => n,

@@ -5,6 +5,7 @@
 
 pub mod reload;
 pub mod server;
+pub mod watchdog;
 pub mod worker;
 
 pub use server::{Server, ServerHandle};

@@ -49,8 +49,9 @@ pub struct Worker {
     pub connections: Cell<usize>,
     /// Set once shutdown began: responses close their connection.
     pub draining: Cell<bool>,
-    /// Connections waiting for their next request.
-    pub idle: std::cell::RefCell<IdleSet>,
+    /// Deadlines of the reads in progress, the coarse clock, and the
+    /// keep-alive waits a drain ends.
+    pub watchdog: crate::runtime::watchdog::Watchdog,
     /// This worker's rate-limit shard.
     pub rate: crate::filter::rate_limit::WorkerState,
     /// This worker's response cache.
@@ -86,7 +87,7 @@ impl Worker {
             in_flight: Cell::new(0),
             connections: Cell::new(0),
             draining: Cell::new(false),
-            idle: std::cell::RefCell::new(IdleSet::default()),
+            watchdog: crate::runtime::watchdog::Watchdog::new(),
             rate,
             cache: crate::filter::cache::WorkerCache::new(
                 shared.cache_purge.clone(),
@@ -165,52 +166,6 @@ impl Worker {
     #[inline]
     pub fn next_request_id(&self, out: &mut [u8; 32]) {
         self.ids.next(out)
-    }
-}
-
-/// The sockets of idle keep-alive connections, so a drain can wake them.
-/// Slots are reused: no allocation once the set has reached its peak size.
-#[derive(Default)]
-pub struct IdleSet {
-    fds: Vec<i32>,
-    free: Vec<usize>,
-}
-
-impl IdleSet {
-    /// Lists `fd`; returns its slot.
-    #[inline]
-    pub fn insert(&mut self, fd: i32) -> usize {
-        match self.free.pop() {
-            Some(i) => {
-                self.fds[i] = fd;
-                i
-            }
-            None => {
-                self.fds.push(fd);
-                self.free.reserve(1);
-                self.fds.len() - 1
-            }
-        }
-    }
-
-    /// Unlists slot `i`.
-    #[inline]
-    pub fn remove(&mut self, i: usize) {
-        self.fds[i] = -1;
-        self.free.push(i);
-    }
-
-    /// Ends every listed connection's wait for a next request.
-    pub fn wake_all(&self) {
-        for &fd in &self.fds {
-            if fd >= 0 {
-                // SAFETY: the fd belongs to a live connection task of this
-                // worker (it unlists itself before closing).
-                unsafe {
-                    libc::shutdown(fd, libc::SHUT_RD);
-                }
-            }
-        }
     }
 }
 
@@ -451,6 +406,16 @@ async fn serve(
             }
         });
     }
+    // The watchdog: read deadlines and the coarse clock.
+    {
+        let w = worker.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(crate::runtime::watchdog::TICK).await;
+                w.watchdog.tick();
+            }
+        });
+    }
     // Sweep idle pooled connections once a second.
     {
         let w = worker.clone();
@@ -496,12 +461,12 @@ async fn serve(
     }
     // Idle keep-alive connections end now; busy ones finish their request
     // (answered with `Connection: close`) within the drain timeout.
-    worker.idle.borrow().wake_all();
+    worker.watchdog.wake_idle();
     let deadline = Instant::now() + config.server.drain_timeout;
     while (worker.in_flight.get() > 0 || worker.connections.get() > 0) && Instant::now() < deadline
     {
         monoio::time::sleep(Duration::from_millis(5)).await;
-        worker.idle.borrow().wake_all();
+        worker.watchdog.wake_idle();
     }
     if let Some(l) = &worker.log {
         l.flush();

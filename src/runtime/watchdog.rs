@@ -1,0 +1,268 @@
+//! Read deadlines without a timer per read.
+//!
+//! Every read on the proxy path waits under a deadline (header, idle,
+//! upstream try and body timeouts). A runtime timer per read costs a timer
+//! wheel insertion and removal, a clock read and a larger future on every
+//! request. The worker's [`Watchdog`] instead keeps one small table of
+//! armed reads: arming and disarming are a slot taken from and returned to
+//! a free list, and one task per worker ticks every [`TICK`], refreshes the
+//! worker's coarse clock and ends each overdue read with `shutdown(fd,
+//! SHUT_RD)`. The read then completes (with end-of-file) and its caller
+//! sees [`Armed::fired`], so a timed-out read leaves its buffer and socket
+//! in a known state; the socket is closed afterwards, never reused.
+//!
+//! Deadlines are in milliseconds of the worker's coarse clock, which lags
+//! real time by at most one tick; a deadline therefore fires within about
+//! two ticks of its exact time. Timeouts in ringgate's configuration are
+//! at least tens of milliseconds, so the tick is well below their scale.
+//!
+//! Draining uses the same table: reads armed as *idle* (a keep-alive
+//! connection waiting for its next request) are ended at once by
+//! [`Watchdog::wake_idle`].
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// How often the worker's watchdog runs.
+pub const TICK: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The socket, or -1 for a free slot.
+    fd: RawFd,
+    /// Deadline on the coarse clock (ms).
+    at: u64,
+    /// A keep-alive wait a drain may end.
+    idle: bool,
+    /// Ended by the watchdog (deadline passed).
+    fired: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    armed: usize,
+}
+
+/// The armed reads of one worker and its coarse clock.
+pub struct Watchdog {
+    table: RefCell<Table>,
+    epoch: Instant,
+    now_ms: Cell<u64>,
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Watchdog {
+    /// An empty table; the clock starts at 0 now.
+    pub fn new() -> Self {
+        Watchdog {
+            table: RefCell::new(Table::default()),
+            epoch: Instant::now(),
+            now_ms: Cell::new(0),
+        }
+    }
+
+    /// The coarse clock: milliseconds since the worker started, as of the
+    /// last tick (or [`refresh`](Self::refresh)).
+    #[inline]
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms.get()
+    }
+
+    /// The deadline `t` from now on the coarse clock.
+    #[inline]
+    pub fn after(&self, t: Duration) -> u64 {
+        self.now_ms
+            .get()
+            .saturating_add(t.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    /// Reads the real clock into the coarse one; returns it.
+    pub fn refresh(&self) -> u64 {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.now_ms.set(ms);
+        ms
+    }
+
+    /// Arms a deadline for a read on `fd`; the read is ended at `at` (on
+    /// the coarse clock) unless the returned guard is dropped first.
+    /// `idle`: a keep-alive wait for the next request, which a drain ends.
+    #[inline]
+    pub fn arm(&self, fd: RawFd, at: u64, idle: bool) -> Armed<'_> {
+        let mut t = self.table.borrow_mut();
+        let slot = Slot {
+            fd,
+            at,
+            idle,
+            fired: false,
+        };
+        let i = match t.free.pop() {
+            Some(i) => {
+                t.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                t.slots.push(slot);
+                // Keep the free list able to take every slot back without
+                // growing on a disarm.
+                t.free.reserve(1);
+                (t.slots.len() - 1) as u32
+            }
+        };
+        t.armed += 1;
+        Armed { dog: self, i }
+    }
+
+    /// Number of armed reads.
+    pub fn armed(&self) -> usize {
+        self.table.borrow().armed
+    }
+
+    /// Refreshes the clock and ends every read whose deadline has passed.
+    /// Returns how many were ended.
+    pub fn tick(&self) -> usize {
+        let now = self.refresh();
+        let mut t = self.table.borrow_mut();
+        if t.armed == 0 {
+            return 0;
+        }
+        let mut n = 0;
+        for s in t.slots.iter_mut() {
+            if s.fd >= 0 && !s.fired && s.at <= now {
+                s.fired = true;
+                // SAFETY: an armed slot's fd belongs to a socket that is
+                // open for as long as the read's guard lives (the guard is
+                // dropped before its socket can be).
+                unsafe {
+                    libc::shutdown(s.fd, libc::SHUT_RD);
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Ends every idle keep-alive wait now (a drain).
+    pub fn wake_idle(&self) {
+        let t = self.table.borrow();
+        for s in t.slots.iter() {
+            if s.fd >= 0 && s.idle {
+                // SAFETY: as in `tick`.
+                unsafe {
+                    libc::shutdown(s.fd, libc::SHUT_RD);
+                }
+            }
+        }
+    }
+}
+
+/// An armed deadline; dropping it disarms it.
+pub struct Armed<'a> {
+    dog: &'a Watchdog,
+    i: u32,
+}
+
+impl Armed<'_> {
+    /// Whether the watchdog ended the read (its deadline passed).
+    #[inline]
+    pub fn fired(&self) -> bool {
+        self.dog.table.borrow().slots[self.i as usize].fired
+    }
+}
+
+impl Drop for Armed<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let mut t = self.dog.table.borrow_mut();
+        t.slots[self.i as usize].fd = -1;
+        t.free.push(self.i);
+        t.armed -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn an_overdue_read_is_ended_and_marked() {
+        let dog = Watchdog::new();
+        let (_a, mut b) = pair();
+        let g = dog.arm(b.as_raw_fd(), dog.now_ms(), false);
+        assert_eq!(dog.armed(), 1);
+        assert_eq!(dog.tick(), 1);
+        assert!(g.fired());
+        // The socket's read side is shut: a read returns end-of-file at once.
+        let mut buf = [0u8; 8];
+        assert_eq!(b.read(&mut buf).unwrap(), 0);
+        // A fired slot is not ended twice.
+        assert_eq!(dog.tick(), 0);
+        drop(g);
+        assert_eq!(dog.armed(), 0);
+    }
+
+    #[test]
+    fn a_read_before_its_deadline_is_left_alone() {
+        let dog = Watchdog::new();
+        let (mut a, mut b) = pair();
+        let g = dog.arm(b.as_raw_fd(), dog.after(Duration::from_secs(60)), false);
+        assert_eq!(dog.tick(), 0);
+        assert!(!g.fired());
+        std::io::Write::write_all(&mut a, b"x").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(b.read(&mut buf).unwrap(), 1);
+    }
+
+    #[test]
+    fn slots_are_reused_and_a_disarmed_slot_is_never_ended() {
+        let dog = Watchdog::new();
+        let (_a, b) = pair();
+        for _ in 0..1000 {
+            let g = dog.arm(b.as_raw_fd(), 0, true);
+            drop(g);
+        }
+        assert_eq!(dog.table.borrow().slots.len(), 1);
+        assert_eq!(dog.tick(), 0);
+        // A disarmed idle slot is not woken by a drain either.
+        dog.wake_idle();
+        b.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        let r = (&b).read(&mut buf);
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_drain_ends_idle_waits_only() {
+        let dog = Watchdog::new();
+        let (_a1, b1) = pair();
+        let (_a2, b2) = pair();
+        let idle = dog.arm(b1.as_raw_fd(), dog.after(Duration::from_secs(60)), true);
+        let busy = dog.arm(b2.as_raw_fd(), dog.after(Duration::from_secs(60)), false);
+        dog.wake_idle();
+        let mut buf = [0u8; 8];
+        assert_eq!((&b1).read(&mut buf).unwrap(), 0);
+        b2.set_nonblocking(true).unwrap();
+        assert_eq!(
+            (&b2).read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        assert!(!idle.fired() && !busy.fired());
+    }
+}
