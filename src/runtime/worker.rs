@@ -6,7 +6,7 @@
 //! listeners, accept until told to stop, then drain).
 //!
 //! Performance notes: nothing in `Worker` is shared with another thread
-//! except the [`Shutdown`] signal, which is only looked at between accepts.
+//! except the [`Shutdown`] flag, which the watchdog tick looks at.
 
 use crate::config::{Config, IoMode, UringMode};
 use crate::upstream::pool::UpstreamState;
@@ -226,52 +226,23 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// A stop signal one thread raises and one worker waits on.
+/// A stop signal one thread raises and one worker looks at on each
+/// watchdog tick (no waker crosses threads, so the runtime needs no
+/// cross-thread wake-up machinery on its park path).
 #[derive(Default)]
 pub struct Shutdown {
     flag: AtomicBool,
-    waker: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 impl Shutdown {
-    /// Raises the signal and wakes the worker.
+    /// Raises the signal; the worker notices it within one tick.
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        if let Ok(mut w) = self.waker.lock()
-            && let Some(w) = w.take()
-        {
-            w.wake();
-        }
     }
 
     /// True once raised.
     pub fn is_set(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
-    }
-
-    /// Resolves once raised. Registered once per worker (the lock is never
-    /// on a request path).
-    pub fn wait(self: &Arc<Self>) -> impl Future<Output = ()> + use<> {
-        ShutdownWait(self.clone())
-    }
-}
-
-struct ShutdownWait(Arc<Shutdown>);
-
-impl Future for ShutdownWait {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.is_set() {
-            return Poll::Ready(());
-        }
-        if let Ok(mut w) = self.0.waker.lock() {
-            *w = Some(cx.waker().clone());
-        }
-        if self.0.is_set() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
     }
 }
 
@@ -406,13 +377,20 @@ async fn serve(
             }
         });
     }
-    // The watchdog: read deadlines and the coarse clock.
+    // The watchdog: read deadlines, the coarse clock, and the shutdown
+    // signal.
+    let stopping = LocalStop::new();
     {
         let w = worker.clone();
+        let stopping = stopping.clone();
+        let shutdown = shutdown.clone();
         monoio::spawn(async move {
             loop {
                 monoio::time::sleep(crate::runtime::watchdog::TICK).await;
                 w.watchdog.tick();
+                if shutdown.is_set() {
+                    stopping.stop();
+                }
             }
         });
     }
@@ -433,7 +411,7 @@ async fn serve(
             }
         });
     }
-    shutdown.wait().await;
+    stopping.wait().await;
     worker.draining.set(true);
     // Stop accepting without losing a connection: shutdown(2) on a listener
     // hands the connections still in its queue to the other listeners of
