@@ -676,7 +676,7 @@ pub async fn serve<S: AsyncWriteRent>(
         .map(|(p, line)| {
             // The part's deadline (never after the overall one).
             let until = (started + p.timeout).min(deadline);
-            Box::pin(fetch(snap, p, line, &common, comp.max_part_bytes, until))
+            Box::pin(fetch(w, snap, p, line, &common, comp.max_part_bytes, until))
         })
         .collect();
     let mut cacheable = true;
@@ -774,6 +774,7 @@ pub async fn serve<S: AsyncWriteRent>(
 /// Also returns whether the answer forbids storing (`Cache-Control:
 /// no-store`, `private` or `no-cache`), for a cached compose route.
 async fn fetch(
+    w: &Worker,
     snap: &Generation,
     p: &Part,
     line: &[u8],
@@ -799,7 +800,7 @@ async fn fetch(
     let _ = write!(head, "Host: {}\r\n", target.0.addr);
     head.extend_from_slice(common);
     let left = until.saturating_duration_since(Instant::now());
-    let r = monoio::time::timeout(left, exchange(up, up_cfg, target.0, head, cap))
+    let r = monoio::time::timeout(left, exchange(w, up, up_cfg, target.0, head, cap))
         .await
         .unwrap_or(Err(ReadError::TimedOut));
     drop(target);
@@ -849,6 +850,7 @@ impl Drop for InFlight<'_> {
 /// storing. A pooled connection that turns out stale is replaced by a
 /// fresh one once.
 async fn exchange(
+    w: &Worker,
     up: &UpstreamState,
     up_cfg: &UpstreamConfig,
     target: &TargetState,
@@ -860,7 +862,7 @@ async fn exchange(
         let pooled = if fresh_only {
             None
         } else {
-            up.checkout(target, Instant::now())
+            up.checkout(target, w.watchdog.now_ms())
         };
         let reused = pooled.is_some();
         let mut s = match pooled {
@@ -893,7 +895,7 @@ async fn exchange(
                 no_store,
             }) => {
                 if reusable {
-                    up.checkin(target, s, Instant::now());
+                    up.checkin(target, s, w.watchdog.now_ms());
                 }
                 return Ok((status, body, no_store));
             }

@@ -552,7 +552,7 @@ where
         let pooled = if fresh_only {
             None
         } else {
-            up.checkout(target, try_now)
+            up.checkout(target, w.watchdog.now_ms())
         };
         fresh_only = false;
         let reused = pooled.is_some();
@@ -900,7 +900,7 @@ where
         return Outcome::Abort;
     }
     if up_reusable {
-        up.checkin(target, us, try_now);
+        up.checkin(target, us, w.watchdog.now_ms());
     }
     Outcome::Done { keep_alive: !close }
 }

@@ -400,7 +400,7 @@ async fn serve(
         monoio::spawn(async move {
             loop {
                 monoio::time::sleep(Duration::from_secs(1)).await;
-                let now = Instant::now();
+                let now = w.watchdog.now_ms();
                 let snap = w.generation();
                 for (i, u) in snap.upstreams.iter().enumerate() {
                     u.sweep(now);

@@ -32,7 +32,8 @@ pub struct Pooled {
     /// The socket.
     pub stream: TcpStream,
     /// When it went idle.
-    pub since: Instant,
+    /// When it was returned, on the worker's coarse clock (ms).
+    pub since: u64,
 }
 
 /// One target of an upstream, on one worker. Kept (same `Rc`) across
@@ -220,14 +221,15 @@ impl UpstreamState {
     }
 
     /// Takes a live idle connection to `t`, if any.
-    pub fn checkout(&self, t: &TargetState, now: Instant) -> Option<TcpStream> {
+    /// `now`: the worker's coarse clock (ms).
+    pub fn checkout(&self, t: &TargetState, now: u64) -> Option<TcpStream> {
         let mut idle = t.idle.borrow_mut();
         while let Some(p) = idle.pop() {
-            let age = now.saturating_duration_since(p.since);
-            if age >= self.idle_timeout {
+            let age = now.saturating_sub(p.since);
+            if age >= self.idle_timeout.as_millis() as u64 {
                 continue;
             }
-            if age >= CHECK_AFTER_IDLE && !is_alive(&p.stream) {
+            if age >= CHECK_AFTER_IDLE.as_millis() as u64 && !is_alive(&p.stream) {
                 continue;
             }
             return Some(p.stream);
@@ -237,7 +239,7 @@ impl UpstreamState {
 
     /// Returns a connection to the pool (dropped when the pool is full or
     /// the target was removed).
-    pub fn checkin(&self, t: &TargetState, stream: TcpStream, now: Instant) {
+    pub fn checkin(&self, t: &TargetState, stream: TcpStream, now: u64) {
         if t.removed.get() {
             return;
         }
@@ -249,12 +251,13 @@ impl UpstreamState {
 
     /// Closes idle connections older than the idle timeout (and picks up a
     /// new snapshot, closing connections to removed targets).
-    pub fn sweep(&self, now: Instant) {
+    pub fn sweep(&self, now: u64) {
         let list = self.list();
+        let max = self.idle_timeout.as_millis() as u64;
         for t in &list.targets {
             t.idle
                 .borrow_mut()
-                .retain(|p| now.saturating_duration_since(p.since) < self.idle_timeout);
+                .retain(|p| now.saturating_sub(p.since) < max);
         }
     }
 
