@@ -76,6 +76,34 @@ fn backend_that_never_answers_gets_504() {
     assert_eq!(up.hits(), 1, "a timed-out request must not be retried");
 }
 
+/// A try timeout shorter than the watchdog works with still ends the wait
+/// for a slow answer: 40 ms against a backend that takes 400 ms gives 504,
+/// while a 2 s try timeout on the same backend gets its answer.
+#[test]
+fn a_short_try_timeout_ends_a_slow_answer() {
+    let up = MockUpstream::builder()
+        .respond(200, "late")
+        .latency(Duration::from_millis(400))
+        .start();
+    let gw = GatewayConfig::new()
+        .upstream(
+            "short",
+            &[up.addr],
+            &["try_timeout_ms = 40", "request_timeout_ms = 5000"],
+        )
+        .upstream(
+            "long",
+            &[up.addr],
+            &["try_timeout_ms = 2000", "request_timeout_ms = 5000"],
+        )
+        .route("/short/{*rest}", "short", &[])
+        .route("/long/{*rest}", "long", &[])
+        .start();
+    assert_json_error(&gw.get_close("/short/x"), 504);
+    let r = gw.get_close("/long/x");
+    assert_eq!((r.status, r.text().as_str()), (200, "late"));
+}
+
 /// A listener whose accept queue is full, so further SYNs are dropped and
 /// connects hang. `None` if the kernel would not let it fill up.
 fn saturated_listener() -> Option<(Socket, Vec<TcpStream>, SocketAddr)> {

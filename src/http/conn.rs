@@ -47,10 +47,12 @@ pub async fn read_more_within<S: AsyncReadRent>(
 }
 
 /// Like [`read_more`] under a deadline kept by the worker's watchdog: `at`
-/// on its coarse clock; `Err(())` when the deadline passed (the socket's
-/// read side is then shut: close it). `idle` marks a keep-alive wait for
-/// the next request, which a drain ends at once. The buffer always comes
-/// back whole.
+/// on its coarse clock; `Err(())` when the deadline passed (close the
+/// socket then: its read side may be shut, or a cancelled read may own the
+/// old buffer, in which case an empty one of the same capacity comes
+/// back). `idle` marks a keep-alive wait for the next request, which a
+/// drain ends at once. Deadlines under [`PRECISE_BELOW_MS`] away use a
+/// runtime timer, so short timeouts keep millisecond precision.
 pub async fn read_more_until<S: AsyncReadRent>(
     s: &mut S,
     fd: std::os::fd::RawFd,
@@ -60,6 +62,18 @@ pub async fn read_more_until<S: AsyncReadRent>(
     idle: bool,
 ) -> (Result<std::io::Result<usize>, ()>, Vec<u8>) {
     let armed = dog.arm(fd, at, idle);
+    let left = at.saturating_sub(dog.now_ms());
+    if left < PRECISE_BELOW_MS {
+        // A deadline this close would be too coarse on the watchdog's
+        // tick: a runtime timer ends it on time (the watchdog slot stays
+        // armed for a drain).
+        let cap = buf.capacity();
+        return match monoio::time::timeout(Duration::from_millis(left), read_more(s, buf)).await {
+            Ok((r, b)) if !armed.fired() => (Ok(r), b),
+            Ok((_, b)) => (Err(()), b),
+            Err(_) => (Err(()), Vec::with_capacity(cap)),
+        };
+    }
     let (r, b) = read_more(s, buf).await;
     if armed.fired() {
         (Err(()), b)
@@ -67,6 +81,10 @@ pub async fn read_more_until<S: AsyncReadRent>(
         (Ok(r), b)
     }
 }
+
+/// Deadlines closer than this (ms) get a runtime timer of their own
+/// instead of waiting for the watchdog's tick.
+pub const PRECISE_BELOW_MS: u64 = 100;
 
 /// Answers a connection over the per-worker limit with 503 and closes it.
 pub async fn refuse_overloaded(mut s: monoio::net::TcpStream) {
