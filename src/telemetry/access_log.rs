@@ -11,7 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub struct AccessLog {
     ret: Receiver<Vec<u8>>,
     /// Lines dropped because the writer fell behind.
     pub dropped: AtomicU64,
+    /// Raised by [`AccessLog::reopen`], taken by the writer thread.
+    reopen: Arc<AtomicBool>,
 }
 
 /// Flush a worker's buffer once it holds this much.
@@ -49,10 +51,34 @@ impl AccessLog {
         };
         let (tx, rx) = bounded::<Vec<u8>>(64);
         let (ret_tx, ret) = bounded::<Vec<u8>>(64);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let asked = reopen.clone();
+        let path = path.to_string();
         std::thread::Builder::new()
             .name(String::from("ringgate-log"))
             .spawn(move || {
                 for mut buf in rx {
+                    if asked.swap(false, Ordering::AcqRel) && path != "-" {
+                        match std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&path)
+                        {
+                            Ok(f) => {
+                                let _ = out.flush();
+                                out = Box::new(f);
+                                tracing::info!(path = %path, "access log reopened");
+                            }
+                            Err(e) => tracing::warn!(
+                                path = %path,
+                                error = %e,
+                                "cannot reopen the access log; still writing to the file open before"
+                            ),
+                        }
+                    }
+                    if buf.is_empty() {
+                        continue; // a wake-up from `reopen`
+                    }
                     let _ = out.write_all(&buf);
                     let _ = out.flush();
                     buf.clear();
@@ -64,7 +90,20 @@ impl AccessLog {
             tx,
             ret,
             dropped: AtomicU64::new(0),
+            reopen,
         }))
+    }
+
+    /// Reopens the log file at its path, for log rotation: after the file
+    /// was moved away, the writer thread creates a fresh one before it
+    /// writes anything else (lines already handed to it go to the new
+    /// file). On failure it keeps writing to the old file and logs why.
+    /// Never blocks the caller; no-op for stdout.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+        // Wake the writer even when no worker has lines for it; when its
+        // queue is full it sees the flag with the next buffer anyway.
+        let _ = self.tx.try_send(Vec::new());
     }
 }
 
@@ -279,6 +318,49 @@ impl WorkerLog {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn wait_for(path: &std::path::Path, want: &str) -> String {
+        for _ in 0..500 {
+            if let Ok(t) = std::fs::read_to_string(path)
+                && t.contains(want)
+            {
+                return t;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} never contained {want:?}", path.display());
+    }
+
+    #[test]
+    fn reopen_moves_writing_to_a_fresh_file_at_the_path() {
+        let dir = std::env::temp_dir().join(format!("ringgate-log-reopen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let rotated = dir.join("access.log.1");
+        let log = AccessLog::start(LogFormat::Json, path.to_str().unwrap()).unwrap();
+        log.tx.send(b"one\n".to_vec()).unwrap();
+        wait_for(&path, "one");
+        // logrotate moves the file; ringgate still holds it open.
+        std::fs::rename(&path, &rotated).unwrap();
+        log.tx.send(b"two\n".to_vec()).unwrap();
+        wait_for(&rotated, "two");
+        assert!(!path.exists(), "nothing reopened the file yet");
+        log.reopen();
+        // The file comes back at once, before any line is written to it.
+        for _ in 0..500 {
+            if path.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(path.exists(), "reopen created no file at the path");
+        log.tx.send(b"three\n".to_vec()).unwrap();
+        assert_eq!(wait_for(&path, "three"), "three\n");
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\ntwo\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn rfc3339_formats() {
         let mut v = Vec::new();
