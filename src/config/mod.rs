@@ -323,13 +323,17 @@ pub struct Config {
     /// Debug text of the `[auth]` and `[[consumers]]` sections (a reload
     /// may not change them).
     pub auth_fingerprint: String,
-    /// Debug text of the `[rate_limits.*]` and `[redis]` sections.
+    /// Debug text of the `[rate_limits.*]` and `[redis]` sections (a reload
+    /// that leaves it unchanged keeps the running limits).
     pub rate_fingerprint: String,
     /// Metric slot of each route (row in the per-worker metric arrays);
     /// kept stable across reloads by route name.
     pub route_slots: Vec<usize>,
     /// Metric slot of each upstream, kept stable by name.
     pub upstream_slots: Vec<usize>,
+    /// Metric slot of each rate limit (by index in `rate_limits`), kept
+    /// stable by name.
+    pub rate_limit_slots: Vec<usize>,
     /// `[auth]` and `[[consumers]]`, compiled; shared by all workers.
     pub auth: Option<std::sync::Arc<crate::filter::auth::Auth>>,
     /// `[rate_limits.*]` and `[redis]`, compiled; shared by all workers.

@@ -309,6 +309,8 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             rate_fingerprint,
             route_slots,
             upstream_slots,
+            rate_limit_slots: (0..rate_limits.as_ref().map_or(0, |l| l.limit_names().len()))
+                .collect(),
             auth,
             rate_limits,
             versioning,

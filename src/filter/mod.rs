@@ -10,7 +10,8 @@
 //! Performance notes: a route without filters has an empty chain and pays a
 //! length check. Filters dispatch through an enum (static calls, no boxing).
 //! Worker-local filter state (token caches, rate-limit shards) lives in the
-//! [`crate::runtime::worker::Worker`]; global state lives in the config's
+//! worker's config generation ([`crate::runtime::worker::Generation`]), so
+//! a reload replaces it with the config; global state lives in the config's
 //! `Arc`s and is updated by control-plane threads.
 
 pub mod auth;
@@ -66,7 +67,7 @@ pub struct RequestCtx<'a> {
     /// The worker running this request.
     pub worker: &'a Worker,
     /// The config generation serving this request (its config, and this
-    /// worker's auth state for it).
+    /// worker's auth state and rate-limit shard for it).
     pub generation: &'a crate::runtime::worker::Generation,
     /// Route index.
     pub route: usize,

@@ -11,6 +11,14 @@
 //! nothing: the old config keeps serving and every error is reported (log,
 //! `ringgate_config_reloads_total{result="error"}`, the reload response).
 //!
+//! What carries over: upstreams whose settings did not change keep their
+//! shared state (and, on every worker, their pools); rate limits whose
+//! definition did not change keep their counts (the workers' key tables
+//! and the reconciler's state, see [`crate::filter::rate_limit::hand_over`]),
+//! while changed and new limits start fresh and removed ones are dropped.
+//! Listen addresses, worker count, io settings, logging and `[admin]`
+//! cannot change while running: such a reload is rejected naming the key.
+//!
 //! Triggers: SIGHUP, `POST /reload` on the admin listener, and, with
 //! `[config] watch = true`, a change of the file's modification time.
 
@@ -70,7 +78,17 @@ pub struct Reloader {
     path: PathBuf,
     store: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
+    /// Worker threads running (`server.workers` as resolved at start).
+    workers: usize,
     lock: Mutex<()>,
+}
+
+/// A validated reload, ready to publish.
+struct Prepared {
+    config: Config,
+    /// The config it replaces.
+    old: Arc<Config>,
+    summary: String,
 }
 
 fn upstream_fingerprint(u: &crate::config::UpstreamConfig) -> String {
@@ -100,12 +118,19 @@ fn upstream_fingerprint(u: &crate::config::UpstreamConfig) -> String {
 }
 
 impl Reloader {
-    /// A reloader for the file at `path`.
-    pub fn new(path: PathBuf, store: Arc<ConfigStore>, metrics: Arc<Metrics>) -> Self {
+    /// A reloader for the file at `path`, for a server running `workers`
+    /// worker threads.
+    pub fn new(
+        path: PathBuf,
+        store: Arc<ConfigStore>,
+        metrics: Arc<Metrics>,
+        workers: usize,
+    ) -> Self {
         Reloader {
             path,
             store,
             metrics,
+            workers,
             lock: Mutex::new(()),
         }
     }
@@ -117,11 +142,22 @@ impl Reloader {
         let t = Instant::now();
         let r = self.prepare();
         match r {
-            Ok((config, summary)) => {
+            Ok(Prepared {
+                config,
+                old,
+                summary,
+            }) => {
                 crate::upstream::start_control(&config);
                 if let Some(a) = &config.auth {
                     a.start_control();
                 }
+                // The new limits' reconciler and links exist before any
+                // worker can switch to them.
+                crate::filter::rate_limit::hand_over(
+                    old.rate_limits.as_ref(),
+                    config.rate_limits.as_ref(),
+                    self.workers,
+                );
                 self.store.publish(Arc::new(config));
                 self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.metrics
@@ -140,7 +176,7 @@ impl Reloader {
         }
     }
 
-    fn prepare(&self) -> Result<(Config, String), Vec<String>> {
+    fn prepare(&self) -> Result<Prepared, Vec<String>> {
         let mut new = Config::load(&self.path)
             .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
         let old = self.store.load();
@@ -165,10 +201,6 @@ impl Reloader {
                 "admin",
                 format!("{:?}", old.admin) == format!("{:?}", new.admin),
             ),
-            (
-                "rate_limits / redis",
-                old.rate_fingerprint == new.rate_fingerprint,
-            ),
         ] {
             if !same {
                 errors.push(format!(
@@ -191,15 +223,40 @@ impl Reloader {
                 kept += 1;
             }
         }
+        // Rate limits: unchanged sections keep the running limits (every
+        // count, the reconciler and lease threads); otherwise the new
+        // limits take over the hasher, the clock and the state of each
+        // limit whose definition did not change.
+        let mut limits_kept = 0;
+        if let (Some(o), Some(n)) = (&old.rate_limits, &mut new.rate_limits) {
+            if old.rate_fingerprint == new.rate_fingerprint {
+                *n = o.clone();
+                limits_kept = o.limit_names().len();
+            } else if let Some(n) = Arc::get_mut(n) {
+                limits_kept = n.take_over_from(o);
+            } else {
+                tracing::warn!("rate limits shared before publishing; every limit starts fresh");
+            }
+        }
         // Metric labels follow names across reloads.
         self.metrics.assign_slots(&mut new);
+        let limits = new
+            .rate_limits
+            .as_ref()
+            .map_or(0, |l| l.limit_names().len());
         let summary = format!(
-            "{} routes, {} upstreams ({} kept with their pools)",
+            "{} routes, {} upstreams ({} kept with their pools), {} rate limits ({} kept with their counts)",
             new.routes.len(),
             new.upstreams.len(),
-            kept
+            kept,
+            limits,
+            limits_kept
         );
-        Ok((new, summary))
+        Ok(Prepared {
+            config: new,
+            old,
+            summary,
+        })
     }
 
     /// Watches the file's modification time and reloads on change.

@@ -178,6 +178,7 @@ impl Server {
                 p,
                 store.clone(),
                 metrics.clone(),
+                s.workers,
             ));
             if config.watch {
                 r.clone().watch();

@@ -30,6 +30,10 @@ pub struct Generation {
     /// This worker's auth state for `config.auth` (validated-token cache,
     /// prepared consumer identities); rebuilt when a reload changes auth.
     pub auth: Rc<crate::filter::auth::WorkerState>,
+    /// This worker's rate-limit shard for `config.rate_limits`; kept when a
+    /// reload keeps the limits, otherwise built carrying the tables of the
+    /// limits whose definition did not change.
+    pub rate: Rc<crate::filter::rate_limit::WorkerState>,
     /// Generation number (see [`crate::runtime::reload::ConfigStore`]).
     pub number: u64,
 }
@@ -52,8 +56,6 @@ pub struct Worker {
     /// Deadlines of the reads in progress, the coarse clock, and the
     /// keep-alive waits a drain ends.
     pub watchdog: crate::runtime::watchdog::Watchdog,
-    /// This worker's rate-limit shard.
-    pub rate: crate::filter::rate_limit::WorkerState,
     /// This worker's response cache.
     pub cache: crate::filter::cache::WorkerCache,
     /// This worker's metric shard (read by the admin thread on scrape).
@@ -76,9 +78,12 @@ impl Worker {
             config: config.clone(),
             upstreams,
             auth: Rc::new(crate::filter::auth::WorkerState::new(config.auth.as_ref())),
+            rate: Rc::new(crate::filter::rate_limit::WorkerState::new(
+                config.rate_limits.as_ref(),
+                id,
+            )),
             number,
         });
-        let rate = crate::filter::rate_limit::WorkerState::new(config.rate_limits.as_ref(), id);
         Worker {
             id,
             config,
@@ -88,7 +93,6 @@ impl Worker {
             connections: Cell::new(0),
             draining: Cell::new(false),
             watchdog: crate::runtime::watchdog::Watchdog::new(),
-            rate,
             cache: crate::filter::cache::WorkerCache::new(
                 shared.cache_purge.clone(),
                 shared.metrics.clone(),
@@ -147,10 +151,25 @@ impl Worker {
         } else {
             Rc::new(crate::filter::auth::WorkerState::new(config.auth.as_ref()))
         };
+        let same_rate = match (&old.config.rate_limits, &config.rate_limits) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let rate = if same_rate {
+            old.rate.clone()
+        } else {
+            Rc::new(crate::filter::rate_limit::WorkerState::after(
+                &old.rate,
+                config.rate_limits.as_ref(),
+                self.id,
+            ))
+        };
         let snap = Rc::new(Generation {
             config,
             upstreams,
             auth,
+            rate,
             number,
         });
         *self.active.borrow_mut() = snap.clone();

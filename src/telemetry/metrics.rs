@@ -77,7 +77,8 @@ pub struct WorkerMetrics {
     pub upstream_errors: Box<[Counter]>,
     /// Idle pooled connections, per upstream (refreshed by the sweeper).
     pub pool_idle: Box<[AtomicI64]>,
-    /// Rate-limit decisions: `[limit][admitted, delayed, limited, store_error]`.
+    /// Rate-limit decisions: `[limit slot][admitted, delayed, limited,
+    /// store_error]`; one more row for limits past [`RATE_LIMIT_SLOTS`].
     rate_limit: Box<[Counter]>,
     /// Cache hits, misses and stale answers: `[route slot][event]`.
     cache: Box<[Counter]>,
@@ -94,7 +95,9 @@ pub struct WorkerMetrics {
     pub cache_evictions: Counter,
 }
 
-/// Rate limits with their own decision counters (more share the last row).
+/// Rate-limit names with their own decision counters (over the life of the
+/// process: a name keeps its slot across reloads); more share an unlabelled
+/// row.
 pub const RATE_LIMIT_SLOTS: usize = 64;
 const RL_DECISIONS: [&str; 4] = ["admitted", "delayed", "limited", "store_error"];
 
@@ -159,11 +162,12 @@ impl TokenResult {
 }
 
 impl WorkerMetrics {
-    /// Counts a rate-limit decision for limit `li`: 0 admitted, 1 delayed
-    /// (queued, then admitted), 2 limited (429), 3 store error.
+    /// Counts a rate-limit decision for the limit in metric slot `slot`
+    /// (`Config::rate_limit_slots`): 0 admitted, 1 delayed (queued, then
+    /// admitted), 2 limited (429), 3 store error.
     #[inline]
-    pub fn rate_limit_decision(&self, li: usize, decision: usize) {
-        self.rate_limit[li.min(RATE_LIMIT_SLOTS - 1) * 4 + decision.min(3)].add(1);
+    pub fn rate_limit_decision(&self, slot: usize, decision: usize) {
+        self.rate_limit[slot.min(RATE_LIMIT_SLOTS) * 4 + decision.min(3)].add(1);
     }
 
     /// A shard with room for `routes` route slots (slot 0 is "no route")
@@ -186,7 +190,7 @@ impl WorkerMetrics {
             reused: n(upstreams),
             upstream_errors: n(upstreams),
             pool_idle: (0..upstreams).map(|_| AtomicI64::new(0)).collect(),
-            rate_limit: n(RATE_LIMIT_SLOTS * 4),
+            rate_limit: n((RATE_LIMIT_SLOTS + 1) * 4),
             cache: n(routes * 3),
             auth: n(routes * AUTH_PER_ROUTE),
             token_endpoint: Default::default(),
@@ -283,6 +287,8 @@ struct Labels {
     routes: Vec<(String, String)>,
     /// Per upstream slot: upstream name.
     upstreams: Vec<String>,
+    /// Per rate-limit slot: limit name.
+    limits: Vec<String>,
 }
 
 /// All shards of a running server, and process-wide counters.
@@ -329,6 +335,15 @@ impl Metrics {
                 .push((r.name.clone(), cfg.upstreams[r.upstream].name.clone()));
         }
         labels.upstreams = cfg.upstreams.iter().map(|u| u.name.clone()).collect();
+        if let Some(l) = &cfg.rate_limits {
+            // Slots in index order, as `Config::rate_limit_slots` starts.
+            labels.limits = l
+                .limit_names()
+                .into_iter()
+                .take(RATE_LIMIT_SLOTS)
+                .map(String::from)
+                .collect();
+        }
         Metrics {
             labels: std::sync::Mutex::new(labels),
             route_cap,
@@ -343,9 +358,9 @@ impl Metrics {
         }
     }
 
-    /// Gives the routes and upstreams of a reloaded `cfg` the metric slots
-    /// their names had (new names get new slots), so counters continue
-    /// across reloads.
+    /// Gives the routes, upstreams and rate limits of a reloaded `cfg` the
+    /// metric slots their names had (new names get new slots), so counters
+    /// continue across reloads.
     pub fn assign_slots(&self, cfg: &mut Config) {
         let mut l = self.labels.lock().unwrap_or_else(|e| e.into_inner());
         let mut up_slots = Vec::with_capacity(cfg.upstreams.len());
@@ -376,8 +391,23 @@ impl Metrics {
             };
             route_slots.push(slot);
         }
+        let mut limit_slots = Vec::new();
+        if let Some(rl) = &cfg.rate_limits {
+            for name in rl.limit_names() {
+                let slot = match l.limits.iter().position(|n| n == name) {
+                    Some(s) => s,
+                    None if l.limits.len() < RATE_LIMIT_SLOTS => {
+                        l.limits.push(name.to_string());
+                        l.limits.len() - 1
+                    }
+                    None => RATE_LIMIT_SLOTS,
+                };
+                limit_slots.push(slot);
+            }
+        }
         cfg.route_slots = route_slots;
         cfg.upstream_slots = up_slots;
+        cfg.rate_limit_slots = limit_slots;
     }
 
     /// [`Metrics::render`] plus what is read from the running config's
@@ -387,25 +417,42 @@ impl Metrics {
     /// ejections.
     pub fn render_with(&self, cfg: &Config) -> String {
         let mut o = self.render();
-        if let Some(l) = &cfg.rate_limits {
-            let names = l.limit_names();
-            let _ = writeln!(
-                o,
-                "# HELP {RATE_LIMIT_DECISIONS} Rate-limit decisions.\n# TYPE {RATE_LIMIT_DECISIONS} counter"
-            );
-            for (li, name) in names.iter().enumerate().take(RATE_LIMIT_SLOTS) {
-                for (d, dn) in RL_DECISIONS.iter().enumerate() {
-                    let v: u64 = self
-                        .workers
+        // Every limit of the running config, and those a reload removed
+        // that counted something (a name keeps its slot, so its series
+        // goes on if it comes back).
+        let limits = self
+            .labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .limits
+            .clone();
+        let mut header = false;
+        for (slot, name) in limits.iter().enumerate() {
+            let running = cfg.rate_limits.is_some() && cfg.rate_limit_slots.contains(&slot);
+            let v: Vec<u64> = (0..RL_DECISIONS.len())
+                .map(|d| {
+                    self.workers
                         .iter()
-                        .map(|w| w.rate_limit[li * 4 + d].get())
-                        .sum();
-                    let _ = writeln!(
-                        o,
-                        "{RATE_LIMIT_DECISIONS}{{limit=\"{}\",decision=\"{dn}\"}} {v}",
-                        esc(name)
-                    );
-                }
+                        .map(|w| w.rate_limit[slot * 4 + d].get())
+                        .sum()
+                })
+                .collect();
+            if !running && v.iter().all(|&n| n == 0) {
+                continue;
+            }
+            if !header {
+                header = true;
+                let _ = writeln!(
+                    o,
+                    "# HELP {RATE_LIMIT_DECISIONS} Rate-limit decisions.\n# TYPE {RATE_LIMIT_DECISIONS} counter"
+                );
+            }
+            for (dn, v) in RL_DECISIONS.iter().zip(v) {
+                let _ = writeln!(
+                    o,
+                    "{RATE_LIMIT_DECISIONS}{{limit=\"{}\",decision=\"{dn}\"}} {v}",
+                    esc(name)
+                );
             }
         }
         if cfg.metrics_enabled

@@ -3,7 +3,8 @@
 //!
 //! Key components:
 //! - [`compile`] / [`route_policy`]: `[rate_limits.NAME]`, `[redis]` and a
-//!   route's `rate_limit = [...]`, checked with every error naming its key.
+//!   route's `rate_limit = [...]`, checked with every error naming its key;
+//!   [`hand_over`]: a reload's new limits taking over from the running ones.
 //! - [`request_filter`]: builds each limit's key, asks the worker's shard,
 //!   and admits (after a leaky-bucket delay, if any) or answers 429, adding
 //!   `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` (and `Retry-After`).
@@ -18,6 +19,21 @@
 //! its counts for fresh shares with the reconciler through bounded
 //! channels. The bound this gives is stated and measured in `tuning.md`
 //! and `tests/rate_limit.rs`.
+//!
+//! Reloads: [`Limits`] is one generation of `[rate_limits.*]` and
+//! `[redis]`; the worker's [`WorkerState`] for it lives in the request's
+//! config generation. A reload that leaves both sections alone keeps the
+//! running limits. One that changes them compiles a new generation, which
+//! takes over ([`Limits::take_over_from`], [`hand_over`]) the key hashing,
+//! the clock and the state of every limit whose definition did not change:
+//! each worker shares its key tables into the new shard
+//! ([`WorkerState::after`]), and the old reconciler hands its
+//! instance-wide state to the new one when the last worker has left it.
+//! Changed and new limits start fresh; removed ones are dropped, their
+//! tables emptied as each worker switches. Every generation has its own
+//! reconciler and lease thread; both end once every worker has switched
+//! away (a worker's limiter task switches it even when it is idle).
+//! Decision counters are kept per limit name (`Config::rate_limit_slots`).
 //!
 //! Performance notes: a decision costs one keyed hash of the key bytes, one
 //! map probe and a handful of float operations (see `benches/rate_limit.rs`);
@@ -43,7 +59,7 @@ use shard::{Outcome, Phase, Shard, WorkerLink};
 use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -166,6 +182,14 @@ pub(crate) struct Tier {
 #[derive(Debug)]
 pub(crate) struct LimitDef {
     pub name: String,
+    /// Identity of the limit's state: new for every compiled definition,
+    /// taken over from the running limit by a reload that leaves the
+    /// definition unchanged (see [`Limits::take_over_from`]). Workers and
+    /// reconcilers match carried state by it.
+    pub id: u64,
+    /// The definition as written (and, for a global limit, the `[redis]`
+    /// it uses): equal fingerprints, same limit.
+    fingerprint: String,
     pub parts: Vec<KeyPart>,
     pub trusted: Vec<Cidr>,
     pub tiers: Vec<Tier>,
@@ -183,6 +207,12 @@ pub(crate) struct LimitDef {
 }
 
 impl LimitDef {
+    /// Whether the workers report this limit's keys to the reconciler:
+    /// a reconciled limit shared by several workers, or a global one.
+    pub(crate) fn reported(&self, workers: usize) -> bool {
+        self.mode == ShardMode::Reconciled && (workers > 1 || self.global)
+    }
+
     fn tier_of(&self, id: Option<&Identity>) -> u8 {
         if self.tiers.len() > 1
             && let Some(t) = id.and_then(|i| i.tier.as_deref())
@@ -194,15 +224,16 @@ impl LimitDef {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct RedisConf {
     url: String,
     prefix: String,
     timeout: Duration,
 }
 
-/// The limiter clock: nanoseconds since the UNIX epoch, monotonic.
-#[derive(Debug)]
+/// The limiter clock: nanoseconds since the UNIX epoch, monotonic. A
+/// reload keeps it, so carried states stay on one time line.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
     epoch: Instant,
     unix_ns: u64,
@@ -233,7 +264,15 @@ struct Control {
     key_counts: Vec<AtomicUsize>,
 }
 
-/// Compiled limits, shared by every worker (and the reconciler).
+/// Compiled limits, shared by every worker (and the reconciler): one
+/// generation of the rate-limit configuration.
+///
+/// A reload that changes `[rate_limits.*]` or `[redis]` compiles a new
+/// generation, which takes over from the running one ([`hand_over`]): the
+/// same key hashing and clock, and the state of every limit whose
+/// definition did not change — the workers' key tables (shared into the
+/// new shards) and the reconciler's instance-wide state (handed from the
+/// old reconciler to the new one when the old one ends).
 #[derive(Debug)]
 pub struct Limits {
     pub(crate) defs: Vec<LimitDef>,
@@ -244,6 +283,33 @@ pub struct Limits {
     /// The shortest sync interval: the reconciler's tick.
     pub(crate) tick_ns: u64,
     control: OnceLock<Control>,
+    /// Where this generation's reconciler hands its state to the next
+    /// generation's: the next one takes the receiver (see
+    /// [`reconcile::Reconciler`]). Empty when no reconciler runs.
+    handoff: Mutex<Option<crossbeam_channel::Receiver<reconcile::Handoff>>>,
+}
+
+/// Source of [`LimitDef::id`].
+static NEXT_LIMIT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Lets `new` (the limits of a reload that is about to be published)
+/// replace `old` (the running ones): starts `new`'s reconciler and lease
+/// threads for `workers` workers, set to take over the state of the limits
+/// `new` carries from `old`, and retires `old`, whose threads end once
+/// every worker has switched away from it. Nothing happens when the
+/// reload kept the running limits (`Arc::ptr_eq`).
+pub fn hand_over(old: Option<&Arc<Limits>>, new: Option<&Arc<Limits>>, workers: usize) {
+    if let (Some(o), Some(n)) = (old, new)
+        && Arc::ptr_eq(o, n)
+    {
+        return;
+    }
+    if let Some(n) = new {
+        n.start_control_after(old, workers);
+    }
+    if let Some(o) = old {
+        o.retire();
+    }
 }
 
 impl Limits {
@@ -252,10 +318,39 @@ impl Limits {
         self.defs.iter().map(|d| d.name.as_str()).collect()
     }
 
+    /// Takes over from `old`, the running limits, before this (freshly
+    /// compiled, not yet shared) generation is published: the key hasher
+    /// and the clock, so keys and times mean the same in both, and the
+    /// identity of every limit whose definition did not change, so its
+    /// state is carried over. Returns how many limits are carried.
+    pub fn take_over_from(&mut self, old: &Limits) -> usize {
+        self.hasher = old.hasher.clone();
+        self.clock = old.clock;
+        let mut carried = 0;
+        for d in &mut self.defs {
+            if let Some(o) = old
+                .defs
+                .iter()
+                .find(|o| o.name == d.name && o.fingerprint == d.fingerprint)
+            {
+                d.id = o.id;
+                carried += 1;
+            }
+        }
+        carried
+    }
+
     /// Starts the reconciler and Redis lease threads; called once by the
-    /// server. With one worker and no global limit there is nothing to
-    /// reconcile and no thread is started.
+    /// server for the limits it starts with. With one worker and no global
+    /// limit there is nothing to reconcile and no thread is started.
     pub fn start_control(self: &Arc<Self>, workers: usize) {
+        self.start_control_after(None, workers);
+    }
+
+    /// [`Limits::start_control`] for a generation replacing `prev`: the
+    /// reconciler first takes over `prev`'s instance-wide state of the
+    /// carried limits.
+    fn start_control_after(self: &Arc<Self>, prev: Option<&Arc<Limits>>, workers: usize) {
         let workers = workers.max(1);
         let any_global = self.redis.is_some() && self.defs.iter().any(|d| d.global);
         let key_counts = (0..workers).map(|_| AtomicUsize::new(0)).collect();
@@ -290,6 +385,26 @@ impl Limits {
         {
             return; // started already
         }
+        // The carried limits the reconciler counts: their instance-wide
+        // state is the previous reconciler's, handed over when it ends.
+        let mut waiting: Vec<bool> = self
+            .defs
+            .iter()
+            .map(|d| {
+                d.reported(workers) && prev.is_some_and(|p| p.defs.iter().any(|o| o.id == d.id))
+            })
+            .collect();
+        let inherit = match prev {
+            Some(p) if waiting.contains(&true) => lock(&p.handoff).take().map(|rx| (rx, p.clone())),
+            _ => None,
+        };
+        if inherit.is_none() {
+            // Nothing to wait for: the previous generation ran no
+            // reconciler, so the workers' tables hold the whole state.
+            waiting.fill(false);
+        }
+        let (handoff_tx, handoff_rx) = crossbeam_channel::bounded(1);
+        *lock(&self.handoff) = Some(handoff_rx);
         let redis = match (&self.redis, any_global) {
             (Some(rc), true) => {
                 let (req_tx, req_rx) = crossbeam_channel::bounded(4096);
@@ -305,12 +420,30 @@ impl Limits {
             }
             _ => None,
         };
-        let rec = reconcile::Reconciler::new(self, workers, report_rx, batch_txs, redis);
+        let succession = reconcile::Succession {
+            inherit,
+            waiting,
+            handoff: handoff_tx,
+        };
+        let rec =
+            reconcile::Reconciler::new(self, workers, report_rx, batch_txs, redis, succession);
         if let Err(e) = std::thread::Builder::new()
             .name(String::from("ringgate-rl-sync"))
             .spawn(move || rec.run())
         {
             tracing::error!(error = %e, "cannot start the rate-limit reconciler");
+        }
+    }
+
+    /// A reload replaced this generation: the links no worker took are
+    /// dropped (a worker that never served this generation will not
+    /// start now), so the reconciler sees every channel close once the
+    /// workers that did have switched away, hands over and ends.
+    fn retire(&self) {
+        if let Some(c) = self.control.get() {
+            for l in &c.links {
+                lock(l).take();
+            }
         }
     }
 
@@ -350,6 +483,12 @@ impl Limits {
         }
         k
     }
+}
+
+/// Locks a control-plane mutex (never on a worker's request path), also
+/// after a panic elsewhere.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn window_ns(secs: f64) -> u64 {
@@ -401,7 +540,12 @@ pub fn compile(file: &FileConfig, errs: &mut Errors) -> Option<Arc<Limits>> {
     let mut defs = Vec::new();
     let mut names = BTreeMap::new();
     for (name, lf) in &file.rate_limits {
-        if let Some(d) = compile_limit(name, lf, redis.is_some(), errs) {
+        if let Some(mut d) = compile_limit(name, lf, redis.is_some(), errs) {
+            d.fingerprint = format!("{lf:?}");
+            if d.global {
+                // A global limit counts in the store it names.
+                d.fingerprint.push_str(&format!("{redis:?}"));
+            }
             names.insert(name.clone(), defs.len());
             defs.push(d);
         }
@@ -429,6 +573,7 @@ pub fn compile(file: &FileConfig, errs: &mut Errors) -> Option<Arc<Limits>> {
         hasher: RandomState::new(),
         tick_ns,
         control: OnceLock::new(),
+        handoff: Mutex::new(None),
     }))
 }
 
@@ -699,6 +844,8 @@ fn compile_limit(
         .max(1_000_000_000);
     Some(LimitDef {
         name: name.to_string(),
+        id: NEXT_LIMIT_ID.fetch_add(1, Ordering::Relaxed),
+        fingerprint: String::new(),
         parts,
         trusted,
         tiers,
@@ -779,7 +926,8 @@ pub fn route_policy(
     })
 }
 
-/// Worker-local limiter shard.
+/// Worker-local limiter shard, for one generation of the limits (kept in
+/// [`crate::runtime::worker::Generation::rate`]).
 #[derive(Debug, Default)]
 pub struct WorkerState {
     shard: Option<Shard>,
@@ -791,18 +939,52 @@ impl WorkerState {
         let Some(l) = limits else {
             return WorkerState::default();
         };
+        let tables = l.defs.iter().map(|_| Default::default()).collect();
+        WorkerState {
+            shard: Some(Self::shard(l, id, tables)),
+        }
+    }
+
+    /// Worker `id`'s state for `limits`, a generation published by a
+    /// reload, replacing `prev` (the state of the generation the worker
+    /// served until now). The limits `limits` carries keep their key
+    /// tables (shared with `prev`, which in-flight requests of the old
+    /// generation may still use); `prev` leaves its reconciler, and the
+    /// tables of the limits that changed or went away are emptied at once.
+    pub fn after(prev: &WorkerState, limits: Option<&Arc<Limits>>, id: usize) -> Self {
+        if let Some(p) = &prev.shard {
+            p.detach();
+        }
+        let next = match limits {
+            Some(l) => {
+                let tables = l
+                    .defs
+                    .iter()
+                    .map(|d| {
+                        prev.shard
+                            .as_ref()
+                            .and_then(|p| p.table_of(d.id))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                WorkerState {
+                    shard: Some(Self::shard(l, id, tables)),
+                }
+            }
+            None => WorkerState::default(),
+        };
+        if let Some(p) = &prev.shard {
+            p.release_except(limits.map(|l| &**l));
+        }
+        next
+    }
+
+    fn shard(l: &Arc<Limits>, id: usize, tables: Vec<shard::SharedTable>) -> Shard {
         let (workers, link) = match l.control.get() {
-            Some(c) => (
-                c.workers,
-                c.links
-                    .get(id)
-                    .and_then(|m| m.lock().ok().and_then(|mut g| g.take())),
-            ),
+            Some(c) => (c.workers, c.links.get(id).and_then(|m| lock(m).take())),
             None => (1, None),
         };
-        WorkerState {
-            shard: Some(Shard::new(l.clone(), id, workers, link)),
-        }
+        Shard::new(l.clone(), id, workers, link, tables)
     }
 
     /// Keys this worker holds, over all limits.
@@ -854,21 +1036,33 @@ impl WorkerState {
     }
 }
 
-/// Spawns the worker's periodic limiter tasks (exchange with the
-/// reconciler, idle-key sweeping) on the worker's runtime.
+/// How often a worker whose generation has no limits looks for a newer
+/// generation that has some.
+const IDLE_LOOK: Duration = Duration::from_millis(100);
+
+/// Spawns the worker's periodic limiter task (exchange with the
+/// reconciler, idle-key sweeping) on the worker's runtime. It follows the
+/// worker's current generation: after a reload it switches the worker
+/// (even an idle one, which has no request to do it) and ticks the new
+/// generation's shard, so the old generation's reconciler sees every
+/// worker leave it and ends.
 pub fn spawn_worker_tasks(w: &Rc<Worker>) {
-    let Some(s) = &w.rate.shard else { return };
-    // Updates are taken four times per tick; reports go once per tick.
-    let sub = Duration::from_nanos((s.limits.tick_ns / 4).max(250_000));
     let w = w.clone();
     monoio::spawn(async move {
         let mut n = 0u32;
         loop {
+            // Updates are taken four times per tick; reports go once per
+            // tick.
+            let sub = match &w.current().rate.shard {
+                Some(s) => Duration::from_nanos((s.limits.tick_ns / 4).max(250_000)),
+                None => IDLE_LOOK,
+            };
             monoio::time::sleep(sub).await;
             if w.draining.get() {
                 return;
             }
-            let Some(s) = &w.rate.shard else { return };
+            let g = w.current();
+            let Some(s) = &g.rate.shard else { continue };
             n = n.wrapping_add(1);
             if n % 4 == 0 {
                 s.tick(s.limits.clock.now());
@@ -909,9 +1103,14 @@ enum Verdicts {
 
 /// The rate-limit request filter.
 pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
-    let Some(shard) = ctx.worker.rate.shard.as_ref() else {
+    // The request's generation: its limits, this worker's shard of them,
+    // and their metric slots.
+    let generation = ctx.generation;
+    let Some(shard) = generation.rate.shard.as_ref() else {
         return Verdict::Continue;
     };
+    let slots = &generation.config.rate_limit_slots;
+    let slot = |li: usize| slots.get(li).copied().unwrap_or(usize::MAX);
     let mut waited = Duration::ZERO;
     let max_wait = Duration::from_nanos(shard.limits.tick_ns * 10).max(Duration::from_millis(500));
     loop {
@@ -920,7 +1119,7 @@ pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdic
             Verdicts::Admit { tight, delay_ns } => {
                 write_headers(shard, p, ctx, &tight, false);
                 let m = &ctx.worker.metrics;
-                m.rate_limit_decision(tight.li, if delay_ns > 0 { 1 } else { 0 });
+                m.rate_limit_decision(slot(tight.li), if delay_ns > 0 { 1 } else { 0 });
                 if delay_ns > 0 {
                     monoio::time::sleep(Duration::from_nanos(delay_ns)).await;
                 }
@@ -928,12 +1127,12 @@ pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdic
             }
             Verdicts::Reject(d) => {
                 write_headers(shard, p, ctx, &d, true);
-                ctx.worker.metrics.rate_limit_decision(d.li, 2);
+                ctx.worker.metrics.rate_limit_decision(slot(d.li), 2);
                 return Verdict::Reply(Reply::error(429, "rate limit exceeded", ctx.request_id));
             }
             Verdicts::StoreDown => {
                 for &li in &p.limits {
-                    ctx.worker.metrics.rate_limit_decision(li, 3);
+                    ctx.worker.metrics.rate_limit_decision(slot(li), 3);
                 }
                 return store_down(ctx);
             }
@@ -1127,6 +1326,52 @@ mod tests {
         }
         assert_eq!(hot, 3);
         assert!(w.key_count() <= 64);
+    }
+
+    /// A new generation carries the count of a limit whose definition did
+    /// not change (the worker's table is shared into the new shard), starts
+    /// a changed or new one fresh, and empties the old tables of changed
+    /// and removed limits.
+    #[test]
+    fn a_new_generation_carries_unchanged_limits() {
+        let limit = |name: &str, n: u64| {
+            format!(
+                "[rate_limits.{name}]\nkey = \"header:x\"\nalgorithm = \"fixed_window\"\n\
+                 limit = {n}\nwindow_s = 3600\n"
+            )
+        };
+        let old = limits(&format!(
+            "{}{}{}",
+            limit("a", 2),
+            limit("b", 2),
+            limit("c", 2)
+        ));
+        let w = WorkerState::new(Some(&old), 0);
+        let admitted = |w: &WorkerState, l: &Limits, name: &str| {
+            let li = l.index_of(name).expect("limit");
+            (0..10)
+                .filter(|_| w.check_key(li, b"k", None).is_some_and(|c| c.admit))
+                .count()
+        };
+        for name in ["a", "b", "c"] {
+            assert_eq!(admitted(&w, &old, name), 2, "{name}");
+        }
+        assert_eq!(w.key_count(), 3);
+        // a unchanged, b changed, c removed, d new.
+        let mut new = limits(&format!(
+            "{}{}{}",
+            limit("a", 2),
+            limit("b", 3),
+            limit("d", 1)
+        ));
+        let n = Arc::get_mut(&mut new).expect("not shared yet");
+        assert_eq!(n.take_over_from(&old), 1);
+        let w2 = WorkerState::after(&w, Some(&new), 0);
+        assert_eq!(admitted(&w2, &new, "a"), 0, "a keeps its count");
+        assert_eq!(admitted(&w2, &new, "b"), 3, "b starts fresh");
+        assert_eq!(admitted(&w2, &new, "d"), 1, "d starts fresh");
+        // The old shard keeps only the table it shares with the new one.
+        assert_eq!(w.key_count(), 1);
     }
 
     fn identity(tier: Option<&str>) -> Identity {

@@ -20,6 +20,17 @@
 //! includes, so spends are never counted twice or missed. Channels are
 //! bounded crossbeam channels; workers only `try_send`/`try_recv`.
 //!
+//! Reloads. Each generation of the limits has its own reconciler (and
+//! lease thread). A reload that keeps a limit's definition carries the
+//! limit's state: the workers share their key tables into the new
+//! generation's shards, and the old reconciler, once every worker has left
+//! it (their links closed, see `Shard::detach`), hands its instance-wide
+//! state of those limits to the new one ([`Handoff`]) and ends. Until it
+//! arrives the new reconciler holds the reports of carried limits back
+//! (the workers go on with the shares they had), then folds them into the
+//! handed-over state; a generation that ended before its own predecessor
+//! handed over waits for it first, so the chain stays whole.
+//!
 //! The bound. For one key over one window, with N workers:
 //!
 //! ```text
@@ -43,8 +54,8 @@ use super::algo::{Algorithm, Params, State};
 use super::redis_store::{LeaseReq, LeaseResp};
 use super::shard::IdMap;
 use super::{Limits, Scope};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Weak;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// Requests admitted, by window.
@@ -60,22 +71,38 @@ pub(crate) struct Spends {
 
 impl Spends {
     pub fn add(&mut self, win: u64) {
+        self.add_n(win, 1);
+    }
+
+    /// Counts `n` requests admitted in window `win`.
+    pub fn add_n(&mut self, win: u64, n: u32) {
+        if n == 0 {
+            return;
+        }
         if self.cur == 0 && self.prev == 0 {
             self.win = win;
         }
         if win == self.win {
-            self.cur += 1;
+            self.cur = self.cur.saturating_add(n);
         } else if win == self.win + 1 {
             self.prev = self.cur;
-            self.cur = 1;
+            self.cur = n;
             self.win = win;
         } else if win > self.win {
             self.prev = 0;
-            self.cur = 1;
+            self.cur = n;
             self.win = win;
         } else if win + 1 == self.win {
-            self.prev += 1;
+            self.prev = self.prev.saturating_add(n);
         }
+    }
+
+    /// Adds `other`'s counts (spends of an earlier report).
+    pub fn merge(&mut self, other: &Spends) {
+        if other.win > 0 {
+            self.add_n(other.win - 1, other.prev);
+        }
+        self.add_n(other.win, other.cur);
     }
 
     /// Subtracts these spends from a state's quota.
@@ -137,6 +164,26 @@ pub(crate) struct Batch {
     pub updates: Vec<Update>,
 }
 
+/// What an ending reconciler hands the next generation's: every limit's
+/// keys, by limit identity ([`super::LimitDef::id`]); the successor keeps
+/// those of the limits it carries.
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    limits: Vec<(u64, IdMap<GKey>)>,
+}
+
+/// How a reconciler follows its predecessor and precedes its successor.
+#[derive(Debug)]
+pub(crate) struct Succession {
+    /// The predecessor's hand-over, and the predecessor itself (kept until
+    /// it has handed over, so it can still read its limits then).
+    pub inherit: Option<(Receiver<Handoff>, Arc<Limits>)>,
+    /// By limit: carried, and its state not handed over yet.
+    pub waiting: Vec<bool>,
+    /// Where this reconciler hands over when it ends.
+    pub handoff: Sender<Handoff>,
+}
+
 #[derive(Debug)]
 struct Holder {
     worker: u16,
@@ -191,18 +238,22 @@ pub(crate) struct Reconciler {
     store_ok_sent: bool,
     out: Vec<Vec<Update>>,
     ticks: u64,
+    succession: Succession,
+    /// Reports' parts on limits still waiting for their handed-over state.
+    held: Vec<Report>,
 }
 
 impl Reconciler {
     pub fn new(
-        limits: &std::sync::Arc<Limits>,
+        limits: &Arc<Limits>,
         workers: usize,
         rx: Receiver<Report>,
         txs: Vec<Sender<Batch>>,
         redis: Option<(Sender<LeaseReq>, Receiver<LeaseResp>)>,
+        succession: Succession,
     ) -> Reconciler {
         Reconciler {
-            limits: std::sync::Arc::downgrade(limits),
+            limits: Arc::downgrade(limits),
             workers,
             rx,
             txs,
@@ -215,11 +266,19 @@ impl Reconciler {
             store_ok_sent: true,
             out: (0..workers).map(|_| Vec::new()).collect(),
             ticks: 0,
+            succession,
+            held: Vec::new(),
         }
     }
 
-    /// Runs until every worker is gone.
+    /// Runs until every worker is gone (they switched to another
+    /// generation, or the limits were dropped), then hands over.
     pub fn run(mut self) {
+        self.serve();
+        self.finish();
+    }
+
+    fn serve(&mut self) {
         let Some(l) = self.limits.upgrade() else {
             return;
         };
@@ -247,17 +306,113 @@ impl Reconciler {
             let Some(l) = self.limits.upgrade() else {
                 return;
             };
+            self.look_for_handoff(&l);
             self.step(&l);
         }
     }
 
+    /// Takes the predecessor's state when it has handed it over (or ended
+    /// without).
+    fn look_for_handoff(&mut self, l: &Limits) {
+        let got = match &self.succession.inherit {
+            None => return,
+            Some((rx, _)) => match rx.try_recv() {
+                Ok(h) => Some(h),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => None,
+            },
+        };
+        self.inherit(l, got);
+    }
+
+    /// Installs the handed-over keys of the carried limits, then folds the
+    /// reports held back for them.
+    fn inherit(&mut self, l: &Limits, h: Option<Handoff>) {
+        self.succession.inherit = None;
+        if let Some(h) = h {
+            for (id, mut keys) in h.limits {
+                let Some(li) = l.defs.iter().position(|d| d.id == id) else {
+                    continue;
+                };
+                if !self.succession.waiting[li] {
+                    continue;
+                }
+                for g in keys.values_mut() {
+                    // The predecessor's lease thread answers it, not ours.
+                    g.lease.in_flight = false;
+                }
+                self.keys[li] = keys;
+            }
+        }
+        self.succession.waiting.fill(false);
+        for r in std::mem::take(&mut self.held) {
+            self.fold_parts(l, r);
+        }
+    }
+
+    /// The workers are gone: takes the predecessor's state if it is still
+    /// to come (waiting for it to end), then hands everything to the
+    /// successor, when one took this generation's hand-over channel.
+    fn finish(mut self) {
+        // No lease is asked or applied any more: the lease thread ends now.
+        self.redis = None;
+        let Some(l) = self.limits.upgrade() else {
+            // Dropped: no successor waits for this generation (one that
+            // does keeps it alive until it has handed over).
+            return;
+        };
+        if let Some((rx, _)) = &self.succession.inherit {
+            let h = rx.recv().ok();
+            self.inherit(&l, h);
+        }
+        let unclaimed = super::lock(&l.handoff).take();
+        if unclaimed.is_some() {
+            return; // no generation carries anything from this one
+        }
+        let limits = l
+            .defs
+            .iter()
+            .zip(std::mem::take(&mut self.keys))
+            .map(|(d, keys)| (d.id, keys))
+            .collect();
+        let _ = self.succession.handoff.try_send(Handoff { limits });
+    }
+
     /// Folds one report into the instance state.
-    fn fold(&mut self, l: &Limits, r: Report) {
-        let now = l.clock.now();
+    fn fold(&mut self, l: &Limits, mut r: Report) {
         let w = r.worker as usize;
         if w >= self.workers {
             return;
         }
+        if r.seq > self.acked[w] {
+            self.acked[w] = r.seq;
+        }
+        if self.succession.waiting.contains(&true) {
+            // Carried limits wait for their handed-over state.
+            let waiting = &self.succession.waiting;
+            let wait = |li: u16| waiting.get(li as usize).copied().unwrap_or(false);
+            let (held, items): (Vec<_>, Vec<_>) =
+                r.items.into_iter().partition(|it| wait(it.limit));
+            let (held_ev, evicted): (Vec<_>, Vec<_>) =
+                r.evicted.into_iter().partition(|&(li, _)| wait(li));
+            if !held.is_empty() || !held_ev.is_empty() {
+                self.held.push(Report {
+                    worker: r.worker,
+                    seq: r.seq,
+                    items: held,
+                    evicted: held_ev,
+                });
+            }
+            r.items = items;
+            r.evicted = evicted;
+        }
+        self.fold_parts(l, r);
+    }
+
+    /// Folds a report's items and evictions (its number is already
+    /// counted).
+    fn fold_parts(&mut self, l: &Limits, r: Report) {
+        let now = l.clock.now();
         for it in r.items {
             let li = it.limit as usize;
             let Some(def) = l.defs.get(li) else { continue };
@@ -321,9 +476,6 @@ impl Reconciler {
                     m.remove(&key);
                 }
             }
-        }
-        if r.seq > self.acked[w] {
-            self.acked[w] = r.seq;
         }
     }
 
@@ -749,5 +901,36 @@ impl Reconciler {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spends;
+
+    /// A report the reconciler never got is counted again with the spends
+    /// since: merged window by window, older windows dropped.
+    #[test]
+    fn spends_merge_by_window() {
+        let mut lost = Spends::default();
+        for w in [9, 10, 10] {
+            lost.add(w);
+        }
+        let mut fresh = Spends::default();
+        fresh.add(10);
+        fresh.merge(&lost);
+        assert_eq!((fresh.win, fresh.cur, fresh.prev), (10, 3, 1));
+        // Newer spends move the lost report's windows back (or out).
+        let mut later = Spends::default();
+        later.add(11);
+        later.merge(&lost);
+        assert_eq!((later.win, later.cur, later.prev), (11, 1, 2));
+        // Buckets count in one window.
+        let (mut a, mut b) = (Spends::default(), Spends::default());
+        a.add(0);
+        b.add(0);
+        b.add(0);
+        a.merge(&b);
+        assert_eq!((a.win, a.cur, a.prev), (0, 3, 0));
     }
 }

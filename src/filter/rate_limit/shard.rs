@@ -6,6 +6,11 @@
 //! local state, its share of the key, and what was spent since the last
 //! report).
 //!
+//! Across a reload: a shard belongs to one generation of the limits. The
+//! next generation's shard shares the tables of the limits it carries
+//! (`Rc`), so a key's count goes on; the old shard leaves its reconciler
+//! ([`Shard::detach`]) and empties the tables nothing carried.
+//!
 //! Performance notes: a decision is a hash of the key bytes, one map lookup
 //! on a pre-hashed `u64`, and a few float operations; nothing is shared
 //! with another thread. The exchange with the reconciler (`tick`) runs as a
@@ -18,6 +23,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// Identity hasher for keys that already are 64-bit keyed hashes.
@@ -82,6 +88,10 @@ pub(crate) struct Table {
     evicted: Vec<u64>,
 }
 
+/// One limit's table, shared by the shards of the generations that carry
+/// the limit.
+pub(crate) type SharedTable = Rc<RefCell<Table>>;
+
 /// What a check does. A route with one limit checks in one step
 /// (`Decide`); with several, every limit is first probed, and only when all
 /// admit is each one spent, so a refusal by one spends nothing of the
@@ -112,8 +122,12 @@ pub(crate) enum Outcome {
 pub(crate) struct Shard {
     pub limits: Arc<Limits>,
     workers: usize,
-    tables: Vec<RefCell<Table>>,
-    link: Option<WorkerLink>,
+    tables: Vec<SharedTable>,
+    /// The channels to this generation's reconciler, until the worker
+    /// switches to another generation.
+    link: RefCell<Option<WorkerLink>>,
+    /// Started with a link: global keys are leased.
+    linked: bool,
     /// Seq of the last report sent, and of the last one the reconciler
     /// has folded in.
     seq: Cell<u32>,
@@ -127,17 +141,21 @@ pub(crate) struct Shard {
 const MAX_EVICTED_REPORTED: usize = 4096;
 
 impl Shard {
-    pub fn new(limits: Arc<Limits>, id: usize, workers: usize, link: Option<WorkerLink>) -> Shard {
-        let tables = limits
-            .defs
-            .iter()
-            .map(|_| RefCell::new(Table::default()))
-            .collect();
+    /// A shard of `limits` over `tables` (one per limit, by index).
+    pub fn new(
+        limits: Arc<Limits>,
+        id: usize,
+        workers: usize,
+        link: Option<WorkerLink>,
+        tables: Vec<SharedTable>,
+    ) -> Shard {
+        debug_assert_eq!(tables.len(), limits.defs.len());
         Shard {
             limits,
             workers: workers.max(1),
             tables,
-            link,
+            linked: link.is_some(),
+            link: RefCell::new(link),
             seq: Cell::new(0),
             acked: Cell::new(0),
             unsent: RefCell::new(None),
@@ -169,7 +187,7 @@ impl Shard {
         let commit = phase != Phase::Probe;
         let def = &self.limits.defs[li];
         let p: &Params = &def.tiers[tier as usize].params;
-        let global = def.global && self.link.is_some();
+        let global = def.global && self.linked;
         if global && !self.store_ok.get() && !def.fail_open {
             return Outcome::StoreDown;
         }
@@ -210,7 +228,7 @@ impl Shard {
             }
         };
         e.last_seen = now;
-        let reconciled = def.mode == super::ShardMode::Reconciled;
+        let reconciled = def.reported(self.workers);
         if demand && reconciled {
             e.demand = e.demand.saturating_add(1);
             if !e.dirty {
@@ -237,7 +255,7 @@ impl Shard {
     /// tick, so the workers' views of a key change at nearly the same time
     /// (the lag between them is the overshoot term of the bound).
     pub fn poll(&self) {
-        if let Some(link) = &self.link {
+        if let Some(link) = &*self.link.borrow() {
             while let Ok(b) = link.rx.try_recv() {
                 self.apply(b);
             }
@@ -249,7 +267,7 @@ impl Shard {
     pub fn tick(&self, now: u64) {
         let ticks = self.ticks.get().wrapping_add(1);
         self.ticks.set(ticks);
-        if let Some(link) = &self.link {
+        if let Some(link) = &*self.link.borrow() {
             while let Ok(b) = link.rx.try_recv() {
                 self.apply(b);
             }
@@ -260,6 +278,76 @@ impl Shard {
             t.borrow_mut().sweep(now, def.ttl_ns, def.max_keys);
         }
         self.limits.set_key_count(self.id, self.key_count());
+    }
+
+    /// The table of the limit with identity `id`, to share with the next
+    /// generation's shard.
+    pub fn table_of(&self, id: u64) -> Option<SharedTable> {
+        let li = self.limits.defs.iter().position(|d| d.id == id)?;
+        Some(self.tables[li].clone())
+    }
+
+    /// Leaves this generation's reconciler (the worker switches to another
+    /// generation): takes the updates already sent, hands the report in
+    /// flight to the channel, and closes the link. What the reconciler got
+    /// is in the state it hands to its successor; what it did not get (a
+    /// report the full channel refused, and everything since) stays in the
+    /// entries to be reported to the next generation's reconciler.
+    pub fn detach(&self) {
+        let Some(link) = self.link.borrow_mut().take() else {
+            return;
+        };
+        while let Ok(b) = link.rx.try_recv() {
+            self.apply(b);
+        }
+        let lost = match self.unsent.borrow_mut().take() {
+            Some(r) => link.tx.try_send(r).err().map(|e| e.into_inner()),
+            None => None,
+        };
+        drop(link);
+        if let Some(r) = lost {
+            for it in r.items {
+                let Some(t) = self.tables.get(it.limit as usize) else {
+                    continue;
+                };
+                let mut t = t.borrow_mut();
+                let t = &mut *t;
+                if let Some(e) = t.map.get_mut(&it.key) {
+                    e.fresh.merge(&it.spends);
+                    e.demand = e.demand.saturating_add(it.demand);
+                    if !e.dirty {
+                        e.dirty = true;
+                        t.dirty.push(it.key);
+                    }
+                }
+            }
+            for (li, key) in r.evicted {
+                if let Some(t) = self.tables.get(li as usize) {
+                    t.borrow_mut().evicted.push(key);
+                }
+            }
+        }
+        // Report numbers start again with the next link.
+        for t in &self.tables {
+            for e in t.borrow_mut().map.values_mut() {
+                e.sent = Spends::default();
+                e.sent_seq = 0;
+            }
+        }
+        self.seq.set(0);
+        self.acked.set(0);
+    }
+
+    /// Empties the tables of the limits `next` (the generation the worker
+    /// switches to) does not carry — changed or removed — so their keys'
+    /// memory is freed now rather than when the last request of this
+    /// generation ends.
+    pub fn release_except(&self, next: Option<&Limits>) {
+        for (d, t) in self.limits.defs.iter().zip(&self.tables) {
+            if !next.is_some_and(|n| n.defs.iter().any(|x| x.id == d.id)) {
+                *t.borrow_mut() = Table::default();
+            }
+        }
     }
 
     fn apply(&self, b: Batch) {
