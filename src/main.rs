@@ -125,6 +125,7 @@ fn serve(cfg: Config, path: Option<PathBuf>) -> ExitCode {
                 // Errors are logged and counted by the reloader.
                 let _ = handle.reload();
             }
+            "SIGUSR1" => handle.reopen_logs(),
             other => break other,
         }
     };

@@ -141,16 +141,14 @@ fn serving_port(line: &str) -> Option<u16> {
         .ok()
 }
 
-#[test]
-fn run_drains_in_flight_request_on_sigterm() {
-    let up = MockUpstream::builder()
-        .latency(Duration::from_millis(500))
-        .respond(200, "slow but complete")
-        .start();
-    let cfg = config_file(&GatewayConfig::simple(&[up.addr]).toml());
+/// Starts `ringgate run -c cfg`; returns the child, its listen address
+/// and a thread collecting its log (stderr).
+fn spawn_run(
+    cfg: &std::path::Path,
+) -> (std::process::Child, SocketAddr, thread::JoinHandle<String>) {
     let mut child = Command::new(BIN)
         .args(["run", "-c"])
-        .arg(&cfg)
+        .arg(cfg)
         .env("NO_COLOR", "1")
         .env("RINGGATE_LOG", "info")
         .stdout(Stdio::null())
@@ -175,7 +173,91 @@ fn run_drains_in_flight_request_on_sigterm() {
         let _ = child.wait();
         panic!("no 'ringgate serving' line; log:\n{}", log.join().unwrap());
     };
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    (child, ([127, 0, 0, 1], port).into(), log)
+}
+
+/// Waits until the file at `path` holds `n` lines; returns them.
+fn wait_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        if lines.len() >= n || Instant::now() > end {
+            return lines;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `kill -USR1` makes a running gateway reopen its access log: after log
+/// rotation moved the file away, later lines go to a fresh file at the
+/// configured path and the moved file keeps the earlier ones.
+#[test]
+fn sigusr1_reopens_the_access_log_after_rotation() {
+    let up = MockUpstream::builder().respond(200, "ok").start();
+    let cfg = config_file("");
+    let dir = cfg.parent().unwrap().to_path_buf();
+    let path = dir.join("access.log");
+    let rotated = dir.join("access.log.1");
+    let toml = format!(
+        "{}\n[log]\naccess = \"json\"\npath = \"{}\"\n",
+        GatewayConfig::simple(&[up.addr]).toml(),
+        path.display()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let (mut child, addr, log) = spawn_run(&cfg);
+    let get = |p: &str| {
+        let mut c = Client::connect(addr);
+        assert_eq!(c.get(p).status, 200);
+    };
+    get("/before-1");
+    get("/before-2");
+    assert_eq!(wait_lines(&path, 2).len(), 2, "the first two lines");
+    std::fs::rename(&path, &rotated).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR1) },
+        0
+    );
+    // The file is back before any new line is written.
+    let end = Instant::now() + Duration::from_secs(10);
+    while !path.exists() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(path.exists(), "no fresh file after SIGUSR1");
+    get("/after-1");
+    get("/after-2");
+    get("/after-3");
+    let fresh = wait_lines(&path, 3);
+    assert_eq!(fresh.len(), 3, "new lines: {fresh:?}");
+    assert!(fresh.iter().all(|l| l.contains("/after-")), "{fresh:?}");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert_eq!(old.lines().count(), 2, "the moved file: {old}");
+    assert!(old.lines().all(|l| l.contains("/before-")), "{old}");
+    // The gateway is still serving, and stops cleanly.
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    assert!(log.contains("access log reopened"), "log:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn run_drains_in_flight_request_on_sigterm() {
+    let up = MockUpstream::builder()
+        .latency(Duration::from_millis(500))
+        .respond(200, "slow but complete")
+        .start();
+    let cfg = config_file(&GatewayConfig::simple(&[up.addr]).toml());
+    let (mut child, addr, log) = spawn_run(&cfg);
 
     let req = thread::spawn(move || {
         let mut c = Client::connect(addr);

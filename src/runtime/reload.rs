@@ -67,7 +67,7 @@ impl ConfigStore {
         }
     }
 
-    fn publish(&self, config: Arc<Config>) {
+    pub(crate) fn publish(&self, config: Arc<Config>) {
         self.current.store(config);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }

@@ -29,6 +29,8 @@ pub struct ServerHandle {
     pub admin_addr: Option<SocketAddr>,
     /// Metric shards of every worker.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// The access log's writer, when `[log] access` is on.
+    log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
     addrs: Vec<SocketAddr>,
     signals: Vec<Arc<Shutdown>>,
     threads: Vec<JoinHandle<()>>,
@@ -154,6 +156,7 @@ impl Server {
             reloader: None,
             admin_addr: None,
             metrics: metrics.clone(),
+            log: log.clone(),
             addrs,
             signals,
             threads,
@@ -217,6 +220,14 @@ impl ServerHandle {
         }
     }
 
+    /// Reopens the access-log file at its path (SIGUSR1), after log
+    /// rotation moved it away. A no-op when the log is off or on stdout.
+    pub fn reopen_logs(&self) {
+        if let Some(l) = &self.log {
+            l.reopen();
+        }
+    }
+
     /// The bound listen addresses (ports resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
@@ -247,8 +258,9 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP on the calling thread (and every
-/// thread it starts afterwards), so they can be taken with [`wait_signal`].
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 on the calling thread (and
+/// every thread it starts afterwards), so they can be taken with
+/// [`wait_signal`].
 pub fn block_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-mask calls on a zeroed, initialised set.
     unsafe {
@@ -257,12 +269,13 @@ pub fn block_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-/// Waits for SIGTERM, SIGINT or SIGHUP and returns its name.
+/// Waits for SIGTERM, SIGINT, SIGHUP or SIGUSR1 and returns its name.
 pub fn wait_signal(set: &libc::sigset_t) -> &'static str {
     loop {
         let mut sig: libc::c_int = 0;
@@ -274,6 +287,7 @@ pub fn wait_signal(set: &libc::sigset_t) -> &'static str {
         match sig {
             libc::SIGTERM => return "SIGTERM",
             libc::SIGINT => return "SIGINT",
+            libc::SIGUSR1 => return "SIGUSR1",
             _ => return "SIGHUP",
         }
     }

@@ -73,7 +73,16 @@ impl Worker {
             .iter()
             .map(|u| Rc::new(UpstreamState::new(u, id)))
             .collect();
-        let (number, _) = shared.store.load_with_generation();
+        // A reload published before this worker got here must not be
+        // missed: only when `config` is the published one does the worker
+        // take its number; otherwise it takes a number no generation has,
+        // so its first request switches to the published config.
+        let (number, published) = shared.store.load_with_generation();
+        let number = if Arc::ptr_eq(&published, &config) {
+            number
+        } else {
+            u64::MAX
+        };
         let snap = Rc::new(Generation {
             config: config.clone(),
             upstreams,
@@ -551,5 +560,44 @@ async fn accept_loop(w: Rc<Worker>, listener: monoio::net::TcpListener, stop: Lo
                 std::sync::atomic::Ordering::Relaxed,
             );
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(route: &str) -> Arc<Config> {
+        Arc::new(
+            Config::parse(&format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n\
+                 [upstreams.up]\ntargets = [\"127.0.0.1:9\"]\n\n\
+                 [[routes]]\nname = \"r\"\npath = \"{route}\"\nupstream = \"up\"\n"
+            ))
+            .expect("valid config"),
+        )
+    }
+
+    #[test]
+    fn a_worker_started_after_a_reload_serves_the_reloaded_config() {
+        let started = config("/old");
+        let store = Arc::new(crate::runtime::reload::ConfigStore::new(started.clone()));
+        let reloaded = config("/new");
+        store.publish(reloaded.clone());
+        let shared = WorkerShared {
+            store: store.clone(),
+            metrics: Arc::new(crate::telemetry::metrics::WorkerMetrics::new(1, 1)),
+            log: None,
+            cache_purge: Default::default(),
+        };
+        let w = Worker::new(0, started.clone(), &shared);
+        assert!(Arc::ptr_eq(&w.current().config, &reloaded));
+        assert_eq!(w.current().number, store.generation());
+        // Without a reload in between, the worker starts on its config.
+        let store = Arc::new(crate::runtime::reload::ConfigStore::new(started.clone()));
+        let shared = WorkerShared { store, ..shared };
+        let w = Worker::new(0, started.clone(), &shared);
+        assert!(Arc::ptr_eq(&w.current().config, &started));
+        assert_eq!(w.current().number, 0);
     }
 }
