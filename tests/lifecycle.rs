@@ -443,3 +443,97 @@ fn reload_adds_and_revokes_api_keys() {
     let seen = be.last();
     assert_eq!(seen.header("x-consumer-id"), Some("globex"), "{seen:?}");
 }
+
+/// The lines of the file at `path` once it holds at least `n` (or after
+/// 10 s, whatever it holds); `n = 0` reads it now.
+fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        if lines.len() >= n || Instant::now() > end {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A reload turns the access log on, moves it to another file and turns it
+/// off again, for requests on a keep-alive connection opened before the
+/// reloads as well as on new ones; a path that cannot be opened rejects
+/// the reload and logging goes on where it was.
+#[test]
+fn reload_applies_access_log_settings() {
+    let be_a = MockUpstream::builder().respond(200, "a").start();
+    let be_b = MockUpstream::builder().respond(200, "b").start();
+    let (a, b) = (be_a.target(), be_b.target());
+    let (gw, path) = start_file("reload-log", &reload_config(&a, &b, false, ""));
+    let dir = path.parent().unwrap().to_path_buf();
+    let (first, second) = (dir.join("first.log"), dir.join("second.log"));
+    let log_at =
+        |p: &std::path::Path| format!("[log]\naccess = \"json\"\npath = \"{}\"\n", p.display());
+    let addr = gw.local_addrs()[0];
+    let mut kept = Client::connect(addr);
+    let get = |kept: &mut Client, tag: &str| {
+        assert_eq!(kept.get(&format!("/a/{tag}-kept")).status, 200);
+        assert_eq!(
+            Client::connect(addr).get(&format!("/a/{tag}-new")).status,
+            200
+        );
+    };
+    get(&mut kept, "off1");
+
+    std::fs::write(&path, reload_config(&a, &b, false, &log_at(&first))).unwrap();
+    let summary = gw.reload().expect("turning the log on");
+    assert!(summary.contains("access log json to"), "{summary}");
+    get(&mut kept, "first");
+    let lines = log_lines(&first, 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l.contains("/a/first-")), "{lines:?}");
+
+    std::fs::write(&path, reload_config(&a, &b, false, &log_at(&second))).unwrap();
+    gw.reload().expect("moving the log");
+    get(&mut kept, "second");
+    let lines = log_lines(&second, 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l.contains("/a/second-")), "{lines:?}");
+    assert_eq!(
+        log_lines(&first, 0).len(),
+        2,
+        "the first file got more lines"
+    );
+
+    // A file that cannot be opened: rejected, naming the key.
+    let bad = dir.join("no-such-dir").join("x.log");
+    std::fs::write(&path, reload_config(&a, &b, false, &log_at(&bad))).unwrap();
+    let errors = gw.reload().expect_err("unwritable log path");
+    assert!(
+        errors.iter().any(|e| e.starts_with("log.path")),
+        "{errors:?}"
+    );
+    get(&mut kept, "still");
+    let lines = log_lines(&second, 4);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(
+        lines[2..].iter().all(|l| l.contains("/a/still-")),
+        "{lines:?}"
+    );
+
+    std::fs::write(&path, reload_config(&a, &b, false, "")).unwrap();
+    let summary = gw.reload().expect("turning the log off");
+    assert!(summary.contains("access log off"), "{summary}");
+    get(&mut kept, "off2");
+    // Workers hand lines over every 200 ms: give a wrongly kept log time
+    // to show up.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        log_lines(&second, 0).len(),
+        4,
+        "lines after the log was turned off"
+    );
+    assert_eq!(log_lines(&first, 0).len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -316,6 +316,9 @@ pub struct Config {
     pub table: RouteTable,
     /// `[log]`
     pub log: LogConfig,
+    /// The access-log writer for `log`, once the server runs this config
+    /// (set at start, carried or replaced by a reload; `None` when off).
+    pub access_log: Option<std::sync::Arc<crate::telemetry::access_log::AccessLog>>,
     /// `[config] watch`: reload when the file changes.
     pub watch: bool,
     /// `[metrics] enabled`: record per-request metrics.

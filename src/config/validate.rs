@@ -299,6 +299,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             routes,
             table,
             log,
+            access_log: None,
             watch,
             metrics_enabled: file
                 .metrics

@@ -637,7 +637,7 @@ where
                 && let Some(auth) = &cfg.auth
             {
                 crate::filter::auth::hide_credentials(auth, hide, &mut c);
-                if w.log.is_some() {
+                if w.log.borrow().is_some() {
                     let l = &mut c.log_fields;
                     let start = l.len();
                     l.extend_from_slice(c.head.path_query.of(&c.buf));
@@ -776,7 +776,7 @@ impl ReqInfo {
                 BodyFraming::Length(n) => n,
                 _ => 0,
             };
-        if w.log.is_some() {
+        if w.log.borrow().is_some() {
             // Copy what the log line needs before the request leaves the buffer.
             let l = &mut c.log_fields;
             l.clear();
@@ -813,7 +813,7 @@ impl ReqInfo {
     }
 
     fn finish(&self, w: &Worker, cfg: &crate::config::Config, c: &Conn, status: u16) {
-        if !cfg.metrics_enabled && w.log.is_none() {
+        if !cfg.metrics_enabled && w.log.borrow().is_none() {
             return;
         }
         let total_us = self.started.elapsed().as_micros() as u64;
@@ -826,7 +826,7 @@ impl ReqInfo {
                 c.upstream_us,
             );
         }
-        if let Some(log) = &w.log {
+        if let Some(log) = w.log.borrow().as_ref() {
             let f = |i: usize| {
                 let (a, b) = c.log_spans[i];
                 &c.log_fields[a..b]

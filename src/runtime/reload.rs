@@ -194,10 +194,6 @@ impl Reloader {
             ("server.io_uring_mode", o.io_uring_mode == n.io_uring_mode),
             ("server.backlog", o.backlog == n.backlog),
             (
-                "log",
-                old.log.access == new.log.access && old.log.path == new.log.path,
-            ),
-            (
                 "admin",
                 format!("{:?}", old.admin) == format!("{:?}", new.admin),
             ),
@@ -238,13 +234,23 @@ impl Reloader {
                 tracing::warn!("rate limits shared before publishing; every limit starts fresh");
             }
         }
+        // The access log: unchanged settings keep the running writer; new
+        // ones start a writer (the file is opened here, so a path ringgate
+        // cannot write rejects the reload) that workers switch to with the
+        // rest of the config; the old writer ends once they have.
+        let log_changed = old.log.access != new.log.access || old.log.path != new.log.path;
+        new.access_log = if log_changed {
+            crate::telemetry::access_log::open(&new.log).map_err(|e| vec![e])?
+        } else {
+            old.access_log.clone()
+        };
         // Metric labels follow names across reloads.
         self.metrics.assign_slots(&mut new);
         let limits = new
             .rate_limits
             .as_ref()
             .map_or(0, |l| l.limit_names().len());
-        let summary = format!(
+        let mut summary = format!(
             "{} routes, {} upstreams ({} kept with their pools), {} rate limits ({} kept with their counts)",
             new.routes.len(),
             new.upstreams.len(),
@@ -252,6 +258,16 @@ impl Reloader {
             limits,
             limits_kept
         );
+        if log_changed {
+            match new.log.access {
+                Some(f) => summary.push_str(&format!(
+                    ", access log {} to {}",
+                    format!("{f:?}").to_lowercase(),
+                    new.log.path
+                )),
+                None => summary.push_str(", access log off"),
+            }
+        }
         Ok(Prepared {
             config: new,
             old,

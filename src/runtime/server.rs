@@ -29,8 +29,6 @@ pub struct ServerHandle {
     pub admin_addr: Option<SocketAddr>,
     /// Metric shards of every worker.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
-    /// The access log's writer, when `[log] access` is on.
-    log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
     addrs: Vec<SocketAddr>,
     signals: Vec<Arc<Shutdown>>,
     threads: Vec<JoinHandle<()>>,
@@ -76,6 +74,9 @@ impl Server {
         hooks: Hooks,
         path: Option<std::path::PathBuf>,
     ) -> io::Result<ServerHandle> {
+        let mut config = config;
+        config.access_log =
+            crate::telemetry::access_log::open(&config.log).map_err(io::Error::other)?;
         let config = Arc::new(config);
         let s = &config.server;
         // Resolve port 0 once so every worker shares the same port.
@@ -102,19 +103,6 @@ impl Server {
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(&config, s.workers));
         let store = Arc::new(super::reload::ConfigStore::new(config.clone()));
         let cache_purge = Arc::new(crate::filter::cache::PurgeLog::default());
-        let log = match config.log.access {
-            Some(f) => Some(
-                crate::telemetry::access_log::AccessLog::start(f, &config.log.path).map_err(
-                    |e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("cannot open log.path {}: {e}", config.log.path),
-                        )
-                    },
-                )?,
-            ),
-            None => None,
-        };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut signals = Vec::new();
         let mut threads = Vec::new();
@@ -137,7 +125,6 @@ impl Server {
                 store: store.clone(),
                 cache_purge: cache_purge.clone(),
                 metrics: metrics.clone().workers[id].clone(),
-                log: log.clone(),
             };
             let t = std::thread::Builder::new()
                 .name(format!("ringgate-w{id}"))
@@ -156,7 +143,6 @@ impl Server {
             reloader: None,
             admin_addr: None,
             metrics: metrics.clone(),
-            log: log.clone(),
             addrs,
             signals,
             threads,
@@ -223,7 +209,7 @@ impl ServerHandle {
     /// Reopens the access-log file at its path (SIGUSR1), after log
     /// rotation moved it away. A no-op when the log is off or on stdout.
     pub fn reopen_logs(&self) {
-        if let Some(l) = &self.log {
+        if let Some(l) = &self.store.load().access_log {
             l.reopen();
         }
     }

@@ -61,7 +61,7 @@ pub struct Worker {
     /// This worker's metric shard (read by the admin thread on scrape).
     pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
     /// This worker's access-log buffer, when logging is on.
-    pub log: Option<crate::telemetry::access_log::WorkerLog>,
+    pub log: std::cell::RefCell<Option<crate::telemetry::access_log::WorkerLog>>,
     ids: RequestIds,
 }
 
@@ -93,6 +93,10 @@ impl Worker {
             )),
             number,
         });
+        let log = config
+            .access_log
+            .as_ref()
+            .map(|l| crate::telemetry::access_log::WorkerLog::new(l.clone()));
         Worker {
             id,
             config,
@@ -107,10 +111,7 @@ impl Worker {
                 shared.metrics.clone(),
             ),
             metrics: shared.metrics.clone(),
-            log: shared
-                .log
-                .as_ref()
-                .map(|l| crate::telemetry::access_log::WorkerLog::new(l.clone())),
+            log: std::cell::RefCell::new(log),
             ids: RequestIds::new(id),
         }
     }
@@ -182,12 +183,36 @@ impl Worker {
             number,
         });
         *self.active.borrow_mut() = snap.clone();
+        self.follow_access_log(&snap.config);
         tracing::debug!(
             worker = self.id,
             generation = number,
             "switched to a new config"
         );
         snap
+    }
+
+    /// Moves this worker's access-log buffer to `config`'s writer when a
+    /// reload changed it (the old buffer goes to the old writer first).
+    fn follow_access_log(&self, config: &Config) {
+        let mut log = self.log.borrow_mut();
+        let same = match (&*log, &config.access_log) {
+            (Some(w), Some(l)) => w.writes_to(l),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            let old = std::mem::replace(
+                &mut *log,
+                config
+                    .access_log
+                    .as_ref()
+                    .map(|l| crate::telemetry::access_log::WorkerLog::new(l.clone())),
+            );
+            if let Some(old) = old {
+                old.flush();
+            }
+        }
     }
 
     /// Writes a fresh 32-hex-digit request id into `out`.
@@ -288,8 +313,6 @@ pub struct WorkerShared {
     pub store: Arc<crate::runtime::reload::ConfigStore>,
     /// The worker's metric shard.
     pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
-    /// The access-log writer, when logging is on.
-    pub log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
     /// Cache purges from the admin API.
     pub cache_purge: Arc<crate::filter::cache::PurgeLog>,
 }
@@ -394,17 +417,6 @@ async fn serve(
     }
     crate::filter::rate_limit::spawn_worker_tasks(&worker);
     crate::filter::cache::spawn_worker_tasks(&worker);
-    if worker.log.is_some() {
-        let w = worker.clone();
-        monoio::spawn(async move {
-            loop {
-                monoio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(l) = &w.log {
-                    l.flush_if_older(Duration::from_millis(200));
-                }
-            }
-        });
-    }
     // The watchdog: read deadlines, the coarse clock, and the shutdown
     // signal.
     let stopping = LocalStop::new();
@@ -413,11 +425,19 @@ async fn serve(
         let stopping = stopping.clone();
         let shutdown = shutdown.clone();
         monoio::spawn(async move {
+            let mut n = 0u32;
             loop {
                 monoio::time::sleep(crate::runtime::watchdog::TICK).await;
                 w.watchdog.tick();
                 if shutdown.is_set() {
                     stopping.stop();
+                }
+                // Access-log lines reach the writer within ~200 ms.
+                n = n.wrapping_add(1);
+                if n % 20 == 0
+                    && let Some(l) = w.log.borrow().as_ref()
+                {
+                    l.flush_if_older(Duration::from_millis(200));
                 }
             }
         });
@@ -474,7 +494,7 @@ async fn serve(
         monoio::time::sleep(Duration::from_millis(5)).await;
         worker.watchdog.wake_idle();
     }
-    if let Some(l) = &worker.log {
+    if let Some(l) = worker.log.borrow().as_ref() {
         l.flush();
     }
     tracing::debug!(
@@ -587,7 +607,6 @@ mod tests {
         let shared = WorkerShared {
             store: store.clone(),
             metrics: Arc::new(crate::telemetry::metrics::WorkerMetrics::new(1, 1)),
-            log: None,
             cache_purge: Default::default(),
         };
         let w = Worker::new(0, started.clone(), &shared);

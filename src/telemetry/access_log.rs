@@ -33,6 +33,28 @@ pub struct AccessLog {
     reopen: Arc<AtomicBool>,
 }
 
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts the writer for `[log]`: `None` when the access log is off. The
+/// error names the key and the fix.
+pub fn open(cfg: &crate::config::LogConfig) -> Result<Option<Arc<AccessLog>>, String> {
+    match cfg.access {
+        None => Ok(None),
+        Some(f) => AccessLog::start(f, &cfg.path).map(Some).map_err(|e| {
+            format!(
+                "log.path: cannot open {} for appending: {e} (fix: create its directory and make it writable by ringgate, or use path = \"-\" for stdout)",
+                cfg.path
+            )
+        }),
+    }
+}
+
 /// Flush a worker's buffer once it holds this much.
 const FLUSH_AT: usize = 32 * 1024;
 
@@ -282,6 +304,11 @@ impl WorkerLog {
             drop(b);
             self.flush();
         }
+    }
+
+    /// Whether this buffer feeds `log`'s writer.
+    pub fn writes_to(&self, log: &Arc<AccessLog>) -> bool {
+        Arc::ptr_eq(&self.shared, log)
     }
 
     /// Hands the buffer to the writer thread (never blocks).
