@@ -117,6 +117,29 @@ fn check_reports_every_error_in_one_run() {
     assert_check_fails(&text, &["listn", "routes[0].upstream", "server.listen"]);
 }
 
+/// `[admin] token_file` must name a readable, non-empty file, and not
+/// come with `token_env`.
+#[test]
+fn check_admin_token_file() {
+    let base = "[upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"u\"\n[admin]\n";
+    let out = check(&format!(
+        "{base}token_file = \"/nonexistent/ringgate-token\"\n"
+    ));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin.token_file"), "{err}");
+    assert!(err.contains("/nonexistent/ringgate-token"), "{err}");
+    let out = check(&format!(
+        "{base}token_file = \"/nonexistent/ringgate-token\"\ntoken_env = \"HOME\"\n"
+    ));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("both admin.token_env and admin.token_file"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_missing_file() {
     let out = Command::new(BIN)

@@ -537,3 +537,71 @@ fn reload_applies_access_log_settings() {
     assert_eq!(log_lines(&first, 0).len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The status of `GET path` on the admin listener with `token` as bearer.
+fn admin_get_status(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out)[9..12].parse().unwrap()
+}
+
+/// A reload rotates the admin token kept in `[admin] token_file`: the old
+/// token is refused and the new one accepted at once. Moving the admin
+/// listener is refused, naming `admin.listen`.
+#[test]
+fn reload_rotates_the_admin_token_from_its_file() {
+    let be_a = MockUpstream::builder().respond(200, "a").start();
+    let be_b = MockUpstream::builder().respond(200, "b").start();
+    let (a, b) = (be_a.target(), be_b.target());
+    let dir = std::env::temp_dir().join(format!(
+        "ringgate-lifecycle-{}-admin-token",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("admin-token");
+    std::fs::write(&token_file, "first-token\n").unwrap();
+    let extra = format!("token_file = \"{}\"\n", token_file.display());
+    let (gw, path) = start_file("admin-token", &reload_config(&a, &b, false, &extra));
+    let admin = gw.admin_addr.unwrap();
+    assert_eq!(admin_get_status(admin, "/config", Some("first-token")), 200);
+    assert_eq!(admin_get_status(admin, "/config", None), 401);
+    assert_eq!(
+        admin_get_status(admin, "/config", Some("second-token")),
+        401
+    );
+
+    std::fs::write(&token_file, "second-token\n").unwrap();
+    gw.reload().expect("a new token");
+    assert_eq!(admin_get_status(admin, "/config", Some("first-token")), 401);
+    assert_eq!(
+        admin_get_status(admin, "/config", Some("second-token")),
+        200
+    );
+
+    std::fs::write(
+        &path,
+        reload_config(&a, &b, false, &extra).replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"127.0.0.1:1\"",
+        ),
+    )
+    .unwrap();
+    let errors = gw.reload().expect_err("the admin listener cannot move");
+    assert!(
+        errors.iter().any(|e| e.starts_with("admin.listen")),
+        "{errors:?}"
+    );
+    assert_eq!(
+        admin_get_status(admin, "/config", Some("second-token")),
+        200
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

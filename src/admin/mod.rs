@@ -306,6 +306,7 @@ pub fn config_json(cfg: &Config) -> serde_json::Value {
         "admin": cfg.admin.as_ref().map(|a| json!({
             "listen": a.listen.to_string(),
             "token_env": a.token_env,
+            "token_file": a.token_file,
             "token": a.token.as_ref().map(|_| "<redacted>"),
         })),
         "upstreams": cfg.upstreams.iter().map(|u| json!({

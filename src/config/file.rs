@@ -135,6 +135,9 @@ pub struct AdminFile {
     pub listen: Option<String>,
     /// Environment variable holding the admin bearer token.
     pub token_env: Option<String>,
+    /// File holding the admin bearer token (read at start and on every
+    /// reload, so the token can be rotated without a restart).
+    pub token_file: Option<String>,
 }
 
 /// `[upstreams.NAME]`

@@ -290,6 +290,8 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Name of the variable the token came from (for `GET /config`).
     pub token_env: Option<String>,
+    /// The file the token came from (for `GET /config`).
+    pub token_file: Option<String>,
 }
 
 /// `[log]`, validated.

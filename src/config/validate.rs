@@ -156,8 +156,16 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
         let listen = a.listen.as_deref().unwrap_or("127.0.0.1:9901");
         match listen.parse::<SocketAddr>() {
             Ok(listen) => {
-                let token = match &a.token_env {
-                    Some(var) => match std::env::var(var) {
+                let token = match (&a.token_env, &a.token_file) {
+                    (Some(_), Some(_)) => {
+                        errs.push(
+                            "admin.token_file",
+                            "both admin.token_env and admin.token_file are set",
+                            "keep one of them",
+                        );
+                        None
+                    }
+                    (Some(var), None) => match std::env::var(var) {
                         Ok(t) if !t.is_empty() => Some(t),
                         _ => {
                             errs.push(
@@ -168,12 +176,32 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
                             None
                         }
                     },
-                    None => None,
+                    (None, Some(path)) => match std::fs::read_to_string(path) {
+                        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                        Ok(_) => {
+                            errs.push(
+                                "admin.token_file",
+                                format!("{path} is empty"),
+                                "write the token into the file (one line)",
+                            );
+                            None
+                        }
+                        Err(e) => {
+                            errs.push(
+                                "admin.token_file",
+                                format!("cannot read {path}: {e}"),
+                                "create the file with the token and make it readable by ringgate, or remove admin.token_file",
+                            );
+                            None
+                        }
+                    },
+                    (None, None) => None,
                 };
                 Some(AdminConfig {
                     listen,
                     token,
                     token_env: a.token_env.clone(),
+                    token_file: a.token_file.clone(),
                 })
             }
             Err(_) => {

@@ -193,9 +193,17 @@ impl Reloader {
             ),
             ("server.io_uring_mode", o.io_uring_mode == n.io_uring_mode),
             ("server.backlog", o.backlog == n.backlog),
+            // The admin listener's address and presence are fixed; its
+            // token (from token_env or token_file, read again by the
+            // reload) applies at once: every admin request reads it from
+            // the current config.
+            ("admin", old.admin.is_some() == new.admin.is_some()),
             (
-                "admin",
-                format!("{:?}", old.admin) == format!("{:?}", new.admin),
+                "admin.listen",
+                match (&old.admin, &new.admin) {
+                    (Some(o), Some(n)) => o.listen == n.listen,
+                    _ => true,
+                },
             ),
         ] {
             if !same {
