@@ -800,7 +800,7 @@ rate_limit = ["key"]
 /// where `refill` is what a bucket refills while workers switch shares (a
 /// quarter sync interval; nothing at this limit's rate). Here (limit 60,
 /// N = 2, share·burst ≥ 1) that is 58..=60; the assertion leaves one
-/// request of slack above. Runs measure 60 pinned and 59 spread. The
+/// request of slack above. Runs measure 60 pinned and 60 spread. The
 /// naive designs each miss one case: `split` (limit/N per worker) admits
 /// half the limit when pinned; `full` (the whole limit on every worker)
 /// admits N times the limit when spread.
@@ -832,6 +832,44 @@ fn instance_limit_holds_pinned_and_spread() {
         full > 90,
         "full, spread: {full} (both workers admit the limit)"
     );
+}
+
+/// A small limit is used in full under lasting demand spread over the
+/// workers: a fixed window of 3 over two workers gives each a share worth
+/// 1.5 requests, which rounding alone would leave at 2 admitted for the
+/// whole window; the reconciler hands what is left out in whole requests.
+/// Every algorithm, one new connection per request (spread by the kernel
+/// over both workers) every 20 ms for about a second.
+#[test]
+fn a_small_limit_is_used_in_full_across_workers() {
+    let b = Backend::start();
+    for algorithm in ["fixed_window", "sliding_window", "token_bucket"] {
+        let gw = Gateway::start(
+            2,
+            b.addr,
+            &format!(
+                r#"
+[rate_limits.small]
+algorithm = "{algorithm}"
+limit = 3
+window_s = 3600
+
+[[routes]]
+path = "/k"
+upstream = "b"
+rate_limit = ["small"]
+"#
+            ),
+        );
+        let mut ok = 0;
+        for _ in 0..50 {
+            if Conn::open(gw.addr).get("/k", &[]).status == 200 {
+                ok += 1;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(ok, 3, "{algorithm}: admitted {ok} of a limit of 3");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -37,8 +37,15 @@
 //! limit − N  ≤  admitted  ≤  limit + (N − 1)·[share·burst < 1] + refill
 //! ```
 //!
-//! The lower side holds while demand lasts (shares are rounded down to
-//! whole requests). On the upper side, the middle term is rounding: a
+//! The lower side is what a short burst can meet: a worker refuses once
+//! its own part is spent, even while another worker still holds some of
+//! the key. Under demand that lasts a few sync intervals the whole limit
+//! is used: what a key has left is handed out in whole requests (largest
+//! remainder, see `whole_parts`), so rounding strands no request — a limit
+//! of 3 over two workers admits 3, not the 1.5 + 1.5 rounded down to 2.
+//! With sparse requests spread at random over the workers, the last whole
+//! request may take a few tries to meet the worker holding it. On the
+//! upper side, the middle term is rounding: a
 //! worker whose share is worth less than one request may still hold one
 //! (otherwise a burst of 1 spread over N workers could never pass). A
 //! worker takes a new share up to a quarter interval after another (they
@@ -46,7 +53,7 @@
 //! worker's old view and new part both fit (see `reconcile_key`), so only
 //! what a bucket refills in that quarter interval can slip past — under
 //! one request for most limits. `tests/rate_limit.rs` measures it (token
-//! bucket of 60, two workers: 60 pinned, 59 spread; the naive designs give
+//! bucket of 60, two workers: 60 pinned, 60 spread; the naive designs give
 //! 30 pinned for limit/N per worker and 120 spread for the full limit per
 //! worker; two instances over Redis: 300 of 300).
 
@@ -586,17 +593,19 @@ impl Reconciler {
         };
         let wsum = total + floor * h;
         // Until a worker takes this update it may spend what is left of its
-        // previous view (`old`). So the parts are sized such that every
-        // worker's larger of old and new still fits: Σ max(old_v, s_v·x) ≤
-        // avail, solved for the common quota `x` by a few fixed-point
-        // steps (x only decreases).
+        // previous view (`old`), in whole requests: a view worth less than
+        // one admits nothing (a bucket's refill meanwhile is the bound's
+        // `refill` term), so only its whole part counts. The parts are
+        // sized such that every worker's larger of old and new still
+        // fits: Σ max(old_v, s_v·x) ≤ avail, solved for the common quota
+        // `x` by a few fixed-point steps (x only decreases).
         let shares: Vec<(f64, f64)> = acked
             .iter()
             .map(|&i| {
                 let hd = &g.holders[i];
                 (
                     (hd.demand + floor) / wsum,
-                    (hd.alloc - hd.spent_since).max(0.0),
+                    ((hd.alloc - hd.spent_since).max(0.0) + 1e-9).floor(),
                 )
             })
             .collect();
@@ -630,6 +639,12 @@ impl Reconciler {
         }
         let avail_after = base.available(p, 1.0, now).max(0.0);
         let awaiting = credit && g.lease.in_flight && g.state.available(p, 1.0, now) < 1.0;
+        let mut share_of: Vec<f64> = shares.iter().map(|&(sh, _)| sh).collect();
+        if !credit {
+            whole_parts(&mut share_of, &shares, avail_after, avail, |j| {
+                g.holders[acked[j]].demand
+            });
+        }
         // Credit is handed out in whole requests (largest remainder), so a
         // small balance is not lost to rounding.
         let mut credit_parts: Vec<f64> = Vec::new();
@@ -664,7 +679,7 @@ impl Reconciler {
         }
         for (j, &i) in acked.iter().enumerate() {
             let hd = &mut g.holders[i];
-            let share = (hd.demand + floor) / wsum;
+            let share = share_of[j];
             let state = match base {
                 State::Credit { .. } => State::Credit {
                     balance: credit_parts[j],
@@ -904,8 +919,109 @@ impl Reconciler {
     }
 }
 
+/// Rounds the holders' parts of what a key has left (`avail_after`) to
+/// whole requests, so rounding strands no request the limit still allows:
+/// with a limit of 3 split over two workers, the parts 1.5/1.5 — and, once
+/// each spent one, 0.5/0.5 — would otherwise leave the third request
+/// unusable on both for the rest of the window. Whole requests go by
+/// largest remainder (ties to the larger demand); the fraction below one
+/// request goes with the demand shares. `shares` holds each holder's
+/// demand share and old view (what it may still spend until it takes this
+/// update); the rounding is only applied when every holder's larger of
+/// old view and new part still fits in `avail`, as the unrounded parts do.
+fn whole_parts(
+    share_of: &mut [f64],
+    shares: &[(f64, f64)],
+    avail_after: f64,
+    avail: f64,
+    demand: impl Fn(usize) -> f64,
+) {
+    if avail_after < 1.0 || share_of.len() < 2 {
+        return;
+    }
+    let raw: Vec<f64> = share_of.iter().map(|s| s * avail_after).collect();
+    let whole = avail_after.floor();
+    let mut parts: Vec<f64> = raw.iter().map(|r| r.floor()).collect();
+    let mut left = whole - parts.iter().sum::<f64>();
+    if left < 1.0 - 1e-9 {
+        return; // rounding strands nothing
+    }
+    let mut order: Vec<usize> = (0..raw.len()).collect();
+    order.sort_by(|&a, &b| {
+        let ra = raw[a] - raw[a].floor();
+        let rb = raw[b] - raw[b].floor();
+        rb.partial_cmp(&ra)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(
+                demand(b)
+                    .partial_cmp(&demand(a))
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
+    });
+    for i in order {
+        if left < 1.0 - 1e-9 {
+            break;
+        }
+        parts[i] += 1.0;
+        left -= 1.0;
+    }
+    let frac = avail_after - whole;
+    let rounded: Vec<f64> = parts
+        .iter()
+        .zip(share_of.iter())
+        .map(|(p, s)| (p + frac * s) / avail_after)
+        .collect();
+    let worst: f64 = rounded
+        .iter()
+        .zip(shares)
+        .map(|(s, &(_, old))| old.max(s * avail_after))
+        .sum();
+    if worst <= avail + 1e-9 {
+        share_of.copy_from_slice(&rounded);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::whole_parts;
+
+    #[test]
+    fn parts_are_whole_requests_and_add_up() {
+        // One request left, equal shares: it goes whole to one holder
+        // (the larger demand).
+        let mut s = vec![0.5, 0.5];
+        whole_parts(&mut s, &[(0.5, 0.0), (0.5, 0.0)], 1.0, 1.0, |j| {
+            [1.0, 2.0][j]
+        });
+        assert_eq!(s, vec![0.0, 1.0]);
+        // 2.5 left over 1/3 and 2/3: 1 and 1.5 whole-ish (2 whole + 0.5).
+        let mut s = vec![1.0 / 3.0, 2.0 / 3.0];
+        whole_parts(
+            &mut s,
+            &[(1.0 / 3.0, 0.0), (2.0 / 3.0, 0.0)],
+            2.5,
+            2.5,
+            |_| 1.0,
+        );
+        let parts: Vec<f64> = s.iter().map(|x| x * 2.5).collect();
+        assert!((parts[0] - (1.0 + 0.5 / 3.0)).abs() < 1e-9, "{parts:?}");
+        assert!((parts[1] - (1.0 + 1.0 / 3.0)).abs() < 1e-9, "{parts:?}");
+        assert!((s.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        // Nothing stranded: left alone.
+        let mut s = vec![0.5, 0.5];
+        whole_parts(&mut s, &[(0.5, 0.0), (0.5, 0.0)], 10.0, 10.0, |_| 1.0);
+        assert_eq!(s, vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn rounding_never_lets_old_views_and_new_parts_exceed_what_is_left() {
+        // Both holders may still spend 0.5 from their old views: giving one
+        // of them a whole request now could admit more than is left.
+        let mut s = vec![0.5, 0.5];
+        whole_parts(&mut s, &[(0.5, 0.5), (0.5, 0.5)], 1.0, 1.0, |_| 1.0);
+        assert_eq!(s, vec![0.5, 0.5]);
+    }
+
     use super::Spends;
 
     /// A report the reconciler never got is counted again with the spends
