@@ -199,22 +199,6 @@ fn spawn_run(
     (child, ([127, 0, 0, 1], port).into(), log)
 }
 
-/// Waits until the file at `path` holds `n` lines; returns them.
-fn wait_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines: Vec<String> = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect();
-        if lines.len() >= n || Instant::now() > end {
-            return lines;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `kill -USR1` makes a running gateway reopen its access log: after log
 /// rotation moved the file away, later lines go to a fresh file at the
 /// configured path and the moved file keeps the earlier ones.
@@ -238,7 +222,7 @@ fn sigusr1_reopens_the_access_log_after_rotation() {
     };
     get("/before-1");
     get("/before-2");
-    assert_eq!(wait_lines(&path, 2).len(), 2, "the first two lines");
+    assert_eq!(file_lines(&path, 2).len(), 2, "the first two lines");
     std::fs::rename(&path, &rotated).unwrap();
     // SAFETY: sending a signal to our own child process.
     assert_eq!(
@@ -254,7 +238,7 @@ fn sigusr1_reopens_the_access_log_after_rotation() {
     get("/after-1");
     get("/after-2");
     get("/after-3");
-    let fresh = wait_lines(&path, 3);
+    let fresh = file_lines(&path, 3);
     assert_eq!(fresh.len(), 3, "new lines: {fresh:?}");
     assert!(fresh.iter().all(|l| l.contains("/after-")), "{fresh:?}");
     let old = std::fs::read_to_string(&rotated).unwrap();

@@ -444,23 +444,6 @@ fn reload_adds_and_revokes_api_keys() {
     assert_eq!(seen.header("x-consumer-id"), Some("globex"), "{seen:?}");
 }
 
-/// The lines of the file at `path` once it holds at least `n` (or after
-/// 10 s, whatever it holds); `n = 0` reads it now.
-fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines: Vec<String> = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect();
-        if lines.len() >= n || Instant::now() > end {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A reload turns the access log on, moves it to another file and turns it
 /// off again, for requests on a keep-alive connection opened before the
 /// reloads as well as on new ones; a path that cannot be opened rejects
@@ -490,18 +473,18 @@ fn reload_applies_access_log_settings() {
     let summary = gw.reload().expect("turning the log on");
     assert!(summary.contains("access log json to"), "{summary}");
     get(&mut kept, "first");
-    let lines = log_lines(&first, 2);
+    let lines = file_lines(&first, 2);
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines.iter().all(|l| l.contains("/a/first-")), "{lines:?}");
 
     std::fs::write(&path, reload_config(&a, &b, false, &log_at(&second))).unwrap();
     gw.reload().expect("moving the log");
     get(&mut kept, "second");
-    let lines = log_lines(&second, 2);
+    let lines = file_lines(&second, 2);
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines.iter().all(|l| l.contains("/a/second-")), "{lines:?}");
     assert_eq!(
-        log_lines(&first, 0).len(),
+        file_lines(&first, 0).len(),
         2,
         "the first file got more lines"
     );
@@ -515,7 +498,7 @@ fn reload_applies_access_log_settings() {
         "{errors:?}"
     );
     get(&mut kept, "still");
-    let lines = log_lines(&second, 4);
+    let lines = file_lines(&second, 4);
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert!(
         lines[2..].iter().all(|l| l.contains("/a/still-")),
@@ -530,11 +513,11 @@ fn reload_applies_access_log_settings() {
     // to show up.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(
-        log_lines(&second, 0).len(),
+        file_lines(&second, 0).len(),
         4,
         "lines after the log was turned off"
     );
-    assert_eq!(log_lines(&first, 0).len(), 2);
+    assert_eq!(file_lines(&first, 0).len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

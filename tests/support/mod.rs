@@ -1157,3 +1157,20 @@ impl Client {
 pub fn get_many(c: &mut Client, path: &str, n: usize) -> Vec<Response> {
     (0..n).map(|_| c.get(path)).collect()
 }
+
+/// The lines of the file at `path` once it holds at least `n` (or after
+/// 10 s, whatever it holds); `n = 0` reads it now.
+pub fn file_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        if lines.len() >= n || std::time::Instant::now() > end {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

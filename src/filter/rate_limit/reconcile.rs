@@ -650,32 +650,8 @@ impl Reconciler {
         let mut credit_parts: Vec<f64> = Vec::new();
         if let State::Credit { balance } = base {
             let b = balance.max(0.0).floor();
-            let raw: Vec<f64> = acked
-                .iter()
-                .map(|&i| b * (g.holders[i].demand + floor) / wsum)
-                .collect();
-            credit_parts = raw.iter().map(|r| r.floor()).collect();
-            let mut left = b - credit_parts.iter().sum::<f64>();
-            let mut order: Vec<usize> = (0..raw.len()).collect();
-            order.sort_by(|&a, &b| {
-                let fa = raw[a] - raw[a].floor();
-                let fb = raw[b] - raw[b].floor();
-                fb.partial_cmp(&fa)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(
-                        g.holders[acked[b]]
-                            .demand
-                            .partial_cmp(&g.holders[acked[a]].demand)
-                            .unwrap_or(std::cmp::Ordering::Equal),
-                    )
-            });
-            for i in order {
-                if left < 1.0 {
-                    break;
-                }
-                credit_parts[i] += 1.0;
-                left -= 1.0;
-            }
+            let raw: Vec<f64> = shares.iter().map(|&(sh, _)| b * sh).collect();
+            credit_parts = largest_remainder(&raw, b, |j| g.holders[acked[j]].demand);
         }
         for (j, &i) in acked.iter().enumerate() {
             let hd = &mut g.holders[i];
@@ -919,6 +895,34 @@ impl Reconciler {
     }
 }
 
+/// Whole parts of `total` (a whole number) in proportion to `raw` (which
+/// adds up to about `total`): each part rounded down, then the requests
+/// left over one each by largest remainder, ties to the larger `demand`.
+fn largest_remainder(raw: &[f64], total: f64, demand: impl Fn(usize) -> f64) -> Vec<f64> {
+    let mut parts: Vec<f64> = raw.iter().map(|r| r.floor()).collect();
+    let mut left = total - parts.iter().sum::<f64>();
+    let mut order: Vec<usize> = (0..raw.len()).collect();
+    order.sort_by(|&a, &b| {
+        let ra = raw[a] - raw[a].floor();
+        let rb = raw[b] - raw[b].floor();
+        rb.partial_cmp(&ra)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(
+                demand(b)
+                    .partial_cmp(&demand(a))
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
+    });
+    for i in order {
+        if left < 1.0 - 1e-9 {
+            break;
+        }
+        parts[i] += 1.0;
+        left -= 1.0;
+    }
+    parts
+}
+
 /// Rounds the holders' parts of what a key has left (`avail_after`) to
 /// whole requests, so rounding strands no request the limit still allows:
 /// with a limit of 3 split over two workers, the parts 1.5/1.5 — and, once
@@ -941,30 +945,10 @@ fn whole_parts(
     }
     let raw: Vec<f64> = share_of.iter().map(|s| s * avail_after).collect();
     let whole = avail_after.floor();
-    let mut parts: Vec<f64> = raw.iter().map(|r| r.floor()).collect();
-    let mut left = whole - parts.iter().sum::<f64>();
-    if left < 1.0 - 1e-9 {
+    if whole - raw.iter().map(|r| r.floor()).sum::<f64>() < 1.0 - 1e-9 {
         return; // rounding strands nothing
     }
-    let mut order: Vec<usize> = (0..raw.len()).collect();
-    order.sort_by(|&a, &b| {
-        let ra = raw[a] - raw[a].floor();
-        let rb = raw[b] - raw[b].floor();
-        rb.partial_cmp(&ra)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(
-                demand(b)
-                    .partial_cmp(&demand(a))
-                    .unwrap_or(std::cmp::Ordering::Equal),
-            )
-    });
-    for i in order {
-        if left < 1.0 - 1e-9 {
-            break;
-        }
-        parts[i] += 1.0;
-        left -= 1.0;
-    }
+    let parts = largest_remainder(&raw, whole, demand);
     let frac = avail_after - whole;
     let rounded: Vec<f64> = parts
         .iter()
