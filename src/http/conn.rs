@@ -86,6 +86,58 @@ pub async fn read_more_until<S: AsyncReadRent>(
 /// instead of waiting for the watchdog's tick.
 pub const PRECISE_BELOW_MS: u64 = 100;
 
+/// A connection's state, taken from the worker's spares (or allocated)
+/// and given back when the connection ends, however it ends.
+struct Held<'w> {
+    w: &'w Worker,
+    c: std::mem::ManuallyDrop<Box<Conn>>,
+}
+
+impl<'w> Held<'w> {
+    fn take(w: &'w Worker, peer: SocketAddr) -> Self {
+        let srv = &w.config.server;
+        let c = match w.spare_conns.borrow_mut().pop() {
+            Some(mut c) => {
+                Conn::reuse(&mut c, srv.buffer_bytes, peer);
+                c
+            }
+            None => Box::new(Conn::new(srv.buffer_bytes, peer, srv.max_headers)),
+        };
+        Held {
+            w,
+            c: std::mem::ManuallyDrop::new(c),
+        }
+    }
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Conn;
+    #[inline]
+    fn deref(&self) -> &Conn {
+        &self.c
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.c
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `c` is taken once, here, and never used afterwards.
+        let c = unsafe { std::mem::ManuallyDrop::take(&mut self.c) };
+        let mut spares = self.w.spare_conns.borrow_mut();
+        if spares.len() < crate::runtime::worker::SPARE_CONNS
+            && c.reusable(self.w.config.server.buffer_bytes)
+        {
+            spares.push(c);
+        }
+    }
+}
+
 /// Answers a connection over the per-worker limit with 503 and closes it.
 pub async fn refuse_overloaded(mut s: monoio::net::TcpStream) {
     let mut buf = Vec::with_capacity(256);
@@ -283,11 +335,8 @@ where
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,
 {
-    let mut c = Conn::new(
-        w.config.server.buffer_bytes,
-        peer,
-        w.config.server.max_headers,
-    );
+    let mut held = Held::take(w, peer);
+    let c: &mut Conn = &mut held;
     let fd = stream.as_raw_fd();
     let mut first = true;
     loop {
@@ -446,7 +495,7 @@ where
             let reply = if c.head.method.of(&c.buf) != b"POST" {
                 Reply::error(405, "use POST", rid.as_bytes()).with_header("Allow", "POST")
             } else {
-                match read_body(&mut stream, &mut c, 64 * 1024, srv.idle_timeout).await {
+                match read_body(&mut stream, c, 64 * 1024, srv.idle_timeout).await {
                     Ok(body) => {
                         let ctx = RequestCtx {
                             worker: w,
@@ -535,7 +584,7 @@ where
                 Lookup::NotFound => Err((404, "no route matches this request", None)),
             }
         };
-        let mut info = ReqInfo::capture(w, &mut c, started);
+        let mut info = ReqInfo::capture(w, c, started);
         let route = match lookup {
             Ok(r) => r,
             Err((status, msg, allow)) => {
@@ -553,7 +602,7 @@ where
                     allow,
                 )
                 .await;
-                info.finish(w, cfg, &c, status);
+                info.finish(w, cfg, c, status);
                 if close || !ok {
                     return;
                 }
@@ -563,7 +612,7 @@ where
         };
         info.route = Some(route as usize);
         if let Some(v) = version {
-            v.apply(&mut c);
+            v.apply(c);
         }
         if let BodyFraming::Length(n) = c.head.framing
             && n > srv.max_body_bytes
@@ -579,7 +628,7 @@ where
                 None,
             )
             .await;
-            info.finish(w, cfg, &c, 413);
+            info.finish(w, cfg, c, 413);
             return;
         }
 
@@ -624,7 +673,7 @@ where
                     c.head.is_head,
                 )
                 .await;
-                info.finish(w, cfg, &c, reply.status);
+                info.finish(w, cfg, c, reply.status);
                 if close || !ok {
                     return;
                 }
@@ -636,7 +685,7 @@ where
             if !hide.is_empty()
                 && let Some(auth) = &cfg.auth
             {
-                crate::filter::auth::hide_credentials(auth, hide, &mut c);
+                crate::filter::auth::hide_credentials(auth, hide, c);
                 if w.log.borrow().is_some() {
                     let l = &mut c.log_fields;
                     let start = l.len();
@@ -648,7 +697,7 @@ where
 
         // The request transform (after the filters, so it sees what they added).
         if let Some(t) = &rc.transform {
-            crate::filter::transform::apply_request(t, cfg, &mut c);
+            crate::filter::transform::apply_request(t, cfg, c);
         }
 
         // Phase 4, composed: several upstreams in parallel, one merged answer
@@ -658,10 +707,9 @@ where
         {
             w.in_flight.set(w.in_flight.get() + 1);
             let a =
-                crate::proxy::compose::serve(w, &snap, route as usize, comp, &mut stream, &mut c)
-                    .await;
+                crate::proxy::compose::serve(w, &snap, route as usize, comp, &mut stream, c).await;
             w.in_flight.set(w.in_flight.get() - 1);
-            info.finish(w, cfg, &c, a.status);
+            info.finish(w, cfg, c, a.status);
             if !a.keep_alive {
                 return;
             }
@@ -675,8 +723,7 @@ where
         let json_ops = rc.transform.as_deref().and_then(|t| t.json.as_ref());
         let outcome = match (rc.cache.as_deref(), json_ops) {
             (Some(policy), _) => {
-                crate::filter::cache::serve(w, &snap, route as usize, policy, &mut stream, &mut c)
-                    .await
+                crate::filter::cache::serve(w, &snap, route as usize, policy, &mut stream, c).await
             }
             (None, Some(ops)) => {
                 crate::filter::transform::forward_json(
@@ -685,16 +732,16 @@ where
                     route as usize,
                     ops,
                     &mut stream,
-                    &mut c,
+                    c,
                 )
                 .await
             }
-            (None, None) => forward::forward(w, &snap, route as usize, &mut stream, &mut c).await,
+            (None, None) => forward::forward(w, &snap, route as usize, &mut stream, c).await,
         };
         w.in_flight.set(w.in_flight.get() - 1);
         match outcome {
             Outcome::Done { keep_alive } => {
-                info.finish(w, cfg, &c, c.rhead.status);
+                info.finish(w, cfg, c, c.rhead.status);
                 if !keep_alive {
                     return;
                 }
@@ -730,7 +777,7 @@ where
                     None,
                 )
                 .await;
-                info.finish(w, cfg, &c, status);
+                info.finish(w, cfg, c, status);
                 if close || !ok {
                     return;
                 }
@@ -739,7 +786,7 @@ where
                 }
             }
             Outcome::Upgrade(upstream) => {
-                info.finish(w, cfg, &c, 101);
+                info.finish(w, cfg, c, 101);
                 crate::proxy::tunnel::tunnel(
                     stream,
                     upstream,
@@ -750,7 +797,7 @@ where
                 return;
             }
             Outcome::Abort => {
-                info.finish(w, cfg, &c, 499);
+                info.finish(w, cfg, c, 499);
                 return;
             }
         }

@@ -113,9 +113,76 @@ pub struct Conn {
     peer_ip: ([u8; 48], u8),
 }
 
+/// The allocations a connection's state owns.
+struct Buffers {
+    buf: Vec<u8>,
+    ubuf: Vec<u8>,
+    lines: Vec<HeaderLine>,
+    rlines: Vec<HeaderLine>,
+    out: OutHead,
+    scratch: Vec<u8>,
+}
+
 impl Conn {
     /// Buffers for a new connection from `peer`.
     pub fn new(buffer_bytes: usize, peer: SocketAddr, max_headers: usize) -> Self {
+        Conn::with_buffers(
+            Buffers {
+                buf: Vec::with_capacity(buffer_bytes),
+                ubuf: Vec::with_capacity(buffer_bytes),
+                lines: Vec::with_capacity(max_headers.min(64)),
+                rlines: Vec::with_capacity(64),
+                out: OutHead::new(),
+                scratch: Vec::with_capacity(512),
+            },
+            peer,
+        )
+    }
+
+    /// State for a new connection from `peer` in `spare`, a finished
+    /// connection's state: its buffers are kept (emptied), every other
+    /// field starts fresh, so nothing of the previous client carries over.
+    /// Saves the buffer allocations of a new connection.
+    pub fn reuse(spare: &mut Conn, buffer_bytes: usize, peer: SocketAddr) {
+        let take = |v: &mut Vec<u8>| {
+            let mut v = std::mem::take(v);
+            v.clear();
+            // A buffer still held by a cancelled operation came back empty.
+            v.reserve(buffer_bytes);
+            v
+        };
+        let buf = take(&mut spare.buf);
+        let ubuf = take(&mut spare.ubuf);
+        let mut lines = std::mem::take(&mut spare.lines);
+        lines.clear();
+        let mut rlines = std::mem::take(&mut spare.rlines);
+        rlines.clear();
+        let mut out = std::mem::take(&mut spare.out);
+        out.clear();
+        out.src = Vec::new();
+        let mut scratch = std::mem::take(&mut spare.scratch);
+        scratch.clear();
+        *spare = Conn::with_buffers(
+            Buffers {
+                buf,
+                ubuf,
+                lines,
+                rlines,
+                out,
+                scratch,
+            },
+            peer,
+        );
+    }
+
+    /// Whether this state is worth keeping for another connection: its
+    /// buffers did not grow past twice `buffer_bytes` (a large head or
+    /// body would otherwise stay allocated in the spares).
+    pub fn reusable(&self, buffer_bytes: usize) -> bool {
+        self.buf.capacity() <= 2 * buffer_bytes && self.ubuf.capacity() <= 2 * buffer_bytes
+    }
+
+    fn with_buffers(b: Buffers, peer: SocketAddr) -> Self {
         let mut ip = [0u8; 48];
         let n = {
             let mut w = &mut ip[..];
@@ -123,14 +190,14 @@ impl Conn {
             48 - w.len()
         };
         Conn {
-            buf: Vec::with_capacity(buffer_bytes),
-            ubuf: Vec::with_capacity(buffer_bytes),
+            buf: b.buf,
+            ubuf: b.ubuf,
             head: RequestHead::default(),
-            lines: Vec::with_capacity(max_headers.min(64)),
+            lines: b.lines,
             rhead: ResponseHead::default(),
-            rlines: Vec::with_capacity(64),
-            out: OutHead::new(),
-            scratch: Vec::with_capacity(512),
+            rlines: b.rlines,
+            out: b.out,
+            scratch: b.scratch,
             body_end: 0,
             up_extra: Vec::new(),
             upstream_id: None,
@@ -998,4 +1065,52 @@ async fn breaker_open<S: AsyncWriteRent>(
         c.consume(req_end);
     }
     Outcome::Done { keep_alive: !close }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_state_keeps_buffers_and_nothing_else() {
+        let a: SocketAddr = "10.0.0.1:1111".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::2]:2222".parse().unwrap();
+        let mut c = Conn::new(4096, a, 100);
+        c.buf
+            .extend_from_slice(b"GET / HTTP/1.1\r\nX-Request-Id: abc\r\n\r\n");
+        c.ubuf.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        c.up_extra.extend_from_slice(b"X-User: alice\r\n");
+        c.resp_extra.extend_from_slice(b"X-Cache: HIT\r\n");
+        c.scratch.extend_from_slice(b"error");
+        c.out.extra.extend_from_slice(b"Via: x\r\n");
+        c.rid.bytes[..3].copy_from_slice(b"abc");
+        c.rid.len = 3;
+        c.rid.from_client = true;
+        c.upstream_addr = Some(a);
+        c.upstream_id = Some(1);
+        c.upstream_us = Some(7);
+        c.bytes_out = 99;
+        c.body_end = 12;
+        c.fresh = [b'f'; 32];
+        let buf_ptr = c.buf.as_ptr();
+        let ubuf_ptr = c.ubuf.as_ptr();
+        Conn::reuse(&mut c, 4096, b);
+        // The allocations carry over, empty.
+        assert_eq!(c.buf.as_ptr(), buf_ptr);
+        assert_eq!(c.ubuf.as_ptr(), ubuf_ptr);
+        assert!(c.buf.is_empty() && c.ubuf.is_empty() && c.scratch.is_empty());
+        assert!(c.out.extra.is_empty() && c.out.is_empty());
+        // Nothing of the previous client does.
+        assert!(c.up_extra.is_empty() && c.resp_extra.is_empty());
+        assert_eq!(c.rid.as_bytes(), b"");
+        assert!(!c.rid.from_client);
+        assert_eq!(
+            (c.upstream_addr, c.upstream_id, c.upstream_us),
+            (None, None, None)
+        );
+        assert_eq!((c.bytes_out, c.body_end), (0, 0));
+        assert_eq!(c.fresh, [0; 32]);
+        assert_eq!(c.peer, b);
+        assert_eq!(&c.peer_ip.0[..c.peer_ip.1 as usize], b"2001:db8::2");
+    }
 }

@@ -38,6 +38,10 @@ pub struct Generation {
     pub number: u64,
 }
 
+/// How many finished connections' state a worker keeps for reuse (each
+/// holds two `buffer_bytes` buffers and a few small ones).
+pub const SPARE_CONNS: usize = 64;
+
 /// State of one worker, shared by its connections.
 pub struct Worker {
     /// Worker index.
@@ -56,6 +60,10 @@ pub struct Worker {
     /// Deadlines of the reads in progress, the coarse clock, and the
     /// keep-alive waits a drain ends.
     pub watchdog: crate::runtime::watchdog::Watchdog,
+    /// Finished connections' state, kept for new connections (at most
+    /// [`SPARE_CONNS`]): a new connection reuses its buffers instead of
+    /// allocating them.
+    pub spare_conns: std::cell::RefCell<Vec<Box<crate::proxy::forward::Conn>>>,
     /// This worker's response cache.
     pub cache: crate::filter::cache::WorkerCache,
     /// This worker's metric shard (read by the admin thread on scrape).
@@ -106,6 +114,7 @@ impl Worker {
             connections: Cell::new(0),
             draining: Cell::new(false),
             watchdog: crate::runtime::watchdog::Watchdog::new(),
+            spare_conns: std::cell::RefCell::new(Vec::new()),
             cache: crate::filter::cache::WorkerCache::new(
                 shared.cache_purge.clone(),
                 shared.metrics.clone(),

@@ -51,12 +51,15 @@ pub fn hooks() -> ringgate::runtime::worker::Hooks {
     }
 }
 
-/// Switches counting on or off.
+/// Switches counting on (from zero) or off.
 pub fn counting(on: bool) {
+    if on {
+        ALLOCS.store(0, Ordering::SeqCst);
+    }
     COUNTING.store(on, Ordering::SeqCst);
 }
 
-/// Allocations counted so far.
+/// Allocations counted since counting was last switched on.
 pub fn allocs() -> u64 {
     ALLOCS.load(Ordering::SeqCst)
 }
