@@ -66,9 +66,9 @@ fn request(s: &mut TcpStream, buf: &mut [u8]) {
     }
 }
 
-#[test]
-fn plain_proxy_path_does_not_allocate_per_request() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// One worker with counted allocations, in front of [`backend`]:
+/// `GET /items/{id}` is proxied.
+fn gateway() -> ringgate::runtime::ServerHandle {
     let b = backend();
     let cfg = ringgate::config::Config::parse(&format!(
         r#"
@@ -86,7 +86,13 @@ upstream = "items"
 "#
     ))
     .unwrap();
-    let gw = ringgate::runtime::Server::start_with(cfg, support::alloc_count::hooks()).unwrap();
+    ringgate::runtime::Server::start_with(cfg, support::alloc_count::hooks()).unwrap()
+}
+
+#[test]
+fn plain_proxy_path_does_not_allocate_per_request() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gw = gateway();
     let mut s = TcpStream::connect(gw.local_addrs()[0]).unwrap();
     s.set_nodelay(true).unwrap();
     let mut buf = vec![0u8; 4096];
@@ -124,23 +130,7 @@ upstream = "items"
 #[test]
 fn a_new_connection_reuses_a_finished_connections_buffers() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let b = backend();
-    let cfg = ringgate::config::Config::parse(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-workers = 1
-pin = false
-[upstreams.items]
-targets = ["{b}"]
-[[routes]]
-name = "items"
-path = "/items/{{id}}"
-upstream = "items"
-"#
-    ))
-    .unwrap();
-    let gw = ringgate::runtime::Server::start_with(cfg, support::alloc_count::hooks()).unwrap();
+    let gw = gateway();
     let addr = gw.local_addrs()[0];
     let mut buf = vec![0u8; 4096];
     let one_connection = |buf: &mut [u8]| {
