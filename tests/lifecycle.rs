@@ -173,6 +173,45 @@ fn reload_config(be_a: &str, be_b: &str, with_b: bool, extra: &str) -> String {
     t
 }
 
+/// `text` with its `[server] listen` replaced by `list` (TOML items).
+fn with_listen(text: &str, list: &str) -> String {
+    text.replace(
+        "listen = \"127.0.0.1:0\"\nworkers",
+        &format!("listen = [{list}]\nworkers"),
+    )
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// True once `f` holds, polling for up to 3 s.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// `n` new connections to `addr`, one request each: how many got 200.
+fn served(addr: SocketAddr, n: usize) -> usize {
+    (0..n)
+        .filter(|_| {
+            TcpStream::connect(addr).is_ok_and(|s| {
+                let mut c = Client::from_stream(s);
+                c.try_send(b"GET /a/1 HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
+                    && c.try_read_response().is_ok_and(|r| r.status == 200)
+            })
+        })
+        .count()
+}
+
 fn start_file(name: &str, text: &str) -> (ringgate::runtime::ServerHandle, PathBuf) {
     let path = write_config(name, text);
     let cfg = ringgate::config::Config::load(&path).expect("config");
@@ -252,6 +291,61 @@ fn reload_adds_a_route_without_a_failed_request() {
     );
 }
 
+/// A reload moves the gateway to another port, then adds a port-0
+/// address: every worker accepts on the new addresses, the old one stops
+/// accepting, and a keep-alive connection accepted before is still served.
+#[test]
+fn reload_moves_the_listener_and_keeps_open_connections() {
+    let be_a = MockUpstream::builder().respond(200, "a").start();
+    let be_b = MockUpstream::builder().respond(200, "b").start();
+    let (a, b) = (be_a.target(), be_b.target());
+    let (gw, path) = start_file("reload-listen", &reload_config(&a, &b, false, ""));
+    let old = gw.local_addrs()[0];
+    let mut open = Client::connect(old);
+    assert_eq!(open.get("/a/1").status, 200);
+
+    let moved: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let conf = |list: &str, with_b: bool| with_listen(&reload_config(&a, &b, with_b, ""), list);
+    std::fs::write(&path, conf(&format!("\"{moved}\""), false)).unwrap();
+    let summary = gw.reload().expect("a listen change applies");
+    assert!(
+        summary.contains(&format!("listening on {moved}")),
+        "{summary}"
+    );
+    assert_eq!(gw.local_addrs(), vec![moved]);
+    // Every worker accepts there: a connection the kernel hands to a
+    // worker that never picked up its socket would hang.
+    assert_eq!(served(moved, 24), 24);
+    // The old address stops accepting once every worker has looked...
+    assert!(
+        eventually(|| TcpStream::connect(old).is_err()),
+        "{old} still accepts"
+    );
+    // ...and the connection accepted there before carries on.
+    let r = open.get("/a/2");
+    assert_eq!((r.status, r.text().as_str()), (200, "a"));
+    assert!(!r.says_close());
+
+    // Adding a port-0 address: resolved once, shared by the workers.
+    let both = format!("\"{moved}\", \"127.0.0.1:0\"");
+    std::fs::write(&path, conf(&both, false)).unwrap();
+    gw.reload().expect("adding an address applies");
+    let now = gw.local_addrs();
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert_eq!(now[0], moved);
+    assert!(now[1].port() != 0 && now[1] != old, "{now:?}");
+    assert_eq!(served(now[1], 24), 24);
+
+    // A reload that keeps the addresses keeps their sockets (the port
+    // that 0 resolved to stays) while the rest applies.
+    std::fs::write(&path, conf(&both, true)).unwrap();
+    let summary = gw.reload().expect("valid reload");
+    assert!(!summary.contains("listening on"), "{summary}");
+    assert_eq!(gw.local_addrs(), now);
+    assert_eq!(Client::connect(now[1]).get("/b/1").status, 200);
+    assert_eq!(served(moved, 8), 8);
+}
+
 /// An invalid file leaves the running config serving; every error is
 /// reported and counted; `POST /reload` says the same.
 #[test]
@@ -280,20 +374,25 @@ fn invalid_reload_keeps_the_old_config() {
     // Still the old config.
     assert_eq!(Client::connect(addr).get("/a/1").status, 200);
     assert_eq!(Client::connect(addr).get("/b/1").status, 404);
-    // A listen change cannot be applied by a reload.
+    // An address another socket holds (without SO_REUSEPORT) cannot be
+    // added: the reload is rejected naming the key.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std::fs::write(
         &path,
-        reload_config(&a, &b, true, "").replace(
-            "listen = \"127.0.0.1:0\"\nworkers",
-            "listen = \"127.0.0.1:1\"\nworkers",
+        with_listen(
+            &reload_config(&a, &b, true, ""),
+            &format!("\"{}\"", taken.local_addr().unwrap()),
         ),
     )
     .unwrap();
-    let errors = gw.reload().expect_err("listen cannot change");
+    let errors = gw.reload().expect_err("a taken address cannot be added");
     assert!(
-        errors.iter().any(|e| e.starts_with("server.listen")),
+        errors
+            .iter()
+            .any(|e| e.starts_with("server.listen") && e.contains("fix:")),
         "{errors:?}"
     );
+    assert_eq!(gw.local_addrs(), vec![addr]);
     // Fixed file: POST /reload applies it.
     std::fs::write(&path, reload_config(&a, &b, true, "")).unwrap();
     let (st, body) = admin_post(admin, "/reload");

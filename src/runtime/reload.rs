@@ -16,8 +16,14 @@
 //! definition did not change keep their counts (the workers' key tables
 //! and the reconciler's state, see [`crate::filter::rate_limit::hand_over`]),
 //! while changed and new limits start fresh and removed ones are dropped.
-//! Listen addresses, worker count, io settings, logging and `[admin]`
-//! cannot change while running: such a reload is rejected naming the key.
+//! Listen addresses: the reload binds every added address once per worker
+//! (`SO_REUSEPORT`, a port of 0 resolved once) before publishing, so an
+//! address that cannot be bound rejects the reload naming `server.listen`;
+//! each worker picks up its new listeners on its next watchdog tick and
+//! stops accepting on removed addresses, while connections already
+//! accepted there carry on. Worker count, io settings, the listen backlog
+//! and `[admin]`'s address or presence cannot change while running: such a
+//! reload is rejected naming the key.
 //!
 //! Triggers: SIGHUP, `POST /reload` on the admin listener, and, with
 //! `[config] watch = true`, a change of the file's modification time.
@@ -25,6 +31,7 @@
 use crate::config::Config;
 use crate::telemetry::metrics::Metrics;
 use arc_swap::ArcSwap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,15 +41,38 @@ use std::time::{Duration, Instant};
 pub struct ConfigStore {
     current: ArcSwap<Config>,
     generation: AtomicU64,
+    /// Listeners a reload bound for each worker (configured address and
+    /// socket), taken by the worker when it sees the new generation.
+    listen_mail: Mutex<Vec<Vec<(SocketAddr, std::net::TcpListener)>>>,
+    /// The listen addresses as configured and as bound (ports resolved).
+    bound: Mutex<Vec<(SocketAddr, SocketAddr)>>,
 }
 
 impl ConfigStore {
     /// A store publishing `config` as generation 0.
     pub fn new(config: Arc<Config>) -> Self {
+        let workers = config.server.workers.max(1);
         ConfigStore {
             current: ArcSwap::new(config),
             generation: AtomicU64::new(0),
+            listen_mail: Mutex::new((0..workers).map(|_| Vec::new()).collect()),
+            bound: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The listen addresses as configured and as bound.
+    pub fn bound(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.bound.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_bound(&self, bound: Vec<(SocketAddr, SocketAddr)>) {
+        *self.bound.lock().unwrap_or_else(|e| e.into_inner()) = bound;
+    }
+
+    /// The listeners reloads bound for worker `id` since it last looked.
+    pub(crate) fn take_listeners(&self, id: usize) -> Vec<(SocketAddr, std::net::TcpListener)> {
+        let mut mail = self.listen_mail.lock().unwrap_or_else(|e| e.into_inner());
+        mail.get_mut(id).map(std::mem::take).unwrap_or_default()
     }
 
     /// The current generation number (cheap: one relaxed load).
@@ -89,6 +119,10 @@ struct Prepared {
     /// The config it replaces.
     old: Arc<Config>,
     summary: String,
+    /// Sockets bound for added listen addresses, one list per worker.
+    listeners: Vec<Vec<(SocketAddr, std::net::TcpListener)>>,
+    /// The listen addresses as configured and as bound, after the reload.
+    bound: Vec<(SocketAddr, SocketAddr)>,
 }
 
 fn upstream_fingerprint(u: &crate::config::UpstreamConfig) -> String {
@@ -146,6 +180,8 @@ impl Reloader {
                 config,
                 old,
                 summary,
+                listeners,
+                bound,
             }) => {
                 crate::upstream::start_control(&config);
                 if let Some(a) = &config.auth {
@@ -158,6 +194,21 @@ impl Reloader {
                     config.rate_limits.as_ref(),
                     self.workers,
                 );
+                // Workers find their new listeners when they see the new
+                // generation, so the sockets are in place first.
+                {
+                    let mut mail = self
+                        .store
+                        .listen_mail
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    for (id, ls) in listeners.into_iter().enumerate() {
+                        if let Some(m) = mail.get_mut(id) {
+                            m.extend(ls);
+                        }
+                    }
+                }
+                self.store.set_bound(bound);
                 self.store.publish(Arc::new(config));
                 self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.metrics
@@ -183,7 +234,6 @@ impl Reloader {
         let mut errors = Vec::new();
         let (o, n) = (&old.server, &new.server);
         for (key, same) in [
-            ("server.listen", o.listen == n.listen),
             ("server.workers", o.workers == n.workers),
             ("server.pin", o.pin == n.pin),
             ("server.io", o.io == n.io),
@@ -215,6 +265,7 @@ impl Reloader {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let (listeners, bound) = self.bind_added(&old, &new)?;
         // Upstreams whose settings did not change keep their shared state
         // (discovered targets, health, breaker) and, on every worker, their
         // pools.
@@ -276,11 +327,79 @@ impl Reloader {
                 None => summary.push_str(", access log off"),
             }
         }
+        let added = new
+            .server
+            .listen
+            .iter()
+            .filter(|a| !old.server.listen.contains(a))
+            .count();
+        let removed = old
+            .server
+            .listen
+            .iter()
+            .filter(|a| !new.server.listen.contains(a))
+            .count();
+        if added + removed > 0 {
+            summary.push_str(&format!(
+                ", listening on {}",
+                bound
+                    .iter()
+                    .map(|(_, b)| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         Ok(Prepared {
             config: new,
             old,
             summary,
+            listeners,
+            bound,
         })
+    }
+
+    /// Binds every listen address `new` adds to `old`, once per worker, and
+    /// returns the sockets (one list per worker) with the listen addresses
+    /// as configured and bound after the reload.
+    #[allow(clippy::type_complexity)]
+    fn bind_added(
+        &self,
+        old: &Config,
+        new: &Config,
+    ) -> Result<
+        (
+            Vec<Vec<(SocketAddr, std::net::TcpListener)>>,
+            Vec<(SocketAddr, SocketAddr)>,
+        ),
+        Vec<String>,
+    > {
+        let running = self.store.bound();
+        let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
+            (0..self.workers).map(|_| Vec::new()).collect();
+        let mut bound = Vec::new();
+        for &a in &new.server.listen {
+            if let Some(&(_, b)) = running.iter().find(|(c, _)| *c == a)
+                && old.server.listen.contains(&a)
+            {
+                bound.push((a, b));
+                continue;
+            }
+            let named = |e: std::io::Error| {
+                vec![format!(
+                    "server.listen: cannot listen on {a}: {e} (fix: free the address or choose another)"
+                )]
+            };
+            // A port of 0 is resolved by the first bind and shared by the
+            // other workers' sockets.
+            let mut at = a;
+            for ls in per_worker.iter_mut() {
+                let l = super::server::bind(at, new.server.backlog).map_err(named)?;
+                at = l.local_addr().map_err(named)?;
+                ls.push((a, l));
+            }
+            bound.push((a, at));
+        }
+        Ok((per_worker, bound))
     }
 
     /// Watches the file's modification time and reloads on change.

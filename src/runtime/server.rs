@@ -29,13 +29,12 @@ pub struct ServerHandle {
     pub admin_addr: Option<SocketAddr>,
     /// Metric shards of every worker.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
-    addrs: Vec<SocketAddr>,
     signals: Vec<Arc<Shutdown>>,
     threads: Vec<JoinHandle<()>>,
     drivers: Vec<String>,
 }
 
-fn bind(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
@@ -102,6 +101,13 @@ impl Server {
         crate::upstream::start_control(&config);
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(&config, s.workers));
         let store = Arc::new(super::reload::ConfigStore::new(config.clone()));
+        store.set_bound(
+            s.listen
+                .iter()
+                .copied()
+                .zip(addrs.iter().copied())
+                .collect(),
+        );
         let cache_purge = Arc::new(crate::filter::cache::PurgeLog::default());
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut signals = Vec::new();
@@ -143,7 +149,6 @@ impl Server {
             reloader: None,
             admin_addr: None,
             metrics: metrics.clone(),
-            addrs,
             signals,
             threads,
             drivers: Vec::new(),
@@ -214,9 +219,10 @@ impl ServerHandle {
         }
     }
 
-    /// The bound listen addresses (ports resolved).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+    /// The bound listen addresses (ports resolved), as of the last
+    /// reload.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.store.bound().into_iter().map(|(_, b)| b).collect()
     }
 
     /// The io driver each worker runs.

@@ -10,8 +10,9 @@
 
 use crate::config::{Config, IoMode, UringMode};
 use crate::upstream::pool::UpstreamState;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -408,22 +409,13 @@ async fn serve(
     shared: WorkerShared,
 ) {
     let worker = Rc::new(Worker::new(id, config.clone(), &shared));
-    let mut accept_tasks = Vec::new();
-    let stop_tx = LocalStop::new();
-    let mut listen_fds = Vec::new();
-    for l in listeners {
-        listen_fds.push(std::os::fd::AsRawFd::as_raw_fd(&l));
-        let l = match monoio::net::TcpListener::from_std(l) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(worker = id, error = %e, "cannot register listener");
-                continue;
-            }
-        };
-        let w = worker.clone();
-        let stop = stop_tx.clone();
-        accept_tasks.push(monoio::spawn(accept_loop(w, l, stop)));
+    let listening: Rc<RefCell<Vec<Listening>>> = Rc::new(RefCell::new(Vec::new()));
+    for (&addr, l) in config.server.listen.iter().zip(listeners) {
+        if let Some(l) = Listening::start(&worker, addr, l) {
+            listening.borrow_mut().push(l);
+        }
     }
+    let listen_generation = Cell::new(worker.store.generation());
     crate::filter::rate_limit::spawn_worker_tasks(&worker);
     crate::filter::cache::spawn_worker_tasks(&worker);
     // The watchdog: read deadlines, the coarse clock, and the shutdown
@@ -433,6 +425,7 @@ async fn serve(
         let w = worker.clone();
         let stopping = stopping.clone();
         let shutdown = shutdown.clone();
+        let listening = listening.clone();
         monoio::spawn(async move {
             let mut n = 0u32;
             loop {
@@ -440,6 +433,12 @@ async fn serve(
                 w.watchdog.tick();
                 if shutdown.is_set() {
                     stopping.stop();
+                } else if w.store.generation() != listen_generation.get() {
+                    // A reload: listen on what it added, stop on what it
+                    // removed (even when no request came to switch).
+                    let g = w.current();
+                    listen_generation.set(g.number);
+                    Listening::follow(&w, &mut listening.borrow_mut(), &g.config.server.listen);
                 }
                 // Access-log lines reach the writer within ~200 ms.
                 n = n.wrapping_add(1);
@@ -476,23 +475,23 @@ async fn serve(
     // the pending accept with an error, so no accepted socket is dropped by
     // cancelling an accept that had already completed. Cancelling is only
     // the fallback.
-    for &fd in &listen_fds {
-        // SAFETY: the fd is a listener owned by one of this worker's accept
-        // tasks, still open here.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_RD);
-        }
+    let ending: Vec<Listening> = listening.borrow_mut().drain(..).collect();
+    for l in &ending {
+        l.shut();
     }
+    let stops: Vec<LocalStop> = ending.iter().map(|l| l.stop.clone()).collect();
     let all = async {
-        for t in accept_tasks.drain(..) {
-            t.await;
+        for l in ending {
+            l.task.await;
         }
     };
     if monoio::time::timeout(Duration::from_millis(200), all)
         .await
         .is_err()
     {
-        stop_tx.stop();
+        for s in stops {
+            s.stop();
+        }
     }
     // Idle keep-alive connections end now; busy ones finish their request
     // (answered with `Connection: close`) within the drain timeout.
@@ -511,6 +510,82 @@ async fn serve(
         in_flight = worker.in_flight.get(),
         "worker stopped"
     );
+}
+
+/// One listen address's accept loop on this worker.
+struct Listening {
+    /// The address as configured (port 0 stays 0).
+    addr: SocketAddr,
+    fd: std::os::fd::RawFd,
+    stop: LocalStop,
+    task: monoio::task::JoinHandle<()>,
+    /// Owns the socket the accept loop uses, by duplicate; see `start`.
+    _keep: std::net::TcpListener,
+}
+
+impl Listening {
+    /// Starts accepting on `l`.
+    fn start(w: &Rc<Worker>, addr: SocketAddr, l: std::net::TcpListener) -> Option<Listening> {
+        let keep = match l.try_clone() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(worker = w.id, %addr, error = %e, "cannot register listener");
+                return None;
+            }
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&keep);
+        let l = match monoio::net::TcpListener::from_std(l) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(worker = w.id, %addr, error = %e, "cannot register listener");
+                return None;
+            }
+        };
+        let stop = LocalStop::new();
+        let task = monoio::spawn(accept_loop(w.clone(), l, stop.clone()));
+        Some(Listening {
+            addr,
+            fd,
+            stop,
+            task,
+            _keep: keep,
+        })
+    }
+
+    /// Stops accepting without losing a connection: shutdown(2) on a
+    /// listener hands the connections still in its queue to the other
+    /// listeners of the SO_REUSEPORT group (when `net.ipv4.tcp_migrate_req`
+    /// is on) and ends the pending accept with an error, so no accepted
+    /// socket is dropped by cancelling an accept that had already completed.
+    fn shut(&self) {
+        // SAFETY: `fd` is `_keep`'s descriptor, open while self lives.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RD);
+        }
+    }
+
+    /// Brings `now` in line with `listen` after a reload: starts the
+    /// sockets the reload bound for this worker, and stops accepting on
+    /// addresses it removed (their connections carry on).
+    fn follow(w: &Rc<Worker>, now: &mut Vec<Listening>, listen: &[SocketAddr]) {
+        for l in now.iter().filter(|l| !listen.contains(&l.addr)) {
+            l.shut();
+            l.stop.stop();
+            tracing::info!(worker = w.id, addr = %l.addr, "stopped listening");
+        }
+        now.retain(|l| listen.contains(&l.addr));
+        for (addr, l) in w.store.take_listeners(w.id) {
+            // A later reload may already have removed it again, or kept a
+            // listener this worker still has.
+            if listen.contains(&addr) && !now.iter().any(|n| n.addr == addr) {
+                let bound = l.local_addr().ok();
+                if let Some(l) = Listening::start(w, addr, l) {
+                    tracing::info!(worker = w.id, addr = ?bound, "listening");
+                    now.push(l);
+                }
+            }
+        }
+    }
 }
 
 /// Worker-local stop flag with a waker, for the accept loops.
