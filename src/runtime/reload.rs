@@ -327,19 +327,7 @@ impl Reloader {
                 None => summary.push_str(", access log off"),
             }
         }
-        let added = new
-            .server
-            .listen
-            .iter()
-            .filter(|a| !old.server.listen.contains(a))
-            .count();
-        let removed = old
-            .server
-            .listen
-            .iter()
-            .filter(|a| !new.server.listen.contains(a))
-            .count();
-        if added + removed > 0 {
+        if new.server.listen != old.server.listen {
             summary.push_str(&format!(
                 ", listening on {}",
                 bound
