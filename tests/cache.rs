@@ -110,11 +110,16 @@ fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String
 }
 
 fn purge(gw: &Gateway, body: &str) -> (u16, String) {
-    admin(gw.handle.admin_addr.unwrap(), "POST", "/cache/purge", body)
+    admin(
+        gw.handle.admin_addr().unwrap(),
+        "POST",
+        "/cache/purge",
+        body,
+    )
 }
 
 fn metric(gw: &Gateway, name_and_labels: &str) -> f64 {
-    let (st, body) = admin(gw.handle.admin_addr.unwrap(), "GET", "/metrics", "");
+    let (st, body) = admin(gw.handle.admin_addr().unwrap(), "GET", "/metrics", "");
     assert_eq!(st, 200);
     body.lines()
         .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
@@ -600,7 +605,7 @@ fn purge_by_path_and_by_prefix() {
     assert_eq!(purge(&gw, r#"{"path": "/a", "prefix": "/b"}"#).0, 400);
     assert_eq!(purge(&gw, "{").0, 400);
     assert_eq!(
-        admin(gw.handle.admin_addr.unwrap(), "GET", "/cache/purge", "").0,
+        admin(gw.handle.admin_addr().unwrap(), "GET", "/cache/purge", "").0,
         405
     );
 }

@@ -751,7 +751,7 @@ fn x_cache(r: &Response) -> &str {
 /// `POST /cache/purge` on the admin listener; returns the status.
 fn purge(gw: &Gateway, body: &str) -> u16 {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(gw.handle.admin_addr.unwrap()).unwrap();
+    let mut s = std::net::TcpStream::connect(gw.handle.admin_addr().unwrap()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,

@@ -221,11 +221,21 @@ fn start_file(name: &str, text: &str) -> (ringgate::runtime::ServerHandle, PathB
 }
 
 fn admin_post(addr: SocketAddr, path: &str) -> (u16, String) {
+    admin_post_token(addr, path, "")
+}
+
+/// `POST path` on the admin listener, with `token` as bearer unless empty.
+fn admin_post_token(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = Vec::new();
@@ -355,7 +365,7 @@ fn invalid_reload_keeps_the_old_config() {
     let (a, b) = (be_a.target(), be_b.target());
     let (gw, path) = start_file("reload-bad", &reload_config(&a, &b, false, ""));
     let addr = gw.local_addrs()[0];
-    let admin = gw.admin_addr.unwrap();
+    let admin = gw.admin_addr().unwrap();
     std::fs::write(
         &path,
         reload_config(&a, &b, true, "").replace("upstream = \"b\"", "upstream = \"nope\"")
@@ -636,8 +646,9 @@ fn admin_get_status(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
 }
 
 /// A reload rotates the admin token kept in `[admin] token_file`: the old
-/// token is refused and the new one accepted at once. Moving the admin
-/// listener is refused, naming `admin.listen`.
+/// token is refused and the new one accepted at once. A reload moves the
+/// admin listener, or refuses an address it cannot bind, naming
+/// `admin.listen`.
 #[test]
 fn reload_rotates_the_admin_token_from_its_file() {
     let be_a = MockUpstream::builder().respond(200, "a").start();
@@ -652,7 +663,7 @@ fn reload_rotates_the_admin_token_from_its_file() {
     std::fs::write(&token_file, "first-token\n").unwrap();
     let extra = format!("token_file = \"{}\"\n", token_file.display());
     let (gw, path) = start_file("admin-token", &reload_config(&a, &b, false, &extra));
-    let admin = gw.admin_addr.unwrap();
+    let admin = gw.admin_addr().unwrap();
     assert_eq!(admin_get_status(admin, "/config", Some("first-token")), 200);
     assert_eq!(admin_get_status(admin, "/config", None), 401);
     assert_eq!(
@@ -668,22 +679,42 @@ fn reload_rotates_the_admin_token_from_its_file() {
         200
     );
 
-    std::fs::write(
-        &path,
+    // The admin listener moves: an address another socket holds is
+    // refused naming the key; a free one is bound before publishing, and
+    // the old address stops accepting.
+    let admin_at = |at: &str| {
         reload_config(&a, &b, false, &extra).replace(
             "[admin]\nlisten = \"127.0.0.1:0\"",
-            "[admin]\nlisten = \"127.0.0.1:1\"",
-        ),
-    )
-    .unwrap();
-    let errors = gw.reload().expect_err("the admin listener cannot move");
+            &format!("[admin]\nlisten = \"{at}\""),
+        )
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(&path, admin_at(&taken.local_addr().unwrap().to_string())).unwrap();
+    let errors = gw.reload().expect_err("a taken admin address");
     assert!(
         errors.iter().any(|e| e.starts_with("admin.listen")),
         "{errors:?}"
     );
+    assert_eq!(gw.admin_addr(), Some(admin));
     assert_eq!(
         admin_get_status(admin, "/config", Some("second-token")),
         200
     );
+    let moved: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    std::fs::write(&path, admin_at(&moved.to_string())).unwrap();
+    let summary = gw.reload().expect("the admin listener moves");
+    assert!(summary.contains(&format!("admin on {moved}")), "{summary}");
+    assert_eq!(gw.admin_addr(), Some(moved));
+    assert_eq!(
+        admin_get_status(moved, "/config", Some("second-token")),
+        200
+    );
+    assert!(
+        eventually(|| TcpStream::connect(admin).is_err()),
+        "{admin} still accepts"
+    );
+    // Reloading through the moved listener works.
+    let (st, body) = admin_post_token(moved, "/reload", "second-token");
+    assert_eq!(st, 200, "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -77,7 +77,7 @@ upstream = "items"
 fn metrics_count_requests_by_route_method_and_status_class() {
     let be = MockUpstream::builder().respond(200, "ok").start();
     let gw = gateway("[admin]\nlisten = \"127.0.0.1:0\"", &be);
-    let admin_addr = gw.handle.admin_addr.expect("admin listener");
+    let admin_addr = gw.handle.admin_addr().expect("admin listener");
     let mut c = gw.client();
     for _ in 0..7 {
         assert_eq!(c.get("/items/1").status, 200);
@@ -163,7 +163,7 @@ fn upstream_errors_are_counted() {
     for _ in 0..4 {
         assert_eq!(gw.get("/x").status, 502);
     }
-    let body = scrape_until(gw.handle.admin_addr.unwrap(), |b| {
+    let body = scrape_until(gw.handle.admin_addr().unwrap(), |b| {
         metric(
             b,
             r#"ringgate_requests_total{route="dead",method="GET",status="5xx",upstream="dead"}"#,
@@ -270,7 +270,7 @@ fn admin_endpoints_and_token() {
         &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{var}\""),
         &be,
     );
-    let a = gw.handle.admin_addr.unwrap();
+    let a = gw.handle.admin_addr().unwrap();
     assert_eq!(admin(a, "GET", "/healthz", None).0, 401);
     assert_eq!(admin(a, "GET", "/metrics", Some("wrong")).0, 401);
     let (st, body) = admin(a, "GET", "/healthz", Some("s3cret"));
@@ -297,7 +297,7 @@ fn metrics_can_be_turned_off() {
     for _ in 0..5 {
         assert_eq!(c.get("/items/1").status, 200);
     }
-    let (st, body) = admin(gw.handle.admin_addr.unwrap(), "GET", "/metrics", None);
+    let (st, body) = admin(gw.handle.admin_addr().unwrap(), "GET", "/metrics", None);
     assert_eq!(st, 200);
     assert!(!body.contains("ringgate_requests_total{"), "{body}");
     assert_eq!(metric(&body, "ringgate_ready"), Some(1.0));
@@ -346,7 +346,7 @@ upstream = "dead"
         dead[2], 503,
         "the breaker is open after two failures: {dead:?}"
     );
-    let body = scrape_until(gw.handle.admin_addr.unwrap(), |b| {
+    let body = scrape_until(gw.handle.admin_addr().unwrap(), |b| {
         metric(
             b,
             r#"ringgate_rate_limit_decisions_total{limit="tiny",decision="limited"}"#,
@@ -505,7 +505,7 @@ fn series(body: &str, name: &str) -> Vec<String> {
 fn auth_decisions_and_token_endpoint_answers_are_counted() {
     let be = MockUpstream::builder().respond(200, "ok").start();
     let gw = Gateway::start(&auth_gateway_toml(&be, "", ""));
-    let admin_addr = gw.handle.admin_addr.expect("admin listener");
+    let admin_addr = gw.handle.admin_addr().expect("admin listener");
     let mut c = gw.client();
 
     // Token endpoint: 2 issued, 1 invalid_request (unsupported grant),
@@ -616,7 +616,7 @@ fn auth_metrics_are_off_when_metrics_are() {
         200
     );
     assert_eq!(get_with(&mut c, "/orders/1", ""), 401);
-    let (st, body) = admin(gw.handle.admin_addr.unwrap(), "GET", "/metrics", None);
+    let (st, body) = admin(gw.handle.admin_addr().unwrap(), "GET", "/metrics", None);
     assert_eq!(st, 200);
     assert!(!body.contains("ringgate_auth_decisions_total{"), "{body}");
     assert!(
@@ -640,7 +640,7 @@ fn auth_decision_counts_follow_routes_by_name_across_reloads() {
     let h = ringgate::runtime::Server::start_file(cfg, path.clone(), Default::default())
         .expect("start");
     let addr = h.local_addrs()[0];
-    let admin_addr = h.admin_addr.expect("admin listener");
+    let admin_addr = h.admin_addr().expect("admin listener");
     let mut c = Client::connect(addr);
     assert_eq!(get_with(&mut c, "/orders/1", "X-API-Key: shop-key"), 200);
     assert_eq!(get_with(&mut c, "/orders/1", ""), 401);

@@ -1070,7 +1070,7 @@ path = "/{*rest}"
 upstream = "up"
 "#,
     );
-    let admin_addr = gw.handle.admin_addr.expect("admin listener bound");
+    let admin_addr = gw.handle.admin_addr().expect("admin listener bound");
     let call = |method: &str, path: &str, body: &str| {
         let mut c = Client::connect(admin_addr);
         c.request(format!(

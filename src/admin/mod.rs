@@ -12,8 +12,8 @@ use crate::runtime::reload::ConfigStore;
 use crate::telemetry::metrics::Metrics;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Most admin connections served concurrently.
@@ -52,8 +52,75 @@ impl AdminState {
     }
 }
 
-/// Binds the admin listener and serves it on a thread.
-pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<SocketAddr> {
+/// The admin listener of a running server: where it listens, and the
+/// state its endpoints read. A reload may move it to another address.
+pub struct Admin {
+    state: Arc<AdminState>,
+    listener: Mutex<AdminListener>,
+}
+
+/// One bound admin address and its accept thread.
+pub struct AdminListener {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    /// A duplicate of the accept thread's socket, to shut it down.
+    sock: TcpListener,
+}
+
+impl AdminListener {
+    /// Stops accepting (connections being served finish).
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // SAFETY: `sock` is an open listener owned by self; shutdown(2)
+        // wakes the accept thread blocked on the same socket.
+        unsafe {
+            libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&self.sock), libc::SHUT_RD);
+        }
+    }
+}
+
+impl Admin {
+    /// Binds `addr` and serves the admin endpoints there on a thread.
+    pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Arc<Admin>> {
+        let listener = listen(addr, state.clone())?;
+        Ok(Arc::new(Admin {
+            state,
+            listener: Mutex::new(listener),
+        }))
+    }
+
+    /// Where the admin endpoints are served (port resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.lock().unwrap_or_else(|e| e.into_inner()).addr
+    }
+
+    /// Binds `addr` and serves there too, until [`Admin::switch`] makes it
+    /// the only admin address (a reload binds before it publishes).
+    pub fn bind(&self, addr: SocketAddr) -> std::io::Result<AdminListener> {
+        listen(addr, self.state.clone())
+    }
+
+    /// Serves on `new` only: the previous address stops accepting.
+    pub fn switch(&self, new: AdminListener) {
+        let old = std::mem::replace(
+            &mut *self.listener.lock().unwrap_or_else(|e| e.into_inner()),
+            new,
+        );
+        old.stop();
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop();
+    }
+}
+
+/// Binds the admin address and serves it on a thread.
+fn listen(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<AdminListener> {
     // SO_REUSEPORT, like the traffic listeners: during a zero-downtime
     // restart the old and the new process both hold the admin port.
     let bind = || -> std::io::Result<TcpListener> {
@@ -72,10 +139,17 @@ pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Socket
         )
     })?;
     let local = l.local_addr()?;
+    let sock = l.try_clone()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
     std::thread::Builder::new()
         .name(String::from("ringgate-admin"))
         .spawn(move || {
-            for s in l.incoming().flatten() {
+            for s in l.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(s) = s else { continue };
                 if state.active.load(Ordering::Relaxed) >= MAX_ADMIN_CONNECTIONS {
                     continue;
                 }
@@ -92,7 +166,11 @@ pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Socket
                 }
             }
         })?;
-    Ok(local)
+    Ok(AdminListener {
+        addr: local,
+        stop,
+        sock,
+    })
 }
 
 /// A parsed admin request.

@@ -21,9 +21,11 @@
 //! address that cannot be bound rejects the reload naming `server.listen`;
 //! each worker picks up its new listeners on its next watchdog tick and
 //! stops accepting on removed addresses, while connections already
-//! accepted there carry on. Worker count, io settings, the listen backlog
-//! and `[admin]`'s address or presence cannot change while running: such a
-//! reload is rejected naming the key.
+//! accepted there carry on. A new `admin.listen` is bound before
+//! publishing too, and the old admin address stops accepting after it.
+//! Worker count, pinning, io settings, the listen backlog and `[admin]`'s
+//! presence cannot change while running: such a reload is rejected naming
+//! the key.
 //!
 //! Triggers: SIGHUP, `POST /reload` on the admin listener, and, with
 //! `[config] watch = true`, a change of the file's modification time.
@@ -111,6 +113,8 @@ pub struct Reloader {
     /// Worker threads running (`server.workers` as resolved at start).
     workers: usize,
     lock: Mutex<()>,
+    /// The admin listener, which a reload may move.
+    admin: std::sync::OnceLock<Arc<crate::admin::Admin>>,
 }
 
 /// A validated reload, ready to publish.
@@ -166,6 +170,26 @@ impl Reloader {
             metrics,
             workers,
             lock: Mutex::new(()),
+            admin: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The admin listener a reload moves when `admin.listen` changes.
+    pub fn set_admin(&self, admin: Arc<crate::admin::Admin>) {
+        let _ = self.admin.set(admin);
+    }
+
+    /// Binds the new admin address when the reload changes it.
+    fn bind_admin(&self, p: &Prepared) -> Result<Option<crate::admin::AdminListener>, Vec<String>> {
+        match (&p.old.admin, &p.config.admin, self.admin.get()) {
+            (Some(o), Some(n), Some(admin)) if o.listen != n.listen => {
+                admin.bind(n.listen).map(Some).map_err(|e| {
+                    vec![format!(
+                        "admin.listen: {e} (fix: free the address or choose another)"
+                    )]
+                })
+            }
+            _ => Ok(None),
         }
     }
 
@@ -174,15 +198,21 @@ impl Reloader {
     pub fn reload(&self) -> Result<String, Vec<String>> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let t = Instant::now();
-        let r = self.prepare();
+        let r = self.prepare().and_then(|p| {
+            let admin = self.bind_admin(&p)?;
+            Ok((p, admin))
+        });
         match r {
-            Ok(Prepared {
-                config,
-                old,
-                summary,
-                listeners,
-                bound,
-            }) => {
+            Ok((
+                Prepared {
+                    config,
+                    old,
+                    mut summary,
+                    listeners,
+                    bound,
+                },
+                admin,
+            )) => {
                 crate::upstream::start_control(&config);
                 if let Some(a) = &config.auth {
                     a.start_control();
@@ -210,6 +240,10 @@ impl Reloader {
                 }
                 self.store.set_bound(bound);
                 self.store.publish(Arc::new(config));
+                if let (Some(l), Some(a)) = (admin, self.admin.get()) {
+                    a.switch(l);
+                    summary.push_str(&format!(", admin on {}", a.local_addr()));
+                }
                 self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.metrics
                     .reload_us
@@ -243,18 +277,11 @@ impl Reloader {
             ),
             ("server.io_uring_mode", o.io_uring_mode == n.io_uring_mode),
             ("server.backlog", o.backlog == n.backlog),
-            // The admin listener's address and presence are fixed; its
-            // token (from token_env or token_file, read again by the
-            // reload) applies at once: every admin request reads it from
-            // the current config.
+            // The admin listener's presence is fixed; its address moves
+            // (bound before publishing), and its token (from token_env or
+            // token_file, read again by the reload) applies at once: every
+            // admin request reads it from the current config.
             ("admin", old.admin.is_some() == new.admin.is_some()),
-            (
-                "admin.listen",
-                match (&old.admin, &new.admin) {
-                    (Some(o), Some(n)) => o.listen == n.listen,
-                    _ => true,
-                },
-            ),
         ] {
             if !same {
                 errors.push(format!(

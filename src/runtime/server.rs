@@ -25,8 +25,8 @@ pub struct ServerHandle {
     pub store: Arc<super::reload::ConfigStore>,
     /// Reloads the config file, when the server was started from one.
     pub reloader: Option<Arc<super::reload::Reloader>>,
-    /// Where the admin listener is bound, when `[admin]` is configured.
-    pub admin_addr: Option<SocketAddr>,
+    /// The admin listener, when `[admin]` is configured.
+    admin: Option<Arc<crate::admin::Admin>>,
     /// Metric shards of every worker.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     signals: Vec<Arc<Shutdown>>,
@@ -147,7 +147,7 @@ impl Server {
         let mut handle = ServerHandle {
             store: store.clone(),
             reloader: None,
-            admin_addr: None,
+            admin: None,
             metrics: metrics.clone(),
             signals,
             threads,
@@ -180,14 +180,24 @@ impl Server {
             handle.reloader = Some(r);
         }
         if let Some(a) = &config.admin {
-            let reload: Option<Box<crate::admin::ReloadFn>> = handle
-                .reloader
-                .clone()
-                .map(|r| Box::new(move || r.reload()) as Box<crate::admin::ReloadFn>);
+            // Weak: the reloader holds the admin listener (a reload may move
+            // it), which holds this.
+            let reload: Option<Box<crate::admin::ReloadFn>> = handle.reloader.as_ref().map(|r| {
+                let r = Arc::downgrade(r);
+                Box::new(move || match r.upgrade() {
+                    Some(r) => r.reload(),
+                    None => Err(vec![String::from("the server is shutting down")]),
+                }) as Box<crate::admin::ReloadFn>
+            });
             let mut state = crate::admin::AdminState::new(store.clone(), metrics.clone(), reload);
             state.cache_purge = Some(cache_purge.clone());
-            match crate::admin::start(a.listen, Arc::new(state)) {
-                Ok(addr) => handle.admin_addr = Some(addr),
+            match crate::admin::Admin::start(a.listen, Arc::new(state)) {
+                Ok(admin) => {
+                    if let Some(r) = &handle.reloader {
+                        r.set_admin(admin.clone());
+                    }
+                    handle.admin = Some(admin);
+                }
                 Err(e) => {
                     handle.shutdown();
                     return Err(e);
@@ -223,6 +233,12 @@ impl ServerHandle {
     /// reload.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.store.bound().into_iter().map(|(_, b)| b).collect()
+    }
+
+    /// Where the admin listener is bound (port resolved), as of the last
+    /// reload, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
     }
 
     /// The io driver each worker runs.
