@@ -163,6 +163,14 @@ fn zero_downtime_binary_restart() {
     );
 }
 
+/// Two backends answering "a" and "b", with their addresses.
+fn backends_ab() -> (MockUpstream, MockUpstream, String, String) {
+    let be_a = MockUpstream::builder().respond(200, "a").start();
+    let be_b = MockUpstream::builder().respond(200, "b").start();
+    let (a, b) = (be_a.target(), be_b.target());
+    (be_a, be_b, a, b)
+}
+
 fn reload_config(be_a: &str, be_b: &str, with_b: bool, extra: &str) -> String {
     let mut t = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n[upstreams.a]\ntargets = [\"{be_a}\"]\n[upstreams.b]\ntargets = [\"{be_b}\"]\n[[routes]]\nname = \"a\"\npath = \"/a/{{*rest}}\"\nupstream = \"a\"\n"
@@ -252,9 +260,7 @@ fn admin_post_token(addr: SocketAddr, path: &str, token: &str) -> (u16, String) 
 /// the new route answers, and the unchanged upstream keeps its pool.
 #[test]
 fn reload_adds_a_route_without_a_failed_request() {
-    let be_a = MockUpstream::builder().respond(200, "a").start();
-    let be_b = MockUpstream::builder().respond(200, "b").start();
-    let (a, b) = (be_a.target(), be_b.target());
+    let (be_a, _be_b, a, b) = backends_ab();
     let (gw, path) = start_file("reload-add", &reload_config(&a, &b, false, ""));
     let addr = gw.local_addrs()[0];
     assert_eq!(Client::connect(addr).get("/b/x").status, 404);
@@ -306,9 +312,7 @@ fn reload_adds_a_route_without_a_failed_request() {
 /// accepting, and a keep-alive connection accepted before is still served.
 #[test]
 fn reload_moves_the_listener_and_keeps_open_connections() {
-    let be_a = MockUpstream::builder().respond(200, "a").start();
-    let be_b = MockUpstream::builder().respond(200, "b").start();
-    let (a, b) = (be_a.target(), be_b.target());
+    let (_be_a, _be_b, a, b) = backends_ab();
     let (gw, path) = start_file("reload-listen", &reload_config(&a, &b, false, ""));
     let old = gw.local_addrs()[0];
     let mut open = Client::connect(old);
@@ -360,9 +364,7 @@ fn reload_moves_the_listener_and_keeps_open_connections() {
 /// reported and counted; `POST /reload` says the same.
 #[test]
 fn invalid_reload_keeps_the_old_config() {
-    let be_a = MockUpstream::builder().respond(200, "a").start();
-    let be_b = MockUpstream::builder().respond(200, "b").start();
-    let (a, b) = (be_a.target(), be_b.target());
+    let (_be_a, _be_b, a, b) = backends_ab();
     let (gw, path) = start_file("reload-bad", &reload_config(&a, &b, false, ""));
     let addr = gw.local_addrs()[0];
     let admin = gw.admin_addr().unwrap();
@@ -432,9 +434,7 @@ fn invalid_reload_keeps_the_old_config() {
 /// With `[config] watch = true`, saving the file reloads it.
 #[test]
 fn watched_file_reloads_on_change() {
-    let be_a = MockUpstream::builder().respond(200, "a").start();
-    let be_b = MockUpstream::builder().respond(200, "b").start();
-    let (a, b) = (be_a.target(), be_b.target());
+    let (_be_a, _be_b, a, b) = backends_ab();
     let extra = "[config]\nwatch = true";
     let (gw, path) = start_file("reload-watch", &reload_config(&a, &b, false, extra));
     let addr = gw.local_addrs()[0];
@@ -559,9 +559,7 @@ fn reload_adds_and_revokes_api_keys() {
 /// the reload and logging goes on where it was.
 #[test]
 fn reload_applies_access_log_settings() {
-    let be_a = MockUpstream::builder().respond(200, "a").start();
-    let be_b = MockUpstream::builder().respond(200, "b").start();
-    let (a, b) = (be_a.target(), be_b.target());
+    let (_be_a, _be_b, a, b) = backends_ab();
     let (gw, path) = start_file("reload-log", &reload_config(&a, &b, false, ""));
     let dir = path.parent().unwrap().to_path_buf();
     let (first, second) = (dir.join("first.log"), dir.join("second.log"));
@@ -651,9 +649,7 @@ fn admin_get_status(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
 /// `admin.listen`.
 #[test]
 fn reload_rotates_the_admin_token_from_its_file() {
-    let be_a = MockUpstream::builder().respond(200, "a").start();
-    let be_b = MockUpstream::builder().respond(200, "b").start();
-    let (a, b) = (be_a.target(), be_b.target());
+    let (_be_a, _be_b, a, b) = backends_ab();
     let dir = std::env::temp_dir().join(format!(
         "ringgate-lifecycle-{}-admin-token",
         std::process::id()
