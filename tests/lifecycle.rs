@@ -255,6 +255,79 @@ fn admin_post_token(addr: SocketAddr, path: &str, token: &str) -> (u16, String) 
     )
 }
 
+/// `Cpus_allowed_list` of each worker thread of process `pid`, by name.
+fn worker_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("ringgate-w") {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default();
+        out.push((comm.trim().to_string(), cpus.trim().to_string()));
+    }
+    out.sort();
+    out
+}
+
+/// `kill -HUP` the binary: `server.pin` changes on a reload, and each
+/// worker thread pins itself to its core, or back to every core, on its
+/// next tick. Needs two cores to tell pinned from not.
+#[test]
+fn reload_pins_and_unpins_the_workers() {
+    let be = MockUpstream::builder().respond(200, "ok").start();
+    let conf = |pin: bool| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = {pin}\n[upstreams.a]\ntargets = [\"{}\"]\n[[routes]]\nname = \"a\"\npath = \"/{{*rest}}\"\nupstream = \"a\"\n",
+            be.target()
+        )
+    };
+    let path = write_config("pin", &conf(false));
+    let (mut child, port) = spawn(&path);
+    let pid = child.id();
+    let all = worker_cpus(pid);
+    assert_eq!(all.len(), 2, "{all:?}");
+    let every = all[0].1.clone();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if cores.len() >= 2 {
+        assert!(all.iter().all(|(_, c)| *c == every), "{all:?}");
+        let hup = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            // SAFETY: signalling our own child process.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGHUP);
+            }
+        };
+        hup(conf(true));
+        let pinned = [
+            ("ringgate-w0".to_string(), cores[0].id.to_string()),
+            ("ringgate-w1".to_string(), cores[1].id.to_string()),
+        ];
+        assert!(
+            eventually(|| worker_cpus(pid) == pinned),
+            "{:?}",
+            worker_cpus(pid)
+        );
+        hup(conf(false));
+        assert!(
+            eventually(|| worker_cpus(pid).iter().all(|(_, c)| *c == every)),
+            "{:?}",
+            worker_cpus(pid)
+        );
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(one_request(addr), Ok(200));
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+}
+
 /// A reload that adds a route, while clients keep sending on open
 /// keep-alive connections: no request fails, the connections stay open,
 /// the new route answers, and the unchanged upstream keeps its pool.

@@ -23,9 +23,9 @@
 //! stops accepting on removed addresses, while connections already
 //! accepted there carry on. A new `admin.listen` is bound before
 //! publishing too, and the old admin address stops accepting after it.
-//! Worker count, pinning, io settings, the listen backlog and `[admin]`'s
-//! presence cannot change while running: such a reload is rejected naming
-//! the key.
+//! `server.pin` applies on each worker's next tick too. Worker count, io
+//! settings, the listen backlog and `[admin]`'s presence cannot change
+//! while running: such a reload is rejected naming the key.
 //!
 //! Triggers: SIGHUP, `POST /reload` on the admin listener, and, with
 //! `[config] watch = true`, a change of the file's modification time.
@@ -269,7 +269,6 @@ impl Reloader {
         let (o, n) = (&old.server, &new.server);
         for (key, same) in [
             ("server.workers", o.workers == n.workers),
-            ("server.pin", o.pin == n.pin),
             ("server.io", o.io == n.io),
             (
                 "server.io_uring_entries",

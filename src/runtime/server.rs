@@ -109,7 +109,7 @@ impl Server {
                 .collect(),
         );
         let cache_purge = Arc::new(crate::filter::cache::PurgeLog::default());
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let cores = Arc::new(core_affinity::get_core_ids().unwrap_or_default());
         let mut signals = Vec::new();
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -131,6 +131,7 @@ impl Server {
                 store: store.clone(),
                 cache_purge: cache_purge.clone(),
                 metrics: metrics.clone().workers[id].clone(),
+                cores: cores.clone(),
             };
             let t = std::thread::Builder::new()
                 .name(format!("ringgate-w{id}"))

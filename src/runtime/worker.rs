@@ -325,6 +325,33 @@ pub struct WorkerShared {
     pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
     /// Cache purges from the admin API.
     pub cache_purge: Arc<crate::filter::cache::PurgeLog>,
+    /// The cores the process may run on (`server.pin` pins worker i to
+    /// core i modulo their number).
+    pub cores: Arc<Vec<core_affinity::CoreId>>,
+}
+
+/// Pins the calling worker thread to its core, or lets it run on every
+/// core the process may use.
+fn pin_current(id: usize, pin: bool, cores: &[core_affinity::CoreId]) {
+    if cores.is_empty() {
+        return;
+    }
+    if pin {
+        core_affinity::set_for_current(cores[id % cores.len()]);
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET only writes
+    // inside it for ids below CPU_SETSIZE, and sched_setaffinity(0, ...)
+    // reads it for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in cores {
+            if c.id < libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(c.id, &mut set);
+            }
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// What a worker reports once it is listening.
@@ -416,6 +443,8 @@ async fn serve(
         }
     }
     let listen_generation = Cell::new(worker.store.generation());
+    let pinned = Cell::new(config.server.pin);
+    let cores = shared.cores.clone();
     crate::filter::rate_limit::spawn_worker_tasks(&worker);
     crate::filter::cache::spawn_worker_tasks(&worker);
     // The watchdog: read deadlines, the coarse clock, and the shutdown
@@ -439,6 +468,10 @@ async fn serve(
                     let g = w.current();
                     listen_generation.set(g.number);
                     Listening::follow(&w, &mut listening.borrow_mut(), &g.config.server.listen);
+                    if g.config.server.pin != pinned.get() {
+                        pinned.set(g.config.server.pin);
+                        pin_current(w.id, g.config.server.pin, &cores);
+                    }
                 }
                 // Access-log lines reach the writer within ~200 ms.
                 n = n.wrapping_add(1);
@@ -692,6 +725,7 @@ mod tests {
             store: store.clone(),
             metrics: Arc::new(crate::telemetry::metrics::WorkerMetrics::new(1, 1)),
             cache_purge: Default::default(),
+            cores: Default::default(),
         };
         let w = Worker::new(0, started.clone(), &shared);
         assert!(Arc::ptr_eq(&w.current().config, &reloaded));
