@@ -255,6 +255,38 @@ fn admin_post_token(addr: SocketAddr, path: &str, token: &str) -> (u16, String) 
     )
 }
 
+/// A reload adds `[admin]` to a gateway started without it: the listener
+/// serves (its `POST /reload` too); a reload that removes the section stops
+/// it.
+#[test]
+fn reload_starts_and_stops_the_admin_listener() {
+    let (_be_a, _be_b, a, b) = backends_ab();
+    let without =
+        reload_config(&a, &b, false, "").replace("[admin]\nlisten = \"127.0.0.1:0\"\n", "");
+    assert!(!without.contains("[admin]"));
+    let (gw, path) = start_file("admin-toggle", &without);
+    assert_eq!(gw.admin_addr(), None);
+
+    std::fs::write(&path, reload_config(&a, &b, true, "")).unwrap();
+    let summary = gw.reload().expect("adding [admin] applies");
+    let admin = gw.admin_addr().expect("an admin listener");
+    assert!(summary.contains(&format!("admin on {admin}")), "{summary}");
+    assert_eq!(admin_get_status(admin, "/healthz", None), 200);
+    let (st, body) = admin_post(admin, "/reload");
+    assert_eq!(st, 200, "{body}");
+
+    std::fs::write(&path, &without).unwrap();
+    let summary = gw.reload().expect("removing [admin] applies");
+    assert!(summary.contains("admin off"), "{summary}");
+    assert_eq!(gw.admin_addr(), None);
+    assert!(
+        eventually(|| TcpStream::connect(admin).is_err()),
+        "{admin} still accepts"
+    );
+    // Traffic is untouched.
+    assert_eq!(Client::connect(gw.local_addrs()[0]).get("/a/1").status, 200);
+}
+
 /// `Cpus_allowed_list` of each worker thread of process `pid`, by name.
 fn worker_cpus(pid: u32) -> Vec<(String, String)> {
     let mut out = Vec::new();

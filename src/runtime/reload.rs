@@ -21,11 +21,12 @@
 //! address that cannot be bound rejects the reload naming `server.listen`;
 //! each worker picks up its new listeners on its next watchdog tick and
 //! stops accepting on removed addresses, while connections already
-//! accepted there carry on. A new `admin.listen` is bound before
-//! publishing too, and the old admin address stops accepting after it.
+//! accepted there carry on. A new `admin.listen` (or a new `[admin]`
+//! section) is bound before publishing too; the old admin address (or a
+//! removed section's) stops accepting after it.
 //! `server.pin` applies on each worker's next tick too. Worker count, io
-//! settings, the listen backlog and `[admin]`'s presence cannot change
-//! while running: such a reload is rejected naming the key.
+//! settings and the listen backlog cannot change while running: such a
+//! reload is rejected naming the key.
 //!
 //! Triggers: SIGHUP, `POST /reload` on the admin listener, and, with
 //! `[config] watch = true`, a change of the file's modification time.
@@ -105,6 +106,39 @@ impl ConfigStore {
     }
 }
 
+/// The admin listener of a running server, shared by its handle and its
+/// reloader (which may start, move or stop it).
+#[derive(Clone, Default)]
+pub struct AdminSlot(Arc<Mutex<Option<Arc<crate::admin::Admin>>>>);
+
+impl AdminSlot {
+    /// The running admin listener, if any.
+    pub fn get(&self) -> Option<Arc<crate::admin::Admin>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, a: Option<Arc<crate::admin::Admin>>) {
+        let old = std::mem::replace(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), a);
+        drop(old);
+    }
+}
+
+/// What a reload does to the admin listener.
+enum AdminChange {
+    None,
+    Move(crate::admin::AdminListener),
+    Start(Arc<crate::admin::Admin>),
+    Stop,
+}
+
+/// `POST /reload` for a reloader the admin listener must not keep alive.
+pub(crate) fn reload_fn(r: std::sync::Weak<Reloader>) -> Box<crate::admin::ReloadFn> {
+    Box::new(move || match r.upgrade() {
+        Some(r) => r.reload(),
+        None => Err(vec![String::from("the server is shutting down")]),
+    })
+}
+
 /// Reloads the config file into a [`ConfigStore`].
 pub struct Reloader {
     path: PathBuf,
@@ -113,8 +147,14 @@ pub struct Reloader {
     /// Worker threads running (`server.workers` as resolved at start).
     workers: usize,
     lock: Mutex<()>,
-    /// The admin listener, which a reload may move.
-    admin: std::sync::OnceLock<Arc<crate::admin::Admin>>,
+    /// The admin listener, which a reload may start, move or stop.
+    admin: AdminSlot,
+    /// What a newly started admin listener needs besides the store and the
+    /// metrics: this reloader (weakly) and the cache-purge log.
+    admin_ctx: std::sync::OnceLock<(
+        std::sync::Weak<Reloader>,
+        Arc<crate::filter::cache::PurgeLog>,
+    )>,
 }
 
 /// A validated reload, ready to publish.
@@ -157,12 +197,13 @@ fn upstream_fingerprint(u: &crate::config::UpstreamConfig) -> String {
 
 impl Reloader {
     /// A reloader for the file at `path`, for a server running `workers`
-    /// worker threads.
+    /// worker threads whose admin listener (if any) is in `admin`.
     pub fn new(
         path: PathBuf,
         store: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
         workers: usize,
+        admin: AdminSlot,
     ) -> Self {
         Reloader {
             path,
@@ -170,27 +211,56 @@ impl Reloader {
             metrics,
             workers,
             lock: Mutex::new(()),
-            admin: std::sync::OnceLock::new(),
+            admin,
+            admin_ctx: std::sync::OnceLock::new(),
         }
     }
 
-    /// The admin listener a reload moves when `admin.listen` changes.
-    pub fn set_admin(&self, admin: Arc<crate::admin::Admin>) {
-        let _ = self.admin.set(admin);
+    /// What a reload needs to start an admin listener: this reloader
+    /// (held weakly by the listener's `POST /reload`) and the purge log.
+    pub(crate) fn set_admin_context(
+        self: &Arc<Self>,
+        cache_purge: Arc<crate::filter::cache::PurgeLog>,
+    ) {
+        let _ = self.admin_ctx.set((Arc::downgrade(self), cache_purge));
     }
 
-    /// Binds the new admin address when the reload changes it.
-    fn bind_admin(&self, p: &Prepared) -> Result<Option<crate::admin::AdminListener>, Vec<String>> {
-        match (&p.old.admin, &p.config.admin, self.admin.get()) {
-            (Some(o), Some(n), Some(admin)) if o.listen != n.listen => {
-                admin.bind(n.listen).map(Some).map_err(|e| {
-                    vec![format!(
-                        "admin.listen: {e} (fix: free the address or choose another)"
-                    )]
-                })
-            }
-            _ => Ok(None),
-        }
+    /// The admin endpoints' state for a listener started by a reload.
+    fn admin_state(&self) -> crate::admin::AdminState {
+        let (me, purge) = self
+            .admin_ctx
+            .get()
+            .cloned()
+            .map_or((None, None), |(me, p)| (Some(me), Some(p)));
+        let mut st = crate::admin::AdminState::new(
+            self.store.clone(),
+            self.metrics.clone(),
+            me.map(reload_fn),
+        );
+        st.cache_purge = purge;
+        st
+    }
+
+    /// Binds what the reload changes in `[admin]`: a new address, or a
+    /// listener for a section that was not there.
+    fn bind_admin(&self, p: &Prepared) -> Result<AdminChange, Vec<String>> {
+        let fail = |e: std::io::Error| {
+            vec![format!(
+                "admin.listen: {e} (fix: free the address or choose another)"
+            )]
+        };
+        let current = self.admin.get();
+        Ok(match (&p.old.admin, &p.config.admin) {
+            (Some(o), Some(n)) if o.listen != n.listen => match current {
+                Some(a) => AdminChange::Move(a.bind(n.listen).map_err(fail)?),
+                None => AdminChange::None,
+            },
+            (None, Some(n)) => AdminChange::Start(
+                crate::admin::Admin::start(n.listen, Arc::new(self.admin_state())).map_err(fail)?,
+            ),
+            (Some(_), None) => AdminChange::Stop,
+            _ => AdminChange::None,
+        })
     }
 
     /// Reads, validates and publishes the file. On error nothing changes and
@@ -240,9 +310,23 @@ impl Reloader {
                 }
                 self.store.set_bound(bound);
                 self.store.publish(Arc::new(config));
-                if let (Some(l), Some(a)) = (admin, self.admin.get()) {
-                    a.switch(l);
-                    summary.push_str(&format!(", admin on {}", a.local_addr()));
+                match admin {
+                    AdminChange::None => {}
+                    AdminChange::Move(l) => {
+                        if let Some(a) = self.admin.get() {
+                            a.switch(l);
+                            summary.push_str(&format!(", admin on {}", a.local_addr()));
+                        }
+                    }
+                    AdminChange::Start(a) => {
+                        summary.push_str(&format!(", admin on {}", a.local_addr()));
+                        self.admin.set(Some(a));
+                    }
+                    AdminChange::Stop => {
+                        // The last reference: dropping it stops the listener.
+                        self.admin.set(None);
+                        summary.push_str(", admin off");
+                    }
                 }
                 self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.metrics
@@ -276,11 +360,10 @@ impl Reloader {
             ),
             ("server.io_uring_mode", o.io_uring_mode == n.io_uring_mode),
             ("server.backlog", o.backlog == n.backlog),
-            // The admin listener's presence is fixed; its address moves
-            // (bound before publishing), and its token (from token_env or
-            // token_file, read again by the reload) applies at once: every
-            // admin request reads it from the current config.
-            ("admin", old.admin.is_some() == new.admin.is_some()),
+            // `[admin]` may come, go or move (bound before publishing);
+            // its token (from token_env or token_file, read again by the
+            // reload) applies at once: every admin request reads it from
+            // the current config.
         ] {
             if !same {
                 errors.push(format!(

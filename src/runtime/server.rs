@@ -26,7 +26,7 @@ pub struct ServerHandle {
     /// Reloads the config file, when the server was started from one.
     pub reloader: Option<Arc<super::reload::Reloader>>,
     /// The admin listener, when `[admin]` is configured.
-    admin: Option<Arc<crate::admin::Admin>>,
+    admin: super::reload::AdminSlot,
     /// Metric shards of every worker.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     signals: Vec<Arc<Shutdown>>,
@@ -148,7 +148,7 @@ impl Server {
         let mut handle = ServerHandle {
             store: store.clone(),
             reloader: None,
-            admin: None,
+            admin: Default::default(),
             metrics: metrics.clone(),
             signals,
             threads,
@@ -174,7 +174,9 @@ impl Server {
                 store.clone(),
                 metrics.clone(),
                 s.workers,
+                handle.admin.clone(),
             ));
+            r.set_admin_context(cache_purge.clone());
             if config.watch {
                 r.clone().watch();
             }
@@ -183,22 +185,14 @@ impl Server {
         if let Some(a) = &config.admin {
             // Weak: the reloader holds the admin listener (a reload may move
             // it), which holds this.
-            let reload: Option<Box<crate::admin::ReloadFn>> = handle.reloader.as_ref().map(|r| {
-                let r = Arc::downgrade(r);
-                Box::new(move || match r.upgrade() {
-                    Some(r) => r.reload(),
-                    None => Err(vec![String::from("the server is shutting down")]),
-                }) as Box<crate::admin::ReloadFn>
-            });
+            let reload = handle
+                .reloader
+                .as_ref()
+                .map(|r| super::reload::reload_fn(Arc::downgrade(r)));
             let mut state = crate::admin::AdminState::new(store.clone(), metrics.clone(), reload);
             state.cache_purge = Some(cache_purge.clone());
             match crate::admin::Admin::start(a.listen, Arc::new(state)) {
-                Ok(admin) => {
-                    if let Some(r) = &handle.reloader {
-                        r.set_admin(admin.clone());
-                    }
-                    handle.admin = Some(admin);
-                }
+                Ok(admin) => handle.admin.set(Some(admin)),
                 Err(e) => {
                     handle.shutdown();
                     return Err(e);
@@ -239,7 +233,7 @@ impl ServerHandle {
     /// Where the admin listener is bound (port resolved), as of the last
     /// reload, when `[admin]` is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|a| a.local_addr())
+        self.admin.get().map(|a| a.local_addr())
     }
 
     /// The io driver each worker runs.

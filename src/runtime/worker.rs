@@ -442,7 +442,10 @@ async fn serve(
             listening.borrow_mut().push(l);
         }
     }
-    let listen_generation = Cell::new(worker.store.generation());
+    // The listeners and the pinning this worker has follow `config`, the
+    // start config, whatever the store holds by now (a reload may have been
+    // published before this task ran): the first tick brings both in line.
+    let listen_generation = Cell::new(u64::MAX);
     let pinned = Cell::new(config.server.pin);
     let cores = shared.cores.clone();
     crate::filter::rate_limit::spawn_worker_tasks(&worker);
