@@ -106,16 +106,15 @@ impl Admin {
             &mut *self.listener.lock().unwrap_or_else(|e| e.into_inner()),
             new,
         );
-        old.stop();
+        drop(old);
     }
 }
 
-impl Drop for Admin {
+impl Drop for AdminListener {
+    /// A listener nobody holds stops accepting (a moved or removed admin
+    /// address, or a reload that bound one and did not publish).
     fn drop(&mut self) {
-        self.listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stop();
+        self.stop();
     }
 }
 
