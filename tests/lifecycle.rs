@@ -793,7 +793,11 @@ fn reload_rotates_the_admin_token_from_its_file() {
     std::fs::write(&path, admin_at(&taken.local_addr().unwrap().to_string())).unwrap();
     let errors = gw.reload().expect_err("a taken admin address");
     assert!(
-        errors.iter().any(|e| e.starts_with("admin.listen")),
+        errors
+            .iter()
+            .any(|e| e.starts_with("admin.listen: cannot listen on")
+                && e.matches("admin.listen").count() == 1
+                && e.contains("fix:")),
         "{errors:?}"
     );
     assert_eq!(gw.admin_addr(), Some(admin));

@@ -131,12 +131,7 @@ fn listen(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<AdminList
         sock.listen(128)?;
         Ok(sock.into())
     };
-    let l = bind().map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {addr} (admin.listen): {e}"),
-        )
-    })?;
+    let l = bind()?;
     let local = l.local_addr()?;
     let sock = l.try_clone()?;
     let stop = Arc::new(AtomicBool::new(false));

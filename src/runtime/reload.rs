@@ -245,8 +245,10 @@ impl Reloader {
     /// listener for a section that was not there.
     fn bind_admin(&self, p: &Prepared) -> Result<AdminChange, Vec<String>> {
         let fail = |e: std::io::Error| {
+            let at = p.config.admin.as_ref().map(|a| a.listen.to_string());
             vec![format!(
-                "admin.listen: {e} (fix: free the address or choose another)"
+                "admin.listen: cannot listen on {}: {e} (fix: free the address or choose another)",
+                at.unwrap_or_default()
             )]
         };
         let current = self.admin.get();

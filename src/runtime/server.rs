@@ -191,7 +191,13 @@ impl Server {
                 .map(|r| super::reload::reload_fn(Arc::downgrade(r)));
             let mut state = crate::admin::AdminState::new(store.clone(), metrics.clone(), reload);
             state.cache_purge = Some(cache_purge.clone());
-            match crate::admin::Admin::start(a.listen, Arc::new(state)) {
+            let started = crate::admin::Admin::start(a.listen, Arc::new(state)).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {} (admin.listen): {e}", a.listen),
+                )
+            });
+            match started {
                 Ok(admin) => handle.admin.set(Some(admin)),
                 Err(e) => {
                     handle.shutdown();
