@@ -750,18 +750,8 @@ fn x_cache(r: &Response) -> &str {
 
 /// `POST /cache/purge` on the admin listener; returns the status.
 fn purge(gw: &Gateway, body: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(gw.handle.admin_addr().unwrap()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "POST /cache/purge HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    String::from_utf8_lossy(&out)[9..12].parse().unwrap()
+    let at = gw.handle.admin_addr().unwrap();
+    admin_request(at, "POST", "/cache/purge", None, body).0
 }
 
 #[test]

@@ -61,6 +61,16 @@ fn spawn(path: &PathBuf) -> (Child, u16) {
     (child, port)
 }
 
+/// Kills and reaps the child when dropped (a no-op once it has exited).
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn sigterm(child: &Child) {
     // SAFETY: sending a signal to our own child process.
     unsafe {
@@ -229,30 +239,7 @@ fn start_file(name: &str, text: &str) -> (ringgate::runtime::ServerHandle, PathB
 }
 
 fn admin_post(addr: SocketAddr, path: &str) -> (u16, String) {
-    admin_post_token(addr, path, "")
-}
-
-/// `POST path` on the admin listener, with `token` as bearer unless empty.
-fn admin_post_token(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let auth = if token.is_empty() {
-        String::new()
-    } else {
-        format!("Authorization: Bearer {token}\r\n")
-    };
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let t = String::from_utf8_lossy(&out).to_string();
-    (
-        t[9..12].parse().unwrap(),
-        t.split_once("\r\n\r\n").unwrap().1.to_string(),
-    )
+    admin_request(addr, "POST", path, None, "")
 }
 
 /// A reload adds `[admin]` to a gateway started without it: the listener
@@ -322,8 +309,10 @@ fn reload_pins_and_unpins_the_workers() {
         )
     };
     let path = write_config("pin", &conf(false));
-    let (mut child, port) = spawn(&path);
-    let pid = child.id();
+    let (child, port) = spawn(&path);
+    // A failed assertion must not leave the gateway running.
+    let mut child = Reap(child);
+    let pid = child.0.id();
     let all = worker_cpus(pid);
     assert_eq!(all.len(), 2, "{all:?}");
     let every = all[0].1.clone();
@@ -356,8 +345,8 @@ fn reload_pins_and_unpins_the_workers() {
     }
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(one_request(addr), Ok(200));
-    sigterm(&child);
-    assert!(child.wait().unwrap().success());
+    sigterm(&child.0);
+    assert!(child.0.wait().unwrap().success());
 }
 
 /// A reload that adds a route, while clients keep sending on open
@@ -735,17 +724,7 @@ fn reload_applies_access_log_settings() {
 
 /// The status of `GET path` on the admin listener with `token` as bearer.
 fn admin_get_status(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    String::from_utf8_lossy(&out)[9..12].parse().unwrap()
+    admin_request(addr, "GET", path, token, "").0
 }
 
 /// A reload rotates the admin token kept in `[admin] token_file`: the old
@@ -819,7 +798,7 @@ fn reload_rotates_the_admin_token_from_its_file() {
         "{admin} still accepts"
     );
     // Reloading through the moved listener works.
-    let (st, body) = admin_post_token(moved, "/reload", "second-token");
+    let (st, body) = admin_request(moved, "POST", "/reload", Some("second-token"), "");
     assert_eq!(st, 200, "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -161,21 +161,13 @@ impl Worker {
                     .unwrap_or_else(|| Rc::new(UpstreamState::new(u, self.id)))
             })
             .collect();
-        let same_auth = match (&old.config.auth, &config.auth) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
+        let same_auth = same_arc(&old.config.auth, &config.auth);
         let auth = if same_auth {
             old.auth.clone()
         } else {
             Rc::new(crate::filter::auth::WorkerState::new(config.auth.as_ref()))
         };
-        let same_rate = match (&old.config.rate_limits, &config.rate_limits) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
+        let same_rate = same_arc(&old.config.rate_limits, &config.rate_limits);
         let rate = if same_rate {
             old.rate.clone()
         } else {
@@ -328,6 +320,16 @@ pub struct WorkerShared {
     /// The cores the process may run on (`server.pin` pins worker i to
     /// core i modulo their number).
     pub cores: Arc<Vec<core_affinity::CoreId>>,
+}
+
+/// True when both are absent or both point at the same allocation (a
+/// section the reload carried over unchanged).
+fn same_arc<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// Pins the calling worker thread to its core, or lets it run on every
