@@ -117,6 +117,12 @@ fn check_reports_every_error_in_one_run() {
     assert_check_fails(&text, &["listn", "routes[0].upstream", "server.listen"]);
 }
 
+#[test]
+fn check_redact_query_names() {
+    let text = format!("{VALID}\n[log]\nredact_query = [\"token\", \"a=b\"]\n");
+    assert_check_fails(&text, &["log.redact_query[1]", "\"a=b\""]);
+}
+
 /// `[admin] token_file` must name a readable, non-empty file, and not
 /// come with `token_env`.
 #[test]

@@ -206,6 +206,71 @@ fn access_log_writes_one_json_line_per_request() {
     assert_eq!(b["status"], 404);
     assert_eq!(b["route"], "-");
     assert!(b["upstream"].is_null());
+    assert!(b["bytes_out"].as_u64().unwrap() > 50, "{b}");
+}
+
+/// Credentials sent in the query never reach the access log: the API-key
+/// parameter `[auth]` reads and the ones `log.redact_query` lists are
+/// written as `REDACTED`, in the path and in the referer, whether the
+/// request was admitted, refused, or on a route without auth.
+#[test]
+fn access_log_redacts_query_credentials() {
+    let dir = std::env::temp_dir().join(format!("ringgate-redact-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    let be = MockUpstream::builder().respond(200, "ok").start();
+    let top = format!(
+        "[log]\naccess = \"combined\"\npath = \"{}\"\nredact_query = [\"sig\"]\n\n[auth.api_key]\nquery = \"api_key\"\n",
+        path.display()
+    );
+    let mut gw = Gateway::start(&auth_gateway_toml(&be, &top, ""));
+    let mut c = gw.client();
+    assert_eq!(
+        get_with(&mut c, "/orders/1?x=1&api_key=shop-key&y=2", ""),
+        200
+    );
+    assert_eq!(get_with(&mut c, "/orders/2?api_key=guessed-key", ""), 401);
+    assert_eq!(
+        get_with(
+            &mut c,
+            "/items/3?sig=s3cret&api_key=shop-key&sig&api_key_hint=ok",
+            "Referer: https://app.example/page?api_key=shop-key&tab=2",
+        ),
+        200
+    );
+    // The backend still gets the query as sent (no hide_credentials here).
+    assert_eq!(
+        be.last().target,
+        "/items/3?sig=s3cret&api_key=shop-key&sig&api_key_hint=ok"
+    );
+    gw.shutdown();
+    std::thread::sleep(Duration::from_millis(200));
+    let text = std::fs::read_to_string(&path).unwrap();
+    for secret in ["shop-key", "guessed-key", "s3cret"] {
+        assert!(!text.contains(secret), "{secret:?} was logged:\n{text}");
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let want = [
+        "\"GET /orders/1?x=1&api_key=REDACTED&y=2 HTTP/1.1\" 200 ",
+        "\"GET /orders/2?api_key=REDACTED HTTP/1.1\" 401 ",
+        "\"GET /items/3?sig=REDACTED&api_key=REDACTED&sig&api_key_hint=ok HTTP/1.1\" 200 ",
+    ];
+    for (line, want) in lines.iter().zip(want) {
+        assert!(line.contains(want), "{line:?} lacks {want:?}");
+    }
+    // A refusal's bytes are counted like a proxied response's.
+    let bytes_of = |l: &str| -> u64 {
+        let after = l.split("\" 401 ").nth(1).expect("status 401");
+        after.split(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(bytes_of(lines[1]) > 100, "{:?}", lines[1]);
+    assert!(
+        lines[2].contains("\"https://app.example/page?api_key=REDACTED&tab=2\""),
+        "{:?}",
+        lines[2]
+    );
 }
 
 #[test]

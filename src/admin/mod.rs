@@ -403,7 +403,11 @@ pub fn config_json(cfg: &Config) -> serde_json::Value {
                 "statuses": c.statuses,
             })),
         })).collect::<Vec<_>>(),
-        "log": { "access": cfg.log.access.map(|f| format!("{f:?}")), "path": cfg.log.path },
+        "log": {
+            "access": cfg.log.access.map(|f| format!("{f:?}")),
+            "path": cfg.log.path,
+            "redact_query": cfg.log.redact_query.iter().map(|n| String::from_utf8_lossy(n)).collect::<Vec<_>>(),
+        },
         "auth": cfg.auth.as_ref().map(|_| "<configured; secrets redacted>"),
         "rate_limits": cfg.rate_limits.as_ref().map(|_| "<configured>"),
         "cache": {

@@ -51,6 +51,9 @@ pub struct LogFile {
     pub access: Option<String>,
     /// `-` (stdout) or a file path.
     pub path: Option<String>,
+    /// Query parameters whose values the access log replaces with
+    /// `REDACTED` (besides the ones `[auth]` reads credentials from).
+    pub redact_query: Option<Vec<String>>,
 }
 
 /// `[metrics]`

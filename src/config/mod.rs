@@ -301,6 +301,10 @@ pub struct LogConfig {
     pub access: Option<crate::telemetry::access_log::LogFormat>,
     /// `-` or a file path.
     pub path: String,
+    /// Query parameters whose values are written as `REDACTED`:
+    /// `log.redact_query`, plus `auth.api_key.query` and
+    /// `auth.jwt.token_query` when set.
+    pub redact_query: Vec<Box<[u8]>>,
 }
 
 /// A complete, valid configuration.

@@ -256,6 +256,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             path: l
                 .and_then(|l| l.path.clone())
                 .unwrap_or_else(|| String::from("-")),
+            redact_query: redacted_query_params(&file, &mut errs),
         }
     };
     let watch = file.config.as_ref().and_then(|c| c.watch).unwrap_or(false);
@@ -612,4 +613,41 @@ fn compile_route(
         deprecation,
         cache: cache.map(std::sync::Arc::new),
     })
+}
+
+/// `log.redact_query`, checked, plus the query parameters `[auth]` reads
+/// credentials from: an access log never holds a key or token sent in the
+/// query, whether or not the request authenticated.
+fn redacted_query_params(file: &FileConfig, errs: &mut Errors) -> Vec<Box<[u8]>> {
+    let mut names: Vec<Box<[u8]>> = Vec::new();
+    let listed = file.log.as_ref().and_then(|l| l.redact_query.as_ref());
+    for (i, n) in listed.into_iter().flatten().enumerate() {
+        let bad = n.is_empty()
+            || n.bytes()
+                .any(|b| matches!(b, b'&' | b'=' | b'?' | b'#') || b <= b' ' || b == 0x7f);
+        if bad {
+            errs.push(
+                format!("log.redact_query[{i}]"),
+                format!("{n:?} is not a query parameter name"),
+                "list bare parameter names, e.g. redact_query = [\"token\", \"signature\"]",
+            );
+        } else {
+            names.push(n.as_bytes().into());
+        }
+    }
+    let auth = file.auth.as_ref();
+    let from_auth = [
+        auth.and_then(|a| a.api_key.as_ref())
+            .and_then(|k| k.query.as_deref()),
+        auth.and_then(|a| a.jwt.as_ref())
+            .and_then(|j| j.token_query.as_deref()),
+    ];
+    for n in from_auth.into_iter().flatten() {
+        if !n.is_empty() {
+            names.push(n.as_bytes().into());
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
 }

@@ -12,7 +12,7 @@ use crate::proxy::forward::{self, Conn, Outcome};
 use crate::router::{Lookup, Params};
 use crate::runtime::watchdog::Watchdog;
 use crate::runtime::worker::Worker;
-use crate::telemetry::access_log::Record;
+use crate::telemetry::access_log::{Record, push_redacted};
 use crate::telemetry::trace::TraceContext;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
@@ -584,7 +584,7 @@ where
                 Lookup::NotFound => Err((404, "no route matches this request", None)),
             }
         };
-        let mut info = ReqInfo::capture(w, c, started);
+        let mut info = ReqInfo::capture(w, c, started, &cfg.log.redact_query);
         let route = match lookup {
             Ok(r) => r,
             Err((status, msg, allow)) => {
@@ -602,6 +602,7 @@ where
                     allow,
                 )
                 .await;
+                c.count_reply();
                 info.finish(w, cfg, c, status);
                 if close || !ok {
                     return;
@@ -628,6 +629,7 @@ where
                 None,
             )
             .await;
+            c.count_reply();
             info.finish(w, cfg, c, 413);
             return;
         }
@@ -673,6 +675,7 @@ where
                     c.head.is_head,
                 )
                 .await;
+                c.count_reply();
                 info.finish(w, cfg, c, reply.status);
                 if close || !ok {
                     return;
@@ -689,7 +692,7 @@ where
                 if w.log.borrow().is_some() {
                     let l = &mut c.log_fields;
                     let start = l.len();
-                    l.extend_from_slice(c.head.path_query.of(&c.buf));
+                    push_redacted(l, c.head.path_query.of(&c.buf), &cfg.log.redact_query);
                     c.log_spans[1] = (start, l.len());
                 }
             }
@@ -777,6 +780,7 @@ where
                     None,
                 )
                 .await;
+                c.count_reply();
                 info.finish(w, cfg, c, status);
                 if close || !ok {
                     return;
@@ -815,7 +819,7 @@ struct ReqInfo {
 }
 
 impl ReqInfo {
-    fn capture(w: &Worker, c: &mut Conn, started: Instant) -> ReqInfo {
+    fn capture(w: &Worker, c: &mut Conn, started: Instant, redact: &[Box<[u8]>]) -> ReqInfo {
         let method = c.head.method.of(&c.buf);
         let trace = TraceContext::new(c.head.traceparent.map(|t| t.of(&c.buf)), &c.fresh);
         let bytes_in = c.head.len as u64
@@ -827,27 +831,28 @@ impl ReqInfo {
             // Copy what the log line needs before the request leaves the buffer.
             let l = &mut c.log_fields;
             l.clear();
-            let mut push = |b: &[u8]| {
+            // Query credentials are written as `REDACTED` (`log.redact_query`).
+            let mut push = |b: &[u8], names: &[Box<[u8]>]| {
                 let start = l.len();
-                l.extend_from_slice(b);
+                push_redacted(l, b, names);
                 (start, l.len())
             };
-            let m = push(method);
-            let p = push(c.head.path_query.of(&c.buf));
+            let m = push(method, &[]);
+            let p = push(c.head.path_query.of(&c.buf), redact);
             let ua = c
                 .lines
                 .iter()
                 .find(|h| super::name_eq(h.name.of(&c.buf), b"user-agent"))
                 .map(|h| h.value.of(&c.buf))
                 .unwrap_or(b"");
-            let ua = push(ua);
+            let ua = push(ua, &[]);
             let rf = c
                 .lines
                 .iter()
                 .find(|h| super::name_eq(h.name.of(&c.buf), b"referer"))
                 .map(|h| h.value.of(&c.buf))
                 .unwrap_or(b"");
-            let rf = push(rf);
+            let rf = push(rf, redact);
             c.log_spans = [m, p, ua, rf];
         }
         ReqInfo {

@@ -236,6 +236,13 @@ impl Conn {
         }
     }
 
+    /// Counts a reply the gateway wrote itself (an error, a filter's
+    /// answer) as the response bytes: the reply writers leave what they
+    /// sent in `scratch`, and nothing when the write failed.
+    pub fn count_reply(&mut self) {
+        self.bytes_out = self.scratch.len() as u64;
+    }
+
     /// Drops a body-less request's head from the buffer.
     pub fn consume_head_only(&mut self) {
         let n = self.head.len;
