@@ -872,6 +872,62 @@ rate_limit = ["small"]
     }
 }
 
+/// A quick burst gets the whole limit, not only the part of it the worker
+/// it lands on holds first (half, with two workers): a refusal while the
+/// other worker holds part of the key waits for the reconciler to move
+/// that part over. Requests follow each other at once: on one keep-alive
+/// connection (one worker), and on a new connection each (spread over
+/// both workers); every algorithm, and a fresh key for each round. The
+/// wait is bounded by `rebalance_wait_ms`, here long enough that a loaded
+/// machine cannot make the exchange miss it.
+#[test]
+fn a_quick_burst_gets_the_whole_limit() {
+    let b = Backend::start();
+    for algorithm in ["fixed_window", "sliding_window", "token_bucket"] {
+        let gw = Gateway::start(
+            2,
+            b.addr,
+            &format!(
+                r#"
+[rate_limits.small]
+key = "header:X-Key"
+algorithm = "{algorithm}"
+limit = 3
+window_s = 3600
+rebalance_wait_ms = 5000
+
+[[routes]]
+path = "/k"
+upstream = "b"
+rate_limit = ["small"]
+"#
+            ),
+        );
+        for round in 0..6 {
+            let key = format!("one-{round}");
+            let mut c = Conn::open(gw.addr);
+            let codes: Vec<u16> = (0..5)
+                .map(|_| c.get("/k", &[("X-Key", &key)]).status)
+                .collect();
+            assert_eq!(
+                codes,
+                [200, 200, 200, 429, 429],
+                "{algorithm}, one connection, round {round}"
+            );
+            let key = format!("spread-{round}");
+            let codes: Vec<u16> = (0..5)
+                .map(|_| Conn::open(gw.addr).get("/k", &[("X-Key", &key)]).status)
+                .collect();
+            assert_eq!(
+                codes.iter().filter(|&&s| s == 200).count(),
+                3,
+                "{algorithm}, a connection each, round {round}: {codes:?}"
+            );
+            assert!(codes.iter().all(|&s| s == 200 || s == 429), "{codes:?}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Two instances and a real Redis
 // ---------------------------------------------------------------------------
@@ -1110,10 +1166,14 @@ fn config_errors_name_the_key() {
         "[rate_limits.a]\nlimit = 10\ntrusted_proxies = [\"10.0.0.0/99\"]\n[[routes]]\npath = \"/\"\nupstream = \"b\"\n",
     );
     assert!(e.contains("rate_limits.a.trusted_proxies"), "{e}");
+    let e = errs(
+        "[rate_limits.a]\nlimit = 10\nrebalance_wait_ms = 60000\n[[routes]]\npath = \"/\"\nupstream = \"b\"\n",
+    );
+    assert!(e.contains("rate_limits.a.rebalance_wait_ms"), "{e}");
     let ok = errs(
         "[rate_limits.a]\nkey = [\"consumer\", \"route\"]\nlimit = 10\nwindow_s = 0.5\n\
          tiers = { premium = 100, gold = { limit = 50, algorithm = \"leaky_bucket\", max_delay_ms = 500 } }\n\
-         [[routes]]\npath = \"/\"\nupstream = \"b\"\nrate_limit = [\"a\"]\n",
+         rebalance_wait_ms = 0\n[[routes]]\npath = \"/\"\nupstream = \"b\"\nrate_limit = [\"a\"]\n",
     );
     assert_eq!(ok, "ok");
 }

@@ -127,6 +127,10 @@ pub struct LimitFile {
     pub headers: Option<bool>,
     /// How often workers and the reconciler exchange counts (default 50).
     pub sync_interval_ms: Option<u64>,
+    /// How long a request this worker would refuse waits while other
+    /// workers hold unspent parts of its key, for the reconciler to move
+    /// quota here (default 100; 0 refuses at once).
+    pub rebalance_wait_ms: Option<u64>,
     /// Peers whose `X-Forwarded-For` names the client (addresses or CIDR).
     pub trusted_proxies: Option<Vec<String>>,
     /// Keys each worker keeps for this limit (default 100000).
@@ -204,6 +208,8 @@ pub(crate) struct LimitDef {
     pub max_keys: usize,
     /// Idle keys older than this are dropped.
     pub ttl_ns: u64,
+    /// `rebalance_wait_ms`.
+    pub rebalance_wait: Duration,
 }
 
 impl LimitDef {
@@ -313,6 +319,19 @@ pub fn hand_over(old: Option<&Arc<Limits>>, new: Option<&Arc<Limits>>, workers: 
 }
 
 impl Limits {
+    /// How often a worker takes the reconciler's updates: four times per
+    /// tick, at least every 10 ms (a waiting request polls too).
+    pub(crate) fn poll_every(&self) -> Duration {
+        Duration::from_nanos((self.tick_ns / 4).clamp(250_000, 10_000_000))
+    }
+
+    /// The least time between two reconciliations of the keys: two polls,
+    /// so every worker has taken one update before the next is computed
+    /// (a part is sized against the view the worker was last sent).
+    pub(crate) fn reconcile_gap(&self) -> Duration {
+        2 * self.poll_every()
+    }
+
     /// The limits' names, in index order (metric labels).
     pub fn limit_names(&self) -> Vec<&str> {
         self.defs.iter().map(|d| d.name.as_str()).collect()
@@ -761,6 +780,14 @@ fn compile_limit(
             "use e.g. 50",
         );
     }
+    let rebalance_wait = lf.rebalance_wait_ms.unwrap_or(100);
+    if rebalance_wait > 10_000 {
+        errs.push(
+            k("rebalance_wait_ms"),
+            format!("{rebalance_wait} is more than 10000"),
+            "use e.g. 100, or 0 to refuse without waiting",
+        );
+    }
     let max_keys = lf.max_keys_per_worker.unwrap_or(100_000);
     if !(16..=100_000_000).contains(&max_keys) {
         errs.push(
@@ -857,6 +884,7 @@ fn compile_limit(
         every: sync as u32,
         max_keys,
         ttl_ns,
+        rebalance_wait: Duration::from_millis(rebalance_wait.min(10_000)),
     })
 }
 
@@ -1009,7 +1037,7 @@ impl WorkerState {
             h.finish()
         };
         let now = s.limits.clock.now();
-        match s.check(limit, h, t, now, Phase::Decide, || key.to_vec()) {
+        match s.check(limit, h, t, now, Phase::Decide, false, || key.to_vec()) {
             Outcome::Checked(c) => Some(c),
             _ => None,
         }
@@ -1049,12 +1077,12 @@ const IDLE_LOOK: Duration = Duration::from_millis(100);
 pub fn spawn_worker_tasks(w: &Rc<Worker>) {
     let w = w.clone();
     monoio::spawn(async move {
-        let mut n = 0u32;
+        let mut last_tick = 0u64;
         loop {
-            // Updates are taken four times per tick; reports go once per
+            // Updates are taken every `poll_every`; reports go once per
             // tick.
             let sub = match &w.current().rate.shard {
-                Some(s) => Duration::from_nanos((s.limits.tick_ns / 4).max(250_000)),
+                Some(s) => s.limits.poll_every(),
                 None => IDLE_LOOK,
             };
             monoio::time::sleep(sub).await;
@@ -1063,9 +1091,11 @@ pub fn spawn_worker_tasks(w: &Rc<Worker>) {
             }
             let g = w.current();
             let Some(s) = &g.rate.shard else { continue };
-            n = n.wrapping_add(1);
-            if n % 4 == 0 {
-                s.tick(s.limits.clock.now());
+            let now = s.limits.clock.now();
+            let half_poll = s.limits.poll_every().as_nanos() as u64 / 2;
+            if now.saturating_sub(last_tick) + half_poll >= s.limits.tick_ns {
+                last_tick = now;
+                s.tick(now);
             } else {
                 s.poll();
             }
@@ -1114,7 +1144,7 @@ pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdic
     let mut waited = Duration::ZERO;
     let max_wait = Duration::from_nanos(shard.limits.tick_ns * 10).max(Duration::from_millis(500));
     loop {
-        let v = decide(shard, p, ctx);
+        let v = decide(shard, p, ctx, waited);
         match v {
             Verdicts::Admit { tight, delay_ns } => {
                 write_headers(shard, p, ctx, &tight, false);
@@ -1146,9 +1176,13 @@ pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdic
                         store_down(ctx)
                     };
                 }
+                // Sends the report a reservation wait asked for, then
+                // takes what the reconciler answered before deciding again.
+                shard.poll();
                 let step = Duration::from_millis(5);
                 monoio::time::sleep(step).await;
                 waited += step;
+                shard.poll();
             }
         }
     }
@@ -1161,7 +1195,9 @@ fn store_down(ctx: &RequestCtx<'_>) -> Verdict {
     )
 }
 
-fn decide(shard: &Shard, p: &RoutePolicy, ctx: &RequestCtx<'_>) -> Verdicts {
+/// Asks every limit of the route; `waited` is how long the request has
+/// waited on the reconciler so far.
+fn decide(shard: &Shard, p: &RoutePolicy, ctx: &RequestCtx<'_>, waited: Duration) -> Verdicts {
     let limits = &*shard.limits;
     let now = limits.clock.now();
     let id = ctx.identity.as_deref();
@@ -1184,7 +1220,8 @@ fn decide(shard: &Shard, p: &RoutePolicy, ctx: &RequestCtx<'_>) -> Verdicts {
         );
         keys[i] = (key, tier);
         let phase = if single { Phase::Decide } else { Phase::Probe };
-        let out = shard.check(li, key, tier, now, phase, || {
+        let may_wait = waited < def.rebalance_wait;
+        let out = shard.check(li, key, tier, now, phase, may_wait, || {
             key::bytes(&def.parts, &def.trusted, &p.route_name, tier, ctx)
         });
         let c = match out {
@@ -1222,7 +1259,9 @@ fn decide(shard: &Shard, p: &RoutePolicy, ctx: &RequestCtx<'_>) -> Verdicts {
         let mut best: Option<Decided> = None;
         for (i, &li) in p.limits.iter().enumerate() {
             let (key, tier) = keys[i];
-            if let Outcome::Checked(c) = shard.check(li, key, tier, now, Phase::Spend, Vec::new) {
+            if let Outcome::Checked(c) =
+                shard.check(li, key, tier, now, Phase::Spend, false, Vec::new)
+            {
                 delay_ns = delay_ns.max(c.delay_ns);
                 let d = Decided { li, tier, check: c };
                 if best.is_none_or(|b| c.remaining < b.check.remaining) {

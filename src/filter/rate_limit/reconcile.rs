@@ -31,39 +31,51 @@
 //! handed-over state; a generation that ended before its own predecessor
 //! handed over waits for it first, so the chain stays whole.
 //!
+//! Urgent exchanges. A worker that would refuse a request while part of
+//! the key is held elsewhere (its update says so: `Update::reserved`)
+//! lets the request wait, up to the limit's `rebalance_wait_ms`, and
+//! reports at once with `Report::urgent`. The reconciler acks every report
+//! at once, and reconciles the touched keys on an urgent one, but never
+//! sooner than `Limits::reconcile_gap` (two polls) after its last round;
+//! a worker whose old view holds quota back is asked to report at once
+//! (`Batch::report`), and a worker given an install reports it at once.
+//!
+//! Views. Each update round is numbered; a batch says the latest round it
+//! carries and a report the latest round its worker had taken. A worker's
+//! old view counts as spendable until the worker reports having taken the
+//! round that replaced it, so what it spends from a view just before it
+//! takes the next one is never handed out twice (see `reconcile_key`).
+//! A batch a worker's full channel refuses is kept for the next send.
+//!
 //! The bound. For one key over one window, with N workers:
 //!
 //! ```text
-//! limit − N  ≤  admitted  ≤  limit + (N − 1)·[share·burst < 1] + refill
+//! limit − N·[wait ran out]  ≤  admitted  ≤  limit + (N − 1)·[share·burst < 1] + refill
 //! ```
 //!
-//! The lower side is what a short burst can meet: a worker refuses once
-//! its own part is spent, even while another worker still holds some of
-//! the key. Under demand that lasts a few sync intervals the whole limit
-//! is used: what a key has left is handed out in whole requests (largest
-//! remainder, see `whole_parts`), so rounding strands no request — a limit
-//! of 3 over two workers admits 3, not the 1.5 + 1.5 rounded down to 2.
-//! With sparse requests spread at random over the workers, the last whole
-//! request may take a few tries to meet the worker holding it. On the
-//! upper side, the middle term is rounding: a
+//! The lower side: a worker refuses only what the instance has spent,
+//! unless the urgent exchange takes longer than `rebalance_wait_ms` (or
+//! that is 0). Under demand that lasts a few sync intervals the whole
+//! limit is used as well: what a key has left is handed out in whole
+//! requests (largest remainder, see `whole_parts`), so rounding strands
+//! no request — a limit of 3 over two workers admits 3, not the 1.5 + 1.5
+//! rounded down to 2. On the upper side, the middle term is rounding: a
 //! worker whose share is worth less than one request may still hold one
-//! (otherwise a burst of 1 spread over N workers could never pass). A
-//! worker takes a new share up to a quarter interval after another (they
-//! poll four times per sync interval); new parts are sized so that each
-//! worker's old view and new part both fit (see `reconcile_key`), so only
-//! what a bucket refills in that quarter interval can slip past — under
-//! one request for most limits. `tests/rate_limit.rs` measures it (token
-//! bucket of 60, two workers: 60 pinned, 60 spread; the naive designs give
-//! 30 pinned for limit/N per worker and 120 spread for the full limit per
-//! worker; two instances over Redis: 300 of 300).
+//! (otherwise a burst of 1 spread over N workers could never pass); only
+//! what a bucket refills between a worker's polls can slip past besides —
+//! under one request for most limits. `tests/rate_limit.rs` measures it
+//! (token bucket of 60, two workers: 60 pinned, 60 spread; the naive
+//! designs give 30 pinned for limit/N per worker and 120 spread for the
+//! full limit per worker; two instances over Redis: 300 of 300; a burst
+//! of five on a limit of 3: 3).
 
 use super::algo::{Algorithm, Params, State};
 use super::redis_store::{LeaseReq, LeaseResp};
 use super::shard::IdMap;
 use super::{Limits, Scope};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Requests admitted, by window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,6 +153,13 @@ pub(crate) struct Report {
     pub seq: u32,
     pub items: Vec<ReportItem>,
     pub evicted: Vec<(u16, u64)>,
+    /// A request waits on it, or it answers an install: reconcile its keys
+    /// now rather than at the next interval.
+    pub urgent: bool,
+    /// The latest reconciliation round whose batch the worker had taken
+    /// when it made this report: what it spent from views older than that
+    /// round's is all reported.
+    pub applied: u64,
 }
 
 /// New state for one key on one worker.
@@ -155,6 +174,9 @@ pub(crate) struct Update {
     pub now: u64,
     /// Waiting for a lease: requests wait rather than fail.
     pub awaiting: bool,
+    /// Part of the key is held for workers that have not reported it: a
+    /// refusal may wait for it to be released.
+    pub reserved: bool,
     /// Create the key if the worker does not hold it.
     pub install: bool,
     /// Only create it; a worker that holds the key keeps its state.
@@ -166,6 +188,11 @@ pub(crate) struct Update {
 pub(crate) struct Batch {
     /// The worker's last report folded into these states.
     pub acked: u32,
+    /// The latest reconciliation round these updates come from.
+    pub round: u64,
+    /// Report at once: part of a key is held back for what this worker
+    /// may still spend from an older view.
+    pub report: bool,
     /// The Redis store answers.
     pub store_ok: bool,
     pub updates: Vec<Update>,
@@ -198,9 +225,15 @@ struct Holder {
     demand: f64,
     /// Has reported the key (an installed key counts once reported).
     acked: bool,
-    /// Quota in the view last sent to it, and spends it reported since.
+    /// Quota in the view last sent to it (its first-touch part before
+    /// any), and spends it reported since.
     alloc: f64,
     spent_since: f64,
+    /// The largest view the worker may still be spending from, other than
+    /// the last one sent, until it reports having taken round
+    /// `pending_round` (see [`Reconciler::reconcile_key`]).
+    pending: f64,
+    pending_round: u64,
 }
 
 #[derive(Debug, Default)]
@@ -245,6 +278,12 @@ pub(crate) struct Reconciler {
     store_ok_sent: bool,
     out: Vec<Vec<Update>>,
     ticks: u64,
+    /// Reconciliation rounds so far, and by worker the latest one it
+    /// reported having taken.
+    round: u64,
+    applied: Vec<u64>,
+    /// Workers asked to report at once.
+    ask: Vec<bool>,
     succession: Succession,
     /// Reports' parts on limits still waiting for their handed-over state.
     held: Vec<Report>,
@@ -273,6 +312,9 @@ impl Reconciler {
             store_ok_sent: true,
             out: (0..workers).map(|_| Vec::new()).collect(),
             ticks: 0,
+            round: 0,
+            applied: vec![0; workers],
+            ask: vec![false; workers],
             succession,
             held: Vec::new(),
         }
@@ -290,29 +332,56 @@ impl Reconciler {
             return;
         };
         let tick = Duration::from_nanos(l.tick_ns);
+        let gap = l.reconcile_gap();
         drop(l);
-        let mut next = std::time::Instant::now() + tick;
+        let mut next = Instant::now() + tick;
+        // When the keys were last reconciled, and when an urgent report
+        // wants them reconciled again (not sooner than `gap` after).
+        let mut last = Instant::now();
+        let mut urgent_at: Option<Instant> = None;
         loop {
-            let wait = next.saturating_duration_since(std::time::Instant::now());
-            match self.rx.recv_timeout(wait) {
+            let due = urgent_at.map_or(next, |u| u.min(next));
+            match self
+                .rx
+                .recv_timeout(due.saturating_duration_since(Instant::now()))
+            {
                 Ok(r) => {
                     let Some(l) = self.limits.upgrade() else {
                         return;
                     };
+                    if r.urgent && urgent_at.is_none() {
+                        urgent_at = Some(last + gap);
+                    }
                     self.fold(&l, r);
+                    // The ack goes at once, so the worker's next report
+                    // (an urgent one, perhaps) need not wait for the interval.
+                    self.send();
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            next += tick;
-            let now_i = std::time::Instant::now();
-            if next < now_i {
-                next = now_i + tick;
-            }
+            let now_i = Instant::now();
             let Some(l) = self.limits.upgrade() else {
                 return;
             };
+            if now_i < next {
+                if urgent_at.is_some_and(|u| u <= now_i) {
+                    urgent_at = None;
+                    last = now_i;
+                    self.reconcile_touched(&l, l.clock.now());
+                    self.send();
+                    // The interval's step keeps the gap too.
+                    next = next.max(last + gap);
+                }
+                continue;
+            }
+            next += tick;
+            if next < now_i {
+                next = now_i + tick;
+            }
+            urgent_at = None;
+            last = now_i;
             self.look_for_handoff(&l);
             self.step(&l);
         }
@@ -347,6 +416,13 @@ impl Reconciler {
                 for g in keys.values_mut() {
                     // The predecessor's lease thread answers it, not ours.
                     g.lease.in_flight = false;
+                    // Every worker took the predecessor's last updates
+                    // before leaving it, and reports to this reconciler
+                    // what it spent from them; its rounds mean nothing here.
+                    for h in &mut g.holders {
+                        h.pending = 0.0;
+                        h.pending_round = 0;
+                    }
                 }
                 self.keys[li] = keys;
             }
@@ -394,6 +470,7 @@ impl Reconciler {
         if r.seq > self.acked[w] {
             self.acked[w] = r.seq;
         }
+        self.applied[w] = self.applied[w].max(r.applied);
         if self.succession.waiting.contains(&true) {
             // Carried limits wait for their handed-over state.
             let waiting = &self.succession.waiting;
@@ -408,6 +485,8 @@ impl Reconciler {
                     seq: r.seq,
                     items: held,
                     evicted: held_ev,
+                    urgent: false,
+                    applied: r.applied,
                 });
             }
             r.items = items;
@@ -454,18 +533,23 @@ impl Reconciler {
             g.last_active = now;
             g.lease.demand_tick += it.demand as u64;
             let spent = (it.spends.cur + it.spends.prev) as f64;
+            let first_view = first_touch_view(&g.state, p, self.workers);
             match g.holders.iter_mut().find(|h| h.worker == r.worker) {
                 Some(h) => {
                     h.demand += it.demand as f64;
                     h.acked = true;
                     h.spent_since += spent;
                 }
+                // Until it takes an update, the worker spends from the
+                // first-touch part it made the key with.
                 None => g.holders.push(Holder {
                     worker: r.worker,
                     demand: it.demand as f64,
                     acked: true,
-                    alloc: 0.0,
-                    spent_since: 0.0,
+                    alloc: first_view,
+                    spent_since: spent,
+                    pending: 0.0,
+                    pending_round: 0,
                 }),
             }
             self.touched.push((it.limit, it.key));
@@ -492,6 +576,16 @@ impl Reconciler {
         let now = l.clock.now();
         self.take_leases(l, now);
         self.manage_leases(l, now);
+        self.reconcile_touched(l, now);
+        self.send();
+        if self.ticks % 20 == 0 || self.keys.iter().any(|m| m.len() > 1 << 20) {
+            self.expire(l, now);
+        }
+    }
+
+    /// Reconciles every key a report touched since the last time.
+    fn reconcile_touched(&mut self, l: &Limits, now: u64) {
+        self.round += 1;
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
         touched.dedup();
@@ -500,10 +594,6 @@ impl Reconciler {
         }
         touched.clear();
         self.touched = touched;
-        self.send();
-        if self.ticks % 20 == 0 || self.keys.iter().any(|m| m.len() > 1 << 20) {
-            self.expire(l, now);
-        }
     }
 
     /// Computes shares for one key and queues an update per holder.
@@ -526,6 +616,7 @@ impl Reconciler {
         g.state.advance(p, 1.0, now);
         let credit = matches!(g.state, State::Credit { .. });
         let first_touch = 1.0 / n as f64;
+        let first_view = first_touch_view(&g.state, p, n);
         if !credit && n > 1 && g.holders.len() < n {
             let used = p.fresh_quota() - g.state.available(p, 1.0, now);
             if (used >= 2.0 || g.pressed) && used > 0.5 * first_touch * p.fresh_quota() {
@@ -535,8 +626,10 @@ impl Reconciler {
                             worker: w,
                             demand: 0.0,
                             acked: false,
-                            alloc: 0.0,
+                            alloc: first_view,
                             spent_since: 0.0,
+                            pending: 0.0,
+                            pending_round: 0,
                         });
                     }
                 }
@@ -558,6 +651,7 @@ impl Reconciler {
                     state: fresh,
                     now,
                     awaiting: false,
+                    reserved: true,
                     install: true,
                     only_install: true,
                 });
@@ -599,14 +693,32 @@ impl Reconciler {
         // sized such that every worker's larger of old and new still
         // fits: Σ max(old_v, s_v·x) ≤ avail, solved for the common quota
         // `x` by a few fixed-point steps (x only decreases).
-        let shares: Vec<(f64, f64)> = acked
+        //
+        // A worker's view is the last one sent, or, until it reports having
+        // taken that round's batch, an older one (`pending`): spends from
+        // an older view taken after the last report are not counted in the
+        // state yet, so that view's rest still counts.
+        let applied = &self.applied;
+        let round = self.round;
+        let olds: Vec<f64> = acked
             .iter()
             .map(|&i| {
                 let hd = &g.holders[i];
-                (
-                    (hd.demand + floor) / wsum,
-                    ((hd.alloc - hd.spent_since).max(0.0) + 1e-9).floor(),
-                )
+                let last = hd.alloc - hd.spent_since;
+                let older = if applied[hd.worker as usize] < hd.pending_round {
+                    hd.pending - hd.spent_since
+                } else {
+                    0.0
+                };
+                last.max(older).max(0.0)
+            })
+            .collect();
+        let shares: Vec<(f64, f64)> = acked
+            .iter()
+            .zip(&olds)
+            .map(|(&i, &old)| {
+                let hd = &g.holders[i];
+                ((hd.demand + floor) / wsum, (old + 1e-9).floor())
             })
             .collect();
         let mut x = avail;
@@ -656,6 +768,15 @@ impl Reconciler {
         for (j, &i) in acked.iter().enumerate() {
             let hd = &mut g.holders[i];
             let share = share_of[j];
+            hd.pending = olds[j];
+            hd.pending_round = round;
+            // The quota held back for this view's rest: the worker is
+            // asked to report at once, so it is freed soon.
+            if g.pressed && shares[j].1 >= 1.0 && shares[j].1 > share * x {
+                if let Some(a) = self.ask.get_mut(hd.worker as usize) {
+                    *a = true;
+                }
+            }
             let state = match base {
                 State::Credit { .. } => State::Credit {
                     balance: credit_parts[j],
@@ -676,6 +797,14 @@ impl Reconciler {
                     state,
                     now,
                     awaiting,
+                    // More may come here: parts held for workers that
+                    // have not reported, for old views, or whole requests
+                    // other holders have (bucket refill makes these a
+                    // hair off whole numbers).
+                    reserved: !credit
+                        && (unreported > 0.0
+                            || lag >= 1.0 - 1e-6
+                            || avail_after * (1.0 - share) >= 1.0 - 1e-6),
                     install: false,
                     only_install: false,
                 });
@@ -687,23 +816,43 @@ impl Reconciler {
         }
     }
 
+    /// Sends each worker its batch. A batch the worker's full channel
+    /// refuses is kept, whole, to go first in the next one: an update is
+    /// never lost, and a worker only reports a round it has taken.
     fn send(&mut self) {
         let store_changed = self.store_ok != self.store_ok_sent;
+        let mut all_sent = true;
         for (w, tx) in self.txs.iter().enumerate() {
             let updates = std::mem::take(&mut self.out[w]);
-            if updates.is_empty() && self.acked[w] == self.acked_sent[w] && !store_changed {
+            let report = std::mem::take(&mut self.ask[w]);
+            if updates.is_empty()
+                && self.acked[w] == self.acked_sent[w]
+                && !store_changed
+                && !report
+            {
                 continue;
             }
             let b = Batch {
                 acked: self.acked[w],
+                round: self.round,
+                report,
                 store_ok: self.store_ok,
                 updates,
             };
-            if tx.try_send(b).is_ok() {
-                self.acked_sent[w] = self.acked[w];
+            match tx.try_send(b) {
+                Ok(()) => self.acked_sent[w] = self.acked[w],
+                Err(TrySendError::Full(b)) => {
+                    all_sent = false;
+                    self.out[w] = b.updates;
+                    self.ask[w] |= b.report;
+                }
+                // The worker left this generation.
+                Err(TrySendError::Disconnected(_)) => {}
             }
         }
-        self.store_ok_sent = self.store_ok;
+        if all_sent {
+            self.store_ok_sent = self.store_ok;
+        }
     }
 
     /// Drops keys nobody used for a while; past twice what the workers can
@@ -892,6 +1041,16 @@ impl Reconciler {
                 }
             }
         }
+    }
+}
+
+/// The quota a worker holds when it makes a key itself (a first touch) or
+/// takes an install: `1/N` of a fresh key; none of a global key's credit.
+fn first_touch_view(state: &State, p: &Params, workers: usize) -> f64 {
+    if matches!(state, State::Credit { .. }) {
+        0.0
+    } else {
+        p.fresh_quota() / workers.max(1) as f64
     }
 }
 

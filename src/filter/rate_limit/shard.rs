@@ -73,6 +73,10 @@ pub(crate) struct Entry {
     last_seen: u64,
     /// A global key waiting for its first lease.
     awaiting: bool,
+    /// Part of the key is held for workers that have not reported it
+    /// (this worker's first-touch share, or the reconciler's reservation):
+    /// a refusal may wait for the reconciler to move that part here.
+    reserved: bool,
     key_bytes: Option<Box<[u8]>>,
 }
 
@@ -111,7 +115,8 @@ pub(crate) enum Phase {
 pub(crate) enum Outcome {
     /// Decided.
     Checked(Check),
-    /// A global key with no quota yet: ask again shortly.
+    /// A global key with no quota yet, or a refusal while part of the
+    /// key is held for other workers: ask again shortly.
     Wait,
     /// The store is down and the limit fails closed.
     StoreDown,
@@ -135,6 +140,11 @@ pub(crate) struct Shard {
     unsent: RefCell<Option<Report>>,
     ticks: Cell<u32>,
     store_ok: Cell<bool>,
+    /// A request waits on the reconciler, a key was installed here, or the
+    /// reconciler asked: report now rather than at the next tick.
+    urgent: Cell<bool>,
+    /// The latest reconciliation round whose batch this worker took.
+    applied: Cell<u64>,
     id: usize,
 }
 
@@ -161,6 +171,8 @@ impl Shard {
             unsent: RefCell::new(None),
             ticks: Cell::new(0),
             store_ok: Cell::new(true),
+            urgent: Cell::new(false),
+            applied: Cell::new(0),
             id,
         }
     }
@@ -172,8 +184,12 @@ impl Shard {
 
     /// Checks one request against limit `li` for key `key` (tier `tier`)
     /// in phase `phase` (see [`Phase`]). `bytes` names the key (global
-    /// limits).
+    /// limits). With `may_wait`, a refusal of a reconciled key while part
+    /// of it is held for other workers answers [`Outcome::Wait`] and asks
+    /// for an early exchange ([`Shard::poll`]): a short burst then gets
+    /// the whole limit, not just this worker's first-touch part.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub fn check(
         &self,
         li: usize,
@@ -181,6 +197,7 @@ impl Shard {
         tier: u8,
         now: u64,
         phase: Phase,
+        may_wait: bool,
         bytes: impl FnOnce() -> Vec<u8>,
     ) -> Outcome {
         let demand = phase != Phase::Spend;
@@ -188,6 +205,7 @@ impl Shard {
         let def = &self.limits.defs[li];
         let p: &Params = &def.tiers[tier as usize].params;
         let global = def.global && self.linked;
+        let reconciled = def.reported(self.workers);
         if global && !self.store_ok.get() && !def.fail_open {
             return Outcome::StoreDown;
         }
@@ -221,6 +239,7 @@ impl Shard {
                     referenced: false,
                     last_seen: now,
                     awaiting: credit,
+                    reserved: reconciled && !credit,
                     key_bytes: global.then(|| bytes().into_boxed_slice()),
                 };
                 t.insert(key, e, def.max_keys, now, def.ttl_ns);
@@ -228,7 +247,6 @@ impl Shard {
             }
         };
         e.last_seen = now;
-        let reconciled = def.reported(self.workers);
         if demand && reconciled {
             e.demand = e.demand.saturating_add(1);
             if !e.dirty {
@@ -241,6 +259,10 @@ impl Shard {
         if !c.admit && e.awaiting {
             return Outcome::Wait;
         }
+        if !c.admit && may_wait && e.reserved && !matches!(e.state, State::Credit { .. }) {
+            self.urgent.set(true);
+            return Outcome::Wait;
+        }
         if c.admit && commit && reconciled {
             e.fresh.add(window_of(p, now));
             if !e.dirty {
@@ -251,13 +273,18 @@ impl Shard {
         Outcome::Checked(c)
     }
 
-    /// Takes the reconciler's updates, if any. Runs several times per
-    /// tick, so the workers' views of a key change at nearly the same time
-    /// (the lag between them is the overshoot term of the bound).
+    /// Takes the reconciler's updates, if any, and sends an urgent report
+    /// if one is due. Runs several times per tick, so the workers' views
+    /// of a key change at nearly the same time (the lag between them is
+    /// the overshoot term of the bound), and every few milliseconds while
+    /// a request waits on the reconciler.
     pub fn poll(&self) {
         if let Some(link) = &*self.link.borrow() {
             while let Ok(b) = link.rx.try_recv() {
                 self.apply(b);
+            }
+            if self.urgent.get() {
+                self.report(link, self.ticks.get(), true);
             }
         }
     }
@@ -271,7 +298,7 @@ impl Shard {
             while let Ok(b) = link.rx.try_recv() {
                 self.apply(b);
             }
-            self.report(link, ticks);
+            self.report(link, ticks, false);
         }
         for (li, t) in self.tables.iter().enumerate() {
             let def = &self.limits.defs[li];
@@ -354,11 +381,15 @@ impl Shard {
         if b.acked > self.acked.get() {
             self.acked.set(b.acked);
         }
+        if b.report {
+            self.urgent.set(true);
+        }
         self.store_ok.set(b.store_ok);
         let acked = self.acked.get();
         for u in b.updates {
             self.apply_update(&u, acked);
         }
+        self.applied.set(self.applied.get().max(b.round));
     }
 
     fn apply_update(&self, u: &Update, acked: u32) {
@@ -390,13 +421,22 @@ impl Shard {
                 referenced: false,
                 last_seen: u.now,
                 awaiting: u.awaiting,
+                reserved: u.reserved,
                 key_bytes: None,
             };
             t.insert(u.key, e, def.max_keys, u.now, def.ttl_ns);
             t.dirty.push(u.key);
+            // Reported at once: a request on another worker may be
+            // waiting for the reconciler to release this worker's
+            // reservation.
+            self.urgent.set(true);
             return;
         }
         if u.only_install {
+            // Holding the key already, the worker reports it at once all
+            // the same: the reconciler waits for that to release its
+            // reservation.
+            self.urgent.set(true);
             return;
         }
         let e = t.map.get_mut(&u.key).expect("present");
@@ -413,9 +453,13 @@ impl Shard {
         e.state = st;
         e.share = u.share;
         e.awaiting = u.awaiting;
+        e.reserved = u.reserved;
     }
 
-    fn report(&self, link: &WorkerLink, ticks: u32) {
+    /// Sends what changed since the last report (one report in flight at
+    /// a time). An `urgent` report carries every limit's keys, whatever
+    /// its interval, and asks the reconciler to answer at once.
+    fn report(&self, link: &WorkerLink, ticks: u32, urgent: bool) {
         // A report not yet taken by the channel goes first.
         if let Some(r) = self.unsent.borrow_mut().take() {
             match link.tx.try_send(r) {
@@ -434,7 +478,7 @@ impl Shard {
         let mut evicted = Vec::new();
         for (li, t) in self.tables.iter().enumerate() {
             let def = &self.limits.defs[li];
-            if def.every > 1 && ticks % def.every != 0 {
+            if !urgent && def.every > 1 && ticks % def.every != 0 {
                 continue;
             }
             let mut t = t.borrow_mut();
@@ -462,7 +506,11 @@ impl Shard {
                 evicted.push((li as u16, key));
             }
         }
-        if items.is_empty() && evicted.is_empty() {
+        let urgent = urgent || self.urgent.get();
+        self.urgent.set(false);
+        // An urgent report goes even when empty: it tells the reconciler
+        // which round this worker has taken.
+        if items.is_empty() && evicted.is_empty() && !urgent {
             return;
         }
         self.seq.set(seq);
@@ -471,6 +519,8 @@ impl Shard {
             seq,
             items,
             evicted,
+            urgent,
+            applied: self.applied.get(),
         };
         if let Err(TrySendError::Full(r)) | Err(TrySendError::Disconnected(r)) = link.tx.try_send(r)
         {
@@ -589,6 +639,7 @@ mod tests {
             referenced: false,
             last_seen: now,
             awaiting: false,
+            reserved: false,
             key_bytes: None,
         }
     }
