@@ -834,6 +834,19 @@ fn instance_limit_holds_pinned_and_spread() {
     );
 }
 
+/// Two workers and a route `/k` limited to 3 requests an hour by
+/// `algorithm`, plus `extra` keys for the limit.
+fn small_limit(b: &Backend, algorithm: &str, extra: &str) -> Gateway {
+    Gateway::start(
+        2,
+        b.addr,
+        &format!(
+            "[rate_limits.small]\nalgorithm = \"{algorithm}\"\nlimit = 3\nwindow_s = 3600\n{extra}\n\
+             [[routes]]\npath = \"/k\"\nupstream = \"b\"\nrate_limit = [\"small\"]\n"
+        ),
+    )
+}
+
 /// A small limit is used in full under lasting demand spread over the
 /// workers: a fixed window of 3 over two workers gives each a share worth
 /// 1.5 requests, which rounding alone would leave at 2 admitted for the
@@ -844,23 +857,7 @@ fn instance_limit_holds_pinned_and_spread() {
 fn a_small_limit_is_used_in_full_across_workers() {
     let b = Backend::start();
     for algorithm in ["fixed_window", "sliding_window", "token_bucket"] {
-        let gw = Gateway::start(
-            2,
-            b.addr,
-            &format!(
-                r#"
-[rate_limits.small]
-algorithm = "{algorithm}"
-limit = 3
-window_s = 3600
-
-[[routes]]
-path = "/k"
-upstream = "b"
-rate_limit = ["small"]
-"#
-            ),
-        );
+        let gw = small_limit(&b, algorithm, "");
         let mut ok = 0;
         for _ in 0..50 {
             if Conn::open(gw.addr).get("/k", &[]).status == 200 {
@@ -884,24 +881,10 @@ rate_limit = ["small"]
 fn a_quick_burst_gets_the_whole_limit() {
     let b = Backend::start();
     for algorithm in ["fixed_window", "sliding_window", "token_bucket"] {
-        let gw = Gateway::start(
-            2,
-            b.addr,
-            &format!(
-                r#"
-[rate_limits.small]
-key = "header:X-Key"
-algorithm = "{algorithm}"
-limit = 3
-window_s = 3600
-rebalance_wait_ms = 5000
-
-[[routes]]
-path = "/k"
-upstream = "b"
-rate_limit = ["small"]
-"#
-            ),
+        let gw = small_limit(
+            &b,
+            algorithm,
+            "key = \"header:X-Key\"\nrebalance_wait_ms = 5000\n",
         );
         for round in 0..6 {
             let key = format!("one-{round}");

@@ -772,30 +772,28 @@ fn compile_limit(
             true
         }
     };
+    let mut within = |name: &str, v: u64, range: std::ops::RangeInclusive<u64>, fix: &str| {
+        if !range.contains(&v) {
+            let (lo, hi) = range.into_inner();
+            errs.push(k(name), format!("{v} is not between {lo} and {hi}"), fix);
+        }
+    };
     let sync = lf.sync_interval_ms.unwrap_or(50);
-    if !(1..=10_000).contains(&sync) {
-        errs.push(
-            k("sync_interval_ms"),
-            format!("{sync} is not between 1 and 10000"),
-            "use e.g. 50",
-        );
-    }
+    within("sync_interval_ms", sync, 1..=10_000, "use e.g. 50");
     let rebalance_wait = lf.rebalance_wait_ms.unwrap_or(100);
-    if rebalance_wait > 10_000 {
-        errs.push(
-            k("rebalance_wait_ms"),
-            format!("{rebalance_wait} is more than 10000"),
-            "use e.g. 100, or 0 to refuse without waiting",
-        );
-    }
+    within(
+        "rebalance_wait_ms",
+        rebalance_wait,
+        0..=10_000,
+        "use e.g. 100, or 0 to refuse without waiting",
+    );
     let max_keys = lf.max_keys_per_worker.unwrap_or(100_000);
-    if !(16..=100_000_000).contains(&max_keys) {
-        errs.push(
-            k("max_keys_per_worker"),
-            format!("{max_keys} is not between 16 and 100000000"),
-            "use e.g. 100000",
-        );
-    }
+    within(
+        "max_keys_per_worker",
+        max_keys as u64,
+        16..=100_000_000,
+        "use e.g. 100000",
+    );
     let mode = match lf.shard_mode.as_deref().unwrap_or("reconciled") {
         "reconciled" => ShardMode::Reconciled,
         "split" => ShardMode::Split,
