@@ -454,6 +454,45 @@ fn reload_moves_the_listener_and_keeps_open_connections() {
     assert_eq!(served(moved, 8), 8);
 }
 
+/// The accept-queue length of every socket listening on `addr`'s port,
+/// as `ss` reports it (Send-Q of a listening socket is its backlog).
+fn backlogs(addr: SocketAddr) -> Vec<u32> {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", addr.port())])
+        .output()
+        .expect("ss (iproute2) runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .collect()
+}
+
+/// `server.backlog` reloads: every worker's socket gets the new accept
+/// queue length (`listen(2)` again), and keeps accepting.
+#[test]
+fn reload_changes_the_listen_backlog() {
+    let (_be_a, _be_b, a, b) = backends_ab();
+    let conf = |n: u32| {
+        reload_config(&a, &b, false, "")
+            .replace("pin = false\n", &format!("pin = false\nbacklog = {n}\n"))
+    };
+    let (gw, path) = start_file("reload-backlog", &conf(100));
+    let addr = gw.local_addrs()[0];
+    assert_eq!(
+        backlogs(addr),
+        vec![100, 100],
+        "two workers, one socket each"
+    );
+    std::fs::write(&path, conf(200)).unwrap();
+    gw.reload().expect("a backlog change applies");
+    assert!(
+        eventually(|| backlogs(addr) == vec![200, 200]),
+        "{:?}",
+        backlogs(addr)
+    );
+    assert_eq!(served(addr, 24), 24);
+}
+
 /// An invalid file leaves the running config serving; every error is
 /// reported and counted; `POST /reload` says the same.
 #[test]

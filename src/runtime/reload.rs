@@ -24,9 +24,9 @@
 //! accepted there carry on. A new `admin.listen` (or a new `[admin]`
 //! section) is bound before publishing too; the old admin address (or a
 //! removed section's) stops accepting after it.
-//! `server.pin` applies on each worker's next tick too. Worker count, io
-//! settings and the listen backlog cannot change while running: such a
-//! reload is rejected naming the key.
+//! `server.pin` and `server.backlog` (`listen(2)` again on each socket)
+//! apply on each worker's next tick too. Worker count and io settings
+//! cannot change while running: such a reload is rejected naming the key.
 //!
 //! Triggers: SIGHUP, `POST /reload` on the admin listener, and, with
 //! `[config] watch = true`, a change of the file's modification time.
@@ -361,7 +361,6 @@ impl Reloader {
                 o.io_uring_entries == n.io_uring_entries,
             ),
             ("server.io_uring_mode", o.io_uring_mode == n.io_uring_mode),
-            ("server.backlog", o.backlog == n.backlog),
             // `[admin]` may come, go or move (bound before publishing);
             // its token (from token_env or token_file, read again by the
             // reload) applies at once: every admin request reads it from

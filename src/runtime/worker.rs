@@ -449,6 +449,7 @@ async fn serve(
     // published before this task ran): the first tick brings both in line.
     let listen_generation = Cell::new(u64::MAX);
     let pinned = Cell::new(config.server.pin);
+    let backlog = Cell::new(config.server.backlog);
     let cores = shared.cores.clone();
     crate::filter::rate_limit::spawn_worker_tasks(&worker);
     crate::filter::cache::spawn_worker_tasks(&worker);
@@ -476,6 +477,12 @@ async fn serve(
                     if g.config.server.pin != pinned.get() {
                         pinned.set(g.config.server.pin);
                         pin_current(w.id, g.config.server.pin, &cores);
+                    }
+                    if g.config.server.backlog != backlog.get() {
+                        backlog.set(g.config.server.backlog);
+                        for l in listening.borrow().iter() {
+                            l.set_backlog(w.id, g.config.server.backlog);
+                        }
                     }
                 }
                 // Access-log lines reach the writer within ~200 ms.
@@ -595,6 +602,16 @@ impl Listening {
     /// listeners of the SO_REUSEPORT group (when `net.ipv4.tcp_migrate_req`
     /// is on) and ends the pending accept with an error, so no accepted
     /// socket is dropped by cancelling an accept that had already completed.
+    /// Sets the socket's accept queue length: `listen(2)` again on a
+    /// listening socket changes only its backlog.
+    fn set_backlog(&self, worker: usize, backlog: i32) {
+        // SAFETY: `fd` is `_keep`'s descriptor, open while self lives.
+        if unsafe { libc::listen(self.fd, backlog) } != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::error!(worker, addr = %self.addr, error = %e, "cannot set the listen backlog");
+        }
+    }
+
     fn shut(&self) {
         // SAFETY: `fd` is `_keep`'s descriptor, open while self lives.
         unsafe {
