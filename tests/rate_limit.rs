@@ -908,7 +908,34 @@ fn a_quick_burst_gets_the_whole_limit() {
             );
             assert!(codes.iter().all(|&s| s == 200 || s == 429), "{codes:?}");
         }
+        // The second request on the one connection always waited.
+        let waited = series(&gw.handle, "waited", "small", "admitted").unwrap();
+        assert!(waited >= 6, "{algorithm}: {waited} admitted after a wait");
     }
+}
+
+/// A flood is refused without waiting: once the instance has spent a key's
+/// limit, refusals are answered at once, so a flood costs no more than
+/// before. One connection (one worker) sends 1,500 requests at a limit of
+/// 1,000: 1,000 admitted, 500 limited, and only the few that met the other
+/// worker's first part, or a part not yet released, waited.
+#[test]
+fn a_flood_is_refused_without_waiting() {
+    let b = Backend::start();
+    let gw = Gateway::start(
+        2,
+        b.addr,
+        "[rate_limits.flood]\nalgorithm = \"fixed_window\"\nlimit = 1000\nwindow_s = 3600\n\n\
+         [[routes]]\npath = \"/k\"\nupstream = \"b\"\nrate_limit = [\"flood\"]\n",
+    );
+    assert_eq!(admitted(&gw, 1500, "/k", &[]), 1000);
+    let count = |what: &str, decision: &str| series(&gw.handle, what, "flood", decision).unwrap();
+    assert_eq!(count("decisions", "limited"), 500);
+    let waited = count("waited", "admitted") + count("waited", "limited");
+    assert!(
+        (1..=10).contains(&waited),
+        "{waited} of 1500 requests waited"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1309,14 +1336,24 @@ impl Reloadable {
     /// `ringgate_rate_limit_decisions_total{limit,decision}` as
     /// `GET /metrics` shows it.
     fn decisions(&self, limit: &str, decision: &str) -> Option<u64> {
-        let text = self.handle.metrics.render_with(&self.handle.store.load());
-        let key = format!(
-            "ringgate_rate_limit_decisions_total{{limit=\"{limit}\",decision=\"{decision}\"}} "
-        );
-        text.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .map(|v| v.parse().unwrap())
+        series(&self.handle, "decisions", limit, decision)
     }
+}
+
+/// `ringgate_rate_limit_{what}_total{limit,decision}` as `GET /metrics`
+/// shows it.
+fn series(
+    h: &ringgate::runtime::ServerHandle,
+    what: &str,
+    limit: &str,
+    decision: &str,
+) -> Option<u64> {
+    let text = h.metrics.render_with(&h.store.load());
+    let key =
+        format!("ringgate_rate_limit_{what}_total{{limit=\"{limit}\",decision=\"{decision}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map(|v| v.parse().unwrap())
 }
 
 impl Drop for Reloadable {

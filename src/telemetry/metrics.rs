@@ -100,6 +100,10 @@ pub struct WorkerMetrics {
 /// row.
 pub const RATE_LIMIT_SLOTS: usize = 64;
 const RL_DECISIONS: [&str; 4] = ["admitted", "delayed", "limited", "store_error"];
+/// Decisions after the request waited for quota, by label.
+const RL_WAITED: [&str; 2] = ["admitted", "limited"];
+/// Counters per rate-limit slot: the decisions, then the waited ones.
+const RL_PER_SLOT: usize = RL_DECISIONS.len() + RL_WAITED.len();
 
 /// `method` label of auth decisions: the method that decided, or `none`
 /// when the request carried no credential the route accepts.
@@ -167,7 +171,15 @@ impl WorkerMetrics {
     /// admitted), 2 limited (429), 3 store error.
     #[inline]
     pub fn rate_limit_decision(&self, slot: usize, decision: usize) {
-        self.rate_limit[slot.min(RATE_LIMIT_SLOTS) * 4 + decision.min(3)].add(1);
+        self.rate_limit[slot.min(RATE_LIMIT_SLOTS) * RL_PER_SLOT + decision.min(3)].add(1);
+    }
+
+    /// Counts a decision that came after the request waited for quota (a
+    /// lease, or a part another worker held): admitted or limited.
+    #[inline]
+    pub fn rate_limit_waited(&self, slot: usize, limited: bool) {
+        let i = RL_DECISIONS.len() + limited as usize;
+        self.rate_limit[slot.min(RATE_LIMIT_SLOTS) * RL_PER_SLOT + i].add(1);
     }
 
     /// A shard with room for `routes` route slots (slot 0 is "no route")
@@ -190,7 +202,7 @@ impl WorkerMetrics {
             reused: n(upstreams),
             upstream_errors: n(upstreams),
             pool_idle: (0..upstreams).map(|_| AtomicI64::new(0)).collect(),
-            rate_limit: n((RATE_LIMIT_SLOTS + 1) * 4),
+            rate_limit: n((RATE_LIMIT_SLOTS + 1) * RL_PER_SLOT),
             cache: n(routes * 3),
             auth: n(routes * AUTH_PER_ROUTE),
             token_endpoint: Default::default(),
@@ -426,33 +438,46 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .limits
             .clone();
-        let mut header = false;
-        for (slot, name) in limits.iter().enumerate() {
-            let running = cfg.rate_limits.is_some() && cfg.rate_limit_slots.contains(&slot);
-            let v: Vec<u64> = (0..RL_DECISIONS.len())
-                .map(|d| {
-                    self.workers
-                        .iter()
-                        .map(|w| w.rate_limit[slot * 4 + d].get())
-                        .sum()
-                })
-                .collect();
-            if !running && v.iter().all(|&n| n == 0) {
-                continue;
-            }
-            if !header {
-                header = true;
-                let _ = writeln!(
-                    o,
-                    "# HELP {RATE_LIMIT_DECISIONS} Rate-limit decisions.\n# TYPE {RATE_LIMIT_DECISIONS} counter"
-                );
-            }
-            for (dn, v) in RL_DECISIONS.iter().zip(v) {
-                let _ = writeln!(
-                    o,
-                    "{RATE_LIMIT_DECISIONS}{{limit=\"{}\",decision=\"{dn}\"}} {v}",
-                    esc(name)
-                );
+        let series = [
+            (
+                RATE_LIMIT_DECISIONS,
+                "Rate-limit decisions.",
+                &RL_DECISIONS[..],
+                0,
+            ),
+            (
+                RATE_LIMIT_WAITED,
+                "Rate-limit decisions made after the request waited for quota.",
+                &RL_WAITED[..],
+                RL_DECISIONS.len(),
+            ),
+        ];
+        for (metric, help, labels, offset) in series {
+            let mut header = false;
+            for (slot, name) in limits.iter().enumerate() {
+                let running = cfg.rate_limits.is_some() && cfg.rate_limit_slots.contains(&slot);
+                let v: Vec<u64> = (0..labels.len())
+                    .map(|d| {
+                        self.workers
+                            .iter()
+                            .map(|w| w.rate_limit[slot * RL_PER_SLOT + offset + d].get())
+                            .sum()
+                    })
+                    .collect();
+                if !running && v.iter().all(|&n| n == 0) {
+                    continue;
+                }
+                if !header {
+                    header = true;
+                    let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} counter");
+                }
+                for (dn, v) in labels.iter().zip(v) {
+                    let _ = writeln!(
+                        o,
+                        "{metric}{{limit=\"{}\",decision=\"{dn}\"}} {v}",
+                        esc(name)
+                    );
+                }
             }
         }
         if cfg.metrics_enabled

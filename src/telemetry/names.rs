@@ -47,6 +47,10 @@ pub const READY: &str = "ringgate_ready";
 /// Rate-limit decisions, by limit and decision (admitted, delayed, limited,
 /// store_error).
 pub const RATE_LIMIT_DECISIONS: &str = "ringgate_rate_limit_decisions_total";
+/// Rate-limit decisions made after the request waited for quota (a lease
+/// from Redis, or a part another worker held), by limit and decision
+/// (admitted, limited).
+pub const RATE_LIMIT_WAITED: &str = "ringgate_rate_limit_waited_total";
 
 /// Authentication and authorization decisions on routes with `auth`, by
 /// route, method that decided (jwt, api_key, none) and decision (allowed,

@@ -1148,6 +1148,9 @@ pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdic
                 write_headers(shard, p, ctx, &tight, false);
                 let m = &ctx.worker.metrics;
                 m.rate_limit_decision(slot(tight.li), if delay_ns > 0 { 1 } else { 0 });
+                if !waited.is_zero() {
+                    m.rate_limit_waited(slot(tight.li), false);
+                }
                 if delay_ns > 0 {
                     monoio::time::sleep(Duration::from_nanos(delay_ns)).await;
                 }
@@ -1156,6 +1159,9 @@ pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdic
             Verdicts::Reject(d) => {
                 write_headers(shard, p, ctx, &d, true);
                 ctx.worker.metrics.rate_limit_decision(slot(d.li), 2);
+                if !waited.is_zero() {
+                    ctx.worker.metrics.rate_limit_waited(slot(d.li), true);
+                }
                 return Verdict::Reply(Reply::error(429, "rate limit exceeded", ctx.request_id));
             }
             Verdicts::StoreDown => {

@@ -32,7 +32,10 @@
 //! handed over waits for it first, so the chain stays whole.
 //!
 //! Urgent exchanges. A worker that would refuse a request while part of
-//! the key is held elsewhere (its update says so: `Update::reserved`)
+//! the key is held elsewhere (its update says so: `Update::reserved`:
+//! parts held for workers that have not reported the key or for old
+//! views, or another holder's whole requests beyond its floor when that
+//! holder's last report had no refusals, so a flood is never held up)
 //! lets the request wait, up to the limit's `rebalance_wait_ms`, and
 //! reports at once with `Report::urgent`. The reconciler acks every report
 //! at once, and reconciles the touched keys on an urgent one, but never
@@ -234,6 +237,9 @@ struct Holder {
     /// `pending_round` (see [`Reconciler::reconcile_key`]).
     pending: f64,
     pending_round: u64,
+    /// Its last report of the key had refusals: it wants more than it has,
+    /// so none of its part is spare for another worker.
+    refused: bool,
 }
 
 #[derive(Debug, Default)]
@@ -522,7 +528,8 @@ impl Reconciler {
                 fallback: global && !store_ok,
                 pressed: false,
             });
-            if it.demand > it.spends.cur + it.spends.prev {
+            let refused = it.demand > it.spends.cur + it.spends.prev;
+            if refused {
                 g.pressed = true;
             }
             if g.key_bytes.is_none() {
@@ -539,6 +546,7 @@ impl Reconciler {
                     h.demand += it.demand as f64;
                     h.acked = true;
                     h.spent_since += spent;
+                    h.refused = refused;
                 }
                 // Until it takes an update, the worker spends from the
                 // first-touch part it made the key with.
@@ -550,6 +558,7 @@ impl Reconciler {
                     spent_since: spent,
                     pending: 0.0,
                     pending_round: 0,
+                    refused,
                 }),
             }
             self.touched.push((it.limit, it.key));
@@ -630,6 +639,7 @@ impl Reconciler {
                             spent_since: 0.0,
                             pending: 0.0,
                             pending_round: 0,
+                            refused: false,
                         });
                     }
                 }
@@ -765,9 +775,19 @@ impl Reconciler {
             let raw: Vec<f64> = shares.iter().map(|&(sh, _)| b * sh).collect();
             credit_parts = largest_remainder(&raw, b, |j| g.holders[acked[j]].demand);
         }
+        // Holders with a whole request beyond their floor that they are not
+        // short of themselves: a worker refusing meanwhile may wait for a
+        // round to move it (demand moves it; the floor stays where it is).
+        let floor_part = floor / wsum * avail_after;
+        let spare: Vec<bool> = acked
+            .iter()
+            .zip(&share_of)
+            .map(|(&i, &sh)| !g.holders[i].refused && sh * avail_after - floor_part >= 1.0 - 1e-6)
+            .collect();
         for (j, &i) in acked.iter().enumerate() {
             let hd = &mut g.holders[i];
             let share = share_of[j];
+            let spare_elsewhere = spare.iter().enumerate().any(|(k, &s)| s && k != j);
             hd.pending = olds[j];
             hd.pending_round = round;
             // The quota held back for this view's rest: the worker is
@@ -798,13 +818,11 @@ impl Reconciler {
                     now,
                     awaiting,
                     // More may come here: parts held for workers that
-                    // have not reported, for old views, or whole requests
-                    // other holders have (bucket refill makes these a
-                    // hair off whole numbers).
-                    reserved: !credit
-                        && (unreported > 0.0
-                            || lag >= 1.0 - 1e-6
-                            || avail_after * (1.0 - share) >= 1.0 - 1e-6),
+                    // have not reported, or for old views, or spare whole
+                    // requests of other holders (bucket refill makes these
+                    // a hair off whole numbers). Under a flood every
+                    // holder refuses, so refusals are not held up.
+                    reserved: !credit && (unreported > 0.0 || lag >= 1.0 - 1e-6 || spare_elsewhere),
                     install: false,
                     only_install: false,
                 });
