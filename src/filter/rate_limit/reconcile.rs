@@ -1144,7 +1144,55 @@ fn whole_parts(
 
 #[cfg(test)]
 mod tests {
-    use super::whole_parts;
+    use super::*;
+
+    /// A batch the worker's full channel refuses is kept, and goes first
+    /// in the next: no update is lost, and their order holds.
+    #[test]
+    fn a_batch_a_full_channel_refuses_goes_first_in_the_next() {
+        let cfg = crate::config::Config::parse(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.b]\ntargets = [\"127.0.0.1:1\"]\n\
+             [rate_limits.a]\nlimit = 10\n[[routes]]\npath = \"/\"\nupstream = \"b\"\nrate_limit = [\"a\"]\n",
+        )
+        .expect("config");
+        let limits = cfg.rate_limits.clone().expect("limits");
+        let (_reports, rx) = crossbeam_channel::bounded(1);
+        let (tx, batches) = crossbeam_channel::bounded(1);
+        let (handoff, _h) = crossbeam_channel::bounded(1);
+        let succession = Succession {
+            inherit: None,
+            waiting: vec![false],
+            handoff,
+        };
+        let mut r = Reconciler::new(&limits, 1, rx, vec![tx], None, succession);
+        let update = |key| Update {
+            limit: 0,
+            key,
+            tier: 0,
+            share: 1.0,
+            state: State::Credit { balance: 0.0 },
+            now: 0,
+            awaiting: false,
+            reserved: false,
+            install: false,
+            only_install: false,
+        };
+        let keys = |b: Batch| b.updates.iter().map(|u| u.key).collect::<Vec<_>>();
+        r.out[0].push(update(1));
+        r.send();
+        r.out[0].push(update(2));
+        r.ask[0] = true;
+        r.send(); // the channel is full: kept
+        assert_eq!(r.out[0].len(), 1);
+        assert!(r.ask[0]);
+        assert_eq!(keys(batches.try_recv().unwrap()), [1]);
+        r.out[0].push(update(3));
+        r.send();
+        let b = batches.try_recv().unwrap();
+        assert!(b.report);
+        assert_eq!(keys(b), [2, 3]);
+        assert!(r.out[0].is_empty() && !r.ask[0]);
+    }
 
     #[test]
     fn parts_are_whole_requests_and_add_up() {
