@@ -73,9 +73,10 @@ pub(crate) struct Entry {
     last_seen: u64,
     /// A global key waiting for its first lease.
     awaiting: bool,
-    /// Part of the key is held for workers that have not reported it
-    /// (this worker's first-touch share, or the reconciler's reservation):
-    /// a refusal may wait for the reconciler to move that part here.
+    /// More of the key may come to this worker (`Update::reserved`; true
+    /// for a first touch): part of it is held for another worker's first
+    /// touch or old view, or another worker has spare whole requests. A
+    /// refusal may then wait for the reconciler to move quota here.
     reserved: bool,
     key_bytes: Option<Box<[u8]>>,
 }
