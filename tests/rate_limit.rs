@@ -917,8 +917,8 @@ fn a_quick_burst_gets_the_whole_limit() {
 /// A flood is refused without waiting: once the instance has spent a key's
 /// limit, refusals are answered at once, so a flood costs no more than
 /// before. One connection (one worker) sends 1,500 requests at a limit of
-/// 1,000: 1,000 admitted, 500 limited, and only the few that met the other
-/// worker's first part, or a part not yet released, waited.
+/// 1,000: 1,000 admitted, 500 limited, and only the few (if any) that met
+/// the other worker's first part, or a part not yet released, waited.
 #[test]
 fn a_flood_is_refused_without_waiting() {
     let b = Backend::start();
@@ -932,10 +932,7 @@ fn a_flood_is_refused_without_waiting() {
     let count = |what: &str, decision: &str| series(&gw.handle, what, "flood", decision).unwrap();
     assert_eq!(count("decisions", "limited"), 500);
     let waited = count("waited", "admitted") + count("waited", "limited");
-    assert!(
-        (1..=10).contains(&waited),
-        "{waited} of 1500 requests waited"
-    );
+    assert!(waited <= 10, "{waited} of 1500 requests waited");
 }
 
 // ---------------------------------------------------------------------------
