@@ -167,12 +167,14 @@ pub struct Record<'a> {
 /// every query parameter named in `names` replaced by `REDACTED`. Names
 /// match as the credential lookup matches them: exactly, not decoded.
 pub fn push_redacted(out: &mut Vec<u8>, target: &[u8], names: &[Box<[u8]>]) {
-    let q = match target.iter().position(|&b| b == b'?') {
-        Some(q) if !names.is_empty() => q + 1,
-        _ => {
-            out.extend_from_slice(target);
-            return;
-        }
+    // Nothing to redact: no scan, one copy.
+    let q = if names.is_empty() {
+        None
+    } else {
+        target.iter().position(|&b| b == b'?')
+    };
+    let Some(q) = q.map(|q| q + 1) else {
+        return out.extend_from_slice(target);
     };
     out.extend_from_slice(&target[..q]);
     for (i, kv) in target[q..].split(|&b| b == b'&').enumerate() {

@@ -882,7 +882,7 @@ fn compile_limit(
         every: sync as u32,
         max_keys,
         ttl_ns,
-        rebalance_wait: Duration::from_millis(rebalance_wait.min(10_000)),
+        rebalance_wait: Duration::from_millis(rebalance_wait),
     })
 }
 

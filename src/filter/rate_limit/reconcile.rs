@@ -177,8 +177,9 @@ pub(crate) struct Update {
     pub now: u64,
     /// Waiting for a lease: requests wait rather than fail.
     pub awaiting: bool,
-    /// Part of the key is held for workers that have not reported it: a
-    /// refusal may wait for it to be released.
+    /// More of the key may come to this worker: part of it is held for a
+    /// worker that has not reported it or for an old view, or another
+    /// holder has spare whole requests. A refusal may wait for a round.
     pub reserved: bool,
     /// Create the key if the worker does not hold it.
     pub install: bool,
@@ -628,7 +629,7 @@ impl Reconciler {
         let first_view = first_touch_view(&g.state, p, n);
         if !credit && n > 1 && g.holders.len() < n {
             let used = p.fresh_quota() - g.state.available(p, 1.0, now);
-            if (used >= 2.0 || g.pressed) && used > 0.5 * first_touch * p.fresh_quota() {
+            if (used >= 2.0 || g.pressed) && used > 0.5 * first_view {
                 for w in 0..n as u16 {
                     if !g.holders.iter().any(|h| h.worker == w) {
                         g.holders.push(Holder {
@@ -674,7 +675,7 @@ impl Reconciler {
         let unreported = (n - acked.len()) as f64;
         let mut base = g.state;
         if !credit && unreported > 0.0 {
-            let reserve = unreported * first_touch * p.fresh_quota();
+            let reserve = unreported * first_view;
             match &mut base {
                 State::Bucket { tokens, .. } => *tokens -= reserve,
                 State::Window { cur, .. } => *cur += reserve,
