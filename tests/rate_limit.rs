@@ -1130,6 +1130,85 @@ fn two_instances_share_a_global_limit_through_redis() {
     );
 }
 
+/// A Redis for one test; the test fails when `redis-server` is missing
+/// (`.ci/run` installs it).
+fn redis() -> (Redis, u16) {
+    let port = free_port();
+    let r = Redis::start(port).expect("redis-server starts (.ci/run installs it)");
+    (r, port)
+}
+
+/// A global limit `g` of `limit` per hour with `algorithm` on route `/g`,
+/// keyed by `X-Key`, over two workers.
+fn global_limit(b: &Backend, port: u16, algorithm: &str, limit: u32) -> Gateway {
+    Gateway::start(
+        2,
+        b.addr,
+        &format!(
+            "[redis]\nurl = \"redis://127.0.0.1:{port}\"\ntimeout_ms = 500\n\n\
+             [rate_limits.g]\nkey = \"header:X-Key\"\nalgorithm = \"{algorithm}\"\n\
+             limit = {limit}\nwindow_s = 3600\nscope = \"global\"\nrebalance_wait_ms = 5000\n\n\
+             [[routes]]\npath = \"/g\"\nupstream = \"b\"\nrate_limit = [\"g\"]\n"
+        ),
+    )
+}
+
+/// A quick burst gets the whole of a global limit: a worker out of credit
+/// lets the request wait while the store may lease more or another worker
+/// holds some, asks for a lease at once, and takes the answer at once. A
+/// limit of 5 leases one request at a time (a tenth of the limit, at least
+/// one), so each request after the first waits for its own lease. Every
+/// algorithm, fresh keys, on one keep-alive connection (one worker) and on
+/// a new connection each (both workers): exactly five 200s, then 429s, in
+/// that order. Before, the second request on one connection was refused
+/// (`[200, 429, 429, …]`).
+#[test]
+fn a_quick_burst_gets_the_whole_global_limit() {
+    let (_redis, port) = redis();
+    let b = Backend::start();
+    let want = [200, 200, 200, 200, 200, 429, 429];
+    for algorithm in ["fixed_window", "sliding_window", "token_bucket"] {
+        let gw = global_limit(&b, port, algorithm, 5);
+        for round in 0..4 {
+            let key = format!("{algorithm}-one-{round}");
+            let mut c = Conn::open(gw.addr);
+            let codes: Vec<u16> = (0..7)
+                .map(|_| c.get("/g", &[("X-Key", &key)]).status)
+                .collect();
+            assert_eq!(codes, want, "{algorithm}, one connection, round {round}");
+            let key = format!("{algorithm}-spread-{round}");
+            let codes: Vec<u16> = (0..7)
+                .map(|_| Conn::open(gw.addr).get("/g", &[("X-Key", &key)]).status)
+                .collect();
+            assert_eq!(codes, want, "{algorithm}, a connection each, round {round}");
+        }
+        let waited = series(&gw.handle, "waited", "g", "admitted").unwrap();
+        assert!(waited >= 8, "{algorithm}: {waited} admitted after a wait");
+    }
+}
+
+/// A flood of a global key is refused without waiting: once the store
+/// says the key's quota is used up, refusals are answered at once (until
+/// the store may have more again, at most a second later). One connection
+/// sends 1,500 requests at a limit of 1,000: 1,000 admitted, 500 limited,
+/// and only the few that met a lease on its way (or the store's answer
+/// on its way to the workers) waited.
+#[test]
+fn a_global_flood_is_refused_without_waiting() {
+    let (_redis, port) = redis();
+    let b = Backend::start();
+    let gw = global_limit(&b, port, "fixed_window", 1000);
+    assert_eq!(admitted(&gw, 1500, "/g", &[("X-Key", "flood")]), 1000);
+    let count = |what: &str, decision: &str| series(&gw.handle, what, "g", decision).unwrap();
+    assert_eq!(count("decisions", "limited"), 500);
+    let waited_out = count("waited", "limited");
+    eprintln!(
+        "global flood: {} admitted after a wait, {waited_out} refused after one",
+        count("waited", "admitted")
+    );
+    assert!(waited_out <= 10, "{waited_out} of 500 refusals waited");
+}
+
 // ---------------------------------------------------------------------------
 // Config errors
 // ---------------------------------------------------------------------------

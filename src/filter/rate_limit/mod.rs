@@ -55,7 +55,7 @@ use crate::config::Errors;
 use crate::config::file::{FileConfig, RouteFile};
 use crate::runtime::worker::Worker;
 use serde::Deserialize;
-use shard::{Outcome, Phase, Shard, WorkerLink};
+use shard::{Ask, Outcome, Phase, Shard, WorkerLink};
 use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
 use std::rc::Rc;
@@ -1035,7 +1035,9 @@ impl WorkerState {
             h.finish()
         };
         let now = s.limits.clock.now();
-        match s.check(limit, h, t, now, Phase::Decide, false, || key.to_vec()) {
+        match s.check(limit, h, t, now, Phase::Decide, Ask::AT_ONCE, || {
+            key.to_vec()
+        }) {
             Outcome::Checked(c) => Some(c),
             _ => None,
         }
@@ -1183,9 +1185,10 @@ pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdic
                 // Sends the report a reservation wait asked for, then
                 // takes what the reconciler answered before deciding again.
                 shard.poll();
-                let step = Duration::from_millis(5);
-                monoio::time::sleep(step).await;
-                waited += step;
+                let started = std::time::Instant::now() - waited;
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                // Real time: a busy worker may sleep longer than asked.
+                waited = started.elapsed().max(waited + Duration::from_micros(1));
                 shard.poll();
             }
         }
@@ -1224,8 +1227,11 @@ fn decide(shard: &Shard, p: &RoutePolicy, ctx: &RequestCtx<'_>, waited: Duration
         );
         keys[i] = (key, tier);
         let phase = if single { Phase::Decide } else { Phase::Probe };
-        let may_wait = waited < def.rebalance_wait;
-        let out = shard.check(li, key, tier, now, phase, may_wait, || {
+        let ask = Ask {
+            again: !waited.is_zero(),
+            may_wait: waited < def.rebalance_wait,
+        };
+        let out = shard.check(li, key, tier, now, phase, ask, || {
             key::bytes(&def.parts, &def.trusted, &p.route_name, tier, ctx)
         });
         let c = match out {
@@ -1264,7 +1270,7 @@ fn decide(shard: &Shard, p: &RoutePolicy, ctx: &RequestCtx<'_>, waited: Duration
         for (i, &li) in p.limits.iter().enumerate() {
             let (key, tier) = keys[i];
             if let Outcome::Checked(c) =
-                shard.check(li, key, tier, now, Phase::Spend, false, Vec::new)
+                shard.check(li, key, tier, now, Phase::Spend, Ask::AT_ONCE, Vec::new)
             {
                 delay_ns = delay_ns.max(c.delay_ns);
                 let d = Decided { li, tier, check: c };

@@ -43,6 +43,14 @@
 //! a worker whose old view holds quota back is asked to report at once
 //! (`Batch::report`), and a worker given an install reports it at once.
 //!
+//! Global keys wait the same way for credit: while another worker holds
+//! some, or the store may lease more (`Update::retry_at`: until then the
+//! store has said the quota is used up, so a flood is refused at once). A
+//! report of requests waiting for credit (`ReportItem::waiting`, a first
+//! touch included) asks for a lease at once, and the reconciler, woken by
+//! the lease thread's answer as by a report, hands it out in a round of
+//! that key alone.
+//!
 //! Views. Each update round is numbered; a batch says the latest round it
 //! carries and a report the latest round its worker had taken. A worker's
 //! old view counts as spendable until the worker reports having taken the
@@ -76,7 +84,7 @@ use super::algo::{Algorithm, Params, State};
 use super::redis_store::{LeaseReq, LeaseResp};
 use super::shard::IdMap;
 use super::{Limits, Scope};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -145,6 +153,8 @@ pub(crate) struct ReportItem {
     pub key: u64,
     pub tier: u8,
     pub demand: u32,
+    /// Of `demand`, requests that were refused and wait for more.
+    pub waiting: u32,
     pub spends: Spends,
     pub key_bytes: Option<Box<[u8]>>,
 }
@@ -181,6 +191,10 @@ pub(crate) struct Update {
     /// worker that has not reported it or for an old view, or another
     /// holder has spare whole requests. A refusal may wait for a round.
     pub reserved: bool,
+    /// Global keys: from this time (clock ns) a lease may grant more, so a
+    /// refusal may wait for one; before it, the store has said the quota
+    /// is used up. 0 when the store has not said so.
+    pub retry_at: u64,
     /// Create the key if the worker does not hold it.
     pub install: bool,
     /// Only create it; a worker that holds the key keeps its state.
@@ -248,6 +262,10 @@ struct Lease {
     in_flight: bool,
     /// Not before (after the store said the quota is used up).
     next_at: u64,
+    /// Requests the workers refused or held back for want of credit since
+    /// the last lease was asked: ask one at the next round, not at the
+    /// next interval.
+    wanted: f64,
     /// Instance demand, requests per tick (EWMA).
     rate: f64,
     demand_tick: u64,
@@ -346,13 +364,24 @@ impl Reconciler {
         // wants them reconciled again (not sooner than `gap` after).
         let mut last = Instant::now();
         let mut urgent_at: Option<Instant> = None;
+        // Lease answers wake the reconciler too: a request may wait on one.
+        let reports = self.rx.clone();
+        let mut leases = self.redis.as_ref().map(|(_, rx)| rx.clone());
+        let mut lease_gone = false;
         loop {
+            if lease_gone {
+                leases = None;
+            }
             let due = urgent_at.map_or(next, |u| u.min(next));
-            match self
-                .rx
-                .recv_timeout(due.saturating_duration_since(Instant::now()))
-            {
-                Ok(r) => {
+            let timeout = due.saturating_duration_since(Instant::now());
+            let mut sel = Select::new();
+            let on_report = sel.recv(&reports);
+            if let Some(rx) = &leases {
+                sel.recv(rx);
+            }
+            match sel.select_timeout(timeout) {
+                Ok(op) if op.index() == on_report => {
+                    let Ok(r) = op.recv(&reports) else { return };
                     let Some(l) = self.limits.upgrade() else {
                         return;
                     };
@@ -365,8 +394,28 @@ impl Reconciler {
                     self.send();
                     continue;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Ok(op) => {
+                    let rx = leases.as_ref().expect("selected");
+                    let Ok(r) = op.recv(rx) else {
+                        // The lease thread is gone; intervals go on.
+                        lease_gone = true;
+                        continue;
+                    };
+                    let Some(l) = self.limits.upgrade() else {
+                        return;
+                    };
+                    let now = l.clock.now();
+                    if let Some((li, key)) = self.take_lease(&l, now, r) {
+                        // Credit a request may wait on goes out at once,
+                        // and more is asked for if it did not cover them.
+                        self.round += 1;
+                        self.reconcile_key(&l, li, key, now);
+                        self.send();
+                        self.lease_for_refusals(&l, li, key, now);
+                    }
+                    continue;
+                }
+                Err(_) => {}
             }
             let now_i = Instant::now();
             let Some(l) = self.limits.upgrade() else {
@@ -529,9 +578,13 @@ impl Reconciler {
                 fallback: global && !store_ok,
                 pressed: false,
             });
-            let refused = it.demand > it.spends.cur + it.spends.prev;
+            let refused = it.waiting > 0 || it.demand > it.spends.cur + it.spends.prev;
             if refused {
                 g.pressed = true;
+            }
+            let wants_credit = it.waiting > 0 && matches!(g.state, State::Credit { .. });
+            if wants_credit {
+                g.lease.wanted += it.waiting as f64;
             }
             if g.key_bytes.is_none() {
                 g.key_bytes = it.key_bytes;
@@ -563,6 +616,9 @@ impl Reconciler {
                 }),
             }
             self.touched.push((it.limit, it.key));
+            if wants_credit {
+                self.lease_for_refusals(l, it.limit, it.key, now);
+            }
         }
         for (li, key) in r.evicted {
             let Some(m) = self.keys.get_mut(li as usize) else {
@@ -600,6 +656,7 @@ impl Reconciler {
         touched.sort_unstable();
         touched.dedup();
         for &(li, key) in &touched {
+            self.lease_for_refusals(l, li, key, now);
             self.reconcile_key(l, li, key, now);
         }
         touched.clear();
@@ -663,6 +720,7 @@ impl Reconciler {
                     now,
                     awaiting: false,
                     reserved: true,
+                    retry_at: 0,
                     install: true,
                     only_install: true,
                 });
@@ -685,13 +743,16 @@ impl Reconciler {
         // Shares follow demand. A holder without recent demand keeps a
         // small floor (5 % split among the holders) while that is worth a
         // request or more, so a quiet worker can still admit a request; near
-        // the end of the quota the floor goes, so it is not stranded there.
+        // the end of the quota the floor goes, so it is not stranded there,
+        // and so does it while a holder refuses: quota a quiet worker keeps
+        // must not turn a busy one's requests away.
         let total: f64 = acked.iter().map(|&i| g.holders[i].demand).sum();
         let h = acked.len() as f64;
         let avail = base.available(p, 1.0, now).max(0.0);
+        let short = acked.iter().any(|&i| g.holders[i].refused);
         let floor = if total <= 0.0 {
             1.0
-        } else if avail * 0.05 / h >= 1.0 {
+        } else if avail * 0.05 / h >= 1.0 && !short {
             0.05 * total / h
         } else {
             0.0
@@ -762,6 +823,13 @@ impl Reconciler {
         }
         let avail_after = base.available(p, 1.0, now).max(0.0);
         let awaiting = credit && g.lease.in_flight && g.state.available(p, 1.0, now) < 1.0;
+        // Until then the store has said a global key's quota is used up: a
+        // refusal does not wait for a lease (a flood is refused at once).
+        let retry_at = if credit && now < g.lease.next_at {
+            g.lease.next_at
+        } else {
+            0
+        };
         let mut share_of: Vec<f64> = shares.iter().map(|&(sh, _)| sh).collect();
         if !credit {
             whole_parts(&mut share_of, &shares, avail_after, avail, |j| {
@@ -823,7 +891,14 @@ impl Reconciler {
                     // requests of other holders (bucket refill makes these
                     // a hair off whole numbers). Under a flood every
                     // holder refuses, so refusals are not held up.
-                    reserved: !credit && (unreported > 0.0 || lag >= 1.0 - 1e-6 || spare_elsewhere),
+                    // A global key: another worker holds credit (spare,
+                    // or an old view's), which a round may move here.
+                    reserved: if credit {
+                        avail - credit_parts[j] >= 1.0 - 1e-6
+                    } else {
+                        unreported > 0.0 || lag >= 1.0 - 1e-6 || spare_elsewhere
+                    },
+                    retry_at,
                     install: false,
                     only_install: false,
                 });
@@ -899,57 +974,62 @@ impl Reconciler {
     /// Applies what the lease thread answered.
     fn take_leases(&mut self, l: &Limits, now: u64) {
         let Some((_, rx)) = &self.redis else { return };
-        let mut resps = Vec::new();
-        while let Ok(r) = rx.try_recv() {
-            resps.push(r);
-        }
+        let resps: Vec<LeaseResp> = rx.try_iter().collect();
         for r in resps {
-            match r {
-                LeaseResp::Granted {
-                    limit,
-                    key,
-                    want,
-                    granted,
-                    win,
-                    reset_ms,
-                } => {
-                    self.set_store(l, true, now);
-                    if want < 0 {
-                        continue; // a give-back
-                    }
-                    let Some(g) = self.keys[limit as usize].get_mut(&key) else {
-                        continue;
-                    };
-                    g.lease.in_flight = false;
-                    let p = l.defs[limit as usize].tiers[g.tier as usize].params;
-                    if let State::Credit { balance } = &mut g.state {
-                        if p.algorithm == Algorithm::FixedWindow
-                            || p.algorithm == Algorithm::SlidingWindow
-                        {
-                            if win != g.lease.win {
-                                *balance = balance.min(0.0);
-                                g.lease.win = win;
-                            }
-                            g.lease.expires_at = now + reset_ms * 1_000_000;
-                        }
-                        *balance += granted as f64;
-                    }
-                    if (granted as i64) < want {
-                        let wait = (reset_ms * 1_000_000).clamp(l.tick_ns, 1_000_000_000);
-                        g.lease.next_at = now + wait;
-                    }
-                    self.touched.push((limit, key));
-                }
-                LeaseResp::Failed { limit, key } => {
-                    if let Some(g) = self.keys[limit as usize].get_mut(&key) {
-                        g.lease.in_flight = false;
-                    }
-                    self.set_store(l, false, now);
-                }
-                LeaseResp::Up => self.set_store(l, true, now),
-                LeaseResp::Down => self.set_store(l, false, now),
-            }
+            // The keys are reconciled with the others this round.
+            let _ = self.take_lease(l, now, r);
         }
+    }
+
+    /// Applies one answer of the lease thread; returns the key a lease
+    /// came for.
+    fn take_lease(&mut self, l: &Limits, now: u64, r: LeaseResp) -> Option<(u16, u64)> {
+        match r {
+            LeaseResp::Granted {
+                limit,
+                key,
+                want,
+                granted,
+                win,
+                reset_ms,
+            } => {
+                self.set_store(l, true, now);
+                if want < 0 {
+                    return None; // a give-back
+                }
+                let g = self.keys[limit as usize].get_mut(&key)?;
+                g.lease.in_flight = false;
+                g.lease.wanted = (g.lease.wanted - granted as f64).max(0.0);
+                let p = l.defs[limit as usize].tiers[g.tier as usize].params;
+                if let State::Credit { balance } = &mut g.state {
+                    if p.algorithm == Algorithm::FixedWindow
+                        || p.algorithm == Algorithm::SlidingWindow
+                    {
+                        if win != g.lease.win {
+                            *balance = balance.min(0.0);
+                            g.lease.win = win;
+                        }
+                        g.lease.expires_at = now + reset_ms * 1_000_000;
+                    }
+                    *balance += granted as f64;
+                }
+                if (granted as i64) < want {
+                    let wait = (reset_ms * 1_000_000).clamp(l.tick_ns, 1_000_000_000);
+                    g.lease.next_at = now + wait;
+                }
+                self.touched.push((limit, key));
+                return Some((limit, key));
+            }
+            LeaseResp::Failed { limit, key } => {
+                if let Some(g) = self.keys[limit as usize].get_mut(&key) {
+                    g.lease.in_flight = false;
+                }
+                self.set_store(l, false, now);
+            }
+            LeaseResp::Up => self.set_store(l, true, now),
+            LeaseResp::Down => self.set_store(l, false, now),
+        }
+        None
     }
 
     /// Store up or down: global keys switch between leased credit and a
@@ -1023,8 +1103,7 @@ impl Reconciler {
                     continue;
                 }
                 // Lease size follows the rate: about four intervals' worth,
-                // at most a tenth of the limit.
-                let max_lease = (p.limit as f64 / 10.0).max(1.0);
+                // at most a tenth of the limit (`ask_lease`).
                 let low = (g.lease.rate * 2.0).max(1.0);
                 if g.lease.idle_ticks >= 4 && *balance >= 1.0 {
                     let back = balance.floor();
@@ -1041,26 +1120,72 @@ impl Reconciler {
                     continue;
                 }
                 if g.lease.idle_ticks < 2 && *balance < low && now >= g.lease.next_at {
-                    let want = (g.lease.rate * 4.0)
-                        .max(d * 2.0)
-                        .clamp(1.0, max_lease)
-                        .ceil();
-                    let req = LeaseReq {
-                        limit: li as u16,
-                        key,
-                        rkey: l.redis_key(li, g.tier, kb),
-                        params: p,
-                        want: want as i64,
-                        win: g.lease.win,
-                    };
-                    if tx.try_send(req).is_ok() {
-                        g.lease.in_flight = true;
+                    let want = (g.lease.rate * 4.0).max(d * 2.0);
+                    if ask_lease(tx, l, li as u16, key, g, want) {
                         self.touched.push((li as u16, key));
                     }
                 }
             }
         }
     }
+
+    /// A worker refused (or holds back) requests of a global key for want
+    /// of credit: asks the store for more at once rather than at the next
+    /// interval, unless a lease is on its way or the store has said the
+    /// quota is used up (`Lease::next_at`). The answer is taken as soon as
+    /// it comes (see `serve`).
+    fn lease_for_refusals(&mut self, l: &Limits, li: u16, key: u64, now: u64) {
+        let Some((tx, _)) = &self.redis else { return };
+        let Some(g) = self.keys[li as usize].get_mut(&key) else {
+            return;
+        };
+        let wanted = g.lease.wanted;
+        if wanted <= 0.0 || g.lease.in_flight || !matches!(g.state, State::Credit { .. }) {
+            // A lease on its way: asked again when it is answered, if it
+            // did not cover them.
+            return;
+        }
+        if !self.store_ok || now < g.lease.next_at {
+            // The store is down, or has said the quota is used up: they
+            // are refused.
+            g.lease.wanted = 0.0;
+            return;
+        }
+        let want = (g.lease.rate * 4.0).max(wanted);
+        ask_lease(tx, l, li, key, g, want);
+    }
+}
+
+/// Sends the lease thread a request for `want` requests of a global key
+/// (at least one, at most a tenth of the limit, so one instance does not
+/// hold what others need); false when its channel is full.
+fn ask_lease(
+    tx: &Sender<LeaseReq>,
+    l: &Limits,
+    li: u16,
+    key: u64,
+    g: &mut GKey,
+    want: f64,
+) -> bool {
+    let Some(kb) = &g.key_bytes else {
+        return false;
+    };
+    let p = l.defs[li as usize].tiers[g.tier as usize].params;
+    let max_lease = (p.limit as f64 / 10.0).max(1.0);
+    let req = LeaseReq {
+        limit: li,
+        key,
+        rkey: l.redis_key(li as usize, g.tier, kb),
+        params: p,
+        want: want.clamp(1.0, max_lease).ceil() as i64,
+        win: g.lease.win,
+    };
+    let sent = tx.try_send(req).is_ok();
+    if sent {
+        g.lease.in_flight = true;
+        g.lease.wanted = 0.0;
+    }
+    sent
 }
 
 /// The quota a worker holds when it makes a key itself (a first touch) or
@@ -1175,6 +1300,7 @@ mod tests {
             now: 0,
             awaiting: false,
             reserved: false,
+            retry_at: 0,
             install: false,
             only_install: false,
         };

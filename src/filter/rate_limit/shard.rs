@@ -65,8 +65,10 @@ pub(crate) struct Entry {
     /// Spent in the report numbered `sent_seq` (counted until acked).
     sent: Spends,
     sent_seq: u32,
-    /// Requests seen since the last report (admitted or not).
+    /// Requests seen since the last report (admitted or not), and those
+    /// of them that waited for more of the key.
     demand: u32,
+    waiting: u32,
     dirty: bool,
     /// Used since the CLOCK hand last passed.
     referenced: bool,
@@ -78,6 +80,9 @@ pub(crate) struct Entry {
     /// touch or old view, or another worker has spare whole requests. A
     /// refusal may then wait for the reconciler to move quota here.
     reserved: bool,
+    /// A global key: from this time a lease may bring more credit
+    /// (`Update::retry_at`), so a refusal may wait for one.
+    retry_at: u64,
     key_bytes: Option<Box<[u8]>>,
 }
 
@@ -109,6 +114,25 @@ pub(crate) enum Phase {
     Probe,
     /// Spend an already-probed request.
     Spend,
+}
+
+/// How a request's check stands to waiting on the reconciler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ask {
+    /// The request is checked again after waiting. It counts as demand
+    /// again (the longer it waits, the more of the key its worker is
+    /// given), but as a waiting request once.
+    pub again: bool,
+    /// A refusal may wait while more of the key may come here.
+    pub may_wait: bool,
+}
+
+impl Ask {
+    /// Decide at once on what the worker holds.
+    pub const AT_ONCE: Ask = Ask {
+        again: false,
+        may_wait: false,
+    };
 }
 
 /// What a check says.
@@ -185,10 +209,11 @@ impl Shard {
 
     /// Checks one request against limit `li` for key `key` (tier `tier`)
     /// in phase `phase` (see [`Phase`]). `bytes` names the key (global
-    /// limits). With `may_wait`, a refusal of a reconciled key while part
-    /// of it is held for other workers answers [`Outcome::Wait`] and asks
-    /// for an early exchange ([`Shard::poll`]): a short burst then gets
-    /// the whole limit, not just this worker's first-touch part.
+    /// limits). With `ask.may_wait`, a refusal of a reconciled key while
+    /// part of it is held for other workers (or, for a global key, while
+    /// the store may lease more) answers [`Outcome::Wait`] and asks for an
+    /// early exchange ([`Shard::poll`]): a short burst then gets the whole
+    /// limit, not just this worker's first-touch part.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub fn check(
@@ -198,10 +223,11 @@ impl Shard {
         tier: u8,
         now: u64,
         phase: Phase,
-        may_wait: bool,
+        ask: Ask,
         bytes: impl FnOnce() -> Vec<u8>,
     ) -> Outcome {
         let demand = phase != Phase::Spend;
+        let first = demand && !ask.again;
         let commit = phase != Phase::Probe;
         let def = &self.limits.defs[li];
         let p: &Params = &def.tiers[tier as usize].params;
@@ -236,14 +262,21 @@ impl Shard {
                     sent: Spends::default(),
                     sent_seq: 0,
                     demand: 0,
+                    waiting: 0,
                     dirty: false,
                     referenced: false,
                     last_seen: now,
                     awaiting: credit,
                     reserved: reconciled && !credit,
+                    retry_at: 0,
                     key_bytes: global.then(|| bytes().into_boxed_slice()),
                 };
                 t.insert(key, e, def.max_keys, now, def.ttl_ns);
+                if credit {
+                    // Its first lease is asked for as soon as the
+                    // reconciler hears of the key.
+                    self.urgent.set(true);
+                }
                 t.map.get_mut(&key).expect("just inserted")
             }
         };
@@ -258,9 +291,21 @@ impl Shard {
         e.state.advance(p, e.share, now);
         let c = e.state.check(p, e.share, now, commit);
         if !c.admit && e.awaiting {
+            if first {
+                e.waiting = e.waiting.saturating_add(1);
+            }
             return Outcome::Wait;
         }
-        if !c.admit && may_wait && e.reserved && !matches!(e.state, State::Credit { .. }) {
+        let more = match e.state {
+            // Credit may also come from the store, unless it has said the
+            // quota is used up (until `retry_at`).
+            State::Credit { .. } => e.reserved || now >= e.retry_at,
+            _ => e.reserved,
+        };
+        if !c.admit && ask.may_wait && more {
+            if first {
+                e.waiting = e.waiting.saturating_add(1);
+            }
             self.urgent.set(true);
             return Outcome::Wait;
         }
@@ -418,11 +463,13 @@ impl Shard {
                 sent: Spends::default(),
                 sent_seq: 0,
                 demand: 0,
+                waiting: 0,
                 dirty: true,
                 referenced: false,
                 last_seen: u.now,
                 awaiting: u.awaiting,
                 reserved: u.reserved,
+                retry_at: u.retry_at,
                 key_bytes: None,
             };
             t.insert(u.key, e, def.max_keys, u.now, def.ttl_ns);
@@ -455,6 +502,7 @@ impl Shard {
         e.share = u.share;
         e.awaiting = u.awaiting;
         e.reserved = u.reserved;
+        e.retry_at = u.retry_at;
     }
 
     /// Sends what changed since the last report (one report in flight at
@@ -499,6 +547,7 @@ impl Shard {
                     key,
                     tier: e.tier,
                     demand: std::mem::take(&mut e.demand),
+                    waiting: std::mem::take(&mut e.waiting),
                     spends: e.sent,
                     key_bytes: e.key_bytes.clone(),
                 });
@@ -636,11 +685,13 @@ mod tests {
             sent: Spends::default(),
             sent_seq: 0,
             demand: 0,
+            waiting: 0,
             dirty: false,
             referenced: false,
             last_seen: now,
             awaiting: false,
             reserved: false,
+            retry_at: 0,
             key_bytes: None,
         }
     }
