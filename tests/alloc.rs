@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 
 #[global_allocator]
 static GLOBAL: support::alloc_count::Counting = support::alloc_count::Counting;
@@ -15,14 +15,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A keep-alive backend answering every request with a fixed response.
 fn backend() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || serve(s));
-        }
-    });
-    addr
+    support::raw::serve_connections(serve)
 }
 
 fn serve(mut s: TcpStream) {
@@ -45,25 +38,16 @@ fn serve(mut s: TcpStream) {
     }
 }
 
+/// One keep-alive `GET` answered `200 OK` with the 5-byte body of
+/// [`backend`].
 fn request(s: &mut TcpStream, buf: &mut [u8]) {
-    s.write_all(b"GET /items/42?x=1 HTTP/1.1\r\nHost: api.test\r\nUser-Agent: alloc-test\r\nAccept: */*\r\n\r\n")
-        .unwrap();
-    let mut got = 0;
-    loop {
-        let n = s.read(&mut buf[got..]).unwrap();
-        assert!(n > 0, "gateway closed the connection");
-        got += n;
-        if let Some(p) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n")
-            && got >= p + 4 + 5
-        {
-            assert!(
-                buf.starts_with(b"HTTP/1.1 200 OK"),
-                "{}",
-                String::from_utf8_lossy(&buf[..got])
-            );
-            return;
-        }
-    }
+    support::raw::exchange(
+        s,
+        b"GET /items/42?x=1 HTTP/1.1\r\nHost: api.test\r\nUser-Agent: alloc-test\r\nAccept: */*\r\n\r\n",
+        buf,
+        5,
+        b"HTTP/1.1 200 OK",
+    );
 }
 
 /// One worker with counted allocations, in front of [`backend`]:

@@ -24,7 +24,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use support::raw::{Resp, serve_connections};
+use support::{owned_headers, sha_hex, unix_now as now};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
@@ -63,13 +65,6 @@ fn env() {
     });
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn data(name: &str) -> String {
     format!("{}/tests/data/auth/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -80,10 +75,6 @@ fn tmp_file(name: &str, contents: &[u8]) -> String {
     let p = dir.join(name);
     std::fs::write(&p, contents).unwrap();
     p.to_string_lossy().into_owned()
-}
-
-fn sha_hex(s: &str) -> String {
-    hex::encode(ringgate::filter::auth::sha256(s.as_bytes()))
 }
 
 fn b64url(b: &[u8]) -> String {
@@ -248,18 +239,10 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 
 impl Backend {
     fn start() -> Backend {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let seen: Seen = Arc::default();
         let (h, s) = (hits.clone(), seen.clone());
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(c) = c else { return };
-                let (h, s) = (h.clone(), s.clone());
-                std::thread::spawn(move || backend_conn(c, h, s));
-            }
-        });
+        let addr = serve_connections(move |c| backend_conn(c, h.clone(), s.clone()));
         Backend { addr, hits, seen }
     }
 
@@ -311,16 +294,7 @@ fn backend_conn(mut c: TcpStream, hits: Arc<AtomicUsize>, seen: Seen) {
         if req.parse(&buf[..end]).is_err() {
             return;
         }
-        let headers: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
+        let headers = owned_headers(req.headers);
         let cl: usize = headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
@@ -458,35 +432,6 @@ roles = ["reader"]
     )
 }
 
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
-    }
-
-    /// The backend's echo of a header it received.
-    fn echoed(&self, name: &str) -> Option<String> {
-        self.body.lines().find_map(|l| {
-            let (n, v) = l.split_once(": ")?;
-            n.eq_ignore_ascii_case(name).then(|| v.to_string())
-        })
-    }
-}
-
 fn send(addr: SocketAddr, raw: &[u8]) -> Resp {
     send_on(TcpStream::connect(addr).unwrap(), raw)
 }
@@ -510,16 +455,7 @@ fn send_on(mut s: TcpStream, raw: &[u8]) -> Resp {
             let mut hs = [httparse::EMPTY_HEADER; 64];
             let mut r = httparse::Response::new(&mut hs);
             r.parse(&buf[..end + 4]).unwrap();
-            let headers: Vec<(String, String)> = r
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = owned_headers(r.headers);
             let cl: usize = headers
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))

@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -745,21 +744,14 @@ fn hit_allocates_nothing() {
     s.set_nodelay(true).unwrap();
     let mut buf = vec![0u8; 4096];
     let mut request = |s: &mut TcpStream| {
-        s.write_all(b"GET /items/42?x=1 HTTP/1.1\r\nHost: api.test\r\nAccept: */*\r\n\r\n")
-            .unwrap();
-        let mut got = 0;
-        loop {
-            let n = s.read(&mut buf[got..]).unwrap();
-            assert!(n > 0, "gateway closed the connection");
-            got += n;
-            if let Some(p) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n")
-                && got >= p + 4 + 5
-            {
-                let text = String::from_utf8_lossy(&buf[..got]).to_string();
-                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-                return text;
-            }
-        }
+        let got = support::raw::exchange(
+            s,
+            b"GET /items/42?x=1 HTTP/1.1\r\nHost: api.test\r\nAccept: */*\r\n\r\n",
+            &mut buf,
+            5,
+            b"HTTP/1.1 200",
+        );
+        String::from_utf8_lossy(got).to_string()
     };
     for _ in 0..200 {
         request(&mut s);

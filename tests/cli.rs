@@ -3,17 +3,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ringgate");
 
 /// Writes `text` to a fresh file in the temp dir.
 fn config_file(text: &str) -> PathBuf {
@@ -154,55 +149,6 @@ fn check_missing_file() {
         .expect("run ringgate check");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ringgate-test.toml"));
-}
-
-/// The port from the "ringgate serving" log line.
-fn serving_port(line: &str) -> Option<u16> {
-    if !line.contains("ringgate serving") {
-        return None;
-    }
-    let i = line.find("127.0.0.1:")? + "127.0.0.1:".len();
-    line[i..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()
-}
-
-/// Starts `ringgate run -c cfg`; returns the child, its listen address
-/// and a thread collecting its log (stderr).
-fn spawn_run(
-    cfg: &std::path::Path,
-) -> (std::process::Child, SocketAddr, thread::JoinHandle<String>) {
-    let mut child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(cfg)
-        .env("NO_COLOR", "1")
-        .env("RINGGATE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringgate run");
-    let stderr = child.stderr.take().unwrap();
-    let (port_tx, port_rx) = mpsc::channel();
-    let log = thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(p) = serving_port(&line) {
-                let _ = port_tx.send(p);
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let Ok(port) = port_rx.recv_timeout(Duration::from_secs(10)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("no 'ringgate serving' line; log:\n{}", log.join().unwrap());
-    };
-    (child, ([127, 0, 0, 1], port).into(), log)
 }
 
 /// `kill -USR1` makes a running gateway reopen its access log: after log

@@ -416,13 +416,7 @@ required = true
 
 /// The breaker state of `name`, as the admin API reports it.
 fn breaker_state(gw: &Gateway, name: &str) -> String {
-    let cfg = gw.handle.store.load();
-    let (status, body) =
-        ringgate::upstream::admin_request(&cfg, "GET", &format!("/upstreams/{name}"), b"")
-            .expect("an /upstreams path");
-    assert_eq!(status, 200, "{body}");
-    let j: Value = serde_json::from_str(&body).unwrap();
-    j["breaker"]["state"]
+    upstream_state(gw, name)["breaker"]["state"]
         .as_str()
         .unwrap_or_default()
         .to_string()
@@ -517,11 +511,7 @@ fn required_part_behind_open_breaker_answers_503_with_retry_after() {
         msg.contains("details") && msg.contains("circuit breaker open"),
         "names the part and the open circuit: {msg}"
     );
-    let secs: u64 = r
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .unwrap();
+    let secs = r.retry_after();
     assert!((1..=5).contains(&secs), "Retry-After {secs}");
     // The connection stays usable.
     assert_eq!(c.get("/product/42").status, 503);

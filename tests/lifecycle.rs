@@ -4,17 +4,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ringgate");
 
 fn write_config(name: &str, text: &str) -> PathBuf {
     let dir =
@@ -26,39 +23,10 @@ fn write_config(name: &str, text: &str) -> PathBuf {
 }
 
 /// Starts `ringgate run -c path`; returns the child and its listen port
-/// (read from the "ringgate serving" log line).
-fn spawn(path: &PathBuf) -> (Child, u16) {
-    let mut child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(path)
-        .env("NO_COLOR", "1")
-        .env("RINGGATE_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn ringgate");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && line.contains("ringgate serving") {
-                let port = line
-                    .split("127.0.0.1:")
-                    .nth(1)
-                    .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-                    .and_then(|p| p.parse::<u16>().ok());
-                if let Some(p) = port {
-                    let _ = tx.send(p);
-                    sent = true;
-                }
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("gateway did not start");
-    (child, port)
+/// (its log keeps being read, and dropped, in the background).
+fn spawn(path: &std::path::Path) -> (Child, u16) {
+    let (child, addr, _log) = spawn_run(path);
+    (child, addr.port())
 }
 
 /// Kills and reaps the child when dropped (a no-op once it has exited).
@@ -197,12 +165,6 @@ fn with_listen(text: &str, list: &str) -> String {
         "listen = \"127.0.0.1:0\"\nworkers",
         &format!("listen = [{list}]\nworkers"),
     )
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// True once `f` holds, polling for up to 3 s.
@@ -654,13 +616,12 @@ fn reload_keeps_one_health_checker() {
 /// before the reload; the backend sees the new consumer's identity.
 #[test]
 fn reload_adds_and_revokes_api_keys() {
-    use sha2::Digest;
     let be = MockUpstream::builder().echo().start();
     let text = |consumer: &str, key: &str| {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\ntargets = [\"{}\"]\n[[routes]]\nname = \"a\"\npath = \"/a/{{*rest}}\"\nupstream = \"a\"\nauth = [\"api_key\"]\n[[consumers]]\nid = \"{consumer}\"\napi_key_sha256 = \"{}\"\n",
             be.target(),
-            hex::encode(sha2::Sha256::digest(key.as_bytes()))
+            sha_hex(key)
         )
     };
     let get = |c: &mut Client, key: &str| {

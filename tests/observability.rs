@@ -438,10 +438,6 @@ fn auth_secret_env() -> String {
     var
 }
 
-fn sha_hex(s: &str) -> String {
-    hex::encode(ringgate::filter::auth::sha256(s.as_bytes()))
-}
-
 /// A gateway with a route without auth (`items`), a route wanting a JWT or
 /// an API key and the `orders` role (`orders`), the token endpoint (two
 /// failed client authentications block an address), and two consumers:

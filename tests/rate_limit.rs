@@ -8,12 +8,16 @@
 //! Tests assert counts and bounds, not timings. Windows are wall-clock
 //! aligned, so window tests count the windows a run touched.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use support::raw::{Resp, serve_connections};
+use support::{free_port, sha_hex, unix_now};
 
 // ---------------------------------------------------------------------------
 // Harness: a mock backend, the gateway, a blocking client
@@ -28,18 +32,10 @@ struct Backend {
 
 impl Backend {
     fn start() -> Backend {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let (h, a) = (hits.clone(), arrivals.clone());
-        thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(s) = s else { return };
-                let (h, a) = (h.clone(), a.clone());
-                thread::spawn(move || serve_backend(s, h, a));
-            }
-        });
+        let addr = serve_connections(move |s| serve_backend(s, h.clone(), a.clone()));
         Backend {
             addr,
             hits,
@@ -119,28 +115,6 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.handle.shutdown();
-    }
-}
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn num(&self, name: &str) -> u64 {
-        self.header(name)
-            .unwrap_or_else(|| panic!("no {name} in {self:?}"))
-            .parse()
-            .unwrap()
     }
 }
 
@@ -234,11 +208,7 @@ fn admitted(gw: &Gateway, n: usize, path: &str, headers: &[(&str, &str)]) -> usi
 }
 
 fn window_index(window_s: u64) -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / window_s
+    unix_now() / window_s
 }
 
 /// Until a new wall-clock window begins (so a burst stays in one window).
@@ -988,14 +958,6 @@ impl Drop for Redis {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn global_config(port: u16) -> String {
     format!(
         r#"
@@ -1267,11 +1229,6 @@ fn config_errors_name_the_key() {
 // ---------------------------------------------------------------------------
 // Tiers and consumer keys (identity from the auth filter)
 // ---------------------------------------------------------------------------
-
-fn sha_hex(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
 
 /// Consumers authenticated by API key are limited per consumer, with their
 /// tier's numbers: premium gets its override, free the default; premium

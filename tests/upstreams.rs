@@ -94,15 +94,6 @@ fn tally(gw: &Gateway, path: &str, n: usize) -> HashMap<String, usize> {
     out
 }
 
-fn upstream_state(gw: &Gateway, name: &str) -> serde_json::Value {
-    let cfg = gw.handle.store.load();
-    let (status, body) =
-        ringgate::upstream::admin_request(&cfg, "GET", &format!("/upstreams/{name}"), b"")
-            .expect("an /upstreams path");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 fn admin(gw: &Gateway, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     let cfg = gw.handle.store.load();
     let (status, body) =
@@ -422,11 +413,7 @@ fn open_breaker_without_fallback_answers_503_with_retry_after() {
     assert_json_error(&get_fresh(&gw, "/x", ""), 502);
     let r = get_fresh(&gw, "/x", "");
     assert_json_error(&r, 503);
-    let secs: u64 = r
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .unwrap();
+    let secs = r.retry_after();
     assert!((1..=5).contains(&secs), "Retry-After {secs}");
     // Keep-alive survives a breaker answer.
     let mut c = gw.client();

@@ -1,11 +1,13 @@
 //! Port-free test harness: mock upstreams on std threads, an in-process
-//! gateway starter and a raw HTTP/1.1 client.
+//! gateway starter, the `ringgate` binary as a child process and a raw
+//! HTTP/1.1 client (`raw` has the pieces for tests that bring their own).
 //!
 //! Everything binds `127.0.0.1:0`; nothing here needs a fixed port.
 
 #![allow(dead_code)]
 
 pub mod alloc_count;
+pub mod raw;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -67,6 +69,20 @@ impl Request {
     pub fn head_str(&self) -> String {
         String::from_utf8_lossy(&self.head).into_owned()
     }
+}
+
+/// Parsed headers as owned `(name, value)` pairs in order (values decoded
+/// lossily as UTF-8).
+pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
 }
 
 fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -443,16 +459,7 @@ fn read_request(
                         method: r.method.unwrap_or("").to_string(),
                         target: r.path.unwrap_or("").to_string(),
                         minor: r.version.unwrap_or(1),
-                        headers: r
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.name.to_string(),
-                                    String::from_utf8_lossy(h.value).into_owned(),
-                                )
-                            })
-                            .collect(),
+                        headers: owned_headers(r.headers),
                         head: buf[..n].to_vec(),
                         ..Request::default()
                     };
@@ -656,6 +663,35 @@ pub fn refused_addr() -> SocketAddr {
     a
 }
 
+/// A loopback port that was free a moment ago (bound, then released), for
+/// a server that must be told its port before it starts.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---------------------------------------------------------------------------
+// Small values
+// ---------------------------------------------------------------------------
+
+/// Lower-case hex SHA-256 of `s`, as `api_key_sha256` and
+/// `client_secret_sha256` take it (computed independently of the gateway).
+pub fn sha_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 // ---------------------------------------------------------------------------
 // Gateway
 // ---------------------------------------------------------------------------
@@ -763,6 +799,17 @@ impl Default for GatewayConfig {
     }
 }
 
+/// `GET /upstreams/{name}` of the admin API, answered from `gw`'s live
+/// config; asserts a 200 and returns the JSON body.
+pub fn upstream_state(gw: &Gateway, name: &str) -> serde_json::Value {
+    let cfg = gw.handle.store.load();
+    let (status, body) =
+        ringgate::upstream::admin_request(&cfg, "GET", &format!("/upstreams/{name}"), b"")
+            .expect("an /upstreams path");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 /// An in-process gateway.
 pub struct Gateway {
     /// The running server.
@@ -805,6 +852,66 @@ impl Gateway {
     pub fn shutdown(&mut self) {
         self.handle.shutdown();
     }
+}
+
+// ---------------------------------------------------------------------------
+// The ringgate binary
+// ---------------------------------------------------------------------------
+
+/// The package's `ringgate` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringgate");
+
+/// The port from the "ringgate serving" log line.
+fn serving_port(line: &str) -> Option<u16> {
+    if !line.contains("ringgate serving") {
+        return None;
+    }
+    let i = line.find("127.0.0.1:")? + "127.0.0.1:".len();
+    line[i..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// Starts `ringgate run -c cfg`; returns the child, its listen address
+/// (from the "ringgate serving" log line) and a thread collecting its log
+/// (stderr) until it exits. Without that line within 10 s the child is
+/// killed and the test fails with the log.
+pub fn spawn_run(
+    cfg: &std::path::Path,
+) -> (std::process::Child, SocketAddr, thread::JoinHandle<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(cfg)
+        .env("NO_COLOR", "1")
+        .env("RINGGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringgate run");
+    let stderr = child.stderr.take().unwrap();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let log = thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(p) = serving_port(&line) {
+                let _ = port_tx.send(p);
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let Ok(port) = port_rx.recv_timeout(Duration::from_secs(10)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no 'ringgate serving' line; log:\n{}", log.join().unwrap());
+    };
+    (child, ([127, 0, 0, 1], port).into(), log)
 }
 
 // ---------------------------------------------------------------------------
@@ -855,6 +962,14 @@ impl Response {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
+    }
+    /// The `Retry-After` header in seconds (panics when it is missing or
+    /// not a number).
+    pub fn retry_after(&self) -> u64 {
+        self.header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap()
     }
     /// True when the response says `Connection: close`.
     pub fn says_close(&self) -> bool {
@@ -982,16 +1097,7 @@ impl Client {
                             status: r.code.unwrap_or(0),
                             minor: r.version.unwrap_or(1),
                             reason: r.reason.unwrap_or("").to_string(),
-                            headers: r
-                                .headers
-                                .iter()
-                                .map(|h| {
-                                    (
-                                        h.name.to_string(),
-                                        String::from_utf8_lossy(h.value).into_owned(),
-                                    )
-                                })
-                                .collect(),
+                            headers: owned_headers(r.headers),
                             head: String::from_utf8_lossy(&self.buf[..n]).into_owned(),
                             ..Response::default()
                         };
