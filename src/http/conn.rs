@@ -742,6 +742,8 @@ where
             (None, None) => forward::forward(w, &snap, route as usize, &mut stream, c).await,
         };
         w.in_flight.set(w.in_flight.get() - 1);
+        // The upstream buffer `forward` borrowed goes back to the worker.
+        w.return_ubuf(&mut c.ubuf, srv.buffer_bytes);
         match outcome {
             Outcome::Done { keep_alive } => {
                 info.finish(w, cfg, c, c.rhead.status);

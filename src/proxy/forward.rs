@@ -129,7 +129,8 @@ impl Conn {
         Conn::with_buffers(
             Buffers {
                 buf: Vec::with_capacity(buffer_bytes),
-                ubuf: Vec::with_capacity(buffer_bytes),
+                // Lent by the worker for each exchange (`Worker::lend_ubuf`).
+                ubuf: Vec::new(),
                 lines: Vec::with_capacity(max_headers.min(64)),
                 rlines: Vec::with_capacity(64),
                 out: OutHead::new(),
@@ -152,7 +153,8 @@ impl Conn {
             v
         };
         let buf = take(&mut spare.buf);
-        let ubuf = take(&mut spare.ubuf);
+        let mut ubuf = std::mem::take(&mut spare.ubuf);
+        ubuf.clear();
         let mut lines = std::mem::take(&mut spare.lines);
         lines.clear();
         let mut rlines = std::mem::take(&mut spare.rlines);
@@ -531,6 +533,9 @@ where
     let up = &snap.upstreams[up_id];
     let shared = &*up.shared;
     c.upstream_id = Some(up_id);
+    // The response is read into a buffer the worker lends for the exchange
+    // (the connection's caller gives it back).
+    w.lend_ubuf(&mut c.ubuf, srv.buffer_bytes);
 
     // Request body bytes already read with the head.
     let head_len = c.head.len;

@@ -43,6 +43,23 @@ pub struct Generation {
 /// holds two `buffer_bytes` buffers and a few small ones).
 pub const SPARE_CONNS: usize = 64;
 
+/// Connections a worker must have held at once before it gives memory
+/// back to the system when most of them have gone.
+const RELEASE_AFTER_PEAK: usize = 256;
+
+/// Returns the calling worker's free heap memory to the system: mimalloc
+/// (the binary's global allocator) gives back the pages no block uses.
+/// Without mimalloc as the allocator it finds nothing to do. Called a
+/// second after a spike of connections is over, never on the request path.
+fn release_free_memory() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any
+    // thread at any time; it only acts on the calling thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+/// Upstream read buffers a worker keeps between exchanges, at most.
+pub const SPARE_UBUFS: usize = 256;
+
 /// State of one worker, shared by its connections.
 pub struct Worker {
     /// Worker index.
@@ -56,6 +73,9 @@ pub struct Worker {
     pub in_flight: Cell<usize>,
     /// Open client connections.
     pub connections: Cell<usize>,
+    /// The most connections open at once since memory was last given back
+    /// to the system.
+    pub peak_connections: Cell<usize>,
     /// Set once shutdown began: responses close their connection.
     pub draining: Cell<bool>,
     /// Deadlines of the reads in progress, the coarse clock, and the
@@ -65,6 +85,10 @@ pub struct Worker {
     /// [`SPARE_CONNS`]): a new connection reuses its buffers instead of
     /// allocating them.
     pub spare_conns: std::cell::RefCell<Vec<Box<crate::proxy::forward::Conn>>>,
+    /// Upstream read buffers between exchanges (at most [`SPARE_UBUFS`]): a
+    /// connection holds one only while a request of its own is upstream,
+    /// so an idle keep-alive connection costs a buffer less.
+    spare_ubufs: std::cell::RefCell<Vec<Vec<u8>>>,
     /// This worker's response cache.
     pub cache: crate::filter::cache::WorkerCache,
     /// This worker's metric shard (read by the admin thread on scrape).
@@ -75,6 +99,34 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Gives `ubuf` a buffer of at least `bytes` for an exchange, from the
+    /// spares when there is one.
+    #[inline]
+    pub fn lend_ubuf(&self, ubuf: &mut Vec<u8>, bytes: usize) {
+        if ubuf.capacity() == 0 {
+            *ubuf = self
+                .spare_ubufs
+                .borrow_mut()
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(bytes));
+        }
+    }
+
+    /// Takes back the buffer an exchange is done with; one that grew past
+    /// twice `bytes` (a large response head), or one too many, is freed.
+    #[inline]
+    pub fn return_ubuf(&self, ubuf: &mut Vec<u8>, bytes: usize) {
+        let mut b = std::mem::take(ubuf);
+        let cap = b.capacity();
+        if cap >= bytes && cap <= 2 * bytes {
+            let mut spares = self.spare_ubufs.borrow_mut();
+            if spares.len() < SPARE_UBUFS {
+                b.clear();
+                spares.push(b);
+            }
+        }
+    }
+
     /// Worker-local state for `config`.
     pub fn new(id: usize, config: Arc<Config>, shared: &WorkerShared) -> Self {
         let upstreams = config
@@ -113,9 +165,11 @@ impl Worker {
             store: shared.store.clone(),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
+            peak_connections: Cell::new(0),
             draining: Cell::new(false),
             watchdog: crate::runtime::watchdog::Watchdog::new(),
             spare_conns: std::cell::RefCell::new(Vec::new()),
+            spare_ubufs: std::cell::RefCell::new(Vec::with_capacity(SPARE_UBUFS)),
             cache: crate::filter::cache::WorkerCache::new(
                 shared.cache_purge.clone(),
                 shared.metrics.clone(),
@@ -495,12 +549,19 @@ async fn serve(
             }
         });
     }
-    // Sweep idle pooled connections once a second.
+    // Sweep idle pooled connections once a second; after a spike of
+    // connections has gone, give the memory it took back to the system.
     {
         let w = worker.clone();
         monoio::spawn(async move {
             loop {
                 monoio::time::sleep(Duration::from_secs(1)).await;
+                let open = w.connections.get();
+                let peak = w.peak_connections.get();
+                if peak >= RELEASE_AFTER_PEAK && open <= peak / 4 {
+                    release_free_memory();
+                    w.peak_connections.set(open);
+                }
                 let now = w.watchdog.now_ms();
                 let snap = w.generation();
                 for (i, u) in snap.upstreams.iter().enumerate() {
@@ -705,6 +766,8 @@ async fn accept_loop(w: Rc<Worker>, listener: monoio::net::TcpListener, stop: Lo
             continue;
         }
         w.connections.set(w.connections.get() + 1);
+        w.peak_connections
+            .set(w.peak_connections.get().max(w.connections.get()));
         w.metrics.connections.add(1);
         w.metrics.open_connections.store(
             w.connections.get() as i64,
