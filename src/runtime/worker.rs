@@ -40,7 +40,7 @@ pub struct Generation {
 }
 
 /// How many finished connections' state a worker keeps for reuse (each
-/// holds two `buffer_bytes` buffers and a few small ones).
+/// holds a `buffer_bytes` buffer and a few small ones).
 pub const SPARE_CONNS: usize = 64;
 
 /// Connections a worker must have held at once before it gives memory
