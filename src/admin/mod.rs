@@ -362,6 +362,7 @@ pub fn config_json(cfg: &Config) -> serde_json::Value {
             "listen": s.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "workers": s.workers,
             "pin": s.pin,
+            "transparent_huge_pages": s.transparent_huge_pages,
             "io": format!("{:?}", s.io),
             "io_uring_entries": s.io_uring_entries,
             "io_uring_mode": format!("{:?}", s.io_uring_mode),

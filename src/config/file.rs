@@ -102,6 +102,8 @@ pub struct ServerFile {
     pub workers: Option<usize>,
     /// Pin worker i to core i.
     pub pin: Option<bool>,
+    /// Let the kernel back the heap with transparent huge pages.
+    pub transparent_huge_pages: Option<bool>,
     /// `auto | io_uring | epoll`
     pub io: Option<String>,
     /// io_uring submission queue entries.

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Pin worker i to core i.
     pub pin: bool,
+    /// Let the kernel back the heap with transparent huge pages (the
+    /// allocator asks for them); off, each connection's memory counts by
+    /// the 4 KiB page it touches, not by the 2 MiB page around it.
+    pub transparent_huge_pages: bool,
     /// Driver choice.
     pub io: IoMode,
     /// io_uring entries.

@@ -506,6 +506,7 @@ fn compile_server(file: &FileConfig, errs: &mut Errors) -> Option<ServerConfig> 
         listen,
         workers,
         pin: s.pin.unwrap_or(true),
+        transparent_huge_pages: s.transparent_huge_pages.unwrap_or(false),
         io,
         io_uring_entries,
         io_uring_mode,

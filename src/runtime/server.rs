@@ -78,6 +78,7 @@ impl Server {
             crate::telemetry::access_log::open(&config.log).map_err(io::Error::other)?;
         let config = Arc::new(config);
         let s = &config.server;
+        super::worker::set_huge_pages(s.transparent_huge_pages);
         // Resolve port 0 once so every worker shares the same port.
         let mut first: Vec<std::net::TcpListener> = Vec::new();
         let mut addrs = Vec::new();

@@ -57,6 +57,23 @@ fn release_free_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// Whether the kernel may back the process's memory with transparent huge
+/// pages (`server.transparent_huge_pages`), from the next page it touches.
+/// mimalloc asks for them on its arenas; `PR_SET_THP_DISABLE` overrides
+/// that for the whole process.
+pub fn set_huge_pages(enabled: bool) {
+    let disable: libc::c_ulong = if enabled { 0 } else { 1 };
+    // SAFETY: prctl with integer arguments only; it changes a flag of
+    // this process.
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, disable, 0, 0, 0) };
+    if r != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot change server.transparent_huge_pages"
+        );
+    }
+}
+
 /// Upstream read buffers a worker keeps between exchanges, at most.
 pub const SPARE_UBUFS: usize = 256;
 
@@ -504,6 +521,7 @@ async fn serve(
     let listen_generation = Cell::new(u64::MAX);
     let pinned = Cell::new(config.server.pin);
     let backlog = Cell::new(config.server.backlog);
+    let huge_pages = Cell::new(config.server.transparent_huge_pages);
     let cores = shared.cores.clone();
     crate::filter::rate_limit::spawn_worker_tasks(&worker);
     crate::filter::cache::spawn_worker_tasks(&worker);
@@ -531,6 +549,11 @@ async fn serve(
                     if g.config.server.pin != pinned.get() {
                         pinned.set(g.config.server.pin);
                         pin_current(w.id, g.config.server.pin, &cores);
+                    }
+                    let thp = g.config.server.transparent_huge_pages;
+                    if w.id == 0 && thp != huge_pages.get() {
+                        huge_pages.set(thp);
+                        set_huge_pages(thp);
                     }
                     if g.config.server.backlog != backlog.get() {
                         backlog.set(g.config.server.backlog);
