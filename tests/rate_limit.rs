@@ -839,6 +839,19 @@ fn a_small_limit_is_used_in_full_across_workers() {
     }
 }
 
+/// The statuses of `n` requests in a row for key `key` (`X-Key`): on one
+/// keep-alive connection (one worker), or on a new connection each
+/// (`spread`, over the workers).
+fn burst(addr: SocketAddr, path: &str, key: &str, n: usize, spread: bool) -> Vec<u16> {
+    let mut one = (!spread).then(|| Conn::open(addr));
+    (0..n)
+        .map(|_| match &mut one {
+            Some(c) => c.get(path, &[("X-Key", key)]).status,
+            None => Conn::open(addr).get(path, &[("X-Key", key)]).status,
+        })
+        .collect()
+}
+
 /// A quick burst gets the whole limit, not only the part of it the worker
 /// it lands on holds first (half, with two workers): a refusal while the
 /// other worker holds part of the key waits for the reconciler to move
@@ -857,20 +870,13 @@ fn a_quick_burst_gets_the_whole_limit() {
             "key = \"header:X-Key\"\nrebalance_wait_ms = 5000\n",
         );
         for round in 0..6 {
-            let key = format!("one-{round}");
-            let mut c = Conn::open(gw.addr);
-            let codes: Vec<u16> = (0..5)
-                .map(|_| c.get("/k", &[("X-Key", &key)]).status)
-                .collect();
+            let codes = burst(gw.addr, "/k", &format!("one-{round}"), 5, false);
             assert_eq!(
                 codes,
                 [200, 200, 200, 429, 429],
                 "{algorithm}, one connection, round {round}"
             );
-            let key = format!("spread-{round}");
-            let codes: Vec<u16> = (0..5)
-                .map(|_| Conn::open(gw.addr).get("/k", &[("X-Key", &key)]).status)
-                .collect();
+            let codes = burst(gw.addr, "/k", &format!("spread-{round}"), 5, true);
             assert_eq!(
                 codes.iter().filter(|&&s| s == 200).count(),
                 3,
@@ -1133,15 +1139,10 @@ fn a_quick_burst_gets_the_whole_global_limit() {
         let gw = global_limit(&b, port, algorithm, 5);
         for round in 0..4 {
             let key = format!("{algorithm}-one-{round}");
-            let mut c = Conn::open(gw.addr);
-            let codes: Vec<u16> = (0..7)
-                .map(|_| c.get("/g", &[("X-Key", &key)]).status)
-                .collect();
+            let codes = burst(gw.addr, "/g", &key, 7, false);
             assert_eq!(codes, want, "{algorithm}, one connection, round {round}");
             let key = format!("{algorithm}-spread-{round}");
-            let codes: Vec<u16> = (0..7)
-                .map(|_| Conn::open(gw.addr).get("/g", &[("X-Key", &key)]).status)
-                .collect();
+            let codes = burst(gw.addr, "/g", &key, 7, true);
             assert_eq!(codes, want, "{algorithm}, a connection each, round {round}");
         }
         let waited = series(&gw.handle, "waited", "g", "admitted").unwrap();
