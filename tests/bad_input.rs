@@ -205,9 +205,8 @@ fn bare_cr_in_header() {
 #[test]
 fn malformed_request_lines() {
     let (up, gw) = setup(&[]);
-    let cases: [&[u8]; 7] = [
+    let cases: [&[u8]; 6] = [
         b"GET/ HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
         b"GET / FTP/1.1\r\nHost: x\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\xab\xcd\r\n\r\n",
         b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -217,6 +216,26 @@ fn malformed_request_lines() {
     for raw in cases {
         refused(&up, &gw, raw, 400);
     }
+    still_serves(&gw);
+}
+
+/// HTTP/2.0 and later on an HTTP/1 connection (the HTTP/2 preface among
+/// them) get 505, not 400; 1.x above 1.1 is served as 1.1.
+#[test]
+fn newer_http_versions() {
+    let (up, gw) = setup(&[]);
+    for raw in [
+        &b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"[..],
+        b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/3.0\r\nHost: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ] {
+        refused(&up, &gw, raw, 505);
+    }
+    let mut c = gw.client();
+    let r = c.request("GET /v12 HTTP/1.2\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.hits(), 1);
     still_serves(&gw);
 }
 

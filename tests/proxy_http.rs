@@ -166,10 +166,15 @@ fn large_content_length_body_streamed_intact() {
     assert_eq!(c.get("/after").status, 200);
 }
 
+/// A chunked body reaches the backend re-framed by ringgate (its own chunk
+/// sizes, no extensions) with the same payload, and the trailers listed in
+/// `server.forward_trailers`.
 #[test]
 fn chunked_request_body_with_trailers_forwarded_intact() {
     let up = MockUpstream::builder().respond(200, "chunks ok").start();
-    let gw = GatewayConfig::simple(&[up.addr]).start();
+    let gw = GatewayConfig::simple(&[up.addr])
+        .server("forward_trailers = [\"X-Checksum\"]")
+        .start();
     let mut c = gw.client();
     let raw_body = "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n";
     let r = c.request(format!(
@@ -180,7 +185,10 @@ fn chunked_request_body_with_trailers_forwarded_intact() {
     let req = up.last();
     assert_eq!(req.header("transfer-encoding"), Some("chunked"));
     assert_eq!(req.body, b"hello world");
-    assert_eq!(req.raw_body, raw_body.as_bytes());
+    assert_eq!(
+        req.raw_body,
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n"
+    );
     assert_eq!(
         req.trailers,
         [("X-Checksum".to_string(), "abc".to_string())]
@@ -193,6 +201,7 @@ fn large_chunked_body_streamed_intact() {
     let up = MockUpstream::builder().respond(200, "ok").start();
     let gw = GatewayConfig::simple(&[up.addr])
         .server("buffer_bytes = 4096")
+        .server("forward_trailers = [\"x-end\"]")
         .start();
     let payload: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 7 % 253) as u8).collect();
     let mut c = gw.client();
@@ -237,7 +246,9 @@ fn chunked_response_with_trailers_relayed() {
     let up = MockUpstream::builder()
         .chunked(&["hello", " ", "world"], &[("X-Checksum", "42")])
         .start();
-    let gw = GatewayConfig::simple(&[up.addr]).start();
+    let gw = GatewayConfig::simple(&[up.addr])
+        .server("forward_trailers = [\"x-checksum\"]")
+        .start();
     let mut c = gw.client();
     let r = c.get("/chunked");
     assert_eq!(r.status, 200);
@@ -400,14 +411,21 @@ fn hop_by_hop_headers_removed() {
     assert_eq!(req.header("host"), Some("test.local"));
 }
 
+/// A client's `X-Forwarded-For` is extended when the peer is a trusted
+/// proxy, and replaced with the peer's address otherwise (a client cannot
+/// name itself someone else).
 #[test]
 fn forwarding_headers_added() {
     let up = MockUpstream::builder().echo().start();
-    let gw = GatewayConfig::simple(&[up.addr]).start();
+    let raw = "GET /fwd HTTP/1.1\r\nHost: api.example.test\r\nX-Forwarded-For: 10.0.0.1\r\nVia: 1.1 edge\r\n\r\n";
+    let untrusted = GatewayConfig::simple(&[up.addr]).start();
+    assert_eq!(untrusted.client().request(raw).status, 200);
+    assert_eq!(up.last().header_all("x-forwarded-for"), ["127.0.0.1"]);
+    let gw = GatewayConfig::simple(&[up.addr])
+        .server("trusted_proxies = [\"127.0.0.0/8\"]")
+        .start();
     let mut c = gw.client();
-    let r = c.request(
-        "GET /fwd HTTP/1.1\r\nHost: api.example.test\r\nX-Forwarded-For: 10.0.0.1\r\nVia: 1.1 edge\r\n\r\n",
-    );
+    let r = c.request(raw);
     assert_eq!(r.status, 200);
     let req = up.last();
     assert_eq!(req.header_all("x-forwarded-for"), ["10.0.0.1, 127.0.0.1"]);

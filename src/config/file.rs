@@ -130,6 +130,13 @@ pub struct ServerFile {
     pub buffer_bytes: Option<usize>,
     /// listen(2) backlog.
     pub backlog: Option<i32>,
+    /// Peers whose `X-Forwarded-For`, `Forwarded` and `X-Real-IP` are
+    /// extended rather than replaced.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Forward header names that contain `_` (dropped by default).
+    pub underscores_in_headers: Option<bool>,
+    /// Trailer fields of chunked bodies forwarded (others are dropped).
+    pub forward_trailers: Option<Vec<String>>,
 }
 
 /// `[admin]`

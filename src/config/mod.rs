@@ -78,6 +78,22 @@ pub struct ServerConfig {
     pub buffer_bytes: usize,
     /// listen(2) backlog.
     pub backlog: i32,
+    /// Peers whose `X-Forwarded-For`, `Forwarded` and `X-Real-IP` name
+    /// the client: extended (`X-Real-IP` kept) from these, replaced with
+    /// the peer's address from any other.
+    pub trusted_proxies: Vec<crate::filter::rate_limit::Cidr>,
+    /// Forward header names that contain `_` (`underscores_in_headers`).
+    pub underscores_in_headers: bool,
+    /// Trailer names (lower-case) forwarded on chunked bodies.
+    pub forward_trailers: Vec<Box<[u8]>>,
+}
+
+impl ServerConfig {
+    /// True when `ip` is one of `trusted_proxies`.
+    #[inline]
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
 }
 
 /// Balancing algorithm of an upstream.

@@ -499,6 +499,29 @@ fn compile_server(file: &FileConfig, errs: &mut Errors) -> Option<ServerConfig> 
             "use e.g. 16384",
         );
     }
+    let trusted_proxies = crate::filter::rate_limit::Cidr::parse_list(
+        s.trusted_proxies.iter().flatten(),
+        |msg, fix| errs.push("server.trusted_proxies", msg, fix),
+    );
+    let mut forward_trailers: Vec<Box<[u8]>> = Vec::new();
+    for t in s.forward_trailers.iter().flatten() {
+        let lower = t.to_ascii_lowercase();
+        if t.is_empty() || !t.bytes().all(crate::http::chunked::is_tchar) {
+            errs.push(
+                "server.forward_trailers",
+                format!("{t:?} is not a header name"),
+                "list header names, e.g. [\"x-checksum\"]",
+            );
+        } else if NOT_TRAILERS.contains(&lower.as_str()) {
+            errs.push(
+                "server.forward_trailers",
+                format!("{t:?} frames or routes the message and is never taken from a trailer"),
+                "remove it from the list",
+            );
+        } else {
+            forward_trailers.push(lower.into_bytes().into());
+        }
+    }
     if errs.0.len() > before {
         return None;
     }
@@ -520,8 +543,26 @@ fn compile_server(file: &FileConfig, errs: &mut Errors) -> Option<ServerConfig> 
         max_connections,
         buffer_bytes,
         backlog: s.backlog.unwrap_or(4096),
+        trusted_proxies,
+        underscores_in_headers: s.underscores_in_headers.unwrap_or(false),
+        forward_trailers,
     })
 }
+
+/// Fields that may not be forwarded as trailers (RFC 9110 6.5.1): framing,
+/// routing, connection management and authentication.
+const NOT_TRAILERS: [&str; 10] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "authorization",
+    "content-type",
+];
 
 fn compile_route(
     i: usize,

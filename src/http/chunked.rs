@@ -7,6 +7,8 @@
 //! take chunked), and refuses malformed framing (bad sizes, bare CR, missing
 //! CRLF after data) so nothing can be smuggled past it.
 
+use super::head::OutHead;
+
 /// Longest chunk-size line (size plus extensions) accepted.
 const MAX_LINE: u32 = 4096;
 /// Most trailer bytes accepted.
@@ -15,6 +17,7 @@ const MAX_TRAILERS: u32 = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Size { digits: u8 },
+    SizeWs,
     Ext,
     SizeLf,
     Data,
@@ -32,13 +35,24 @@ enum State {
 pub struct ChunkError(pub &'static str);
 
 /// Incremental scanner for a chunked body.
+///
+/// Strict where a lenient reading could differ from another parser's: a
+/// size line is hex digits, optional whitespace and `;` extensions without
+/// control characters; every line ends in CRLF; each trailer line is a
+/// valid header field line (name `:` value), never folded. Trailer lines
+/// are kept (see [`ChunkedScanner::trailers`]) so a re-framed body can
+/// carry the allowed ones.
 #[derive(Debug, Clone)]
 pub struct ChunkedScanner {
     state: State,
     size: u64,
     remaining: u64,
     line: u32,
-    trailers: u32,
+    trailer_bytes: u32,
+    /// The trailer line being read.
+    tline: Vec<u8>,
+    /// Complete, valid trailer lines, each ending in CRLF.
+    tdone: Vec<u8>,
     /// Payload bytes seen so far.
     pub payload: u64,
 }
@@ -49,6 +63,25 @@ impl Default for ChunkedScanner {
     }
 }
 
+/// A token character (RFC 9110 5.6.2).
+#[inline]
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A valid header field line without its line end: `token ":" OWS value`
+/// whose value has no control character but HTAB.
+pub fn valid_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    colon > 0
+        && line[..colon].iter().all(|&b| is_tchar(b))
+        && line[colon + 1..]
+            .iter()
+            .all(|&b| b == b'\t' || b >= 0x20 && b != 0x7f)
+}
+
 impl ChunkedScanner {
     /// A scanner at the start of a body.
     pub fn new() -> Self {
@@ -57,7 +90,9 @@ impl ChunkedScanner {
             size: 0,
             remaining: 0,
             line: 0,
-            trailers: 0,
+            trailer_bytes: 0,
+            tline: Vec::new(),
+            tdone: Vec::new(),
             payload: 0,
         }
     }
@@ -65,6 +100,11 @@ impl ChunkedScanner {
     /// True once the last chunk and trailers have been seen.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// The trailer lines seen so far, each `Name: value\r\n` (checked).
+    pub fn trailers(&self) -> &[u8] {
+        &self.tdone
     }
 
     /// Scans `input`, calling `on_data(start, end)` for each payload range
@@ -95,14 +135,28 @@ impl ChunkedScanner {
                             self.state = State::Size { digits: digits + 1 };
                         }
                         None if digits == 0 => return Err(ChunkError("invalid chunk size")),
-                        None => match b {
-                            b'\r' => self.state = State::SizeLf,
-                            b';' | b' ' | b'\t' => {
-                                self.line = 0;
-                                self.state = State::Ext;
+                        None => {
+                            self.line = 0;
+                            match b {
+                                b'\r' => self.state = State::SizeLf,
+                                b';' => self.state = State::Ext,
+                                b' ' | b'\t' => self.state = State::SizeWs,
+                                _ => return Err(ChunkError("invalid chunk size line")),
                             }
-                            _ => return Err(ChunkError("invalid chunk size")),
-                        },
+                        }
+                    }
+                    i += 1;
+                }
+                State::SizeWs => {
+                    self.line += 1;
+                    if self.line > MAX_LINE {
+                        return Err(ChunkError("chunk size line too long"));
+                    }
+                    match b {
+                        b' ' | b'\t' => {}
+                        b';' => self.state = State::Ext,
+                        b'\r' => self.state = State::SizeLf,
+                        _ => return Err(ChunkError("invalid chunk size line")),
                     }
                     i += 1;
                 }
@@ -114,6 +168,10 @@ impl ChunkedScanner {
                     match b {
                         b'\r' => self.state = State::SizeLf,
                         b'\n' => return Err(ChunkError("bare LF in chunk size line")),
+                        b'\t' => {}
+                        _ if b < 0x20 || b == 0x7f => {
+                            return Err(ChunkError("control character in chunk extension"));
+                        }
                         _ => {}
                     }
                     i += 1;
@@ -124,7 +182,7 @@ impl ChunkedScanner {
                     }
                     i += 1;
                     if self.size == 0 {
-                        self.trailers = 0;
+                        self.trailer_bytes = 0;
                         self.state = State::TrailerStart;
                     } else {
                         self.remaining = self.size;
@@ -157,25 +215,28 @@ impl ChunkedScanner {
                     i += 1;
                 }
                 State::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        State::EndLf
-                    } else if b == b'\n' {
-                        return Err(ChunkError("bare LF in trailers"));
-                    } else {
-                        State::TrailerLine
+                    self.state = match b {
+                        b'\r' => State::EndLf,
+                        b'\n' => return Err(ChunkError("bare LF in trailers")),
+                        b' ' | b'\t' => return Err(ChunkError("folded trailer line")),
+                        _ => {
+                            self.tline.clear();
+                            self.tline.push(b);
+                            State::TrailerLine
+                        }
                     };
-                    self.trailers += 1;
+                    self.trailer_bytes += 1;
                     i += 1;
                 }
                 State::TrailerLine => {
-                    self.trailers += 1;
-                    if self.trailers > MAX_TRAILERS {
+                    self.trailer_bytes += 1;
+                    if self.trailer_bytes > MAX_TRAILERS {
                         return Err(ChunkError("trailers too large"));
                     }
                     match b {
                         b'\r' => self.state = State::TrailerLf,
                         b'\n' => return Err(ChunkError("bare LF in trailers")),
-                        _ => {}
+                        _ => self.tline.push(b),
                     }
                     i += 1;
                 }
@@ -183,6 +244,11 @@ impl ChunkedScanner {
                     if b != b'\n' {
                         return Err(ChunkError("bare CR in trailers"));
                     }
+                    if !valid_field_line(&self.tline) {
+                        return Err(ChunkError("invalid trailer line"));
+                    }
+                    self.tdone.extend_from_slice(&self.tline);
+                    self.tdone.extend_from_slice(b"\r\n");
                     self.state = State::TrailerStart;
                     i += 1;
                 }
@@ -199,6 +265,56 @@ impl ChunkedScanner {
         }
         Ok(i)
     }
+
+    /// Scans `input` (which sits at `base` in `out.src`) and appends its
+    /// re-framed form to `out`: each payload range as a chunk whose size
+    /// line ringgate writes, no extensions, and once the body ends the last
+    /// chunk with the trailer lines whose names are in `allow` (lower-case).
+    /// Returns what [`ChunkedScanner::scan`] returns.
+    pub fn reframe(
+        &mut self,
+        input: &[u8],
+        base: usize,
+        out: &mut OutHead,
+        allow: &[Box<[u8]>],
+    ) -> Result<usize, ChunkError> {
+        let k = self.scan(input, |a, b| {
+            let start = out.extra.len();
+            push_hex(&mut out.extra, (b - a) as u64);
+            out.extra.extend_from_slice(b"\r\n");
+            out.mark_extra(start);
+            out.src(base + a, base + b);
+            out.stat(b"\r\n");
+        })?;
+        if self.is_done() {
+            out.stat(b"0\r\n");
+            if !allow.is_empty() {
+                for line in self.tdone.split_inclusive(|&b| b == b'\n') {
+                    let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
+                    let name = &line[..colon];
+                    if allow.iter().any(|a| name.eq_ignore_ascii_case(a)) {
+                        out.extra(line);
+                    }
+                }
+            }
+            out.stat(b"\r\n");
+        }
+        Ok(k)
+    }
+}
+
+fn push_hex(v: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    v.extend_from_slice(&digits[i..]);
 }
 
 #[cfg(test)]
@@ -245,5 +361,30 @@ mod tests {
         assert!(all(b"5\nhello").is_err());
         assert!(all(b"ffffffffffffffffff\r\n").is_err());
         assert!(all(b"-1\r\n").is_err());
+        // Junk after the size, control characters in an extension.
+        assert!(all(b"5 junk\r\nhello\r\n0\r\n\r\n").is_err());
+        assert!(all(b"5;a=\x00\r\nhello\r\n0\r\n\r\n").is_err());
+        assert!(all(b"5;a=\"x\nb\"\r\nhello\r\n0\r\n\r\n").is_err());
+        // Trailers: a request line, a folded line, a bare LF.
+        assert!(all(b"0\r\nGET /x HTTP/1.1\r\n\r\n").is_err());
+        assert!(all(b"0\r\nA: 1\r\n b\r\n\r\n").is_err());
+        assert!(all(b"0\r\nA: 1\n\r\n").is_err());
+        // Whitespace before an extension is fine.
+        assert!(all(b"5 ;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n").unwrap().2);
+    }
+
+    #[test]
+    fn reframed_with_own_sizes_and_allowed_trailers() {
+        let b = b"5;ext=1\r\nhello\r\n06\r\n world\r\n0\r\nX-Sum: 9\r\nX-Other: 1\r\n\r\nNEXT";
+        let mut s = ChunkedScanner::new();
+        let mut out = OutHead::new();
+        let allow: Vec<Box<[u8]>> = vec![b"x-sum".to_vec().into()];
+        let n = s.reframe(b, 0, &mut out, &allow).unwrap();
+        out.src = b.to_vec();
+        assert_eq!(&b[n..], b"NEXT");
+        assert_eq!(
+            out.to_vec(),
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 9\r\n\r\n".to_vec()
+        );
     }
 }

@@ -229,6 +229,20 @@ pub async fn write_error<S: AsyncWriteRent>(
     r.is_ok()
 }
 
+/// Answers a request whose head was refused (or never came) with a JSON
+/// error under a fresh request id, and closes.
+async fn refuse_head<S: AsyncWriteRent>(
+    s: &mut S,
+    w: &Worker,
+    c: &mut Conn,
+    status: u16,
+    msg: &str,
+) {
+    w.next_request_id(&mut c.fresh);
+    let rid = c.fresh;
+    let _ = write_error(s, &mut c.scratch, status, msg, &rid, true, None).await;
+}
+
 /// Reads a whole (small) request body for a request the gateway answers
 /// itself. On success the body bytes are returned and `c.body_end` is the
 /// offset in `c.buf` where the request ends (pipelined bytes follow).
@@ -373,16 +387,7 @@ where
             match r {
                 Ok(Ok(n)) if n > 0 => {}
                 Err(()) if first => {
-                    let _ = write_error(
-                        &mut stream,
-                        &mut c.scratch,
-                        408,
-                        "no request received in time",
-                        b"-",
-                        true,
-                        None,
-                    )
-                    .await;
+                    refuse_head(&mut stream, w, c, 408, "no request received in time").await;
                     return;
                 }
                 _ => return,
@@ -392,25 +397,24 @@ where
         // in one piece.
         let mut deadline: Option<u64> = None;
         loop {
-            match parse::parse_request(
-                &c.buf,
-                srv.max_headers,
-                srv.max_uri_bytes,
-                &mut c.head,
-                &mut c.lines,
-            ) {
+            let limits = parse::RequestLimits {
+                max_headers: srv.max_headers,
+                max_uri: srv.max_uri_bytes,
+                underscores: srv.underscores_in_headers,
+            };
+            let mut parsed = parse::parse_request_with(&c.buf, &limits, &mut c.head, &mut c.lines);
+            if let Err(parse::HeadError::Version) = parsed {
+                // HTTP/1.2 and later 1.x are served as 1.1; 2.0 and later
+                // (the HTTP/2 preface among them) get 505.
+                parsed = match parse::downgrade_minor(&mut c.buf) {
+                    Ok(()) => parse::parse_request_with(&c.buf, &limits, &mut c.head, &mut c.lines),
+                    Err(e) => Err(e),
+                };
+            }
+            match parsed {
                 Ok(Parsed::Complete) => {
                     if c.head.len > srv.max_header_bytes {
-                        let _ = write_error(
-                            &mut stream,
-                            &mut c.scratch,
-                            431,
-                            "request head too large",
-                            b"-",
-                            true,
-                            None,
-                        )
-                        .await;
+                        refuse_head(&mut stream, w, c, 431, "request head too large").await;
                         return;
                     }
                     break;
@@ -423,9 +427,7 @@ where
                         } else {
                             (431, "request head too large")
                         };
-                        let _ =
-                            write_error(&mut stream, &mut c.scratch, status, msg, b"-", true, None)
-                                .await;
+                        refuse_head(&mut stream, w, c, status, msg).await;
                         return;
                     }
                     if c.buf.len() == c.buf.capacity() {
@@ -446,14 +448,12 @@ where
                     match r {
                         Ok(Ok(n)) if n > 0 => {}
                         Err(()) => {
-                            let _ = write_error(
+                            refuse_head(
                                 &mut stream,
-                                &mut c.scratch,
+                                w,
+                                c,
                                 408,
                                 "request head not received in time",
-                                b"-",
-                                true,
-                                None,
                             )
                             .await;
                             return;
@@ -462,16 +462,7 @@ where
                     }
                 }
                 Err(e) => {
-                    let _ = write_error(
-                        &mut stream,
-                        &mut c.scratch,
-                        e.status(),
-                        e.message(),
-                        b"-",
-                        true,
-                        None,
-                    )
-                    .await;
+                    refuse_head(&mut stream, w, c, e.status(), e.message()).await;
                     return;
                 }
             }
@@ -485,6 +476,7 @@ where
         let cfg: &crate::config::Config = &snap.config;
         let srv = &cfg.server;
         c.set_request_id(w);
+        c.trusted_peer = srv.trusts(c.peer.ip());
 
         // The token endpoint is answered by the gateway itself.
         if let Some(auth) = &cfg.auth

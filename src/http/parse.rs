@@ -96,6 +96,9 @@ pub enum HeadError {
     Expectation,
     /// 501: a transfer coding ringgate cannot frame.
     NotImplemented(&'static str),
+    /// 505: an HTTP version ringgate does not serve on this connection
+    /// (see [`downgrade_minor`] for 1.x above 1.1).
+    Version,
 }
 
 impl HeadError {
@@ -107,6 +110,7 @@ impl HeadError {
             HeadError::UriTooLong => 414,
             HeadError::Expectation => 417,
             HeadError::NotImplemented(_) => 501,
+            HeadError::Version => 505,
         }
     }
     /// Text for the JSON error body.
@@ -117,6 +121,7 @@ impl HeadError {
             HeadError::UriTooLong => "request target too long",
             HeadError::Expectation => "only 'Expect: 100-continue' is supported",
             HeadError::NotImplemented(m) => m,
+            HeadError::Version => "HTTP version not supported on this connection",
         }
     }
 }
@@ -197,6 +202,31 @@ pub struct RequestHead {
     pub is_head: bool,
     /// Safe to send twice (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
     pub idempotent: bool,
+    /// `host` is the authority of an absolute-form target: the client's
+    /// `Host` lines are dropped and ringgate writes this one.
+    pub host_from_target: bool,
+    /// The client sent `Content-Length: 0` (forwarded as such, so a backend
+    /// that wants a length on a POST gets one).
+    pub zero_length: bool,
+    /// Some line of the head ended with a bare LF: the forwarded head is
+    /// rewritten with CRLF line ends instead of sent as slices.
+    pub bare_lf: bool,
+    /// `Forwarded` value (replaced, or extended from a trusted proxy).
+    pub forwarded: Option<Span>,
+    /// `X-Real-IP` value (replaced, or kept from a trusted proxy).
+    pub real_ip: Option<Span>,
+}
+
+/// Request parsing choices that come from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Most header lines (431 above).
+    pub max_headers: usize,
+    /// Longest request target (414 above).
+    pub max_uri: usize,
+    /// Forward header names containing `_` (`server.underscores_in_headers`);
+    /// dropped when false.
+    pub underscores: bool,
 }
 
 /// A parsed response head.
@@ -217,6 +247,11 @@ pub struct ResponseHead {
     pub keep_alive: bool,
     /// The response carries an `X-Request-Id`.
     pub has_request_id: bool,
+    /// The `Content-Length` value, whatever the framing (a HEAD or 304
+    /// answer states the length of the body it does not carry).
+    pub content_length: Option<u64>,
+    /// Some line of the head ended with a bare LF (rewritten with CRLF).
+    pub bare_lf: bool,
 }
 
 impl ResponseHead {
@@ -242,27 +277,125 @@ pub enum Parsed {
     Partial,
 }
 
-fn line_span(buf: &[u8], name: &[u8], value: &[u8]) -> Span {
+fn line_span(buf: &[u8], name: &[u8], value: &[u8]) -> (Span, bool) {
     let start = name.as_ptr() as usize - buf.as_ptr() as usize;
-    let vend = value.as_ptr() as usize - buf.as_ptr() as usize + value.len();
-    let mut end = vend;
+    let mut end = start + name.len();
+    if !value.is_empty() {
+        end = value.as_ptr() as usize - buf.as_ptr() as usize + value.len();
+    }
     // httparse has validated the line; skip trailing whitespace and CR to LF.
     while end < buf.len() && buf[end] != b'\n' {
         end += 1;
     }
-    Span {
-        start: start as u32,
-        end: (end + 1) as u32,
-    }
+    let bare = end == 0 || buf[end - 1] != b'\r';
+    (
+        Span {
+            start: start as u32,
+            end: (end + 1) as u32,
+        },
+        bare,
+    )
 }
 
-fn push_line(lines: &mut Vec<HeaderLine>, buf: &[u8], name: &[u8], value: &[u8], role: HeaderRole) {
+/// Pushes a header line; returns true when it ended with a bare LF.
+fn push_line(
+    lines: &mut Vec<HeaderLine>,
+    buf: &[u8],
+    name: &[u8],
+    value: &[u8],
+    role: HeaderRole,
+) -> bool {
+    let (line, bare) = line_span(buf, name, value);
     lines.push(HeaderLine {
-        line: line_span(buf, name, value),
+        line,
         name: Span::within(buf, name),
         value: Span::within(buf, value),
         role,
     });
+    bare
+}
+
+/// The bytes of a header line without its line end (CRLF or bare LF): what
+/// a head rewritten with CRLF line ends carries of it.
+#[inline]
+pub fn line_content(line: Span, buf: &[u8]) -> (usize, usize) {
+    let start = line.start as usize;
+    let mut end = line.end as usize - 1;
+    if end > start && buf[end - 1] == b'\r' {
+        end -= 1;
+    }
+    (start, end)
+}
+
+/// True when `v` is a `Host` value ringgate forwards: a host name, an IPv4
+/// address or a bracketed IPv6 literal, with an optional port; empty is
+/// allowed (a request whose target has no authority). No user info, no
+/// spaces, no list.
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        let Some(close) = v.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let lit = &v[1..close];
+        if lit.is_empty()
+            || !lit
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        match &v[close + 1..] {
+            [] => (&v[..0], None),
+            [b':', p @ ..] => (&v[..0], Some(p)),
+            _ => return false,
+        }
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        }
+    };
+    let host_ok = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%'));
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    host_ok && port_ok
+}
+
+/// For a request line httparse refused for its version: when it is HTTP/1.x
+/// with x above 1, rewrites the version digit in place to `1` (served as
+/// 1.1) and returns `Ok`; `Err(Version)` for 2.0 and above (and 0.9), so the
+/// caller answers 505; `Err(Bad)` when the line is not a request line at all.
+pub fn downgrade_minor(buf: &mut [u8]) -> Result<(), HeadError> {
+    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+        return Err(HeadError::Bad("malformed request line"));
+    };
+    let end = if lf > 0 && buf[lf - 1] == b'\r' {
+        lf - 1
+    } else {
+        lf
+    };
+    let line = &buf[..end];
+    if line.len() < 8 + 4 {
+        return Err(HeadError::Bad("malformed request line"));
+    }
+    let v = &line[line.len() - 8..];
+    if !v.starts_with(b"HTTP/")
+        || line[line.len() - 9] != b' '
+        || !v[5].is_ascii_digit()
+        || v[6] != b'.'
+        || !v[7].is_ascii_digit()
+    {
+        return Err(HeadError::Bad("malformed request line"));
+    }
+    match (v[5], v[7]) {
+        (b'1', m) if m > b'1' => {
+            let at = line.len() - 1;
+            buf[at] = b'1';
+            Ok(())
+        }
+        _ => Err(HeadError::Version),
+    }
 }
 
 fn parse_content_length(v: &[u8]) -> Option<u64> {
@@ -289,7 +422,8 @@ fn bad_dot_segment(seg: &[u8]) -> bool {
         || seg.eq_ignore_ascii_case(b"%2e.")
 }
 
-/// Parses a request head from `buf` into `head` and `lines`.
+/// Parses a request head from `buf` into `head` and `lines`, with header
+/// names containing `_` dropped (see [`parse_request_with`]).
 ///
 /// `lines` is the connection's reusable header list (cleared here).
 /// Returns `Partial` when the head is not complete yet.
@@ -300,14 +434,34 @@ pub fn parse_request(
     head: &mut RequestHead,
     lines: &mut Vec<HeaderLine>,
 ) -> Result<Parsed, HeadError> {
+    let limits = RequestLimits {
+        max_headers,
+        max_uri,
+        underscores: false,
+    };
+    parse_request_with(buf, &limits, head, lines)
+}
+
+/// Parses a request head and decides what of it may be forwarded (see
+/// README, "What ringgate forwards"): framing headers are never forwarded
+/// as read (ringgate writes its own from `head.framing`), `Connection` may
+/// not name them, `Transfer-Encoding` is a lone `chunked` or the request is
+/// refused, `Host` is checked (and replaced by an absolute-form authority),
+/// the client's identity headers are remembered to be replaced.
+pub fn parse_request_with(
+    buf: &[u8],
+    limits: &RequestLimits,
+    head: &mut RequestHead,
+    lines: &mut Vec<HeaderLine>,
+) -> Result<Parsed, HeadError> {
     let mut raw: [MaybeUninit<httparse::Header<'_>>; super::MAX_HEADERS_LIMIT] =
         [const { MaybeUninit::uninit() }; super::MAX_HEADERS_LIMIT];
     let mut req = httparse::Request::new(&mut []);
-    let n = match req.parse_with_uninit_headers(buf, &mut raw[..max_headers]) {
+    let n = match req.parse_with_uninit_headers(buf, &mut raw[..limits.max_headers]) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
+        Err(httparse::Error::Version) => return Err(HeadError::Version),
         Err(httparse::Error::Token) => return Err(HeadError::Bad("malformed request line")),
         Err(httparse::Error::HeaderName) => return Err(HeadError::Bad("invalid header name")),
         Err(httparse::Error::HeaderValue) => return Err(HeadError::Bad("invalid header value")),
@@ -316,7 +470,7 @@ pub fn parse_request(
     };
     let method = req.method.unwrap_or("");
     let target = req.path.unwrap_or("");
-    if target.len() > max_uri {
+    if target.len() > limits.max_uri {
         return Err(HeadError::UriTooLong);
     }
     *head = RequestHead {
@@ -331,6 +485,11 @@ pub fn parse_request(
         ),
         ..RequestHead::default()
     };
+    // Line ends: the request line's and the blank line's (each header
+    // line's is checked as it is pushed).
+    let tend = head.target.end as usize;
+    let line_lf = tend + buf[tend..].iter().position(|&b| b == b'\n').unwrap_or(0);
+    let mut bare_lf = buf[line_lf - 1] != b'\r' || n < 2 || buf[n - 2] != b'\r';
     // Target: origin-form, or absolute-form whose authority becomes the host.
     let tb = target.as_bytes();
     let (authority, path_query): (Option<&[u8]>, &[u8]) = if tb.first() == Some(&b'/') {
@@ -359,13 +518,18 @@ pub fn parse_request(
     head.path_query = Span::within(buf, path_query);
     head.path = Span::within(buf, path);
     if let Some(a) = authority {
+        if a.is_empty() || !valid_host(a) {
+            return Err(HeadError::Bad("invalid authority in request target"));
+        }
         head.host = Some(Span::within(buf, a));
+        head.host_from_target = true;
     }
 
     lines.clear();
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
-    let mut te_seen = false;
+    let mut te_lines = 0u8;
+    let mut te_other = false;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut conn_upgrade = false;
@@ -382,11 +546,18 @@ pub fn parse_request(
                     return Err(HeadError::Bad("more than one Host header"));
                 }
                 host_seen = true;
-                if head.host.is_none() {
+                if !valid_host(value) {
+                    return Err(HeadError::Bad("invalid Host header"));
+                }
+                if head.host_from_target {
+                    // RFC 9112 3.2.2: the target's authority wins.
+                    role = HeaderRole::Drop;
+                } else {
                     head.host = Some(Span::within(buf, value));
                 }
             }
             14 if name_eq(name, b"content-length") => {
+                role = HeaderRole::Drop;
                 let n =
                     parse_content_length(value).ok_or(HeadError::Bad("invalid Content-Length"))?;
                 if matches!(content_length, Some(prev) if prev != n) {
@@ -395,19 +566,26 @@ pub fn parse_request(
                 content_length = Some(n);
             }
             17 if name_eq(name, b"transfer-encoding") => {
-                for t in tokens(value) {
-                    if chunked {
-                        // anything after chunked means chunked is not final
+                role = HeaderRole::Drop;
+                te_lines += 1;
+                if te_lines > 1 {
+                    return Err(HeadError::Bad("more than one Transfer-Encoding header"));
+                }
+                // Exactly one coding, `chunked`: anything else (another
+                // coding, a list, an empty element) is refused.
+                if value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().is_empty())
+                {
+                    return Err(HeadError::Bad("malformed Transfer-Encoding"));
+                }
+                let mut codings = tokens(value);
+                match (codings.next(), codings.next()) {
+                    (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => chunked = true,
+                    (Some(t), Some(_)) if t.eq_ignore_ascii_case(b"chunked") => {
                         return Err(HeadError::Bad("chunked must be the final transfer coding"));
                     }
-                    if t.eq_ignore_ascii_case(b"chunked") {
-                        chunked = true;
-                    } else if !t.eq_ignore_ascii_case(b"identity") {
-                        te_seen = true;
-                    }
-                }
-                if tokens(value).next().is_none() {
-                    return Err(HeadError::Bad("empty Transfer-Encoding"));
+                    _ => te_other = true,
                 }
             }
             10 if name_eq(name, b"connection") => {
@@ -419,6 +597,10 @@ pub fn parse_request(
                         conn_keep_alive = true;
                     } else if t.eq_ignore_ascii_case(b"upgrade") {
                         conn_upgrade = true;
+                    } else if frames_message(t) {
+                        return Err(HeadError::Bad(
+                            "Connection may not name Content-Length, Transfer-Encoding or Host",
+                        ));
                     } else if !conn_tokens.push(Span::within(buf, t)) {
                         return Err(HeadError::Bad("too many names in Connection"));
                     }
@@ -438,6 +620,7 @@ pub fn parse_request(
             }
             10 if name_eq(name, b"keep-alive") => role = HeaderRole::Drop,
             2 if name_eq(name, b"te") => role = HeaderRole::Drop,
+            14 if name_eq(name, b"http2-settings") => role = HeaderRole::Drop,
             16 if name_eq(name, b"proxy-connection") => role = HeaderRole::Drop,
             19 if name_eq(name, b"proxy-authorization") => role = HeaderRole::Drop,
             15 if name_eq(name, b"x-forwarded-for") => {
@@ -446,6 +629,20 @@ pub fn parse_request(
                     return Err(HeadError::Bad("more than one X-Forwarded-For header"));
                 }
                 head.forwarded_for = Some(Span::within(buf, value));
+            }
+            9 if name_eq(name, b"forwarded") => {
+                role = HeaderRole::Drop;
+                if head.forwarded.is_some() {
+                    return Err(HeadError::Bad("more than one Forwarded header"));
+                }
+                head.forwarded = Some(Span::within(buf, value));
+            }
+            9 if name_eq(name, b"x-real-ip") => {
+                role = HeaderRole::Drop;
+                if head.real_ip.is_some() {
+                    return Err(HeadError::Bad("more than one X-Real-IP header"));
+                }
+                head.real_ip = Some(Span::within(buf, value));
             }
             17 if name_eq(name, b"x-forwarded-proto") => role = HeaderRole::Drop,
             16 if name_eq(name, b"x-forwarded-host") => role = HeaderRole::Drop,
@@ -456,13 +653,6 @@ pub fn parse_request(
                 }
                 head.via = Some(Span::within(buf, value));
             }
-            // Identity headers are set only by ringgate's auth filter.
-            9 if name_eq(name, b"x-user-id") => role = HeaderRole::Drop,
-            12 if name_eq(name, b"x-user-roles") => role = HeaderRole::Drop,
-            13 if name_eq(name, b"x-consumer-id") || name_eq(name, b"x-auth-method") => {
-                role = HeaderRole::Drop
-            }
-            15 if name_eq(name, b"x-consumer-tier") => role = HeaderRole::Drop,
             11 if name_eq(name, b"traceparent") => {
                 role = HeaderRole::Drop;
                 head.traceparent = Some(Span::within(buf, value));
@@ -475,20 +665,28 @@ pub fn parse_request(
                     role = HeaderRole::Drop;
                 }
             }
+            // Identity headers are set only by ringgate's auth filter.
+            9 | 12 | 13 | 15 if IDENTITY_HEADERS.iter().any(|h| name_eq(name, h)) => {
+                role = HeaderRole::Drop
+            }
             _ => {}
         }
-        push_line(lines, buf, name, value, role);
+        if !limits.underscores && name.contains(&b'_') {
+            role = HeaderRole::Drop;
+        }
+        bare_lf |= push_line(lines, buf, name, value, role);
     }
     conn_tokens.drop_listed(buf, lines);
+    head.bare_lf = bare_lf;
     if head.minor == 1 && !host_seen {
         return Err(HeadError::Bad("HTTP/1.1 request without Host"));
     }
-    if chunked || te_seen {
+    if te_lines > 0 {
         if content_length.is_some() {
             return Err(HeadError::Bad("both Content-Length and Transfer-Encoding"));
         }
-        if !chunked {
-            return Err(HeadError::Bad("transfer coding other than a final chunked"));
+        if te_other || !chunked {
+            return Err(HeadError::Bad("transfer coding other than a lone chunked"));
         }
         if head.minor == 0 {
             return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
@@ -496,7 +694,11 @@ pub fn parse_request(
         head.framing = BodyFraming::Chunked;
     } else {
         head.framing = match content_length {
-            Some(0) | None => BodyFraming::None,
+            Some(0) => {
+                head.zero_length = true;
+                BodyFraming::None
+            }
+            None => BodyFraming::None,
             Some(n) => BodyFraming::Length(n),
         };
     }
@@ -505,13 +707,38 @@ pub fn parse_request(
     } else {
         conn_keep_alive && !conn_close
     };
-    if conn_upgrade && upgrade.is_some() && head.minor == 1 {
-        head.upgrade = upgrade;
+    // Only WebSocket is tunnelled: any other protocol (`h2c` above all,
+    // which would turn the connection into a tunnel past every filter) is
+    // dropped and the request goes on as plain HTTP/1.1.
+    if conn_upgrade
+        && head.minor == 1
+        && let Some(u) = upgrade
+        && u.of(buf).trim_ascii().eq_ignore_ascii_case(b"websocket")
+    {
+        head.upgrade = Some(u);
     }
     if head.framing == BodyFraming::None {
         head.expect_continue = false;
     }
     Ok(Parsed::Complete)
+}
+
+/// The identity headers only ringgate's auth filter sets: stripped from
+/// every client request.
+pub const IDENTITY_HEADERS: [&[u8]; 5] = [
+    b"x-user-id",
+    b"x-user-roles",
+    b"x-consumer-id",
+    b"x-auth-method",
+    b"x-consumer-tier",
+];
+
+/// True for the header names that frame a message (which `Connection` may
+/// not remove).
+fn frames_message(name: &[u8]) -> bool {
+    name_eq(name, b"content-length")
+        || name_eq(name, b"transfer-encoding")
+        || name_eq(name, b"host")
 }
 
 fn strip_scheme(t: &[u8]) -> Option<&[u8]> {
@@ -530,7 +757,12 @@ fn valid_request_id(v: &[u8]) -> bool {
 }
 
 /// Parses a response head. Returns `Ok(Partial)` when incomplete and
-/// `Err(reason)` when the backend's answer is not valid HTTP/1.x.
+/// `Err(reason)` when the backend's answer is not valid HTTP/1.x or is one
+/// ringgate will not relay: a `Connection` naming a framing header, a
+/// transfer coding other than a lone `chunked`. Framing headers are never
+/// relayed as read: ringgate writes its own from `head.framing` (a message
+/// with both `Transfer-Encoding: chunked` and `Content-Length` is framed by
+/// the chunked coding, and its connection is not reused).
 pub fn parse_response(
     buf: &[u8],
     head: &mut ResponseHead,
@@ -549,6 +781,8 @@ pub fn parse_response(
     let minor = res.version.unwrap_or(1);
     let status = res.code.unwrap_or(0);
     let status_end = buf.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let mut bare_lf =
+        status_end < 2 || buf[status_end - 2] != b'\r' || n < 2 || buf[n - 2] != b'\r';
     *head = ResponseHead {
         len: n,
         status,
@@ -560,11 +794,14 @@ pub fn parse_response(
         framing: BodyFraming::UntilClose,
         keep_alive: minor == 1,
         has_request_id: false,
+        content_length: None,
+        bare_lf: false,
     };
     lines.clear();
     let mut content_length: Option<u64> = None;
+    let mut te_lines = 0u8;
     let mut chunked = false;
-    let mut te = false;
+    let mut te_other = false;
     let mut conn_tokens = ConnectionTokens::default();
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
@@ -572,6 +809,7 @@ pub fn parse_response(
         let mut role = HeaderRole::Forward;
         match name.len() {
             14 if name_eq(name, b"content-length") => {
+                role = HeaderRole::Drop;
                 let n =
                     parse_content_length(value).ok_or("invalid Content-Length from upstream")?;
                 if matches!(content_length, Some(prev) if prev != n) {
@@ -580,10 +818,19 @@ pub fn parse_response(
                 content_length = Some(n);
             }
             17 if name_eq(name, b"transfer-encoding") => {
-                te = true;
-                chunked = tokens(value)
-                    .last()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                role = HeaderRole::Drop;
+                te_lines += 1;
+                if value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().is_empty())
+                {
+                    return Err("malformed Transfer-Encoding from upstream");
+                }
+                let mut codings = tokens(value);
+                match (codings.next(), codings.next()) {
+                    (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => chunked = true,
+                    _ => te_other = true,
+                }
             }
             10 if name_eq(name, b"connection") => {
                 role = HeaderRole::Drop;
@@ -594,6 +841,8 @@ pub fn parse_response(
                         if minor == 0 {
                             head.keep_alive = true;
                         }
+                    } else if frames_message(t) {
+                        return Err("upstream's Connection names a framing header");
                     } else if !t.eq_ignore_ascii_case(b"upgrade") {
                         let _ = conn_tokens.push(Span::within(buf, t));
                     }
@@ -605,16 +854,22 @@ pub fn parse_response(
             12 if name_eq(name, b"x-request-id") => head.has_request_id = true,
             _ => {}
         }
-        push_line(lines, buf, name, value, role);
+        bare_lf |= push_line(lines, buf, name, value, role);
     }
     conn_tokens.drop_listed(buf, lines);
-    head.framing = if te {
-        if chunked {
-            BodyFraming::Chunked
-        } else {
-            head.keep_alive = false;
-            BodyFraming::UntilClose
+    head.bare_lf = bare_lf;
+    head.content_length = content_length;
+    head.framing = if te_lines > 0 {
+        if te_lines > 1 || te_other || !chunked {
+            return Err("transfer coding from upstream other than a lone chunked");
         }
+        if content_length.is_some() {
+            // RFC 9112 6.3: chunked wins; a backend that sends both may be
+            // out of step with what it sends, so its connection goes.
+            head.keep_alive = false;
+            head.content_length = None;
+        }
+        BodyFraming::Chunked
     } else if let Some(n) = content_length {
         BodyFraming::Length(n)
     } else {

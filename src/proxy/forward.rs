@@ -110,6 +110,9 @@ pub struct Conn {
     /// When the current request's head was parsed (its timeouts and its
     /// duration count from here).
     pub started: Instant,
+    /// The peer is one of `server.trusted_proxies`: its identity headers
+    /// are extended, not replaced.
+    pub trusted_peer: bool,
     peer_ip: ([u8; 48], u8),
 }
 
@@ -218,6 +221,7 @@ impl Conn {
             fresh: [0; 32],
             peer,
             started: Instant::now(),
+            trusted_peer: false,
             peer_ip: (ip, n as u8),
         }
     }
@@ -293,7 +297,12 @@ fn err(status: u16, message: &'static str, close: bool) -> Outcome {
     }
 }
 
-/// Builds the forwarded request head into `c.out` (pieces only).
+/// Builds the forwarded request head into `c.out` (pieces only), by the
+/// rules README's "What ringgate forwards" states: the framing header and
+/// `Host` are ringgate's own, lines go out as slices of the bytes read only
+/// when the whole head had CRLF line ends (else each is rewritten with
+/// CRLF), and the client's identity headers are replaced unless the peer
+/// is a trusted proxy (`c.trusted_peer`).
 pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
     let buf = &c.buf;
     let h = &c.head;
@@ -306,7 +315,7 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
         out.stat(b" ");
         out.extra(&c.rewrite.target);
         out.stat(b" HTTP/1.1\r\n");
-    } else if h.minor == 1 && h.path_query == h.target {
+    } else if h.minor == 1 && h.path_query == h.target && !h.bare_lf {
         let line_end = h.target.end as usize
             + buf[h.target.end as usize..]
                 .iter()
@@ -319,23 +328,75 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
         out.src(h.path_query.start as usize, h.path_query.end as usize);
         out.stat(b" HTTP/1.1\r\n");
     }
-    for l in &c.lines {
-        if l.role != HeaderRole::Drop {
-            out.src(l.line.start as usize, l.line.end as usize);
+    if h.bare_lf {
+        for l in &c.lines {
+            if l.role != HeaderRole::Drop {
+                let (s, e) = parse::line_content(l.line, buf);
+                out.src(s, e);
+                out.stat(b"\r\n");
+            }
+        }
+    } else {
+        for l in &c.lines {
+            if l.role != HeaderRole::Drop {
+                out.src(l.line.start as usize, l.line.end as usize);
+            }
         }
     }
     let e = &mut out.extra;
     let start = e.len();
-    if h.host.is_none() {
-        let _ = write!(e, "Host: {target}\r\n");
+    let ip = &c.peer_ip.0[..c.peer_ip.1 as usize];
+    match h.host {
+        None => {
+            let _ = write!(e, "Host: {target}\r\n");
+        }
+        Some(host) if h.host_from_target => {
+            e.extend_from_slice(b"Host: ");
+            e.extend_from_slice(host.of(buf));
+            e.extend_from_slice(b"\r\n");
+        }
+        Some(_) => {}
+    }
+    match h.framing {
+        BodyFraming::Length(n) => {
+            e.extend_from_slice(b"Content-Length: ");
+            e.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            e.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => e.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyFraming::None if h.zero_length => e.extend_from_slice(b"Content-Length: 0\r\n"),
+        _ => {}
     }
     e.extend_from_slice(b"X-Forwarded-For: ");
-    if let Some(x) = h.forwarded_for {
+    if let Some(x) = h.forwarded_for
+        && c.trusted_peer
+    {
         e.extend_from_slice(x.of(buf));
         e.extend_from_slice(b", ");
     }
-    e.extend_from_slice(&c.peer_ip.0[..c.peer_ip.1 as usize]);
+    e.extend_from_slice(ip);
     e.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    if let Some(f) = h.forwarded {
+        e.extend_from_slice(b"Forwarded: ");
+        if c.trusted_peer {
+            e.extend_from_slice(f.of(buf));
+            e.extend_from_slice(b", ");
+        }
+        if c.peer.is_ipv6() {
+            e.extend_from_slice(b"for=\"[");
+            e.extend_from_slice(ip);
+            e.extend_from_slice(b"]\"");
+        } else {
+            e.extend_from_slice(b"for=");
+            e.extend_from_slice(ip);
+        }
+        e.extend_from_slice(b";proto=http\r\n");
+    }
+    if let Some(r) = h.real_ip {
+        e.extend_from_slice(b"X-Real-IP: ");
+        e.extend_from_slice(if c.trusted_peer { r.of(buf) } else { ip });
+        e.extend_from_slice(b"\r\n");
+    }
     if let Some(host) = h.host {
         e.extend_from_slice(b"X-Forwarded-Host: ");
         e.extend_from_slice(host.of(buf));
@@ -366,41 +427,69 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
     out.mark_extra(start);
 }
 
-/// Builds the response head for the client into `c.out`: the backend's
-/// status line and end-to-end headers plus `X-Request-Id` and `Connection`
-/// as needed; with `dechunk`, `Transfer-Encoding` is dropped (HTTP/1.0).
+/// Builds the response head for the client into `c.out`: the status line
+/// (as `HTTP/1.1`) and end-to-end headers of the backend, the framing
+/// header ringgate chose (`Content-Length` or `Transfer-Encoding: chunked`
+/// for a re-framed body; none when the body is delimited by the close,
+/// which `close` then announces), `X-Request-Id` and `Connection` as
+/// needed; with `dechunk`, the chunked body goes out as its payload only
+/// (an HTTP/1.0 client), delimited by the close.
 pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
     if c.rewrite.transform.is_some() {
         crate::filter::transform::edit_response_head(c);
     }
     let buf = &c.ubuf;
+    let rh = &c.rhead;
     let out = &mut c.out;
     out.clear();
-    if c.rewrite.status_line.is_empty() {
-        out.src(
-            c.rhead.status_line.start as usize,
-            c.rhead.status_line.end as usize,
-        );
-    } else {
+    if !c.rewrite.status_line.is_empty() {
         out.extra(&c.rewrite.status_line);
+    } else if rh.minor == 1 && !rh.bare_lf {
+        out.src(rh.status_line.start as usize, rh.status_line.end as usize);
+    } else {
+        // "HTTP/1.x " is 9 bytes (httparse checked it).
+        let (_, e) = parse::line_content(rh.status_line, buf);
+        out.stat(b"HTTP/1.1 ");
+        out.src(9, e);
+        out.stat(b"\r\n");
     }
     for l in &c.rlines {
         if l.role == HeaderRole::Drop {
             continue;
         }
-        if dechunk && crate::http::name_eq(l.name.of(buf), b"transfer-encoding") {
-            continue;
+        if rh.bare_lf {
+            let (s, e) = parse::line_content(l.line, buf);
+            out.src(s, e);
+            out.stat(b"\r\n");
+        } else {
+            out.src(l.line.start as usize, l.line.end as usize);
         }
-        out.src(l.line.start as usize, l.line.end as usize);
     }
     let e = &mut out.extra;
     let start = e.len();
-    if !c.rhead.has_request_id {
+    match rh.framing_for(c.head.is_head) {
+        BodyFraming::Length(n) => {
+            e.extend_from_slice(b"Content-Length: ");
+            e.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            e.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked if !dechunk => e.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyFraming::None if c.head.is_head || rh.status == 304 => {
+            // The length of the body a GET would have had.
+            if let Some(n) = rh.content_length {
+                e.extend_from_slice(b"Content-Length: ");
+                e.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                e.extend_from_slice(b"\r\n");
+            }
+        }
+        _ => {}
+    }
+    if !rh.has_request_id {
         e.extend_from_slice(b"X-Request-Id: ");
         e.extend_from_slice(c.rid.as_bytes());
         e.extend_from_slice(b"\r\n");
     }
-    if c.rhead.status == 101 {
+    if rh.status == 101 {
         // Connection: upgrade was dropped as hop-by-hop; restore it.
         e.extend_from_slice(b"Connection: upgrade\r\n");
     } else if close {
@@ -662,14 +751,25 @@ where
             }
         };
         build_request_head(c, target.addr);
-        c.out.src(head_len, req_end);
+        if c.head.framing == BodyFraming::Chunked {
+            // The body bytes read with the head, re-framed (a fresh scan:
+            // every try sends them anew).
+            let _ = ChunkedScanner::new().reframe(
+                &c.buf[head_len..req_end],
+                head_len,
+                &mut c.out,
+                &srv.forward_trailers,
+            );
+        } else {
+            c.out.src(head_len, req_end);
+        }
         target.begin();
         if cfg.metrics_enabled {
             w.metrics.upstream_conn(cfg.upstream_slots[up_id], reused);
         }
         c.upstream_addr = Some(target.addr);
         let sent_at = if reused { try_now } else { Instant::now() };
-        let wr = write_out(&mut us, c, true).await;
+        let wr = write_out(&mut *us, c, true).await;
         if wr.is_err() {
             target.end();
             if reused && retry_ok && !stale_used {
@@ -705,13 +805,14 @@ where
                         return err(408, "request body not received in time", true);
                     }
                 };
+                c.out.clear();
                 let (k, done) = match c.head.framing {
                     BodyFraming::Length(_) => {
                         let k = (n as u64).min(body_left) as usize;
                         body_left -= k as u64;
                         (k, body_left == 0)
                     }
-                    _ => match scanner.scan(&c.buf, |_, _| {}) {
+                    _ => match scanner.reframe(&c.buf, 0, &mut c.out, &srv.forward_trailers) {
                         Ok(k) => {
                             if scanner.payload > srv.max_body_bytes {
                                 target.end();
@@ -725,9 +826,14 @@ where
                         }
                     },
                 };
-                let b = std::mem::take(&mut c.buf);
-                let (r, b) = us.write_all(b.slice(0..k)).await;
-                c.buf = b.into_inner();
+                let r = if c.head.framing == BodyFraming::Chunked {
+                    write_out(&mut *us, c, true).await
+                } else {
+                    let b = std::mem::take(&mut c.buf);
+                    let (r, b) = us.write_all(b.slice(0..k)).await;
+                    c.buf = b.into_inner();
+                    r.map(|_| ())
+                };
                 if r.is_err() {
                     target.end();
                     shared.report(&target.shared, Report::Failure);
@@ -846,7 +952,7 @@ where
         if write_out(client, c, false).await.is_err() {
             return Outcome::Abort;
         }
-        return Outcome::Upgrade(us);
+        return Outcome::Upgrade(us.into_stream());
     }
     let framing = c.rhead.framing_for(c.head.is_head);
     let dechunk = framing == BodyFraming::Chunked && c.head.minor == 0;
@@ -875,13 +981,10 @@ where
             let res = if dechunk {
                 rscan.scan(&c.ubuf[rlen..], |a, b| out.src(rlen + a, rlen + b))
             } else {
-                rscan.scan(&c.ubuf[rlen..], |_, _| {})
+                rscan.reframe(&c.ubuf[rlen..], rlen, out, &srv.forward_trailers)
             };
             match res {
                 Ok(k) => {
-                    if !dechunk {
-                        c.out.src(rlen, rlen + k);
-                    }
                     up_reusable &= k == uavail;
                     rscan.is_done()
                 }
@@ -910,7 +1013,7 @@ where
         loop {
             c.ubuf.clear();
             let (r, b) = read_more_until(
-                &mut us,
+                &mut *us,
                 ufd,
                 std::mem::take(&mut c.ubuf),
                 &w.watchdog,
@@ -940,7 +1043,7 @@ where
                     let res = if dechunk {
                         rscan.scan(&c.ubuf, |a, b| out.src(a, b))
                     } else {
-                        rscan.scan(&c.ubuf, |_, _| {})
+                        rscan.reframe(&c.ubuf, 0, out, &srv.forward_trailers)
                     };
                     match res {
                         Ok(k) => {
@@ -955,7 +1058,7 @@ where
                 }
                 _ => (n, false),
             };
-            let wr = if dechunk {
+            let wr = if framing == BodyFraming::Chunked {
                 write_out(client, c, false).await
             } else {
                 c.bytes_out += k as u64;

@@ -2,9 +2,13 @@
 //! target (the most recently used socket is the warmest and the least
 //! likely to have been closed by the backend).
 //!
-//! A pooled connection idle for more than [`CHECK_AFTER_IDLE`] is checked
-//! before reuse with a non-blocking `MSG_PEEK` (a closed or garbage-carrying
-//! socket is dropped); connections idle past the upstream's
+//! A connection that goes back to the pool has a readiness poll armed on
+//! it ([`PoolConn`]): in the ring a `POLL_ADD` (submitted with the next
+//! batch, no syscall of its own), on the epoll fallback the driver's
+//! readiness. Whatever makes it readable while idle (a stray response, an
+//! EOF, a reset) retires it before a request can use it, so a byte the
+//! backend sent unasked can never be read as the answer to the next
+//! client's request. Connections idle past the upstream's
 //! `idle_timeout_ms` are closed by the worker's sweeper.
 //!
 //! Targets come from the upstream's shared snapshot ([`UpstreamShared`]);
@@ -17,20 +21,183 @@ use super::shared::{TargetShared, UpstreamShared};
 use crate::config::UpstreamConfig;
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-/// Pooled connections idle longer than this are probed before reuse.
-pub const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// An upstream connection and the readiness watch it carries while idle
+/// in a pool. One allocation per connection (at connect), none per
+/// request.
+///
+/// The watch polls a second descriptor of the same socket (a `dup`, made
+/// once at connect), so the armed wait never borrows the stream a request
+/// reads and writes. It stays armed from check-in to the next check-in:
+/// checked (not cancelled) at check-out, it completes when the response
+/// arrives and is re-armed when the connection goes back to the pool. A
+/// wait is only ever dropped while in flight when the connection itself
+/// goes (a failure, a tunnel), so the plain path allocates nothing.
+pub struct PoolConn(Box<dyn Watch>);
+
+impl PoolConn {
+    /// Wraps a connected stream (one `dup` for the watch; without one the
+    /// connection is simply never pooled).
+    pub fn new(stream: TcpStream) -> Self {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: dup of a descriptor this stream owns; the new one is
+        // owned by the std stream made from it.
+        let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+        let watcher = (fd >= 0)
+            .then(|| {
+                // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+                let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+                TcpStream::from_std(std).ok()
+            })
+            .flatten();
+        PoolConn(Box::new(Watched {
+            fut: None,
+            fired: false,
+            make: |s: &'static TcpStream| s.readable(false),
+            watcher,
+            stream,
+        }))
+    }
+
+    /// The stream, for good (a tunnel).
+    pub fn into_stream(self) -> TcpStream {
+        self.0.into_stream()
+    }
+
+    /// Arms the watch for an idle spell; false when it cannot be watched
+    /// (then it must not be pooled).
+    fn arm(&mut self) -> bool {
+        self.0.arm()
+    }
+
+    /// True when the connection became readable while idle: it must not
+    /// carry another request. The watch stays armed otherwise.
+    fn stirred(&mut self) -> bool {
+        self.0.stirred()
+    }
+}
+
+impl std::ops::Deref for PoolConn {
+    type Target = TcpStream;
+    #[inline]
+    fn deref(&self) -> &TcpStream {
+        self.0.stream()
+    }
+}
+
+impl std::ops::DerefMut for PoolConn {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut TcpStream {
+        self.0.stream_mut()
+    }
+}
+
+/// The watch behind [`PoolConn`], object-safe so the future's type (an
+/// `async fn`'s, which has no name) stays inside.
+trait Watch {
+    fn stream(&self) -> &TcpStream;
+    fn stream_mut(&mut self) -> &mut TcpStream;
+    fn into_stream(self: Box<Self>) -> TcpStream;
+    fn arm(&mut self) -> bool;
+    fn stirred(&mut self) -> bool;
+}
+
+struct Watched<F, M> {
+    /// The armed readiness wait; borrows `watcher`. Declared first so it
+    /// is dropped before it.
+    fut: Option<F>,
+    /// The wait completed since it was armed.
+    fired: bool,
+    make: M,
+    /// A second descriptor of the socket, only ever polled.
+    watcher: Option<TcpStream>,
+    stream: TcpStream,
+}
+
+impl<F, M> Watched<F, M>
+where
+    F: Future<Output = io::Result<()>>,
+{
+    /// Polls the armed wait once, with a waker that does nothing: the
+    /// first poll submits it, a later one reads whether it completed.
+    fn poll_once(&mut self) {
+        let Some(f) = self.fut.as_mut() else {
+            return;
+        };
+        // SAFETY: `fut` lives inside the boxed `Watched`, which is never
+        // moved out of while `fut` is `Some`; it is only ever dropped in
+        // place (by assigning `None`), so it stays pinned.
+        let f = unsafe { Pin::new_unchecked(f) };
+        if f.poll(&mut Context::from_waker(Waker::noop())).is_ready() {
+            self.fired = true;
+            self.fut = None;
+        }
+    }
+}
+
+impl<F, M> Watch for Watched<F, M>
+where
+    F: Future<Output = io::Result<()>>,
+    M: Fn(&'static TcpStream) -> F,
+{
+    fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    fn into_stream(mut self: Box<Self>) -> TcpStream {
+        self.fut = None;
+        let Watched { stream, .. } = *self;
+        stream
+    }
+
+    fn arm(&mut self) -> bool {
+        if self.watcher.is_none() {
+            return false;
+        }
+        // Still pending since the last check-in: nothing was readable in
+        // between (the response completed the last one), so it still
+        // watches.
+        self.poll_once();
+        if self.fut.is_some() {
+            return true;
+        }
+        self.fired = false;
+        // SAFETY: `watcher` lives in the same heap allocation as the
+        // future that borrows it, is never lent mutably or moved while the
+        // box lives, and is dropped after the future (field order;
+        // `into_stream` drops the future first), so the borrow never
+        // dangles.
+        let w: &'static TcpStream = match self.watcher.as_ref() {
+            Some(w) => unsafe { &*(w as *const TcpStream) },
+            None => return false,
+        };
+        self.fut = Some((self.make)(w));
+        self.poll_once();
+        !self.fired
+    }
+
+    fn stirred(&mut self) -> bool {
+        self.poll_once();
+        self.fired
+    }
+}
 
 /// An idle upstream connection.
 pub struct Pooled {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The connection, its readiness watch armed.
+    pub stream: PoolConn,
     /// When it went idle.
     /// When it was returned, on the worker's coarse clock (ms).
     pub since: u64,
@@ -220,16 +387,14 @@ impl UpstreamState {
         list
     }
 
-    /// Takes a live idle connection to `t`, if any.
+    /// Takes a live idle connection to `t`, if any: one the backend sent
+    /// nothing on (not even an EOF) since it went idle.
     /// `now`: the worker's coarse clock (ms).
-    pub fn checkout(&self, t: &TargetState, now: u64) -> Option<TcpStream> {
+    pub fn checkout(&self, t: &TargetState, now: u64) -> Option<PoolConn> {
         let mut idle = t.idle.borrow_mut();
-        while let Some(p) = idle.pop() {
+        while let Some(mut p) = idle.pop() {
             let age = now.saturating_sub(p.since);
-            if age >= self.idle_timeout.as_millis() as u64 {
-                continue;
-            }
-            if age >= CHECK_AFTER_IDLE.as_millis() as u64 && !is_alive(&p.stream) {
+            if age >= self.idle_timeout.as_millis() as u64 || p.stream.stirred() {
                 continue;
             }
             return Some(p.stream);
@@ -238,13 +403,13 @@ impl UpstreamState {
     }
 
     /// Returns a connection to the pool (dropped when the pool is full or
-    /// the target was removed).
-    pub fn checkin(&self, t: &TargetState, stream: TcpStream, now: u64) {
+    /// the target was removed), its readiness watch armed.
+    pub fn checkin(&self, t: &TargetState, mut stream: PoolConn, now: u64) {
         if t.removed.get() {
             return;
         }
         let mut idle = t.idle.borrow_mut();
-        if idle.len() < self.max_idle {
+        if idle.len() < self.max_idle && stream.arm() {
             idle.push(Pooled { stream, since: now });
         }
     }
@@ -283,28 +448,12 @@ impl UpstreamState {
     }
 }
 
-/// A pooled socket is alive when a non-blocking peek finds nothing to read:
-/// EOF means the backend closed it; unexpected bytes mean it is out of sync.
-fn is_alive(stream: &TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    // SAFETY: recv on a valid fd into a 1-byte stack buffer.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            b.as_mut_ptr() as *mut libc::c_void,
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
-}
-
 /// Connects to `addr` within `timeout`, with `TCP_NODELAY`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<PoolConn, ConnectError> {
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
-            Ok(s)
+            Ok(PoolConn::new(s))
         }
         Ok(Err(e)) => Err(ConnectError::Failed(e)),
         Err(_) => Err(ConnectError::TimedOut),
