@@ -287,7 +287,7 @@ fn line_span(buf: &[u8], name: &[u8], value: &[u8]) -> (Span, bool) {
     while end < buf.len() && buf[end] != b'\n' {
         end += 1;
     }
-    let bare = end == 0 || buf[end - 1] != b'\r';
+    let bare = buf.get(end.wrapping_sub(1)) != Some(&b'\r');
     (
         Span {
             start: start as u32,
@@ -332,35 +332,56 @@ pub fn line_content(line: Span, buf: &[u8]) -> (usize, usize) {
 /// allowed (a request whose target has no authority). No user info, no
 /// spaces, no list.
 pub fn valid_host(v: &[u8]) -> bool {
-    let (host, port) = if v.first() == Some(&b'[') {
-        let Some(close) = v.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        let lit = &v[1..close];
-        if lit.is_empty()
-            || !lit
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return false;
+    if v.first() == Some(&b'[') {
+        return valid_ip_literal(v);
+    }
+    // One pass: host bytes, at most one `:`, and only digits after it.
+    let mut colon = usize::MAX;
+    for (i, &b) in v.iter().enumerate() {
+        if !HOST_CHARS[b as usize] {
+            if b != b':' || colon != usize::MAX {
+                return false;
+            }
+            colon = i;
         }
-        match &v[close + 1..] {
-            [] => (&v[..0], None),
-            [b':', p @ ..] => (&v[..0], Some(p)),
-            _ => return false,
-        }
-    } else {
-        match v.iter().position(|&b| b == b':') {
-            Some(i) => (&v[..i], Some(&v[i + 1..])),
-            None => (v, None),
-        }
-    };
-    let host_ok = host
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%'));
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
-    host_ok && port_ok
+    }
+    colon == usize::MAX || {
+        let port = &v[colon + 1..];
+        port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+    }
 }
+
+#[cold]
+fn valid_ip_literal(v: &[u8]) -> bool {
+    let Some(close) = v.iter().position(|&b| b == b']') else {
+        return false;
+    };
+    let lit = &v[1..close];
+    if lit.is_empty()
+        || !lit
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    {
+        return false;
+    }
+    match &v[close + 1..] {
+        [] => true,
+        [b':', p @ ..] => p.len() <= 5 && p.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// The bytes of a host name or IPv4 address (letters, digits, `-._~%`).
+static HOST_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'%');
+        b += 1;
+    }
+    t
+};
 
 /// For a request line httparse refused for its version: when it is HTTP/1.x
 /// with x above 1, rewrites the version digit in place to `1` (served as
@@ -485,11 +506,9 @@ pub fn parse_request_with(
         ),
         ..RequestHead::default()
     };
-    // Line ends: the request line's and the blank line's (each header
-    // line's is checked as it is pushed).
-    let tend = head.target.end as usize;
-    let line_lf = tend + buf[tend..].iter().position(|&b| b == b'\n').unwrap_or(0);
-    let mut bare_lf = buf[line_lf - 1] != b'\r' || n < 2 || buf[n - 2] != b'\r';
+    // Line ends: the blank line's here, each header line's as it is
+    // pushed, the request line's once the first header line is known.
+    let mut bare_lf = n < 2 || buf[n - 2] != b'\r';
     // Target: origin-form, or absolute-form whose authority becomes the host.
     let tb = target.as_bytes();
     let (authority, path_query): (Option<&[u8]>, &[u8]) = if tb.first() == Some(&b'/') {
@@ -669,14 +688,22 @@ pub fn parse_request_with(
             9 | 12 | 13 | 15 if IDENTITY_HEADERS.iter().any(|h| name_eq(name, h)) => {
                 role = HeaderRole::Drop
             }
+            // Every name above is free of `_`: only the others are looked at.
+            _ if !limits.underscores && name.iter().any(|&b| b == b'_') => role = HeaderRole::Drop,
             _ => {}
-        }
-        if !limits.underscores && name.contains(&b'_') {
-            role = HeaderRole::Drop;
         }
         bare_lf |= push_line(lines, buf, name, value, role);
     }
     conn_tokens.drop_listed(buf, lines);
+    // The request line ends right before the first header line (or the
+    // blank line): its line end is the one or two bytes before that.
+    let blank = if n >= 2 && buf[n - 2] == b'\r' {
+        n - 2
+    } else {
+        n - 1
+    };
+    let first = lines.first().map_or(blank, |l| l.line.start as usize);
+    bare_lf |= first < 2 || buf[first - 2] != b'\r';
     head.bare_lf = bare_lf;
     if head.minor == 1 && !host_seen {
         return Err(HeadError::Bad("HTTP/1.1 request without Host"));
@@ -921,6 +948,66 @@ mod tests {
         assert!(req("GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n").is_err());
         assert!(req("GET /../etc HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
         assert!(req("GET / HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn bare_lf_anywhere_in_the_head_is_noticed() {
+        for (s, bare) in [
+            ("GET / HTTP/1.1\r\nHost: h\r\n\r\n", false),
+            ("GET / HTTP/1.0\r\n\r\n", false),
+            ("GET / HTTP/1.0\n\n", true),
+            ("GET / HTTP/1.0\n\r\n", true),
+            ("GET / HTTP/1.0\r\n\n", true),
+            ("GET / HTTP/1.1\nHost: h\r\n\r\n", true),
+            ("GET / HTTP/1.1\r\nHost: h\nX: 1\r\n\r\n", true),
+            ("GET / HTTP/1.1\r\nHost: h\r\n\n", true),
+        ] {
+            assert_eq!(req(s).unwrap().0.bare_lf, bare, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn framing_and_identity_lines_are_never_forwarded_as_read() {
+        let s = "POST http://api.test/a HTTP/1.1\r\nHost: other\r\nContent-Length: 3, 3\r\nX-Real-IP: 1.2.3.4\r\nForwarded: for=1.2.3.4\r\nX_User: a\r\nUpgrade: h2c\r\nHTTP2-Settings: AA\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\nabc";
+        let (h, l) = req(s).unwrap();
+        let kept: Vec<_> = l
+            .iter()
+            .filter(|x| x.role != HeaderRole::Drop)
+            .map(|x| x.name.of(s.as_bytes()))
+            .collect();
+        assert!(kept.is_empty(), "{kept:?}");
+        assert_eq!(h.framing, BodyFraming::Length(3));
+        assert!(h.host_from_target);
+        assert_eq!(h.host.unwrap().of(s.as_bytes()), b"api.test");
+        assert!(h.upgrade.is_none());
+        for bad in [
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: content-length\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: close, Transfer-Encoding\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: host\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: ,chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a@b\r\n\r\n",
+            "GET http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            assert!(req(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn newer_minor_versions_are_served_as_1_1() {
+        let mut b = b"GET / HTTP/1.2\r\nHost: h\r\n\r\n".to_vec();
+        assert!(matches!(
+            req(std::str::from_utf8(&b).unwrap()),
+            Err(HeadError::Version)
+        ));
+        downgrade_minor(&mut b).unwrap();
+        assert_eq!(&b[..16], b"GET / HTTP/1.1\r\n");
+        for v in ["2.0", "3.0", "0.9"] {
+            let mut b = format!("GET / HTTP/{v}\r\nHost: h\r\n\r\n").into_bytes();
+            assert_eq!(downgrade_minor(&mut b), Err(HeadError::Version), "{v}");
+        }
     }
 
     #[test]

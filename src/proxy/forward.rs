@@ -556,10 +556,23 @@ async fn read_response_head<S: AsyncWriteRent>(
                         // Interim response: relay (HTTP/1.1 clients only), then read on.
                         let n = c.rhead.len;
                         if c.head.minor == 1 && st != 100 {
-                            let b = std::mem::take(&mut c.ubuf);
-                            let (r, b) = client.write_all(b.slice(0..n)).await;
-                            c.ubuf = b.into_inner();
-                            if r.is_err() {
+                            // Rebuilt like a final head: HTTP/1.1, CRLF,
+                            // only the lines that may be relayed.
+                            let out = &mut c.out;
+                            out.clear();
+                            let (_, e) = parse::line_content(c.rhead.status_line, &c.ubuf);
+                            out.stat(b"HTTP/1.1 ");
+                            out.src(9, e);
+                            out.stat(b"\r\n");
+                            for l in &c.rlines {
+                                if l.role != HeaderRole::Drop {
+                                    let (s, e) = parse::line_content(l.line, &c.ubuf);
+                                    out.src(s, e);
+                                    out.stat(b"\r\n");
+                                }
+                            }
+                            out.stat(b"\r\n");
+                            if write_out(client, c, false).await.is_err() {
                                 return HeadWait::ClientGone;
                             }
                         }

@@ -48,9 +48,17 @@ impl PoolConn {
     /// connection is simply never pooled).
     pub fn new(stream: TcpStream) -> Self {
         use std::os::fd::{AsRawFd, FromRawFd};
+        // On the epoll fallback a peek at check-out is cheaper than a
+        // readiness wait (which needs a poll(2) at every check-in to clear
+        // the readiness the response left); both are one syscall there.
+        let legacy = monoio::utils::is_legacy();
         // SAFETY: dup of a descriptor this stream owns; the new one is
         // owned by the std stream made from it.
-        let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+        let fd = if legacy {
+            -1
+        } else {
+            unsafe { libc::dup(stream.as_raw_fd()) }
+        };
         let watcher = (fd >= 0)
             .then(|| {
                 // SAFETY: `fd` is a fresh descriptor owned by nobody else.
@@ -62,6 +70,7 @@ impl PoolConn {
             fut: None,
             fired: false,
             make: |s: &'static TcpStream| s.readable(false),
+            peek: legacy,
             watcher,
             stream,
         }))
@@ -117,6 +126,8 @@ struct Watched<F, M> {
     /// The wait completed since it was armed.
     fired: bool,
     make: M,
+    /// Epoll fallback: no armed wait; a non-blocking peek at check-out.
+    peek: bool,
     /// A second descriptor of the socket, only ever polled.
     watcher: Option<TcpStream>,
     stream: TcpStream,
@@ -163,6 +174,9 @@ where
     }
 
     fn arm(&mut self) -> bool {
+        if self.peek {
+            return true;
+        }
         if self.watcher.is_none() {
             return false;
         }
@@ -189,6 +203,9 @@ where
     }
 
     fn stirred(&mut self) -> bool {
+        if self.peek {
+            return !quiet(&self.stream);
+        }
         self.poll_once();
         self.fired
     }
@@ -446,6 +463,23 @@ impl UpstreamState {
         self.rng.set(x);
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+}
+
+/// True when a non-blocking peek finds nothing to read: no byte, no EOF,
+/// no error (the epoll fallback's check-out test).
+fn quiet(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    // SAFETY: recv on a valid fd into a 1-byte stack buffer.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            b.as_mut_ptr() as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
 /// Connects to `addr` within `timeout`, with `TCP_NODELAY`.
