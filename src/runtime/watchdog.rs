@@ -18,7 +18,9 @@
 //!
 //! Draining uses the same table: reads armed as *idle* (a keep-alive
 //! connection waiting for its next request) are ended at once by
-//! [`Watchdog::wake_idle`].
+//! [`Watchdog::wake_idle`], and once no request is in flight
+//! [`Watchdog::end_all`] ends the rest (connections that never sent a
+//! request).
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
@@ -147,6 +149,22 @@ impl Watchdog {
             }
         }
         n
+    }
+
+    /// Ends every armed read now, idle or not (a drain with no request in
+    /// flight: what is left waits for a first request that never came).
+    /// The reads see end-of-file, not a fired deadline, so their
+    /// connections close without an answer.
+    pub fn end_all(&self) {
+        let t = self.table.borrow();
+        for s in t.slots.iter() {
+            if s.fd >= 0 {
+                // SAFETY: as in `tick`.
+                unsafe {
+                    libc::shutdown(s.fd, libc::SHUT_RD);
+                }
+            }
+        }
     }
 
     /// Ends every idle keep-alive wait now (a drain).

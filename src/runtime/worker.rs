@@ -597,6 +597,7 @@ async fn serve(
         });
     }
     stopping.wait().await;
+    let drain_start = Instant::now();
     worker.draining.set(true);
     // Stop accepting without losing a connection: shutdown(2) on a listener
     // hands the connections still in its queue to the other listeners of
@@ -623,11 +624,19 @@ async fn serve(
         }
     }
     // Idle keep-alive connections end now; busy ones finish their request
-    // (answered with `Connection: close`) within the drain timeout.
+    // (answered with `Connection: close`) within the drain timeout. A
+    // connection accepted before the listeners closed gets
+    // `FIRST_REQUEST_GRACE` for its first request to arrive; after that,
+    // with no request in flight, nothing is left to wait for: a client that
+    // connected and sent nothing (a preconnect) is not held on to until
+    // `header_timeout_ms`.
     worker.watchdog.wake_idle();
-    let deadline = Instant::now() + config.server.drain_timeout;
+    let deadline = drain_start + config.server.drain_timeout;
     while (worker.in_flight.get() > 0 || worker.connections.get() > 0) && Instant::now() < deadline
     {
+        if worker.in_flight.get() == 0 && drain_start.elapsed() >= FIRST_REQUEST_GRACE {
+            worker.watchdog.end_all();
+        }
         monoio::time::sleep(Duration::from_millis(5)).await;
         worker.watchdog.wake_idle();
     }
@@ -640,6 +649,11 @@ async fn serve(
         "worker stopped"
     );
 }
+
+/// How long a drain waits for the first request of a connection accepted
+/// before the listeners closed: a client sends it right after connecting,
+/// so it is in the socket within a round trip.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
 
 /// One listen address's accept loop on this worker.
 struct Listening {
