@@ -1,6 +1,7 @@
 //! Process lifecycle over real sockets: a zero-downtime restart of the
-//! binary (a new process binds the same port with SO_REUSEPORT, the old one
-//! drains and exits, and no request fails), and hot reload of the config.
+//! binary (a new process started with `--takeover` binds the same port with
+//! SO_REUSEPORT, the old one drains and exits, and no request fails), and
+//! hot reload of the config.
 
 mod support;
 
@@ -101,7 +102,11 @@ fn zero_downtime_binary_restart() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let (mut new, new_port) = spawn(&write_config("new", &cfg(port)));
+    // The new process says it takes over: without --takeover it would
+    // refuse a port that is already served.
+    let (mut new, addr_new, _log) =
+        spawn_run_with(&write_config("new", &cfg(port)), &["--takeover"]);
+    let new_port = addr_new.port();
     assert_eq!(new_port, port);
     std::thread::sleep(Duration::from_millis(300));
     let before = ok.load(Ordering::SeqCst);

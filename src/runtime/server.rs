@@ -47,6 +47,55 @@ pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpLi
     Ok(sock.into())
 }
 
+/// Refuses a start on an address another process already listens on: a
+/// second instance would silently join the running one's `SO_REUSEPORT`
+/// group and take part of its traffic. Each `server.listen` and
+/// `admin.listen` address with a fixed port is bound once without
+/// `SO_REUSEPORT` (and closed at once), which fails while any socket
+/// listens there. `ringgate run --takeover` skips this, for a
+/// zero-downtime restart.
+pub fn refuse_if_served(config: &Config, path: &std::path::Path) -> Result<(), String> {
+    let mut addrs: Vec<(SocketAddr, &str)> = config
+        .server
+        .listen
+        .iter()
+        .map(|&a| (a, "server.listen"))
+        .collect();
+    if let Some(a) = &config.admin {
+        addrs.push((a.listen, "admin.listen"));
+    }
+    for (a, key) in addrs {
+        if a.port() == 0 {
+            continue;
+        }
+        if let Err(e) = bind_alone(a)
+            && e.kind() == io::ErrorKind::AddrInUse
+        {
+            return Err(format!(
+                "{a} ({key}) is already served by another process (a running ringgate?), \
+                 so this one does not start: it would silently share the port and take part \
+                 of the traffic\n  fix: stop the other process or change {key}; to replace a \
+                 running ringgate without downtime, start this one with \
+                 `ringgate run --takeover -c {}`, wait until its /readyz answers 200, then \
+                 send SIGTERM to the old one",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Binds `addr` without `SO_REUSEPORT` and closes it again.
+fn bind_alone(addr: SocketAddr) -> io::Result<()> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // TIME_WAIT connections of an earlier process do not count.
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())
+}
+
 impl Server {
     /// Binds, starts the workers and returns once all of them serve.
     pub fn start(config: Config) -> io::Result<ServerHandle> {

@@ -882,10 +882,20 @@ fn serving_port(line: &str) -> Option<u16> {
 pub fn spawn_run(
     cfg: &std::path::Path,
 ) -> (std::process::Child, SocketAddr, thread::JoinHandle<String>) {
+    spawn_run_with(cfg, &[])
+}
+
+/// As [`spawn_run`], with more arguments after `run` (e.g. `--takeover`).
+pub fn spawn_run_with(
+    cfg: &std::path::Path,
+    args: &[&str],
+) -> (std::process::Child, SocketAddr, thread::JoinHandle<String>) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(BIN)
-        .args(["run", "-c"])
+        .arg("run")
+        .args(args)
+        .arg("-c")
         .arg(cfg)
         .env("NO_COLOR", "1")
         .env("RINGGATE_LOG", "info")
