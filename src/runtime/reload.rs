@@ -335,6 +335,7 @@ impl Reloader {
                     .reload_us
                     .store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                 tracing::info!(%summary, elapsed_us = t.elapsed().as_micros() as u64, "config reloaded");
+                self.metrics.note_reload(Ok(&summary), t.elapsed());
                 Ok(summary)
             }
             Err(errors) => {
@@ -342,6 +343,7 @@ impl Reloader {
                 for e in &errors {
                     tracing::error!(error = %e, "reload rejected; the running config is unchanged");
                 }
+                self.metrics.note_reload(Err(&errors), t.elapsed());
                 Err(errors)
             }
         }

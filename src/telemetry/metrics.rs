@@ -19,6 +19,8 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+pub mod snapshot;
+
 /// Method label slots: the nine known methods, then "other".
 pub const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "other",
@@ -318,6 +320,8 @@ pub struct Metrics {
     pub reload_us: AtomicU64,
     /// 1 when ready.
     pub ready: AtomicU64,
+    /// The last reload's outcome ([`Metrics::note_reload`]).
+    last_reload: std::sync::Mutex<Option<snapshot::ReloadOutcome>>,
 }
 
 const LE: [f64; 16] = [
@@ -367,6 +371,7 @@ impl Metrics {
             reloads_err: AtomicU64::new(0),
             reload_us: AtomicU64::new(0),
             ready: AtomicU64::new(0),
+            last_reload: std::sync::Mutex::new(None),
         }
     }
 
