@@ -1,11 +1,13 @@
 //! The admin listener: health, readiness, metrics, the running config,
-//! reload, upstream state and registry, on its own address (loopback by
-//! default) and its own thread — never on a worker.
+//! reload, upstream state and registry, a JSON summary ([`stats`], at
+//! `/stats`) and a live dashboard drawn from it (`/dashboard`), on its own
+//! address (loopback by default) and its own thread — never on a worker.
 //!
-//! A bearer token is required on every endpoint when `[admin] token_env`
-//! names a set variable. Requests are small; each connection gets a short
-//! blocking thread with read/write timeouts, and at most
-//! [`MAX_ADMIN_CONNECTIONS`] are served at once.
+//! A bearer token is required on every endpoint but `/dashboard` (a static
+//! page holding no data; it asks for the token when `/stats` wants one)
+//! when `[admin] token_env` or `token_file` sets one. Requests are small;
+//! each connection gets a short blocking thread with read/write timeouts,
+//! and at most [`MAX_ADMIN_CONNECTIONS`] are served at once.
 
 use crate::config::Config;
 use crate::runtime::reload::ConfigStore;
@@ -15,6 +17,15 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub mod stats;
+
+/// The dashboard page: one self-contained HTML document (inline CSS, JS and
+/// SVG; nothing fetched but `stats`), served at `GET /dashboard`.
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+/// What the dashboard page may load: nothing but itself and the admin API.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Most admin connections served concurrently.
 pub const MAX_ADMIN_CONNECTIONS: usize = 32;
@@ -32,6 +43,8 @@ pub struct AdminState {
     pub reload: Option<Box<ReloadFn>>,
     /// Where `POST /cache/purge` publishes (None: not available).
     pub cache_purge: Option<Arc<crate::filter::cache::PurgeLog>>,
+    /// Recent metric samples behind `/stats`.
+    pub stats: stats::StatsRecorder,
     active: AtomicUsize,
 }
 
@@ -47,6 +60,7 @@ impl AdminState {
             metrics,
             reload,
             cache_purge: None,
+            stats: stats::StatsRecorder::new(),
             active: AtomicUsize::new(0),
         }
     }
@@ -83,6 +97,7 @@ impl Admin {
     /// Binds `addr` and serves the admin endpoints there on a thread.
     pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Arc<Admin>> {
         let listener = listen(addr, state.clone())?;
+        start_sampler(&state)?;
         Ok(Arc::new(Admin {
             state,
             listener: Mutex::new(listener),
@@ -116,6 +131,23 @@ impl Drop for AdminListener {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Samples the metrics for `/stats` every [`stats::INTERVAL`] on a thread
+/// of its own, until the admin state is dropped (the listener stopped).
+fn start_sampler(state: &Arc<AdminState>) -> std::io::Result<()> {
+    state.stats.sample(&state.metrics, Duration::ZERO);
+    let owner = Arc::downgrade(state);
+    std::thread::Builder::new()
+        .name(String::from("ringgate-stats"))
+        .spawn(move || {
+            loop {
+                std::thread::sleep(stats::INTERVAL);
+                let Some(st) = owner.upgrade() else { break };
+                st.stats.sample(&st.metrics, stats::INTERVAL / 2);
+            }
+        })?;
+    Ok(())
 }
 
 /// Binds the admin address and serves it on a thread.
@@ -255,9 +287,16 @@ fn serve(mut s: TcpStream, st: &AdminState) {
     while let Some(req) = read_request(&mut s, &mut buf) {
         let (status, ctype, body) = handle(st, &req);
         let resp = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}{}\r\n",
+            "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}{}{}\r\n",
             crate::http::reason(status),
             body.len(),
+            if ctype.starts_with("text/html") {
+                format!(
+                    "Content-Security-Policy: {DASHBOARD_CSP}\r\nX-Content-Type-Options: nosniff\r\n"
+                )
+            } else {
+                String::new()
+            },
             if status == 401 {
                 "WWW-Authenticate: Bearer realm=\"ringgate-admin\"\r\n"
             } else {
@@ -288,7 +327,11 @@ fn json_err(status: u16, msg: &str) -> (u16, &'static str, String) {
 
 /// Answers one admin request.
 pub fn handle(st: &AdminState, req: &AdminRequest) -> (u16, &'static str, String) {
-    let cfg = st.config.load();
+    if req.method == "GET" && req.path == "/dashboard" {
+        // The page holds no data: it reads /stats, which checks the token.
+        return (200, "text/html; charset=utf-8", DASHBOARD_HTML.to_string());
+    }
+    let (generation, cfg) = st.config.load_with_generation();
     if let Some(admin) = &cfg.admin
         && let Some(token) = &admin.token
     {
@@ -311,6 +354,14 @@ pub fn handle(st: &AdminState, req: &AdminRequest) -> (u16, &'static str, String
         }
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4", st.metrics.render_with(&cfg)),
         ("GET", "/config") => (200, "application/json", config_json(&cfg).to_string()),
+        ("GET", "/stats") => {
+            let history = req
+                .query
+                .split('&')
+                .any(|kv| kv == "history" || kv.strip_prefix("history=").is_some_and(|v| v != "0"));
+            let doc = st.stats.json(&st.metrics, &cfg, generation, history);
+            (200, "application/json", doc.to_string())
+        }
         ("POST", "/reload") => match &st.reload {
             Some(f) => match f() {
                 Ok(summary) => (
@@ -340,7 +391,9 @@ pub fn handle(st: &AdminState, req: &AdminRequest) -> (u16, &'static str, String
                 None => json_err(404, "no such admin endpoint"),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => json_err(405, "method not allowed"),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/stats" | "/dashboard") => {
+            json_err(405, "method not allowed")
+        }
         _ => json_err(404, "no such admin endpoint"),
     }
 }
