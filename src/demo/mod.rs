@@ -2,8 +2,9 @@
 //! reviews services on loopback and a gateway in front of them configured
 //! by `config/demo.toml` (compiled in), so a first `curl` works without any
 //! file: composition with a partial answer, a transform, two API versions
-//! (by header and by path), a rate-limited route and a JWT-protected route
-//! with the token endpoint.
+//! (by header and by path), a cached route, a rate-limited route and a
+//! JWT-protected route with the token endpoint; and the admin API with its
+//! live dashboard (`/dashboard`) on 127.0.0.1:9901.
 //!
 //! The services are small blocking HTTP/1.1 servers on their own threads
 //! (thread per connection, keep-alive, Content-Length bodies): they are
@@ -18,6 +19,9 @@ use std::time::Duration;
 
 /// The gateway config of the demo (`config/demo.toml`).
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
+
+/// Where the demo's admin API listens (`config/demo.toml`), unless taken.
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
 /// Environment variable holding the demo's JWT secret.
 pub const SECRET_ENV: &str = "RINGGATE_DEMO_JWT_SECRET";
@@ -241,6 +245,15 @@ pub fn start(listen: &str) -> Result<(Config, Vec<DemoService>), String> {
         }
         services.push(s);
     }
+    // The admin port config/demo.toml names, or a free one when it is taken
+    // (by another process, or a running demo: a plain bind fails even where
+    // that one used SO_REUSEPORT).
+    if TcpListener::bind(ADMIN_LISTEN).is_err() {
+        let free = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?;
+        text = text.replace(&format!("\"{ADMIN_LISTEN}\""), &format!("\"{free}\""));
+    }
     let mut cfg = Config::parse(&text).map_err(|e| e.to_string())?;
     cfg.server.listen = vec![listen];
     Ok((cfg, services))
@@ -250,6 +263,12 @@ pub fn start(listen: &str) -> Result<(Config, Vec<DemoService>), String> {
 pub fn print_tour(cfg: &Config, services: &[DemoService]) {
     let gw = cfg.server.listen[0];
     println!("ringgate demo: gateway on http://{gw} (config: config/demo.toml)");
+    if let Some(a) = &cfg.admin {
+        println!(
+            "  admin API on http://{}, live dashboard: http://{}/dashboard",
+            a.listen, a.listen
+        );
+    }
     for s in services {
         println!("  demo service {:<11} on {}", s.name, s.addr);
     }
@@ -263,11 +282,22 @@ pub fn print_tour(cfg: &Config, services: &[DemoService]) {
     println!("  curl -i -H 'Accept-Version: 2' http://{gw}/inventory/42");
     println!("  curl -i http://{gw}/v2/inventory/42");
     println!("  curl -i http://{gw}/v3/inventory/42     # unknown version: 400");
+    println!("  curl -si http://{gw}/prices/42 http://{gw}/prices/42   # cached: MISS, then HIT");
     println!("  curl -i http://{gw}/reviews/42          # 3 per 10 s, then 429");
     println!("  curl -i http://{gw}/admin/stock/42      # 401 without a token");
     println!(
         "  TOKEN=$(curl -s -u demo-client:demo-secret -d grant_type=client_credentials http://{gw}/auth/token | jq -r .access_token)"
     );
     println!("  curl -i -H \"Authorization: Bearer $TOKEN\" http://{gw}/admin/stock/42");
+    if let Some(a) = &cfg.admin {
+        let a = a.listen;
+        println!("\nThe admin API and its live dashboard:");
+        println!("  curl -s http://{a}/metrics | grep ringgate_requests_total");
+        println!("  curl -s http://{a}/stats | jq .requests   # the dashboard's JSON");
+        println!("  curl -s http://{a}/upstreams | jq .");
+        println!(
+            "  open http://{a}/dashboard in a browser: requests, latency, upstreams, limits, cache, live"
+        );
+    }
     println!("\nCtrl-C drains in-flight requests and stops.");
 }
