@@ -2275,7 +2275,7 @@ fn hide_credentials_config_errors() {
     let errs = config_errors(&format!("{MIN}{route}hide_credentials = \"yes\"\n{jwt}"));
     let e = errs
         .iter()
-        .find(|e| e.key.starts_with("routes.hide_credentials"))
+        .find(|e| e.key.starts_with("routes[0].hide_credentials"))
         .unwrap_or_else(|| panic!("no error names hide_credentials: {errs:#?}"));
     assert!(e.message.contains("expected a boolean"), "{e:#?}");
     assert!(e.key.contains("(line 9)"), "{e:#?}");

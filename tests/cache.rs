@@ -713,7 +713,10 @@ fn config_errors_name_the_key() {
     let e = err(&route("ttl_s = 1, statuses = [206]"), "");
     assert!(e.contains("routes[0].cache.statuses"), "{e}");
     let e = err(&route("ttl = 1"), "");
-    assert!(e.contains("unknown field `ttl`"), "{e}");
+    assert!(
+        e.contains("unknown key `ttl`; did you mean `ttl_s`?"),
+        "{e}"
+    );
     let e = err(
         &route("ttl_s = 1"),
         "[cache]\nmax_bytes_per_worker = 1000\nmax_object_bytes = 2000",

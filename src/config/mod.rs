@@ -1,13 +1,16 @@
 //! Configuration: the TOML file ([`file`]) and the validated runtime
 //! [`Config`] built from it ([`validate`]).
 //!
-//! Loading is two-stage. Serde reads the file into structs that deny unknown
-//! keys; validation then checks every value, collects *every* error (each
-//! naming the key, the bad value and how to fix it) and compiles what the
-//! workers need: resolved addresses, durations and the route table. Workers
-//! only ever see a complete, valid `Config` behind an `Arc`.
+//! Loading is two-stage. The file is read into serde structs that deny
+//! unknown keys (`read`: every syntax, type and unknown-key problem is
+//! collected, each with its key path and line); validation then checks
+//! every value, collects *every* error (each naming the key, the bad value
+//! and how to fix it) and compiles what the workers need: resolved
+//! addresses, durations and the route table. Workers only ever see a
+//! complete, valid `Config` behind an `Arc`.
 
 pub mod file;
+mod read;
 mod upstream;
 mod validate;
 

@@ -62,86 +62,27 @@ impl Errors {
 }
 
 pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    // An unknown key stops serde at the first one; blank its line (keeping
-    // offsets and line numbers) and parse again, so one run reports every
-    // unknown key and then every validation error.
-    let mut text = text.to_string();
-    let mut unknown = Vec::new();
-    let file: FileConfig = loop {
-        match toml::from_str(&text) {
-            Ok(f) => break f,
-            Err(e) => {
-                unknown.push(toml_error(&text, &e));
-                let span = match e.span() {
-                    Some(s) if e.message().starts_with("unknown field") && unknown.len() < 100 => s,
-                    _ => return Err(ConfigErrors(unknown)),
-                };
-                let ls = text[..span.start].rfind('\n').map_or(0, |p| p + 1);
-                let le = text[span.start..]
-                    .find('\n')
-                    .map_or(text.len(), |p| span.start + p);
-                let blank = " ".repeat(le - ls);
-                text.replace_range(ls..le, &blank);
-            }
-        }
+    // Every problem of the file as written (syntax, types, unknown keys),
+    // then every validation error in the rest of it: one run reports all.
+    let read = super::read::read(text).map_err(|e| ConfigErrors(vec![e]))?;
+    let Some(file) = read.file else {
+        return Err(ConfigErrors(read.errors));
     };
     match compile(file) {
-        Ok(c) if unknown.is_empty() => Ok(c),
-        Ok(_) => Err(ConfigErrors(unknown)),
+        Ok(c) if read.errors.is_empty() => Ok(c),
+        Ok(_) => Err(ConfigErrors(read.errors)),
         Err(ConfigErrors(more)) => {
-            unknown.extend(more);
-            Err(ConfigErrors(unknown))
+            let mut errs = read.errors;
+            // A value read as empty (it had the wrong type) is not
+            // reported a second time by validation.
+            errs.extend(more.into_iter().filter(|e| {
+                !read
+                    .replaced
+                    .iter()
+                    .any(|p| super::read::related(p, &e.key))
+            }));
+            Err(ConfigErrors(errs))
         }
-    }
-}
-
-/// Names the key a serde/TOML error points at: the enclosing `[table]`, the
-/// key text under the error's span, and the line.
-fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let msg = e.message().to_string();
-    let key = match e.span() {
-        Some(span) if span.start <= text.len() => {
-            let before = &text[..span.start];
-            let line = before.matches('\n').count() + 1;
-            let table = before
-                .lines()
-                .rev()
-                .map(str::trim)
-                .find(|l| l.starts_with('['))
-                .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-            let line_start = before.rfind('\n').map_or(0, |p| p + 1);
-            let on_line = &text[line_start..span.start];
-            // A value error: the key is what precedes '=' on that line.
-            let under = match on_line.find('=') {
-                Some(eq) => on_line[..eq].trim(),
-                None => text[span.clone()].trim(),
-            }
-            .trim_matches('"');
-            let is_key = !under.is_empty()
-                && under.len() < 64
-                && under
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            match (table, is_key) {
-                (Some(t), true) => format!("{t}.{under} (line {line})"),
-                (None, true) => format!("{under} (line {line})"),
-                (Some(t), false) => format!("{t} (line {line})"),
-                (None, false) => format!("line {line}"),
-            }
-        }
-        _ => String::from("(file)"),
-    };
-    let fix = if msg.starts_with("unknown field") {
-        "remove the key or correct its spelling; config/ringgate.example.toml lists every key"
-    } else if msg.starts_with("missing field") {
-        "add the key"
-    } else {
-        "correct the value's type or the TOML syntax"
-    };
-    ConfigError {
-        key,
-        message: msg.replace('\n', " "),
-        fix: fix.to_string(),
     }
 }
 
