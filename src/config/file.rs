@@ -190,7 +190,7 @@ pub struct UpstreamFile {
     pub breaker: Option<BreakerFile>,
     /// `[upstreams.NAME.fallback]`: answer while the breaker is open.
     pub fallback: Option<FallbackFile>,
-    /// Connect timeout.
+    /// Connect timeout (default 3000: survives one SYN retransmission).
     pub connect_timeout_ms: Option<u64>,
     /// Time allowed for the response head, and between body reads.
     pub request_timeout_ms: Option<u64>,

@@ -20,8 +20,34 @@ use std::time::Duration;
 
 pub use validate::{ConfigError, ConfigErrors, Errors};
 
+/// Gives a config enum `as_str`, and `Debug` and `Display` that print it
+/// as the file spells it: `GET /config` and the logs show `"auto"`, what
+/// the file says, not the Rust name `Auto`.
+macro_rules! spelled_as_in_the_file {
+    ($ty:ty { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $ty {
+            /// The value as the config file spells it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name),*
+                }
+            }
+        }
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// Which io driver the workers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum IoMode {
     /// io_uring, falling back to epoll with a warning.
     Auto,
@@ -31,8 +57,14 @@ pub enum IoMode {
     Epoll,
 }
 
+spelled_as_in_the_file!(IoMode {
+    Auto => "auto",
+    IoUring => "io_uring",
+    Epoll => "epoll",
+});
+
 /// How each worker's io_uring is set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum UringMode {
     /// `IORING_SETUP_COOP_TASKRUN`: no interrupting IPIs for task work.
     CoopTaskrun,
@@ -41,6 +73,12 @@ pub enum UringMode {
     /// The kernel's default ring.
     Default,
 }
+
+spelled_as_in_the_file!(UringMode {
+    CoopTaskrun => "coop_taskrun",
+    DeferTaskrun => "defer_taskrun",
+    Default => "default",
+});
 
 /// `[server]`, validated.
 #[derive(Debug, Clone)]
@@ -100,7 +138,7 @@ impl ServerConfig {
 }
 
 /// Balancing algorithm of an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
     /// Each worker cycles through the targets.
     RoundRobin,
@@ -113,6 +151,14 @@ pub enum Balance {
     /// Weighted rendezvous hashing of `hash_key` with a fixed seed.
     ConsistentHash,
 }
+
+spelled_as_in_the_file!(Balance {
+    RoundRobin => "round_robin",
+    Weighted => "weighted",
+    LeastConn => "least_conn",
+    P2cEwma => "p2c_ewma",
+    ConsistentHash => "consistent_hash",
+});
 
 /// What a request is hashed on (`hash_key`, a route's `sticky`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,12 @@ use std::collections::HashMap;
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
 
+/// Default `connect_timeout_ms`: long enough for one SYN retransmission
+/// (Linux sends the first after 1 s, the second 2 s later), so one SYN a
+/// busy backend dropped is not a 504; short enough that a target that
+/// swallows SYNs costs 3 s before the retry on another target.
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3000;
+
 fn ms(v: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default))
 }
@@ -485,7 +491,9 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
         weights,
         balance,
         hash_key,
-        connect_timeout: ms(up.connect_timeout_ms, 1000),
+        // Survives one dropped SYN: Linux retransmits it after 1 s (then
+        // after 2 s more); a backend whose accept queue is full drops SYNs.
+        connect_timeout: ms(up.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS),
         request_timeout,
         try_timeout,
         retries: retries.min(10),

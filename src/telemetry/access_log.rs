@@ -14,12 +14,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// One JSON object per line.
     Json,
     /// Apache/nginx combined-style, with ringgate's fields appended.
     Combined,
+}
+
+impl LogFormat {
+    /// The format as `[log] access` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Combined => "combined",
+        }
+    }
+}
+
+/// As the config file spells it (`GET /config` shows `"json"`).
+impl std::fmt::Debug for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The shared side: channels to and from the writer thread.
