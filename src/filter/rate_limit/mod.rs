@@ -8,6 +8,10 @@
 //! - [`request_filter`]: builds each limit's key, asks the worker's shard,
 //!   and admits (after a leaky-bucket delay, if any) or answers 429, adding
 //!   `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` (and `Retry-After`).
+//!   The remainder they state is the instance's, as the worker last heard
+//!   it from the reconciler less its own spends since (`shard::Entry`'s
+//!   `whole`): it may miss what other workers admitted in the last sync
+//!   interval or so, never one worker's part scaled up.
 //! - `algo`: the four algorithms over a share of a key; `key`: what a limit
 //!   counts by; `shard`: the worker's capped key tables; `reconcile`: the
 //!   control thread that keeps a key's limit whole over the workers;

@@ -175,6 +175,12 @@ pub(crate) struct Report {
     pub applied: u64,
 }
 
+/// Keys whose quota is at most this many requests are hinted to the
+/// workers that do not hold them ([`Update::hint`]): one request the
+/// header does not count is a tenth of such a limit or more. Larger
+/// limits are not worth the extra updates under a flood of keys.
+pub(crate) const HINT_MAX_QUOTA: f64 = 10.0;
+
 /// New state for one key on one worker.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Update {
@@ -184,6 +190,10 @@ pub(crate) struct Update {
     pub share: f64,
     /// The worker's part of the key, at `now`.
     pub state: State,
+    /// The whole key, instance-wide, at `now` (every report folded in):
+    /// what the worker's `RateLimit` headers count down from. `None` for
+    /// credit (a global key's count lives in the store).
+    pub whole: Option<State>,
     pub now: u64,
     /// Waiting for a lease: requests wait rather than fail.
     pub awaiting: bool,
@@ -197,6 +207,11 @@ pub(crate) struct Update {
     pub retry_at: u64,
     /// Create the key if the worker does not hold it.
     pub install: bool,
+    /// Only `whole`, for a worker that does not hold the key: kept aside
+    /// so that, if a request meets the key there, its `RateLimit` headers
+    /// count what the other workers spent (a small limit only, see
+    /// [`HINT_MAX_QUOTA`]).
+    pub hint: bool,
     /// Only create it; a worker that holds the key keeps its state.
     pub only_install: bool,
 }
@@ -717,13 +732,42 @@ impl Reconciler {
                     tier: g.tier,
                     share: first_touch,
                     state: fresh,
+                    whole: (!credit).then_some(g.state),
                     now,
                     awaiting: false,
                     reserved: true,
                     retry_at: 0,
                     install: true,
+                    hint: false,
                     only_install: true,
                 });
+            }
+        }
+        // The workers that do not hold the key hear what the instance has
+        // spent of a small one: a request that meets it there states the
+        // instance's remainder, not a fresh key's.
+        if !credit && n > 1 && g.holders.len() < n && p.fresh_quota() <= HINT_MAX_QUOTA {
+            for w in 0..n {
+                if g.holders.iter().any(|h| h.worker as usize == w) {
+                    continue;
+                }
+                if let Some(out) = self.out.get_mut(w) {
+                    out.push(Update {
+                        limit: li,
+                        key,
+                        tier: g.tier,
+                        share: 0.0,
+                        state: g.state,
+                        whole: Some(g.state),
+                        now,
+                        awaiting: false,
+                        reserved: false,
+                        retry_at: 0,
+                        install: false,
+                        hint: true,
+                        only_install: false,
+                    });
+                }
             }
         }
         if acked.is_empty() {
@@ -884,6 +928,7 @@ impl Reconciler {
                     tier: g.tier,
                     share,
                     state,
+                    whole: (!credit).then_some(g.state),
                     now,
                     awaiting,
                     // More may come here: parts held for workers that
@@ -900,6 +945,7 @@ impl Reconciler {
                     },
                     retry_at,
                     install: false,
+                    hint: false,
                     only_install: false,
                 });
             }
@@ -1297,11 +1343,13 @@ mod tests {
             tier: 0,
             share: 1.0,
             state: State::Credit { balance: 0.0 },
+            whole: None,
             now: 0,
             awaiting: false,
             reserved: false,
             retry_at: 0,
             install: false,
+            hint: false,
             only_install: false,
         };
         let keys = |b: Batch| b.updates.iter().map(|u| u.key).collect::<Vec<_>>();

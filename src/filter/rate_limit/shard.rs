@@ -60,6 +60,14 @@ pub(crate) struct Entry {
     /// This worker's share of the key (1/N until the reconciler says).
     share: f64,
     state: State,
+    /// The whole key as this worker knows it: the reconciler's
+    /// instance-wide state of its last update (a fresh key before one),
+    /// less this worker's spends since. Only what other workers admitted
+    /// since their last report is missing, so the `RateLimit` remainder
+    /// counted from it may over-state by that, never under-state. `None`
+    /// where the worker's own state is the key's count (credit, a naive
+    /// shard mode, one worker).
+    whole: Option<State>,
     /// Spent since the last report.
     fresh: Spends,
     /// Spent in the report numbered `sent_seq` (counted until acked).
@@ -170,7 +178,52 @@ pub(crate) struct Shard {
     urgent: Cell<bool>,
     /// The latest reconciliation round whose batch this worker took.
     applied: Cell<u64>,
+    /// The instance's state of small keys this worker does not hold, for
+    /// their first request's `RateLimit` headers.
+    hints: RefCell<Hints>,
     id: usize,
+}
+
+/// Hinted whole states ([`super::reconcile::Update::hint`]) of keys a
+/// worker does not hold, the latest [`Hints::CAP`] kept.
+#[derive(Debug, Default)]
+struct Hints {
+    map: IdMap<(u16, u8, State)>,
+    order: VecDeque<u64>,
+}
+
+impl Hints {
+    const CAP: usize = 1024;
+
+    /// Map key of a limit's key.
+    fn slot(limit: u16, key: u64) -> u64 {
+        key ^ (limit as u64).rotate_left(48)
+    }
+
+    fn put(&mut self, limit: u16, key: u64, tier: u8, whole: State) {
+        let k = Self::slot(limit, key);
+        if self.map.insert(k, (limit, tier, whole)).is_none() {
+            self.order.push_back(k);
+            while self.order.len() > Self::CAP {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The hint for a key of `limit` and `tier`, taken.
+    fn take(&mut self, limit: u16, key: u64, tier: u8) -> Option<State> {
+        let k = Self::slot(limit, key);
+        match self.map.get(&k) {
+            Some(&(l, t, w)) if l == limit && t == tier => {
+                self.map.remove(&k);
+                self.order.retain(|&o| o != k);
+                Some(w)
+            }
+            _ => None,
+        }
+    }
 }
 
 const MAX_EVICTED_REPORTED: usize = 4096;
@@ -198,6 +251,7 @@ impl Shard {
             store_ok: Cell::new(true),
             urgent: Cell::new(false),
             applied: Cell::new(0),
+            hints: RefCell::new(Hints::default()),
             id,
         }
     }
@@ -258,6 +312,11 @@ impl Shard {
                     } else {
                         p.fresh(share, now)
                     },
+                    whole: (reconciled && !global).then(|| {
+                        // What the instance spent, if the reconciler said.
+                        let hint = self.hints.borrow_mut().take(li as u16, key, tier);
+                        hint.unwrap_or_else(|| p.fresh(1.0, now))
+                    }),
                     fresh: Spends::default(),
                     sent: Spends::default(),
                     sent_seq: 0,
@@ -289,7 +348,15 @@ impl Shard {
             }
         }
         e.state.advance(p, e.share, now);
-        let c = e.state.check(p, e.share, now, commit);
+        let mut c = e.state.check(p, e.share, now, commit);
+        if c.admit
+            && let Some(whole) = &mut e.whole
+        {
+            // The remainder of the whole key, not this worker's part
+            // scaled up: with two workers a limit of 3 answers 2, 1, 0.
+            whole.advance(p, 1.0, now);
+            c.remaining = whole.check(p, 1.0, now, commit).remaining;
+        }
         if !c.admit && e.awaiting {
             if first {
                 e.waiting = e.waiting.saturating_add(1);
@@ -449,6 +516,14 @@ impl Shard {
         let p = &tier.params;
         let mut t = self.tables[li].borrow_mut();
         let t = &mut *t;
+        if u.hint {
+            if !t.map.contains_key(&u.key)
+                && let Some(w) = u.whole
+            {
+                self.hints.borrow_mut().put(u.limit, u.key, u.tier, w);
+            }
+            return;
+        }
         if !t.map.contains_key(&u.key) {
             if !u.install {
                 return;
@@ -459,6 +534,7 @@ impl Shard {
                 tier: u.tier,
                 share: u.share,
                 state: u.state,
+                whole: u.whole,
                 fresh: Spends::default(),
                 sent: Spends::default(),
                 sent_seq: 0,
@@ -499,6 +575,14 @@ impl Shard {
         }
         e.fresh.apply(&mut st, p);
         e.state = st;
+        // The same for the whole key.
+        e.whole = u.whole.map(|mut w| {
+            if e.sent_seq > acked {
+                e.sent.apply(&mut w, p);
+            }
+            e.fresh.apply(&mut w, p);
+            w
+        });
         e.share = u.share;
         e.awaiting = u.awaiting;
         e.reserved = u.reserved;
@@ -681,6 +765,7 @@ mod tests {
             tier: 0,
             share: 1.0,
             state: State::Credit { balance: 0.0 },
+            whole: None,
             fresh: Spends::default(),
             sent: Spends::default(),
             sent_seq: 0,
