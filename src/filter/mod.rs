@@ -144,16 +144,11 @@ pub struct Reply {
 impl Reply {
     /// A JSON error reply in the gateway's error format.
     pub fn error(status: u16, message: &str, request_id: &[u8]) -> Reply {
-        let body = serde_json::json!({
-            "error": message,
-            "status": status,
-            "request_id": String::from_utf8_lossy(request_id),
-        });
         Reply {
             status,
             headers: Vec::new(),
             content_type: "application/json",
-            body: body.to_string().into_bytes(),
+            body: error_body(status, message, &[], request_id),
         }
     }
 
@@ -165,6 +160,31 @@ impl Reply {
         self.headers.extend_from_slice(b"\r\n");
         self
     }
+}
+
+/// An error body in the one key order every error ringgate answers has:
+/// `{"error": ..., "status": N, "request_id": ...}`, with `more` string
+/// members after `error` (serde_json's maps sort their keys, which put
+/// `request_id` before `status`).
+pub fn error_body(status: u16, message: &str, more: &[(&str, &str)], request_id: &[u8]) -> Vec<u8> {
+    let rid = String::from_utf8_lossy(request_id);
+    let mut b = Vec::with_capacity(48 + message.len() + rid.len());
+    let string = |b: &mut Vec<u8>, name: &str, value: &str| {
+        b.extend_from_slice(if b.is_empty() { b"{" } else { b"," });
+        // Writing a str to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *b, name);
+        b.push(b':');
+        let _ = serde_json::to_writer(&mut *b, value);
+    };
+    string(&mut b, "error", message);
+    for (name, value) in more {
+        string(&mut b, name, value);
+    }
+    b.extend_from_slice(b",\"status\":");
+    b.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    string(&mut b, "request_id", &rid);
+    b.push(b'}');
+    b
 }
 
 /// A filter's decision.

@@ -211,17 +211,11 @@ impl FailureLimit {
 }
 
 fn oauth_error(status: u16, code: &str, description: &str, rid: &[u8]) -> Reply {
-    let body = json!({
-        "error": code,
-        "error_description": description,
-        "status": status,
-        "request_id": String::from_utf8_lossy(rid),
-    });
     let r = Reply {
         status,
         headers: Vec::new(),
         content_type: "application/json",
-        body: body.to_string().into_bytes(),
+        body: crate::filter::error_body(status, code, &[("error_description", description)], rid),
     }
     .with_header("Cache-Control", "no-store");
     if status == 401 {
