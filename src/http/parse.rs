@@ -689,7 +689,7 @@ pub fn parse_request_with(
                 role = HeaderRole::Drop
             }
             // Every name above is free of `_`: only the others are looked at.
-            _ if !limits.underscores && name.iter().any(|&b| b == b'_') => role = HeaderRole::Drop,
+            _ if !limits.underscores && name.contains(&b'_') => role = HeaderRole::Drop,
             _ => {}
         }
         bare_lf |= push_line(lines, buf, name, value, role);
