@@ -371,13 +371,14 @@ fn valid_ip_literal(v: &[u8]) -> bool {
     }
 }
 
-/// The bytes of a host name or IPv4 address (letters, digits, `-._~%`).
+/// The bytes of a host name or IPv4 address (letters, digits, `-._~`;
+/// no percent-encoding, no sub-delimiters such as `,`).
 static HOST_CHARS: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'%');
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
         b += 1;
     }
     t
