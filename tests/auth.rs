@@ -1954,6 +1954,59 @@ fn jwks_url_rotated_during_the_test() {
     assert_eq!(hits, 3);
 }
 
+/// A reload that changes only a route keeps auth as it runs: no JWKS
+/// refetch, and a token validated before the reload is still accepted even
+/// though the identity provider now serves garbage. (Every reload used to
+/// rebuild auth, refetch the keys and drop each worker's token cache, so an
+/// unrelated route change during an IdP outage turned valid tokens into
+/// 401s.)
+#[test]
+fn a_route_only_reload_keeps_auth_state() {
+    env();
+    let k1 = ec_key(false);
+    let s = JwksServer::start(jwks(&[(&k1, "key-1")]));
+    let b = Backend::start();
+    let text = jwks_config(&b, &s, 0);
+    let path = std::env::temp_dir().join(format!("ringgate-auth-keep-{}.toml", std::process::id()));
+    std::fs::write(&path, &text).unwrap();
+    let cfg = Config::load(&path).expect("config");
+    let handle = Server::start_file(cfg, path.clone(), Default::default()).expect("start");
+    let addr = handle.local_addrs()[0];
+    assert_eq!(s.fetches(), 1, "fetched once at start");
+    let t1 = sign(Algorithm::ES256, &k1.enc, &claims("rosa"), Some("key-1"));
+    assert_eq!(get_bearer(addr, "/jwt", &t1).status, 200);
+
+    // The identity provider breaks; only a route changes.
+    s.set(String::from("<html>maintenance</html>"));
+    std::fs::write(
+        &path,
+        text.clone() + "\n[[routes]]\npath = \"/added\"\nupstream = \"app\"\nauth = [\"jwt\"]\n",
+    )
+    .unwrap();
+    handle.reload().expect("reload");
+    assert_eq!(
+        get(addr, "/added", &[]).status,
+        401,
+        "the new route is served"
+    );
+    assert_eq!(s.fetches(), 1, "a route-only reload refetched the JWKS");
+    for path in ["/jwt", "/added"] {
+        let r = get_bearer(addr, path, &t1);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(r.echoed("X-User-Id").as_deref(), Some("rosa"));
+    }
+
+    // A reload that does change auth still takes effect.
+    std::fs::write(
+        &path,
+        text.replace("jwks_refresh_s = 3600", "jwks_refresh_s = 3599"),
+    )
+    .unwrap();
+    handle.reload().expect("reload");
+    assert_eq!(s.fetches(), 2, "changed auth starts afresh");
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn jwks_unknown_kid_refetch_is_rate_limited() {
     env();

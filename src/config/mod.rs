@@ -399,7 +399,7 @@ pub struct Config {
     /// `[metrics] enabled`: record per-request metrics.
     pub metrics_enabled: bool,
     /// Debug text of the `[auth]` and `[[consumers]]` sections (a reload
-    /// may not change them).
+    /// that leaves it unchanged keeps the running auth and its caches).
     pub auth_fingerprint: String,
     /// Debug text of the `[rate_limits.*]` and `[redis]` sections (a reload
     /// that leaves it unchanged keeps the running limits).

@@ -212,6 +212,16 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// Points the chain's auth policy at `auth` (a reload that kept the
+    /// running auth).
+    pub fn use_auth(&mut self, auth: &std::sync::Arc<auth::Auth>) {
+        for f in &mut self.filters {
+            if let RouteFilter::Auth(p) = f {
+                p.use_auth(auth);
+            }
+        }
+    }
+
     /// Assembles a route's chain: auth, then rate limits (then, as it
     /// lands, cache lookup). This is the one place that decides which
     /// filters a route runs; after them the connection loop applies the

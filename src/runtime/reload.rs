@@ -390,6 +390,24 @@ impl Reloader {
                 kept += 1;
             }
         }
+        // Auth: unchanged `[auth]` and `[[consumers]]` keep the running
+        // `Auth` (its keys, its JWKS refresher) and so, on every worker, the
+        // validated-token cache: a route change neither refetches JWKS nor
+        // turns valid tokens into 401s while an identity provider is down.
+        if let (Some(o), Some(_)) = (&old.auth, &new.auth)
+            && old.auth_fingerprint == new.auth_fingerprint
+            && new
+                .routes
+                .iter_mut()
+                .all(|r| Arc::get_mut(&mut r.chain).is_some())
+        {
+            for r in &mut new.routes {
+                if let Some(chain) = Arc::get_mut(&mut r.chain) {
+                    chain.use_auth(o);
+                }
+            }
+            new.auth = Some(o.clone());
+        }
         // Rate limits: unchanged sections keep the running limits (every
         // count, the reconciler and lease threads); otherwise the new
         // limits take over the hasher, the clock and the state of each

@@ -331,6 +331,11 @@ const REALM: &str = "Bearer realm=\"ringgate\"";
 const KEY_REALM: &str = "ApiKey realm=\"ringgate\"";
 
 impl RoutePolicy {
+    /// Points the policy at `auth` (a reload that kept the running auth).
+    pub fn use_auth(&mut self, auth: &Arc<Auth>) {
+        self.auth = auth.clone();
+    }
+
     fn new(
         auth: Arc<Auth>,
         order: Vec<AuthMethod>,
