@@ -1,0 +1,13 @@
+//! `chunked`: see fuzz/props/mod.rs for the properties checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../props/mod.rs"]
+mod props;
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(e) = props::check("chunked", data) {
+        panic!("property failed: {e}");
+    }
+});
