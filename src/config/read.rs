@@ -1324,9 +1324,31 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let value_start = line.find('=').map_or(line_start, |p| line_start + p + 1);
     let value = text[value_start.min(line_end)..line_end].trim();
     let odd = |q: char| value.chars().filter(|&c| c == q).count() % 2 == 1;
-    let (message, fix) = if msg.starts_with("invalid multiline basic string")
-        && !text[at..].contains("\"\"\"")
-    {
+    let control = text[at..]
+        .chars()
+        .next()
+        .filter(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'));
+    let (message, fix) = if let Some(c) = control {
+        (
+            format!(
+                "a control character (U+{:04X}) is not allowed here: TOML allows only tabs and line ends",
+                c as u32
+            ),
+            String::from("remove the character"),
+        )
+    } else if msg.is_empty() && value.is_empty() && line.contains('=') {
+        (
+            String::from("a value is missing after `=`"),
+            String::from(
+                "write a value: a \"string\", a number, true or false, [a, list] or { a = table }",
+            ),
+        )
+    } else if msg.is_empty() {
+        (
+            String::from("this is not valid TOML"),
+            format!("correct the TOML syntax at {place}"),
+        )
+    } else if msg.starts_with("invalid multiline basic string") && !text[at..].contains("\"\"\"") {
         (
             String::from("unterminated multi-line string: no closing \"\"\""),
             String::from("end the string with \"\"\""),
@@ -1472,6 +1494,21 @@ mod tests {
             e[0].message.starts_with("unknown table `[[server.tls]]`"),
             "{e:#?}"
         );
+    }
+
+    #[test]
+    fn every_syntax_error_has_a_message() {
+        for (text, want) in [
+            ("r=", "a value is missing after `=`"),
+            ("r=\n", "a value is missing after `=`"),
+            ("# \0\n", "a control character (U+0000)"),
+            ("a = \"x\0\"\n", "a control character (U+0000)"),
+        ] {
+            let e = errors(text);
+            assert_eq!(e.len(), 1, "{text:?}: {e:#?}");
+            assert!(e[0].message.starts_with(want), "{text:?}: {e:#?}");
+            assert!(!e[0].fix.is_empty() && !e[0].key.is_empty(), "{e:#?}");
+        }
     }
 
     #[test]
