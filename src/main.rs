@@ -36,6 +36,7 @@ Environment:
 Signals (run and demo):
   SIGHUP           reload the config file; an invalid file changes nothing
   SIGUSR1          reopen the access-log file (after log rotation)
+  SIGUSR2          nothing: logged and ignored
   SIGTERM, SIGINT  stop accepting, finish in-flight requests (within
                    server.drain_timeout_ms), exit 0
 
@@ -210,6 +211,7 @@ fn serve(cfg: Config, path: Option<PathBuf>, signals: libc::sigset_t) -> ExitCod
                 let _ = handle.reload();
             }
             "SIGUSR1" => handle.reopen_logs(),
+            "SIGUSR2" => tracing::warn!("SIGUSR2 means nothing to ringgate; ignored"),
             other => break other,
         }
     };

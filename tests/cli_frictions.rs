@@ -87,6 +87,7 @@ fn help_names_the_environment_the_signals_and_where_errors_go() {
             "reload",
             "SIGUSR1",
             "reopen the access-log",
+            "SIGUSR2",
             "SIGTERM",
             "drain",
             "stderr",
@@ -224,6 +225,32 @@ fn a_second_instance_refuses_the_port_unless_it_takes_over() {
     assert_eq!(Client::connect(addr).get("/d").status, 200);
     sigterm(&second);
     assert!(wait_exit(&mut second, Duration::from_secs(10)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGUSR2 means nothing to ringgate: it is logged, and the gateway goes
+/// on serving (its default action would end the process).
+#[test]
+fn sigusr2_is_ignored() {
+    let up = MockUpstream::builder().respond(200, "ok").start();
+    let dir = temp_dir();
+    let cfg = write(
+        &dir,
+        &gateway_config(0, None).replace("127.0.0.1:9", &up.addr.to_string()),
+    );
+    let (mut child, addr, log) = spawn_run(&cfg);
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR2) },
+        0
+    );
+    thread::sleep(Duration::from_millis(100));
+    assert!(child.try_wait().unwrap().is_none(), "SIGUSR2 ended it");
+    assert_eq!(Client::connect(addr).get("/a").status, 200);
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    let log = log.join().unwrap();
+    assert!(log.contains("SIGUSR2 means nothing to ringgate"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -317,9 +317,10 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 on the calling thread (and
-/// every thread it starts afterwards), so they can be taken with
-/// [`wait_signal`].
+/// Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 on the calling
+/// thread (and every thread it starts afterwards), so they can be taken
+/// with [`wait_signal`]. SIGUSR2 means nothing to ringgate; blocked, a
+/// stray one is logged instead of ending the process (its default action).
 pub fn block_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-mask calls on a zeroed, initialised set.
     unsafe {
@@ -329,12 +330,14 @@ pub fn block_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
         libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-/// Waits for SIGTERM, SIGINT, SIGHUP or SIGUSR1 and returns its name.
+/// Waits for SIGTERM, SIGINT, SIGHUP, SIGUSR1 or SIGUSR2 and returns its
+/// name.
 pub fn wait_signal(set: &libc::sigset_t) -> &'static str {
     loop {
         let mut sig: libc::c_int = 0;
@@ -347,6 +350,7 @@ pub fn wait_signal(set: &libc::sigset_t) -> &'static str {
             libc::SIGTERM => return "SIGTERM",
             libc::SIGINT => return "SIGINT",
             libc::SIGUSR1 => return "SIGUSR1",
+            libc::SIGUSR2 => return "SIGUSR2",
             _ => return "SIGHUP",
         }
     }
