@@ -135,25 +135,6 @@ fn config_corpus() {
     run("config");
 }
 
-/// The chunked corpus with RFC 9112's grammar for chunk extensions, which
-/// README's policy does not ask for (ringgate drops extensions when it
-/// re-frames a body and only refuses control characters in them). Known to
-/// fail on `chunked/ext-no-name`, `ext-not-token` and
-/// `ext-unterminated-quote`: run with
-/// `cargo test --test fuzz_replay -- --ignored` when the policy changes.
-#[test]
-#[ignore = "README's policy checks chunk extensions for control characters only"]
-fn chunked_corpus_with_rfc_chunk_extensions() {
-    let mut failures = Vec::new();
-    for path in files(&corpus_dir("chunked")) {
-        let data = std::fs::read(&path).expect("corpus file");
-        if let Err(e) = props::check_chunked_with(&data, true) {
-            failures.push(format!("{}: {e}", path.display()));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-}
-
 /// The strict reader itself: it must refuse the classic desync shapes, or
 /// the differential check above proves nothing.
 #[test]

@@ -1867,6 +1867,24 @@ fn response_bare_cr_or_nul_is_502() {
     );
 }
 
+/// Found by fuzzing the response-head parser: an empty line before the
+/// status line (httparse skips it) made the rebuilt status line slice
+/// backwards, a panic that aborts the gateway; a status outside 100-599
+/// was relayed as it came. Each is a 502 now, and the gateway keeps serving.
+#[test]
+fn response_status_line_first_and_in_range_or_502() {
+    response_gets_502(
+        &[
+            b"\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 020 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 600 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 999 OK\r\nContent-Length: 0\r\n\r\n",
+        ],
+        true,
+    );
+}
+
 // ===========================================================================
 // Host and absolute-form targets
 // ===========================================================================

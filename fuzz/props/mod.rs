@@ -61,12 +61,9 @@ pub fn check(target: &str, data: &[u8]) -> Result<(), String> {
 const PEER: &str = "192.0.2.10:40000";
 /// The backend the request goes to.
 const UPSTREAM: &str = "127.0.0.1:9001";
-/// Whether chunk extensions must follow RFC 9112's grammar (token names,
-/// token or quoted-string values). README's policy checks them only for
-/// control characters (they are dropped when a body is re-framed), and
-/// ringgate takes `5;`, `5;a b` or `5;a="x`: with `true` every fuzz run
-/// stops at that. `tests/fuzz_replay.rs` has an ignored test with `true`.
-pub const RFC_CHUNK_EXTENSIONS: bool = false;
+/// Chunk extensions must follow RFC 9112's grammar (token names, token or
+/// quoted-string values), as ringgate's scanner enforces.
+pub const RFC_CHUNK_EXTENSIONS: bool = true;
 
 /// `server.forward_trailers` in the harness.
 const ALLOW_TRAILERS: [&[u8]; 2] = [b"x-sum", b"grpc-status"];

@@ -16,9 +16,12 @@ const MAX_TRAILERS: u32 = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     SizeWs,
-    Ext,
+    /// In an extension (RFC 9112 7.1.1), at `part`.
+    Ext(Ext),
     SizeLf,
     Data,
     DataCr,
@@ -28,6 +31,24 @@ enum State {
     TrailerLf,
     EndLf,
     Done,
+}
+
+/// Where a chunk extension's grammar is: `*( BWS ";" BWS name [ BWS "="
+/// BWS ( token / quoted-string ) ] )`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    /// After `;`, before the name.
+    NameStart,
+    Name,
+    /// After the name (whitespace).
+    AfterName,
+    /// After `=`, before the value.
+    ValueStart,
+    Token,
+    Quoted,
+    QuotedEscape,
+    /// After a value (whitespace).
+    AfterValue,
 }
 
 /// Malformed chunked framing.
@@ -139,7 +160,7 @@ impl ChunkedScanner {
                             self.line = 0;
                             match b {
                                 b'\r' => self.state = State::SizeLf,
-                                b';' => self.state = State::Ext,
+                                b';' => self.state = State::Ext(Ext::NameStart),
                                 b' ' | b'\t' => self.state = State::SizeWs,
                                 _ => return Err(ChunkError("invalid chunk size line")),
                             }
@@ -154,26 +175,54 @@ impl ChunkedScanner {
                     }
                     match b {
                         b' ' | b'\t' => {}
-                        b';' => self.state = State::Ext,
+                        b';' => self.state = State::Ext(Ext::NameStart),
                         b'\r' => self.state = State::SizeLf,
                         _ => return Err(ChunkError("invalid chunk size line")),
                     }
                     i += 1;
                 }
-                State::Ext => {
+                State::Ext(part) => {
                     self.line += 1;
                     if self.line > MAX_LINE {
                         return Err(ChunkError("chunk extension too long"));
                     }
-                    match b {
-                        b'\r' => self.state = State::SizeLf,
-                        b'\n' => return Err(ChunkError("bare LF in chunk size line")),
-                        b'\t' => {}
-                        _ if b < 0x20 || b == 0x7f => {
-                            return Err(ChunkError("control character in chunk extension"));
+                    let ws = b == b' ' || b == b'\t';
+                    let next = match (part, b) {
+                        (Ext::Quoted, b'"') => Ext::AfterValue,
+                        (Ext::Quoted, b'\\') => Ext::QuotedEscape,
+                        (Ext::Quoted | Ext::QuotedEscape, _)
+                            if b == b'\t' || (b >= 0x20 && b != 0x7f) =>
+                        {
+                            Ext::Quoted
                         }
-                        _ => {}
-                    }
+                        (Ext::Quoted | Ext::QuotedEscape, _) => {
+                            return Err(ChunkError("invalid quoted chunk extension value"));
+                        }
+                        (Ext::NameStart | Ext::ValueStart, _) if ws => part,
+                        (Ext::NameStart | Ext::Name, _) if is_tchar(b) => Ext::Name,
+                        (Ext::ValueStart, b'"') => Ext::Quoted,
+                        (Ext::ValueStart | Ext::Token, _) if is_tchar(b) => Ext::Token,
+                        (Ext::Name | Ext::AfterName, b'=') => Ext::ValueStart,
+                        (Ext::Name | Ext::AfterName | Ext::Token | Ext::AfterValue, _) if ws => {
+                            if part == Ext::Name {
+                                Ext::AfterName
+                            } else if part == Ext::Token {
+                                Ext::AfterValue
+                            } else {
+                                part
+                            }
+                        }
+                        (Ext::Name | Ext::AfterName | Ext::Token | Ext::AfterValue, b';') => {
+                            Ext::NameStart
+                        }
+                        (Ext::Name | Ext::AfterName | Ext::Token | Ext::AfterValue, b'\r') => {
+                            self.state = State::SizeLf;
+                            i += 1;
+                            continue;
+                        }
+                        _ => return Err(ChunkError("invalid chunk extension")),
+                    };
+                    self.state = State::Ext(next);
                     i += 1;
                 }
                 State::SizeLf => {
@@ -369,8 +418,32 @@ mod tests {
         assert!(all(b"0\r\nGET /x HTTP/1.1\r\n\r\n").is_err());
         assert!(all(b"0\r\nA: 1\r\n b\r\n\r\n").is_err());
         assert!(all(b"0\r\nA: 1\n\r\n").is_err());
-        // Whitespace before an extension is fine.
-        assert!(all(b"5 ;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n").unwrap().2);
+        // Extensions follow the RFC grammar: a token name, an optional
+        // token or quoted value.
+        for bad in [
+            &b"5;\r\n"[..],
+            b"5;a b\r\n",
+            b"5;naoher: 1\r\n",
+            b"5;a=\"x\r\n",
+            b"5;=v\r\n",
+            b"5;a=\r\n",
+            b"5;a=b c\r\n",
+        ] {
+            let mut v = bad.to_vec();
+            v.extend_from_slice(b"hello\r\n0\r\n\r\n");
+            assert!(all(&v).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        for good in [
+            &b"5 ;a=b"[..],
+            b"5;a",
+            b"5; a = b ; c",
+            b"5;a=\"x y\\\"z\"",
+            b"5;a=\"\";b=c",
+        ] {
+            let mut v = good.to_vec();
+            v.extend_from_slice(b"\r\nhello\r\n0\r\nX-T: 1\r\n\r\n");
+            assert!(all(&v).unwrap().2, "{:?}", String::from_utf8_lossy(good));
+        }
     }
 
     #[test]

@@ -806,8 +806,17 @@ pub fn parse_response(
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(_) => return Err("invalid response head from upstream"),
     };
+    // httparse skips empty lines before the status line; ringgate does not
+    // relay such a response (the status line must be the first line), nor
+    // a status outside 100-599 (RFC 9110 15).
+    if !buf.starts_with(b"HTTP/1.") {
+        return Err("invalid response head from upstream");
+    }
     let minor = res.version.unwrap_or(1);
     let status = res.code.unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        return Err("invalid status code from upstream");
+    }
     let status_end = buf.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1);
     let mut bare_lf =
         status_end < 2 || buf[status_end - 2] != b'\r' || n < 2 || buf[n - 2] != b'\r';
@@ -994,6 +1003,30 @@ mod tests {
         ] {
             assert!(req(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Found by fuzzing: an empty line before a backend's status line made
+    /// the status line span `\n` alone and the rebuilt head slice backwards
+    /// (a panic, which aborts the process); a status outside 100-599 was
+    /// relayed.
+    #[test]
+    fn response_heads_start_with_their_status_line_and_a_real_status() {
+        let mut h = ResponseHead::default();
+        let mut l = Vec::new();
+        for bad in [
+            &b"\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
+            b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 020 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 600 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 999 OK\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert!(parse_response(bad, &mut h, &mut l).is_err(), "{bad:?}");
+        }
+        let ok = b"HTTP/1.1 599 Odd\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(
+            parse_response(ok, &mut h, &mut l),
+            Ok(Parsed::Complete)
+        ));
     }
 
     #[test]
