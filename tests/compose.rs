@@ -504,6 +504,16 @@ fn required_part_behind_open_breaker_answers_503_with_retry_after() {
     assert_eq!(breaker_state(&gw, "products"), "open");
     let r = c.get("/product/42");
     assert_json_error(&r, 503);
+    // Keys in the one order every error body has, the part after the error.
+    let t = r.text();
+    let at = |k: &str| {
+        t.find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} in {t}"))
+    };
+    assert!(
+        at("error") < at("part") && at("part") < at("status") && at("status") < at("request_id"),
+        "{t}"
+    );
     let j = r.json();
     assert_eq!(j["part"], "details");
     let msg = j["error"].as_str().unwrap();

@@ -413,6 +413,16 @@ fn open_breaker_without_fallback_answers_503_with_retry_after() {
     assert_json_error(&get_fresh(&gw, "/x", ""), 502);
     let r = get_fresh(&gw, "/x", "");
     assert_json_error(&r, 503);
+    // Keys in the one order every error body has.
+    let t = r.text();
+    let at = |k: &str| {
+        t.find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} in {t}"))
+    };
+    assert!(
+        at("error") < at("status") && at("status") < at("request_id"),
+        "{t}"
+    );
     let secs = r.retry_after();
     assert!((1..=5).contains(&secs), "Retry-After {secs}");
     // Keep-alive survives a breaker answer.

@@ -713,17 +713,22 @@ pub async fn serve<S: AsyncWriteRent>(
                 Ok(_) => PartError::NotJson,
             };
             let status = e.status();
-            let body = serde_json::json!({
-                "error": format!("required part {:?} (upstream {}) {}", p.key, cfg.upstreams[p.upstream].name, e.describe()),
-                "status": status,
-                "request_id": String::from_utf8_lossy(rid.as_bytes()),
-                "part": p.key,
-            });
+            let message = format!(
+                "required part {:?} (upstream {}) {}",
+                p.key,
+                cfg.upstreams[p.upstream].name,
+                e.describe()
+            );
             let r = crate::filter::Reply {
                 status,
                 headers: Vec::new(),
                 content_type: "application/json",
-                body: body.to_string().into_bytes(),
+                body: crate::filter::error_body(
+                    status,
+                    &message,
+                    &[("part", &p.key)],
+                    rid.as_bytes(),
+                ),
             };
             if e == PartError::CircuitOpen {
                 let secs = snap.upstreams[p.upstream]

@@ -1151,15 +1151,14 @@ async fn breaker_open<S: AsyncWriteRent>(
                 .breaker
                 .as_ref()
                 .map_or(1, |b| b.retry_after_secs());
-            let body = serde_json::json!({
-                "error": format!("upstream {} is unavailable (circuit breaker open)", up_cfg.name),
-                "status": 503,
-                "request_id": rid,
-            });
+            let message = format!(
+                "upstream {} is unavailable (circuit breaker open)",
+                up_cfg.name
+            );
             (
                 503,
                 "application/json",
-                body.to_string().into_bytes(),
+                crate::filter::error_body(503, &message, &[], rid.as_bytes()),
                 Some(secs),
             )
         }
