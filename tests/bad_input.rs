@@ -42,6 +42,17 @@ fn refused(up: &MockUpstream, gw: &Gateway, raw: &[u8], status: u16) -> Response
         .unwrap_or_else(|e| panic!("no response to {}: {e}", show(raw)));
     assert_eq!(r.status, status, "for {}: {r:?}", show(raw));
     assert_json_error(&r, status);
+    // A real request id, the same in the header and the body (a refused
+    // head used to answer with `-`).
+    let rid = r.json()["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit()),
+        "request id {rid:?}"
+    );
+    assert_eq!(r.header("x-request-id"), Some(rid.as_str()));
     assert!(r.says_close(), "error response should close: {r:?}");
     c.assert_closed();
     assert_eq!(up.hits(), 0, "the backend saw {}", show(raw));
@@ -466,6 +477,11 @@ fn connections_above_max_connections_get_503() {
         assert!(head.contains("Content-Type: application/json"), "{head}");
         let j: serde_json::Value = serde_json::from_str(body).expect("JSON body");
         assert_eq!(j["status"], 503);
+        let rid = j["request_id"].as_str().unwrap_or_default();
+        assert!(
+            rid.len() == 32 && head.contains(&format!("X-Request-Id: {rid}\r\n")),
+            "{text}"
+        );
     }
     assert_eq!(up.hits(), 0);
     // The accepted connections are served while the flood is held open.

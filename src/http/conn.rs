@@ -138,14 +138,15 @@ impl Drop for Held<'_> {
     }
 }
 
-/// Answers a connection over the per-worker limit with 503 and closes it.
-pub async fn refuse_overloaded(mut s: monoio::net::TcpStream) {
+/// Answers a connection over the per-worker limit with 503 (under a fresh
+/// request id, `rid`) and closes it.
+pub async fn refuse_overloaded(mut s: monoio::net::TcpStream, rid: [u8; 32]) {
     let mut buf = Vec::with_capacity(256);
     error_response(
         &mut buf,
         503,
         "too many connections on this worker",
-        b"-",
+        &rid,
         true,
         None,
     );

@@ -799,7 +799,9 @@ async fn accept_loop(w: Rc<Worker>, listener: monoio::net::TcpListener, stop: Lo
         };
         let _ = stream.set_nodelay(true);
         if w.connections.get() >= w.config.server.max_connections {
-            monoio::spawn(crate::http::conn::refuse_overloaded(stream));
+            let mut rid = [0u8; 32];
+            w.next_request_id(&mut rid);
+            monoio::spawn(crate::http::conn::refuse_overloaded(stream, rid));
             continue;
         }
         w.connections.set(w.connections.get() + 1);
