@@ -426,10 +426,15 @@ fn demo_serves_the_admin_api_and_says_where() {
         metrics.contains("ringgate_requests_total{route=\"products\",method=\"GET\",status=\"2xx\",upstream=\"products\"} "),
         "{metrics}"
     );
-    let (status, body) = admin_request(admin, "GET", "/stats", None, "");
-    assert_eq!(status, 200, "{body}");
-    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(stats["requests"]["total"].as_u64().unwrap() >= 2, "{stats}");
+    // Each worker's counts reach the admin API with its next tick: wait
+    // (bounded) until both requests show.
+    let mut stats = serde_json::Value::Null;
+    wait_until("both requests in /stats", || {
+        let (status, body) = admin_request(admin, "GET", "/stats", None, "");
+        assert_eq!(status, 200, "{body}");
+        stats = serde_json::from_str(&body).unwrap();
+        stats["requests"]["total"].as_u64().unwrap() >= 2
+    });
     let names: Vec<&str> = stats["routes"]
         .as_array()
         .unwrap()
