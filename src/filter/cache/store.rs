@@ -50,20 +50,38 @@ pub struct KeyRef<'a> {
     pub path_query: &'a [u8],
 }
 
+/// The process's cache-key hash seed: paths are chosen by clients, so an
+/// unkeyed hash would let one fill a bucket chain on purpose (the stores
+/// chain entries whose hashes collide).
+fn key_seed() -> &'static std::collections::hash_map::RandomState {
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    SEED.get_or_init(std::collections::hash_map::RandomState::new)
+}
+
 impl KeyRef<'_> {
-    /// FNV-1a over the pieces (host lower-cased), with separators.
+    /// SipHash, keyed once per process, over the pieces (host lower-cased),
+    /// with separators.
     pub fn hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf29ce484222325;
-        let mut eat = |b: u8| {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        };
-        self.route.iter().for_each(|&b| eat(b));
-        eat(0xff);
-        self.host.iter().for_each(|&b| eat(b.to_ascii_lowercase()));
-        eat(0xff);
-        self.path_query.iter().for_each(|&b| eat(b));
-        h
+        self.hash_with(key_seed())
+    }
+
+    /// [`KeyRef::hash`] under the given keys.
+    pub fn hash_with(&self, seed: &impl std::hash::BuildHasher) -> u64 {
+        use std::hash::Hasher;
+        let mut h = seed.build_hasher();
+        h.write(self.route);
+        h.write_u8(0xff);
+        let mut lower = [0u8; 64];
+        for part in self.host.chunks(lower.len()) {
+            let l = &mut lower[..part.len()];
+            l.copy_from_slice(part);
+            l.make_ascii_lowercase();
+            h.write(l);
+        }
+        h.write_u8(0xff);
+        h.write(self.path_query);
+        h.finish()
     }
 
     /// The key as one owned buffer.
@@ -581,6 +599,48 @@ mod tests {
             host: b"Host",
             path_query: p.as_bytes(),
         }
+    }
+
+    /// The key hash is keyed: the same key hashes alike under one seed
+    /// (host case aside) and differently under another, so clients cannot
+    /// pick paths that collide (the unkeyed FNV-1a it replaced let them).
+    #[test]
+    fn key_hash_is_keyed_and_ignores_host_case() {
+        use std::collections::hash_map::RandomState;
+        let long_host = "A".repeat(150);
+        let lower_host = long_host.to_ascii_lowercase();
+        let a = KeyRef {
+            route: b"r",
+            host: long_host.as_bytes(),
+            path_query: b"/x",
+        };
+        let b = KeyRef {
+            host: lower_host.as_bytes(),
+            ..a
+        };
+        assert_eq!(a.hash(), b.hash());
+        assert_eq!(a.hash(), a.hash());
+        let (s1, s2) = (RandomState::new(), RandomState::new());
+        let differ = (0..8)
+            .filter(|i| {
+                let p = format!("/p{i}");
+                let k = key(&p);
+                k.hash_with(&s1) != k.hash_with(&s2)
+            })
+            .count();
+        assert_eq!(differ, 8, "two seeds gave the same hashes");
+        // Separators: the pieces cannot slide into each other.
+        let x = KeyRef {
+            route: b"ab",
+            host: b"c",
+            path_query: b"/",
+        };
+        let y = KeyRef {
+            route: b"a",
+            host: b"bc",
+            path_query: b"/",
+        };
+        assert_ne!(x.hash(), y.hash());
     }
 
     fn parse(req: &str) -> (Vec<u8>, Vec<HeaderLine>) {
