@@ -328,21 +328,7 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
         out.src(h.path_query.start as usize, h.path_query.end as usize);
         out.stat(b" HTTP/1.1\r\n");
     }
-    if h.bare_lf {
-        for l in &c.lines {
-            if l.role != HeaderRole::Drop {
-                let (s, e) = parse::line_content(l.line, buf);
-                out.src(s, e);
-                out.stat(b"\r\n");
-            }
-        }
-    } else {
-        for l in &c.lines {
-            if l.role != HeaderRole::Drop {
-                out.src(l.line.start as usize, l.line.end as usize);
-            }
-        }
-    }
+    push_lines(out, &c.lines, buf, h.bare_lf);
     let e = &mut out.extra;
     let start = e.len();
     let ip = &c.peer_ip.0[..c.peer_ip.1 as usize];
@@ -427,6 +413,35 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
     out.mark_extra(start);
 }
 
+/// Appends the header lines that are not dropped: as slices of `buf`, or
+/// with `crlf`, each without its own line end plus a CRLF of ringgate's (a
+/// head that had bare LF line ends).
+fn push_lines(out: &mut OutHead, lines: &[HeaderLine], buf: &[u8], crlf: bool) {
+    for l in lines.iter().filter(|l| l.role != HeaderRole::Drop) {
+        if crlf {
+            let (s, e) = parse::line_content(l.line, buf);
+            out.src(s, e);
+            out.stat(b"\r\n");
+        } else {
+            out.src(l.line.start as usize, l.line.end as usize);
+        }
+    }
+}
+
+/// Appends a backend's status line: as read, or with `rebuild` as
+/// `HTTP/1.1` plus its code and reason and a CRLF ("HTTP/1.x " is 9
+/// bytes, which the parser checked).
+fn push_status_line(out: &mut OutHead, rh: &ResponseHead, buf: &[u8], rebuild: bool) {
+    if rebuild {
+        let (_, e) = parse::line_content(rh.status_line, buf);
+        out.stat(b"HTTP/1.1 ");
+        out.src(9, e);
+        out.stat(b"\r\n");
+    } else {
+        out.src(rh.status_line.start as usize, rh.status_line.end as usize);
+    }
+}
+
 /// Builds the response head for the client into `c.out`: the status line
 /// (as `HTTP/1.1`) and end-to-end headers of the backend, the framing
 /// header ringgate chose (`Content-Length` or `Transfer-Encoding: chunked`
@@ -444,27 +459,10 @@ pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
     out.clear();
     if !c.rewrite.status_line.is_empty() {
         out.extra(&c.rewrite.status_line);
-    } else if rh.minor == 1 && !rh.bare_lf {
-        out.src(rh.status_line.start as usize, rh.status_line.end as usize);
     } else {
-        // "HTTP/1.x " is 9 bytes (httparse checked it).
-        let (_, e) = parse::line_content(rh.status_line, buf);
-        out.stat(b"HTTP/1.1 ");
-        out.src(9, e);
-        out.stat(b"\r\n");
+        push_status_line(out, rh, buf, rh.minor != 1 || rh.bare_lf);
     }
-    for l in &c.rlines {
-        if l.role == HeaderRole::Drop {
-            continue;
-        }
-        if rh.bare_lf {
-            let (s, e) = parse::line_content(l.line, buf);
-            out.src(s, e);
-            out.stat(b"\r\n");
-        } else {
-            out.src(l.line.start as usize, l.line.end as usize);
-        }
-    }
+    push_lines(out, &c.rlines, buf, rh.bare_lf);
     let e = &mut out.extra;
     let start = e.len();
     match rh.framing_for(c.head.is_head) {
@@ -560,17 +558,8 @@ async fn read_response_head<S: AsyncWriteRent>(
                             // only the lines that may be relayed.
                             let out = &mut c.out;
                             out.clear();
-                            let (_, e) = parse::line_content(c.rhead.status_line, &c.ubuf);
-                            out.stat(b"HTTP/1.1 ");
-                            out.src(9, e);
-                            out.stat(b"\r\n");
-                            for l in &c.rlines {
-                                if l.role != HeaderRole::Drop {
-                                    let (s, e) = parse::line_content(l.line, &c.ubuf);
-                                    out.src(s, e);
-                                    out.stat(b"\r\n");
-                                }
-                            }
+                            push_status_line(out, &c.rhead, &c.ubuf, true);
+                            push_lines(out, &c.rlines, &c.ubuf, true);
                             out.stat(b"\r\n");
                             if write_out(client, c, false).await.is_err() {
                                 return HeadWait::ClientGone;
