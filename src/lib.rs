@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod error;
 pub mod demo;
 pub mod filter;
 pub mod http;

@@ -503,8 +503,10 @@ fn stats_reports_every_figure_of_a_live_gateway() {
     );
     assert!(p50 > 0.0 && p50 <= p99, "{api}");
     assert_eq!(api["latency_ms"]["count"], 6);
-    // Every routed request above (the token endpoint counts apart).
-    assert_eq!(s["requests"]["total"], 23, "{s}");
+    // Every request above: the 23 routed ones and the token endpoint's,
+    // which goes out the same way as any other answer (under no route).
+    assert_eq!(s["requests"]["total"], 24, "{s}");
+    assert_eq!(route("(none)")["requests"], 1, "{s}");
     assert!(s["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{s}");
     let limits = s["rate_limits"]["limits"].as_array().unwrap();
     assert_eq!(limits[0]["name"], "tight");

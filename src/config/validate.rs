@@ -211,7 +211,11 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
         if let Some(route) = routes.iter_mut().find(|x| x.index == i) {
             let a = crate::filter::auth::route_policy(auth.as_ref(), r, i, &mut errs);
             let rl = crate::filter::rate_limit::route_policy(rate_limits.as_ref(), r, i, &mut errs);
-            route.chain = std::sync::Arc::new(crate::filter::Chain::compile(a, rl));
+            route.chain = std::sync::Arc::new(crate::filter::Chain::compile(
+                a,
+                rl,
+                route.transform.clone(),
+            ));
         }
     }
 
@@ -572,7 +576,8 @@ fn compile_route(
     let transform = r
         .transform
         .as_ref()
-        .and_then(|f| crate::filter::transform::compile(i, f, &path, errs));
+        .and_then(|f| crate::filter::transform::compile(i, f, &path, errs))
+        .map(std::sync::Arc::new);
     let (version, deprecation) = crate::router::version::route_fields(i, r, errs);
     let cache = r
         .cache
@@ -589,9 +594,9 @@ fn compile_route(
         upstream,
         split,
         index: i,
-        chain: std::sync::Arc::new(crate::filter::Chain::compile(None, None)),
+        chain: std::sync::Arc::new(crate::filter::Chain::compile(None, None, transform.clone())),
         compose: compose.map(std::sync::Arc::new),
-        transform: transform.map(std::sync::Arc::new),
+        transform,
         version,
         deprecation,
         cache: cache.map(std::sync::Arc::new),

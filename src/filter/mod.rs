@@ -19,10 +19,14 @@ pub mod cache;
 pub mod rate_limit;
 pub mod transform;
 
+use crate::error::Error;
 use crate::http::parse::{HeaderLine, RequestHead};
-use crate::runtime::worker::Worker;
+use crate::proxy::forward::{Conn, Outcome};
+use crate::runtime::worker::{Generation, Worker};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// How the caller authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +97,41 @@ pub struct RequestCtx<'a> {
     pub request_id: &'a [u8],
 }
 
-impl RequestCtx<'_> {
+impl<'a> RequestCtx<'a> {
+    /// The context of the request parsed in `c`, on `route`.
+    pub fn new(
+        worker: &'a Worker,
+        generation: &'a Generation,
+        route: usize,
+        c: &'a mut Conn,
+        request_id: &'a [u8],
+    ) -> RequestCtx<'a> {
+        RequestCtx {
+            worker,
+            generation,
+            route,
+            buf: &c.buf,
+            head: &c.head,
+            lines: &c.lines,
+            peer: c.peer,
+            identity: None,
+            upstream_headers: &mut c.up_extra,
+            response_headers: &mut c.resp_extra,
+            hide_credentials: Default::default(),
+            request_id,
+        }
+    }
+
+    /// The method token.
+    pub fn method(&self) -> &[u8] {
+        self.head.method.of(self.buf)
+    }
+
+    /// The path (without the query).
+    pub fn path(&self) -> &[u8] {
+        self.head.path.of(self.buf)
+    }
+
     /// First value of a request header (case-insensitive name).
     pub fn header(&self, lower_name: &[u8]) -> Option<&[u8]> {
         self.lines
@@ -204,17 +242,19 @@ pub enum RouteFilter {
     RateLimit(rate_limit::RoutePolicy),
 }
 
-/// A route's filters, in order.
+/// A route's filters, in order, and what they change on the way up.
 #[derive(Debug, Default)]
 pub struct Chain {
-    /// The filters, run first to last.
+    /// The request filters, run first to last.
     pub filters: Vec<RouteFilter>,
+    /// The route's request and response transform.
+    pub transform: Option<Arc<transform::Transform>>,
 }
 
 impl Chain {
     /// Points the chain's auth policy at `auth` (a reload that kept the
     /// running auth).
-    pub fn use_auth(&mut self, auth: &std::sync::Arc<auth::Auth>) {
+    pub fn use_auth(&mut self, auth: &Arc<auth::Auth>) {
         for f in &mut self.filters {
             if let RouteFilter::Auth(p) = f {
                 p.use_auth(auth);
@@ -222,15 +262,14 @@ impl Chain {
         }
     }
 
-    /// Assembles a route's chain: auth, then rate limits (then, as it
-    /// lands, cache lookup). This is the one place that decides which
-    /// filters a route runs; after them the connection loop applies the
-    /// route's request transform ([`transform::apply_request`], which edits
-    /// the forwarded head itself) and then composes ([`crate::proxy::compose`])
-    /// or forwards.
+    /// Assembles a route's chain. This is the one place that decides which
+    /// filters a route runs and in which order: auth, then rate limits on
+    /// the request; then, on the forwarded head, credentials hidden and the
+    /// request transform.
     pub fn compile(
         auth: Option<auth::RoutePolicy>,
         rate: Option<rate_limit::RoutePolicy>,
+        transform: Option<Arc<transform::Transform>>,
     ) -> Chain {
         let mut filters = Vec::new();
         if let Some(a) = auth {
@@ -239,16 +278,17 @@ impl Chain {
         if let Some(r) = rate {
             filters.push(RouteFilter::RateLimit(r));
         }
-        Chain { filters }
+        Chain { filters, transform }
     }
 
     /// True when the route has no filters (the plain proxy path).
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.filters.is_empty()
+        self.filters.is_empty() && self.transform.is_none()
     }
 
-    /// Runs the request filters in order.
+    /// The request filter phase: each filter in order may answer (the
+    /// request then goes no further) or let it go on.
     pub async fn request(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         for f in &self.filters {
             let v = match f {
@@ -260,5 +300,104 @@ impl Chain {
             }
         }
         Verdict::Continue
+    }
+
+    /// The upstream request filter phase: edits the head that goes to the
+    /// backend (the credential that authenticated the request removed on a
+    /// `hide_credentials` route, then the request transform).
+    pub fn upstream_request(
+        &self,
+        cfg: &crate::config::Config,
+        c: &mut Conn,
+        hide: auth::CredentialSources,
+    ) {
+        if !hide.is_empty()
+            && let Some(a) = &cfg.auth
+        {
+            auth::hide_credentials(a, hide, c);
+        }
+        if let Some(t) = &self.transform {
+            transform::apply_request(t, cfg, c);
+        }
+    }
+}
+
+/// What the early request phase decided.
+pub enum Early {
+    /// Go on to routing.
+    Continue,
+    /// A feature answered before routing.
+    Answer {
+        /// The answer.
+        reply: Reply,
+        /// Where the request ends in the buffer when its body was read.
+        body_end: Option<usize>,
+    },
+    /// The request failed before routing.
+    Error(Error),
+}
+
+/// The early request phase: features that answer before routing (the
+/// token endpoint, at its path, whatever the routes).
+pub async fn early_request<S>(w: &Worker, snap: &Generation, client: &mut S, c: &mut Conn) -> Early
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let cfg = &snap.config;
+    let Some(a) = &cfg.auth else {
+        return Early::Continue;
+    };
+    match a.token_path() {
+        Some(tp) if c.head.path.of(&c.buf) == tp.as_bytes() => {
+            a.serve_token_endpoint(w, snap, client, c).await
+        }
+        _ => Early::Continue,
+    }
+}
+
+/// The exchange: a cached route's cache, or the route's upstream call
+/// (compose, a JSON-transformed forward, or a plain forward). This is the
+/// one dispatch; the cache calls [`exchange_uncached`] on a miss.
+pub async fn exchange<S>(
+    w: &Worker,
+    snap: &Rc<Generation>,
+    route: usize,
+    client: &mut S,
+    c: &mut Conn,
+) -> Outcome
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    match snap.config.routes[route].cache.as_deref() {
+        Some(policy) => cache::serve(w, snap, route, policy, client, c).await,
+        None => exchange_uncached(w, snap, route, client, c).await,
+    }
+}
+
+/// The route's upstream call without its cache. A compose answer leaves
+/// the request head in the buffer ([`Outcome::Composed`]).
+pub async fn exchange_uncached<S>(
+    w: &Worker,
+    snap: &Generation,
+    route: usize,
+    client: &mut S,
+    c: &mut Conn,
+) -> Outcome
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let rc = &snap.config.routes[route];
+    if let Some(comp) = rc.compose.as_deref() {
+        let a = crate::proxy::compose::serve(w, snap, route, comp, client, c).await;
+        c.rhead.status = a.status;
+        c.compose_cacheable = a.cacheable;
+        return Outcome::Composed {
+            status: a.status,
+            keep_alive: a.keep_alive,
+        };
+    }
+    match rc.transform.as_deref().and_then(|t| t.json.as_ref()) {
+        Some(ops) => transform::forward_json(w, snap, route, ops, client, c).await,
+        None => crate::proxy::forward::forward(w, snap, route, client, c).await,
     }
 }

@@ -32,6 +32,7 @@
 //! buffers the connection reuses; only response JSON ops buffer a body.
 
 use crate::config::{Config, Errors};
+use crate::error::{Error, ErrorKind};
 use crate::http::chunked::ChunkedScanner;
 use crate::http::parse::{self, BodyFraming, HeaderRole, Parsed, RequestHead, ResponseHead};
 use crate::proxy::compose::PathTemplate;
@@ -539,7 +540,7 @@ fn edit_lines(
     extra: &mut Vec<u8>,
 ) {
     for l in lines.iter_mut() {
-        if l.role == HeaderRole::Drop {
+        if !l.role.forwarded() {
             continue;
         }
         let name = l.name.of(buf);
@@ -713,11 +714,10 @@ where
                     Outcome::Upgrade(us)
                 }
             }
-            Outcome::Abort if !captured.is_empty() => Outcome::Error {
-                status: 502,
-                message: "upstream response ended early",
-                close: true,
-            },
+            Outcome::Abort if !captured.is_empty() => Outcome::Error(
+                Error::new(ErrorKind::UpstreamClosed, "upstream response ended early")
+                    .closing(true),
+            ),
             other => other,
         }
     };

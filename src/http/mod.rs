@@ -11,6 +11,7 @@
 pub mod chunked;
 pub mod conn;
 pub mod head;
+pub mod message;
 pub mod parse;
 
 /// Hard upper bound for `server.max_headers` (the parser's stack array).

@@ -54,6 +54,17 @@ pub enum HeaderRole {
     Drop,
     /// `X-Request-Id` (forwarded; its presence is remembered).
     RequestId,
+    /// Removed by a filter ([`crate::http::message`]): not forwarded, and
+    /// no longer part of the message filters see.
+    Removed,
+}
+
+impl HeaderRole {
+    /// True when the line goes out as read.
+    #[inline]
+    pub fn forwarded(self) -> bool {
+        matches!(self, HeaderRole::Forward | HeaderRole::RequestId)
+    }
 }
 
 /// One header line: the whole line (name through CRLF) and the value.

@@ -23,12 +23,11 @@
 
 use crate::config::Config;
 use crate::config::{Balance, Split, UpstreamConfig};
+use crate::error::{Error, ErrorKind};
 use crate::http::chunked::ChunkedScanner;
 use crate::http::conn::{read_more_until, read_more_within};
 use crate::http::head::{OutHead, write_head};
-use crate::http::parse::{
-    self, BodyFraming, HeaderLine, HeaderRole, Parsed, RequestHead, ResponseHead,
-};
+use crate::http::parse::{self, BodyFraming, HeaderLine, Parsed, RequestHead, ResponseHead};
 use crate::runtime::watchdog::Watchdog;
 use crate::runtime::worker::{Generation, Worker};
 use crate::upstream::breaker::Ticket;
@@ -113,6 +112,9 @@ pub struct Conn {
     /// The peer is one of `server.trusted_proxies`: its identity headers
     /// are extended, not replaced.
     pub trusted_peer: bool,
+    /// The last compose answer may be stored by a cache (every part
+    /// answered, none said not to store).
+    pub compose_cacheable: bool,
     peer_ip: ([u8; 48], u8),
 }
 
@@ -222,6 +224,7 @@ impl Conn {
             peer,
             started: Instant::now(),
             trusted_peer: false,
+            compose_cacheable: false,
             peer_ip: (ip, n as u8),
         }
     }
@@ -274,27 +277,24 @@ pub enum Outcome {
         /// The client connection may serve another request.
         keep_alive: bool,
     },
-    /// Nothing was sent to the client yet: answer with this error.
-    Error {
-        /// Status.
+    /// A compose route answered (its parts' merge was written); the
+    /// request head is still in the buffer.
+    Composed {
+        /// The status sent.
         status: u16,
-        /// Message for the JSON body.
-        message: &'static str,
-        /// Close the client connection after the error.
-        close: bool,
+        /// The client connection may serve another request.
+        keep_alive: bool,
     },
+    /// Nothing was sent to the client yet: answer with this error.
+    Error(Error),
     /// The backend switched protocols: tunnel.
     Upgrade(TcpStream),
     /// The client connection is unusable; close it silently.
     Abort,
 }
 
-fn err(status: u16, message: &'static str, close: bool) -> Outcome {
-    Outcome::Error {
-        status,
-        message,
-        close,
-    }
+fn err(kind: ErrorKind, message: &'static str, close: bool) -> Outcome {
+    Outcome::Error(Error::new(kind, message).closing(close))
 }
 
 /// Builds the forwarded request head into `c.out` (pieces only), by the
@@ -417,7 +417,7 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
 /// with `crlf`, each without its own line end plus a CRLF of ringgate's (a
 /// head that had bare LF line ends).
 fn push_lines(out: &mut OutHead, lines: &[HeaderLine], buf: &[u8], crlf: bool) {
-    for l in lines.iter().filter(|l| l.role != HeaderRole::Drop) {
+    for l in lines.iter().filter(|l| l.role.forwarded()) {
         if crlf {
             let (s, e) = parse::line_content(l.line, buf);
             out.src(s, e);
@@ -641,11 +641,11 @@ where
         BodyFraming::Chunked => match scanner.scan(&c.buf[head_len..], |_, _| {}) {
             Ok(k) => {
                 if scanner.payload > srv.max_body_bytes {
-                    return err(413, "request body too large", true);
+                    return err(ErrorKind::BodyTooLarge, "request body too large", true);
                 }
                 (k, 0, scanner.is_done())
             }
-            Err(e) => return err(400, e.0, true),
+            Err(e) => return err(ErrorKind::BadRequest, e.0, true),
         },
     };
     let req_end = head_len + body_in_buf;
@@ -689,7 +689,7 @@ where
     let mut next: Option<usize> = None;
     let mut fresh_only = false;
     let mut stale_used = false;
-    let mut last: Option<(u16, &'static str, bool)> = None;
+    let mut last: Option<Error> = None;
     let mut may_retry = |tried: u64| {
         let ok = retries < up_cfg.retries
             && (tried.count_ones() as usize) < list.targets.len()
@@ -705,11 +705,15 @@ where
                 Some(t) => t,
                 None => {
                     return match last {
-                        Some((status, message, close)) => {
+                        Some(e) => {
                             ticket.record(false);
-                            err(status, message, close)
+                            Outcome::Error(e)
                         }
-                        None => err(503, "no healthy upstream target", !body_done),
+                        None => err(
+                            ErrorKind::NoHealthyTarget,
+                            "no healthy upstream target",
+                            !body_done,
+                        ),
                     };
                 }
             },
@@ -735,19 +739,22 @@ where
                     Err(e) => {
                         shared.report(&target.shared, Report::Failure);
                         let e = match e {
-                            pool::ConnectError::TimedOut => {
-                                (504, "timed out connecting to upstream", !body_done)
-                            }
-                            pool::ConnectError::Failed(_) => {
-                                (502, "upstream refused the connection", !body_done)
-                            }
-                        };
+                            pool::ConnectError::TimedOut => Error::new(
+                                ErrorKind::ConnectTimeout,
+                                "timed out connecting to upstream",
+                            ),
+                            pool::ConnectError::Failed(_) => Error::new(
+                                ErrorKind::ConnectFailed,
+                                "upstream refused the connection",
+                            ),
+                        }
+                        .closing(!body_done);
                         if may_retry(tried) {
                             last = Some(e);
                             continue;
                         }
                         ticket.record(false);
-                        return err(e.0, e.1, e.2);
+                        return Outcome::Error(e);
                     }
                 }
             }
@@ -781,13 +788,14 @@ where
                 continue;
             }
             shared.report(&target.shared, Report::Failure);
-            let e = (502, "upstream closed the connection", true);
+            let e = Error::new(ErrorKind::UpstreamClosed, "upstream closed the connection")
+                .closing(true);
             if retry_ok && may_retry(tried) {
                 last = Some(e);
                 continue;
             }
             ticket.record(false);
-            return err(e.0, e.1, e.2);
+            return Outcome::Error(e);
         }
         // Rest of the request body.
         if !body_done {
@@ -804,7 +812,11 @@ where
                     }
                     Err(()) => {
                         target.end();
-                        return err(408, "request body not received in time", true);
+                        return err(
+                            ErrorKind::ClientTimeout,
+                            "request body not received in time",
+                            true,
+                        );
                     }
                 };
                 c.out.clear();
@@ -818,13 +830,17 @@ where
                         Ok(k) => {
                             if scanner.payload > srv.max_body_bytes {
                                 target.end();
-                                return err(413, "request body too large", true);
+                                return err(
+                                    ErrorKind::BodyTooLarge,
+                                    "request body too large",
+                                    true,
+                                );
                             }
                             (k, scanner.is_done())
                         }
                         Err(e) => {
                             target.end();
-                            return err(400, e.0, true);
+                            return err(ErrorKind::BadRequest, e.0, true);
                         }
                     },
                 };
@@ -841,7 +857,7 @@ where
                     shared.report(&target.shared, Report::Failure);
                     ticket.record(false);
                     return err(
-                        502,
+                        ErrorKind::UpstreamClosed,
                         "upstream closed the connection while receiving the body",
                         true,
                     );
@@ -875,7 +891,10 @@ where
                     // Nothing reached the client yet: drop this answer
                     // (and its connection) and ask another target.
                     target.end();
-                    last = Some((status, "upstream unavailable", false));
+                    last = Some(Error::new(
+                        ErrorKind::UpstreamStatus(status),
+                        "upstream unavailable",
+                    ));
                     continue;
                 }
                 break (us, t);
@@ -889,17 +908,17 @@ where
                     continue;
                 }
                 shared.report(&target.shared, Report::Failure);
-                let e = (
-                    502,
+                let e = Error::new(
+                    ErrorKind::UpstreamClosed,
                     "upstream closed the connection before responding",
-                    !body_done,
-                );
+                )
+                .closing(!body_done);
                 if retry_ok && may_retry(tried) {
                     last = Some(e);
                     continue;
                 }
                 ticket.record(false);
-                return err(e.0, e.1, e.2);
+                return Outcome::Error(e);
             }
             HeadWait::TimedOut => {
                 target.end();
@@ -908,7 +927,7 @@ where
                     target.observe(now.saturating_duration_since(sent_at), now);
                 }
                 shared.report(&target.shared, Report::Failure);
-                let e = (504, "upstream timed out", true);
+                let e = Error::new(ErrorKind::UpstreamTimeout, "upstream timed out").closing(true);
                 // Only a per-try timeout shorter than the request's leaves
                 // time for another try.
                 if retry_ok && up_cfg.try_timeout < up_cfg.request_timeout && may_retry(tried) {
@@ -916,13 +935,17 @@ where
                     continue;
                 }
                 ticket.record(false);
-                return err(e.0, e.1, e.2);
+                return Outcome::Error(e);
             }
             HeadWait::Invalid => {
                 target.end();
                 shared.report(&target.shared, Report::Failure);
                 ticket.record(false);
-                return err(502, "invalid response from upstream", !body_done);
+                return err(
+                    ErrorKind::InvalidResponse,
+                    "invalid response from upstream",
+                    !body_done,
+                );
             }
             HeadWait::ClientGone => {
                 target.end();
@@ -942,7 +965,7 @@ where
         done_target();
         if c.head.upgrade.is_none() {
             return err(
-                502,
+                ErrorKind::InvalidResponse,
                 "upstream switched protocols without an upgrade request",
                 true,
             );
@@ -992,7 +1015,11 @@ where
                 }
                 Err(_) => {
                     done_target();
-                    return err(502, "invalid chunked body from upstream", true);
+                    return err(
+                        ErrorKind::InvalidResponse,
+                        "invalid chunked body from upstream",
+                        true,
+                    );
                 }
             }
         }

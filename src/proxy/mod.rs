@@ -6,4 +6,5 @@
 pub mod compose;
 pub mod forward;
 pub mod json;
+pub mod session;
 pub mod tunnel;

@@ -80,7 +80,7 @@ pub fn hide_credentials(auth: &Auth, used: CredentialSources, c: &mut Conn) {
         .filter(|_| used.contains(CredentialSources::TOKEN_COOKIE));
     for i in 0..c.lines.len() {
         let l = c.lines[i];
-        if l.role == HeaderRole::Drop {
+        if !l.role.forwarded() {
             continue;
         }
         let name = l.name.of(&c.buf);

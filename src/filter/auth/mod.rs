@@ -138,6 +138,49 @@ impl Auth {
         }
     }
 
+    /// The early request phase at the token endpoint's path: `POST` with
+    /// a form body gets a token or an OAuth error; any other method 405.
+    pub async fn serve_token_endpoint<S>(
+        &self,
+        w: &crate::runtime::worker::Worker,
+        snap: &crate::runtime::worker::Generation,
+        client: &mut S,
+        c: &mut crate::proxy::forward::Conn,
+    ) -> crate::filter::Early
+    where
+        S: monoio::io::AsyncReadRent,
+    {
+        use crate::error::{Error, ErrorKind};
+        use crate::filter::Early;
+        let rid = c.rid;
+        if c.head.method.of(&c.buf) != b"POST" {
+            let reply = Reply::error(405, "use POST", rid.as_bytes()).with_header("Allow", "POST");
+            return Early::Answer {
+                reply,
+                body_end: None,
+            };
+        }
+        let timeout = snap.config.server.idle_timeout;
+        match crate::http::conn::read_body(client, c, 64 * 1024, timeout).await {
+            Ok(body) => {
+                let ctx = RequestCtx::new(w, snap, usize::MAX, c, rid.as_bytes());
+                let reply = self.token_endpoint(&ctx, &body);
+                Early::Answer {
+                    reply,
+                    body_end: Some(c.body_end),
+                }
+            }
+            Err((status, msg)) => {
+                let kind = match status {
+                    413 => ErrorKind::BodyTooLarge,
+                    408 => ErrorKind::ClientTimeout,
+                    _ => ErrorKind::BadRequest,
+                };
+                Early::Error(Error::new(kind, msg).closing(true))
+            }
+        }
+    }
+
     /// The configured consumers.
     pub fn consumers(&self) -> &Consumers {
         &self.consumers

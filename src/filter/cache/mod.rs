@@ -79,7 +79,6 @@ pub use store::Stored;
 use crate::config::Errors;
 use crate::config::file::RouteFile;
 use crate::http::parse::HeaderLine;
-use crate::proxy::compose;
 use crate::proxy::forward::{self, Conn, Outcome};
 use crate::runtime::worker::{Generation, Worker};
 use crate::telemetry::metrics::WorkerMetrics;
@@ -662,24 +661,15 @@ async fn fetch<S>(
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
-    let rc = &snap.config.routes[route];
-    if let Some(comp) = rc.compose.as_deref() {
-        let a = compose::serve(w, snap, route, comp, client, c).await;
-        c.rhead.status = a.status;
-        // As after a forward, the request has left the buffer.
-        c.consume_head_only();
-        return (
-            Outcome::Done {
-                keep_alive: a.keep_alive,
-            },
-            a.cacheable,
-        );
+    match crate::filter::exchange_uncached(w, snap, route, client, c).await {
+        Outcome::Composed { status, keep_alive } => {
+            // As after a forward, the request leaves the buffer.
+            c.rhead.status = status;
+            c.consume_head_only();
+            (Outcome::Done { keep_alive }, c.compose_cacheable)
+        }
+        outcome => (outcome, c.upstream_addr.is_some()),
     }
-    let outcome = match rc.transform.as_deref().and_then(|t| t.json.as_ref()) {
-        Some(ops) => crate::filter::transform::forward_json(w, snap, route, ops, client, c).await,
-        None => forward::forward(w, snap, route, client, c).await,
-    };
-    (outcome, c.upstream_addr.is_some())
 }
 
 /// How long a miss waits for another request's fetch of its key: the
@@ -727,14 +717,7 @@ where
     );
     let (outcome, may_store) = fetch(w, snap, route, &mut tee, c).await;
     let (captured, swallowed) = tee.finish();
-    let failed = swallowed.is_some()
-        || matches!(
-            outcome,
-            Outcome::Error {
-                status: 500 | 502 | 503 | 504,
-                ..
-            }
-        );
+    let failed = swallowed.is_some() || matches!(&outcome, Outcome::Error(e) if e.status() >= 500);
     let stored = match (&outcome, captured) {
         // No target answered (an open breaker's fallback), or a partial
         // compose answer: not stored.
@@ -910,11 +893,10 @@ where
             }
         }
         if only_if_cached {
-            return Outcome::Error {
-                status: 504,
-                message: "not in the cache (only-if-cached)",
-                close: false,
-            };
+            return Outcome::Error(crate::error::Error::new(
+                crate::error::ErrorKind::NotInCache,
+                "not in the cache (only-if-cached)",
+            ));
         }
         if head_only {
             break None;
@@ -973,8 +955,8 @@ where
         // copy answers instead.
         c.resp_extra.truncate(before);
         let consume = match r.outcome {
-            Outcome::Error { status, .. } => {
-                if status == 502 || status == 504 {
+            Outcome::Error(e) => {
+                if e.is_upstream() {
                     w.metrics
                         .upstream_error(cfg.upstream_slots[cfg.routes[route].upstream]);
                 }

@@ -10,7 +10,7 @@
 use super::RouteCache;
 use crate::http::chunked::ChunkedScanner;
 use crate::http::name_eq;
-use crate::http::parse::{self, BodyFraming, HeaderLine, HeaderRole, Parsed, ResponseHead};
+use crate::http::parse::{self, BodyFraming, HeaderLine, Parsed, ResponseHead};
 use std::time::Duration;
 
 /// The directives of one or more `Cache-Control` values that matter here.
@@ -318,7 +318,7 @@ pub fn storable(
     bytes.extend_from_slice(&head[..rhead.status_line.end as usize]);
     for l in &rlines {
         let name = l.name.of(head);
-        if l.role == HeaderRole::Drop
+        if !l.role.forwarded()
             || NOT_STORED.iter().any(|n| name_eq(name, n))
             || drop_names.iter().any(|n| name.eq_ignore_ascii_case(n))
         {

@@ -11,7 +11,7 @@
 
 use super::policy::Storable;
 use crate::http::name_eq;
-use crate::http::parse::{HeaderLine, HeaderRole};
+use crate::http::parse::HeaderLine;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
@@ -154,7 +154,7 @@ impl<'a> Forwarded<'a> {
         let own = self
             .lines
             .iter()
-            .filter(move |l| l.role != HeaderRole::Drop && name_eq(l.name.of(self.buf), lower_name))
+            .filter(move |l| l.role.forwarded() && name_eq(l.name.of(self.buf), lower_name))
             .map(move |l| l.value.of(self.buf).trim_ascii());
         let added = self.extra.split(|&b| b == b'\n').filter_map(move |l| {
             let i = l.iter().position(|&b| b == b':')?;
