@@ -337,4 +337,7 @@ pub struct RouteFile {
     pub sunset: Option<String>,
     /// `cache = { ttl_s, stale_while_revalidate_s, stale_if_error_s, ... }`.
     pub cache: Option<crate::filter::cache::RouteCacheFile>,
+    /// `compress = true` or `{ algorithms, min_bytes, ... }`: responses
+    /// compressed for clients that accept it.
+    pub compress: Option<crate::filter::compress::CompressFile>,
 }

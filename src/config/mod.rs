@@ -348,6 +348,8 @@ pub struct RouteConfig {
     pub deprecation: Option<Box<[u8]>>,
     /// `cache`, compiled: responses are stored and served per worker.
     pub cache: Option<std::sync::Arc<crate::filter::cache::RouteCache>>,
+    /// `compress`, compiled.
+    pub compress: Option<std::sync::Arc<crate::filter::compress::Policy>>,
 }
 
 /// `[admin]`, validated.

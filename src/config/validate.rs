@@ -43,6 +43,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// Collects config errors while compiling (used by feature modules).
+#[derive(Debug, Default)]
 pub struct Errors(pub Vec<ConfigError>);
 
 impl Errors {
@@ -215,6 +216,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
                 a,
                 rl,
                 route.transform.clone(),
+                route.compress.clone(),
             ));
         }
     }
@@ -578,6 +580,11 @@ fn compile_route(
         .as_ref()
         .and_then(|f| crate::filter::transform::compile(i, f, &path, errs))
         .map(std::sync::Arc::new);
+    let compress = r
+        .compress
+        .as_ref()
+        .and_then(|f| crate::filter::compress::compile(i, f, errs))
+        .map(std::sync::Arc::new);
     let (version, deprecation) = crate::router::version::route_fields(i, r, errs);
     let cache = r
         .cache
@@ -594,7 +601,13 @@ fn compile_route(
         upstream,
         split,
         index: i,
-        chain: std::sync::Arc::new(crate::filter::Chain::compile(None, None, transform.clone())),
+        chain: std::sync::Arc::new(crate::filter::Chain::compile(
+            None,
+            None,
+            transform.clone(),
+            compress.clone(),
+        )),
+        compress,
         compose: compose.map(std::sync::Arc::new),
         transform,
         version,

@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod compress;
 pub mod rate_limit;
 pub mod transform;
 
@@ -249,6 +250,8 @@ pub struct Chain {
     pub filters: Vec<RouteFilter>,
     /// The route's request and response transform.
     pub transform: Option<Arc<transform::Transform>>,
+    /// Response compression.
+    pub compress: Option<Arc<compress::Policy>>,
 }
 
 impl Chain {
@@ -270,6 +273,7 @@ impl Chain {
         auth: Option<auth::RoutePolicy>,
         rate: Option<rate_limit::RoutePolicy>,
         transform: Option<Arc<transform::Transform>>,
+        compress: Option<Arc<compress::Policy>>,
     ) -> Chain {
         let mut filters = Vec::new();
         if let Some(a) = auth {
@@ -278,13 +282,17 @@ impl Chain {
         if let Some(r) = rate {
             filters.push(RouteFilter::RateLimit(r));
         }
-        Chain { filters, transform }
+        Chain {
+            filters,
+            transform,
+            compress,
+        }
     }
 
     /// True when the route has no filters (the plain proxy path).
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.filters.is_empty() && self.transform.is_none()
+        self.filters.is_empty() && self.transform.is_none() && self.compress.is_none()
     }
 
     /// The request filter phase: each filter in order may answer (the
@@ -318,6 +326,33 @@ impl Chain {
         }
         if let Some(t) = &self.transform {
             transform::apply_request(t, cfg, c);
+        }
+        // Negotiated on the request, used by the response phases.
+        if let Some(p) = &self.compress {
+            let buf = &c.buf;
+            let accept = c
+                .lines
+                .iter()
+                .filter(|l| crate::http::name_eq(l.name.of(buf), b"accept-encoding"))
+                .map(|l| l.value.of(buf));
+            c.coding = compress::negotiate(p, accept);
+        }
+    }
+
+    /// The response header phase, on a proxied answer: filters read and
+    /// change its head. Compression decides here whether the body phase
+    /// runs (an encoder left in `c.encoder`).
+    pub fn response(&self, c: &mut Conn) {
+        if let (Some(p), Some(coding)) = (&self.compress, c.coding) {
+            let mut resp = crate::http::message::ResponseHeader::h1(
+                &c.ubuf,
+                &mut c.rhead,
+                &mut c.rlines,
+                &mut c.resp_extra,
+            );
+            if compress::response_filter(p, coding, c.head.is_head, &mut resp) {
+                c.encoder = compress::Encoder::new(p, coding).ok();
+            }
         }
     }
 }

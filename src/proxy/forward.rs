@@ -115,6 +115,12 @@ pub struct Conn {
     /// The last compose answer may be stored by a cache (every part
     /// answered, none said not to store).
     pub compose_cacheable: bool,
+    /// The content coding negotiated for the current request's answer
+    /// (a route with `compress`).
+    pub coding: Option<crate::filter::compress::Coding>,
+    /// The body phase's encoder, when the response header phase chose to
+    /// compress the current answer.
+    pub encoder: Option<crate::filter::compress::Encoder>,
     peer_ip: ([u8; 48], u8),
 }
 
@@ -225,6 +231,8 @@ impl Conn {
             started: Instant::now(),
             trusted_peer: false,
             compose_cacheable: false,
+            coding: None,
+            encoder: None,
             peer_ip: (ip, n as u8),
         }
     }
@@ -465,7 +473,14 @@ pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
     push_lines(out, &c.rlines, buf, rh.bare_lf);
     let e = &mut out.extra;
     let start = e.len();
-    match rh.framing_for(c.head.is_head) {
+    // A body ringgate re-encodes (compression) is framed by ringgate:
+    // chunked, or the close for an HTTP/1.0 client.
+    let framing = match (&c.encoder, rh.framing_for(c.head.is_head)) {
+        (Some(_), _) if c.head.minor == 0 => BodyFraming::UntilClose,
+        (Some(_), _) => BodyFraming::Chunked,
+        (None, f) => f,
+    };
+    match framing {
         BodyFraming::Length(n) => {
             e.extend_from_slice(b"Content-Length: ");
             e.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -980,6 +995,29 @@ where
         return Outcome::Upgrade(us.into_stream());
     }
     let framing = c.rhead.framing_for(c.head.is_head);
+    // The response header phase (compression decides here).
+    if c.coding.is_some() {
+        rc.chain.response(c);
+    }
+    if c.encoder.is_some() {
+        let close = !c.head.keep_alive || w.draining.get() || c.head.minor == 0;
+        build_response_head(c, close, false);
+        if write_out(client, c, false).await.is_err() {
+            done_target();
+            return Outcome::Abort;
+        }
+        let ok = relay_encoded(w, client, c, &mut us, framing, up_cfg.request_timeout).await;
+        done_target();
+        return match ok {
+            Some(up_reusable) => {
+                if up_reusable {
+                    up.checkin(target, us, w.watchdog.now_ms());
+                }
+                Outcome::Done { keep_alive: !close }
+            }
+            None => Outcome::Abort,
+        };
+    }
     let dechunk = framing == BodyFraming::Chunked && c.head.minor == 0;
     let close =
         !c.head.keep_alive || w.draining.get() || framing == BodyFraming::UntilClose || dechunk;
@@ -1114,6 +1152,135 @@ where
         up.checkin(target, us, w.watchdog.now_ms());
     }
     Outcome::Done { keep_alive: !close }
+}
+
+/// The response body phase for a compressed answer: the backend's body
+/// (after its own framing: the payload of its chunks, or its bytes) goes
+/// through the encoder, and what comes out is written as chunks (or as is
+/// to an HTTP/1.0 client, whose answer ends with the close). Memory is the
+/// encoder's window and one output buffer, whatever the body's size.
+/// `Some(reusable)` when the body went out whole (and whether the
+/// upstream connection may be pooled); `None` when either side failed.
+async fn relay_encoded<S: AsyncWriteRent>(
+    w: &Worker,
+    client: &mut S,
+    c: &mut Conn,
+    us: &mut pool::PoolConn,
+    framing: BodyFraming,
+    timeout: std::time::Duration,
+) -> Option<bool> {
+    let mut enc = c.encoder.take()?;
+    let chunked = c.head.minor == 1;
+    let mut rscan = ChunkedScanner::new();
+    let mut left = match framing {
+        BodyFraming::Length(n) => n,
+        _ => 0,
+    };
+    let mut reusable = c.rhead.keep_alive && framing != BodyFraming::UntilClose;
+    let mut start = c.rhead.len;
+    let mut out = Vec::with_capacity(16 * 1024);
+    let mut frame = Vec::with_capacity(16 * 1024 + 16);
+    let ufd = us.as_raw_fd();
+    loop {
+        let n = c.ubuf.len() - start;
+        let piece = &c.ubuf[start..];
+        let done = match framing {
+            BodyFraming::None => true,
+            BodyFraming::Length(_) => {
+                let k = (n as u64).min(left) as usize;
+                enc.write(&piece[..k], &mut out).ok()?;
+                left -= k as u64;
+                reusable &= k == n;
+                left == 0
+            }
+            BodyFraming::Chunked => {
+                let mut failed = false;
+                let k = rscan
+                    .scan(piece, |a, b| {
+                        failed |= enc.write(&piece[a..b], &mut out).is_err();
+                    })
+                    .ok()?;
+                if failed {
+                    return None;
+                }
+                reusable &= k == n;
+                rscan.is_done()
+            }
+            BodyFraming::UntilClose => {
+                enc.write(piece, &mut out).ok()?;
+                false
+            }
+        };
+        if done {
+            break;
+        }
+        if !out.is_empty() {
+            write_piece(client, c, &mut frame, &out, chunked, false).await?;
+            out.clear();
+        }
+        c.ubuf.clear();
+        start = 0;
+        let (r, b) = read_more_until(
+            &mut **us,
+            ufd,
+            std::mem::take(&mut c.ubuf),
+            &w.watchdog,
+            w.watchdog.after(timeout),
+            false,
+        )
+        .await;
+        c.ubuf = b;
+        match r {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) if framing == BodyFraming::UntilClose => break,
+            _ => return None,
+        }
+    }
+    enc.finish(&mut out).ok()?;
+    write_piece(client, c, &mut frame, &out, chunked, true).await?;
+    Some(reusable)
+}
+
+/// Writes `data` as one chunk (and the last chunk after it when `last`),
+/// or as is to an HTTP/1.0 client.
+async fn write_piece<S: AsyncWriteRent>(
+    client: &mut S,
+    c: &mut Conn,
+    frame: &mut Vec<u8>,
+    data: &[u8],
+    chunked: bool,
+    last: bool,
+) -> Option<()> {
+    frame.clear();
+    if chunked && !data.is_empty() {
+        let mut hex = [0u8; 16];
+        let mut i = hex.len();
+        let mut n = data.len();
+        loop {
+            i -= 1;
+            hex[i] = b"0123456789abcdef"[n & 15];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        frame.extend_from_slice(&hex[i..]);
+        frame.extend_from_slice(b"\r\n");
+        frame.extend_from_slice(data);
+        frame.extend_from_slice(b"\r\n");
+    } else {
+        frame.extend_from_slice(data);
+    }
+    if chunked && last {
+        frame.extend_from_slice(b"0\r\n\r\n");
+    }
+    if frame.is_empty() {
+        return Some(());
+    }
+    c.bytes_out += frame.len() as u64;
+    let (r, b) = client.write_all(std::mem::take(frame)).await;
+    *frame = b;
+    r.ok().map(|_| ())
 }
 
 /// Which upstream of a route's split serves this request: the sticky key's

@@ -117,6 +117,8 @@ impl<'a> Session<'a> {
         c.upstream_us = None;
         c.bytes_out = 0;
         c.rewrite.clear();
+        c.coding = None;
+        c.encoder = None;
         c.up_extra.clear();
         c.resp_extra.clear();
         let method = c.head.method.of(&c.buf);
