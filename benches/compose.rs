@@ -11,7 +11,7 @@
 //! Run: `cargo bench --bench compose`
 
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
-use ringgate::proxy::compose::{Compose, Merge, Part, PartError, PathTemplate, merge};
+use ringgate::filter::compose::{Compose, Merge, Part, PartError, PathTemplate, merge};
 use std::time::Duration;
 
 /// A ~1 KiB JSON object with nested values, numbers and escapes.

@@ -38,7 +38,7 @@ pub struct FileConfig {
     /// `[metrics]`
     pub metrics: Option<MetricsFile>,
     /// `[versioning]`
-    pub versioning: Option<crate::router::version::VersioningFile>,
+    pub versioning: Option<crate::filter::versioning::VersioningFile>,
     /// `[cache]`
     pub cache: Option<crate::filter::cache::CacheFile>,
 }
@@ -326,7 +326,7 @@ pub struct RouteFile {
     /// Names of `[rate_limits.NAME]` applied to this route.
     pub rate_limit: Option<Vec<String>>,
     /// `[routes.compose]`: answered by several upstreams merged (instead of `upstream`).
-    pub compose: Option<crate::proxy::compose::ComposeFile>,
+    pub compose: Option<crate::filter::compose::ComposeFile>,
     /// `transform = { ... }`: request and response rewriting.
     pub transform: Option<crate::filter::transform::TransformFile>,
     /// The API version this route serves; absent = every version.

@@ -339,7 +339,7 @@ pub struct RouteConfig {
     /// The route's filters, in order.
     pub chain: std::sync::Arc<crate::filter::Chain>,
     /// `[routes.compose]`, compiled: the route is answered by its parts.
-    pub compose: Option<std::sync::Arc<crate::proxy::compose::Compose>>,
+    pub compose: Option<std::sync::Arc<crate::filter::compose::Compose>>,
     /// `transform`, compiled.
     pub transform: Option<std::sync::Arc<crate::filter::transform::Transform>>,
     /// The API version it serves (normalised); `None` = every version.
@@ -419,7 +419,7 @@ pub struct Config {
     /// `[rate_limits.*]` and `[redis]`, compiled; shared by all workers.
     pub rate_limits: Option<std::sync::Arc<crate::filter::rate_limit::Limits>>,
     /// `[versioning]` and the routes' versions; `None` when unused.
-    pub versioning: Option<std::sync::Arc<crate::router::version::Versioning>>,
+    pub versioning: Option<std::sync::Arc<crate::filter::versioning::Versioning>>,
     /// `[cache]` (defaults when absent).
     pub cache: crate::filter::cache::CacheSettings,
 }

@@ -224,16 +224,16 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
     // Routes sharing a path with different versions: only the first of
     // each group goes into the trie (see router::version).
     let versioning = {
-        let keys: Vec<crate::router::version::RouteKey<'_>> = routes
+        let keys: Vec<crate::filter::versioning::RouteKey<'_>> = routes
             .iter()
-            .map(|r| crate::router::version::RouteKey {
+            .map(|r| crate::filter::versioning::RouteKey {
                 host: r.host.as_deref(),
                 path: &r.path,
                 methods: r.methods.map(|m| m.bits()),
                 version: r.version.as_deref(),
             })
             .collect();
-        crate::router::version::compile(file.versioning.as_ref(), &keys, &mut errs)
+        crate::filter::versioning::compile(file.versioning.as_ref(), &keys, &mut errs)
             .map(std::sync::Arc::new)
     };
 
@@ -559,7 +559,7 @@ fn compile_route(
     // A compose route is answered by its parts instead of an upstream.
     let compose = r.compose.as_ref().and_then(|f| {
         let has_upstream = r.upstream.is_some() || r.upstreams.is_some();
-        crate::proxy::compose::compile(i, f, &path, has_upstream, upstream_ids, errs)
+        crate::filter::compose::compile(i, f, &path, has_upstream, upstream_ids, errs)
     });
     let (upstream, split) = match (&r.compose, &compose) {
         (Some(_), Some(c)) => (c.parts[0].upstream, None),
@@ -585,7 +585,7 @@ fn compile_route(
         .as_ref()
         .and_then(|f| crate::filter::compress::compile(i, f, errs))
         .map(std::sync::Arc::new);
-    let (version, deprecation) = crate::router::version::route_fields(i, r, errs);
+    let (version, deprecation) = crate::filter::versioning::route_fields(i, r, errs);
     let cache = r
         .cache
         .as_ref()

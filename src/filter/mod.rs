@@ -16,9 +16,13 @@
 
 pub mod auth;
 pub mod cache;
+pub mod compose;
 pub mod compress;
 pub mod rate_limit;
 pub mod transform;
+pub mod versioning;
+
+pub use cache::PurgeLog;
 
 use crate::error::Error;
 use crate::http::parse::{HeaderLine, RequestHead};
@@ -357,6 +361,102 @@ impl Chain {
     }
 }
 
+/// The registry of features: each feature's state per worker and per
+/// config generation, its worker tasks and its reload hand-over, so the
+/// core (`runtime/`) holds them without knowing any feature.
+///
+/// Each feature's per-worker state for one config generation: rebuilt
+/// when a reload changed the feature's section, carried over otherwise.
+pub struct GenerationState {
+    /// auth: validated-token cache, prepared consumer identities.
+    pub auth: Rc<auth::WorkerState>,
+    /// Rate limits: this worker's shard.
+    pub rate: Rc<rate_limit::WorkerState>,
+}
+
+impl GenerationState {
+    /// The state of a worker's first generation.
+    pub fn new(config: &crate::config::Config, worker: usize) -> GenerationState {
+        GenerationState {
+            auth: Rc::new(auth::WorkerState::new(config.auth.as_ref())),
+            rate: Rc::new(rate_limit::WorkerState::new(
+                config.rate_limits.as_ref(),
+                worker,
+            )),
+        }
+    }
+
+    /// The state for `config`, after `old` served `old_config`: each
+    /// feature whose compiled section is the same object keeps its state.
+    pub fn after(
+        old: &GenerationState,
+        old_config: &crate::config::Config,
+        config: &crate::config::Config,
+        worker: usize,
+    ) -> GenerationState {
+        fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        let auth = if same(&old_config.auth, &config.auth) {
+            old.auth.clone()
+        } else {
+            Rc::new(auth::WorkerState::new(config.auth.as_ref()))
+        };
+        let rate = if same(&old_config.rate_limits, &config.rate_limits) {
+            old.rate.clone()
+        } else {
+            Rc::new(rate_limit::WorkerState::after(
+                &old.rate,
+                config.rate_limits.as_ref(),
+                worker,
+            ))
+        };
+        GenerationState { auth, rate }
+    }
+}
+
+/// Each feature's per-worker state that outlives config generations.
+pub struct WorkerFeatures {
+    /// This worker's response cache.
+    pub cache: cache::WorkerCache,
+}
+
+impl WorkerFeatures {
+    /// A worker's feature state.
+    pub fn new(
+        shared: &SharedFeatures,
+        metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
+    ) -> WorkerFeatures {
+        WorkerFeatures {
+            cache: cache::WorkerCache::new(shared.cache_purge.clone(), metrics),
+        }
+    }
+}
+
+/// Feature state shared by every worker and the admin API.
+#[derive(Default, Clone)]
+pub struct SharedFeatures {
+    /// Cache purges from the admin API.
+    pub cache_purge: Arc<cache::PurgeLog>,
+}
+
+/// Starts each feature's tasks on a worker (rate-limit shard sync, cache
+/// revalidation jobs).
+pub fn spawn_worker_tasks(w: &Rc<Worker>) {
+    rate_limit::spawn_worker_tasks(w);
+    cache::spawn_worker_tasks(w);
+}
+
+/// A reload's hand-over, before any worker switches: features whose state
+/// is shared between workers (the rate limits' reconciler) pass it on.
+pub fn hand_over(old: &crate::config::Config, new: &crate::config::Config, workers: usize) {
+    rate_limit::hand_over(old.rate_limits.as_ref(), new.rate_limits.as_ref(), workers);
+}
+
 /// What the early request phase decided.
 pub enum Early {
     /// Go on to routing.
@@ -423,7 +523,7 @@ where
 {
     let rc = &snap.config.routes[route];
     if let Some(comp) = rc.compose.as_deref() {
-        let a = crate::proxy::compose::serve(w, snap, route, comp, client, c).await;
+        let a = crate::filter::compose::serve(w, snap, route, comp, client, c).await;
         c.rhead.status = a.status;
         c.compose_cacheable = a.cacheable;
         return Outcome::Composed {

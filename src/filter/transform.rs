@@ -33,9 +33,9 @@
 
 use crate::config::{Config, Errors};
 use crate::error::{Error, ErrorKind};
+use crate::filter::compose::PathTemplate;
 use crate::http::chunked::ChunkedScanner;
 use crate::http::parse::{self, BodyFraming, HeaderRole, Parsed, RequestHead, ResponseHead};
-use crate::proxy::compose::PathTemplate;
 use crate::proxy::forward::{self, Conn, Outcome};
 use crate::proxy::json::{self, Doc};
 use crate::runtime::worker::Worker;

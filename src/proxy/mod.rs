@@ -3,7 +3,6 @@
 //! splicing of [`json`]) and protocol upgrades tunnelled after a 101
 //! ([`tunnel`]).
 
-pub mod compose;
 pub mod forward;
 pub mod json;
 pub mod session;

@@ -46,7 +46,6 @@
 mod hash;
 mod pattern;
 mod trie;
-pub mod version;
 
 #[cfg(test)]
 mod tests;

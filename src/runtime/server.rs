@@ -158,7 +158,7 @@ impl Server {
                 .zip(addrs.iter().copied())
                 .collect(),
         );
-        let cache_purge = Arc::new(crate::filter::cache::PurgeLog::default());
+        let features = crate::filter::SharedFeatures::default();
         let cores = Arc::new(core_affinity::get_core_ids().unwrap_or_default());
         let mut signals = Vec::new();
         let mut threads = Vec::new();
@@ -179,7 +179,7 @@ impl Server {
             let ready = ready_tx.clone();
             let shared = worker::WorkerShared {
                 store: store.clone(),
-                cache_purge: cache_purge.clone(),
+                features: features.clone(),
                 metrics: metrics.clone().workers[id].clone(),
                 cores: cores.clone(),
             };
@@ -226,7 +226,7 @@ impl Server {
                 s.workers,
                 handle.admin.clone(),
             ));
-            r.set_admin_context(cache_purge.clone());
+            r.set_admin_context(features.cache_purge.clone());
             if config.watch {
                 r.clone().watch();
             }
@@ -240,7 +240,7 @@ impl Server {
                 .as_ref()
                 .map(|r| super::reload::reload_fn(Arc::downgrade(r)));
             let mut state = crate::admin::AdminState::new(store.clone(), metrics.clone(), reload);
-            state.cache_purge = Some(cache_purge.clone());
+            state.cache_purge = Some(features.cache_purge.clone());
             let started = crate::admin::Admin::start(a.listen, Arc::new(state)).map_err(|e| {
                 io::Error::new(
                     e.kind(),

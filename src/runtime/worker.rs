@@ -28,13 +28,9 @@ pub struct Generation {
     pub config: Arc<Config>,
     /// Upstream pools, indexed like `config.upstreams`.
     pub upstreams: Vec<Rc<UpstreamState>>,
-    /// This worker's auth state for `config.auth` (validated-token cache,
-    /// prepared consumer identities); rebuilt when a reload changes auth.
-    pub auth: Rc<crate::filter::auth::WorkerState>,
-    /// This worker's rate-limit shard for `config.rate_limits`; kept when a
-    /// reload keeps the limits, otherwise built carrying the tables of the
-    /// limits whose definition did not change.
-    pub rate: Rc<crate::filter::rate_limit::WorkerState>,
+    /// Each feature's state on this worker for this config (see the
+    /// registry, [`crate::filter::GenerationState`]).
+    pub features: crate::filter::GenerationState,
     /// Generation number (see [`crate::runtime::reload::ConfigStore`]).
     pub number: u64,
 }
@@ -106,8 +102,9 @@ pub struct Worker {
     /// connection holds one only while a request of its own is upstream,
     /// so an idle keep-alive connection costs a buffer less.
     spare_ubufs: std::cell::RefCell<Vec<Vec<u8>>>,
-    /// This worker's response cache.
-    pub cache: crate::filter::cache::WorkerCache,
+    /// Each feature's state on this worker across generations (the
+    /// response cache).
+    pub features: crate::filter::WorkerFeatures,
     /// This worker's metric shard (read by the admin thread on scrape).
     pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
     /// This worker's access-log buffer, when logging is on.
@@ -164,11 +161,7 @@ impl Worker {
         let snap = Rc::new(Generation {
             config: config.clone(),
             upstreams,
-            auth: Rc::new(crate::filter::auth::WorkerState::new(config.auth.as_ref())),
-            rate: Rc::new(crate::filter::rate_limit::WorkerState::new(
-                config.rate_limits.as_ref(),
-                id,
-            )),
+            features: crate::filter::GenerationState::new(&config, id),
             number,
         });
         let log = config
@@ -187,10 +180,7 @@ impl Worker {
             watchdog: crate::runtime::watchdog::Watchdog::new(),
             spare_conns: std::cell::RefCell::new(Vec::new()),
             spare_ubufs: std::cell::RefCell::new(Vec::with_capacity(SPARE_UBUFS)),
-            cache: crate::filter::cache::WorkerCache::new(
-                shared.cache_purge.clone(),
-                shared.metrics.clone(),
-            ),
+            features: crate::filter::WorkerFeatures::new(&shared.features, shared.metrics.clone()),
             metrics: shared.metrics.clone(),
             log: std::cell::RefCell::new(log),
             ids: RequestIds::new(id),
@@ -232,27 +222,12 @@ impl Worker {
                     .unwrap_or_else(|| Rc::new(UpstreamState::new(u, self.id)))
             })
             .collect();
-        let same_auth = same_arc(&old.config.auth, &config.auth);
-        let auth = if same_auth {
-            old.auth.clone()
-        } else {
-            Rc::new(crate::filter::auth::WorkerState::new(config.auth.as_ref()))
-        };
-        let same_rate = same_arc(&old.config.rate_limits, &config.rate_limits);
-        let rate = if same_rate {
-            old.rate.clone()
-        } else {
-            Rc::new(crate::filter::rate_limit::WorkerState::after(
-                &old.rate,
-                config.rate_limits.as_ref(),
-                self.id,
-            ))
-        };
+        let features =
+            crate::filter::GenerationState::after(&old.features, &old.config, &config, self.id);
         let snap = Rc::new(Generation {
             config,
             upstreams,
-            auth,
-            rate,
+            features,
             number,
         });
         *self.active.borrow_mut() = snap.clone();
@@ -386,21 +361,11 @@ pub struct WorkerShared {
     pub store: Arc<crate::runtime::reload::ConfigStore>,
     /// The worker's metric shard.
     pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
-    /// Cache purges from the admin API.
-    pub cache_purge: Arc<crate::filter::cache::PurgeLog>,
+    /// Feature state every worker shares (cache purges).
+    pub features: crate::filter::SharedFeatures,
     /// The cores the process may run on (`server.pin` pins worker i to
     /// core i modulo their number).
     pub cores: Arc<Vec<core_affinity::CoreId>>,
-}
-
-/// True when both are absent or both point at the same allocation (a
-/// section the reload carried over unchanged).
-fn same_arc<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    }
 }
 
 /// Pins the calling worker thread to its core, or lets it run on every
@@ -523,8 +488,7 @@ async fn serve(
     let backlog = Cell::new(config.server.backlog);
     let huge_pages = Cell::new(config.server.transparent_huge_pages);
     let cores = shared.cores.clone();
-    crate::filter::rate_limit::spawn_worker_tasks(&worker);
-    crate::filter::cache::spawn_worker_tasks(&worker);
+    crate::filter::spawn_worker_tasks(&worker);
     // The watchdog: read deadlines, the coarse clock, and the shutdown
     // signal.
     let stopping = LocalStop::new();
@@ -848,7 +812,7 @@ mod tests {
         let shared = WorkerShared {
             store: store.clone(),
             metrics: Arc::new(crate::telemetry::metrics::WorkerMetrics::new(1, 1)),
-            cache_purge: Default::default(),
+            features: Default::default(),
             cores: Default::default(),
         };
         let w = Worker::new(0, started.clone(), &shared);

@@ -474,7 +474,7 @@ pub fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
             return Verdict::Reply(p.invalid(m, msg, rid));
         }
     };
-    let ws = &*ctx.generation.auth;
+    let ws = &*ctx.generation.features.auth;
     let mut outcome: Option<(AuthMethod, Attempt)> = None;
     for &m in &p.order {
         match m {

@@ -522,12 +522,12 @@ pub fn spawn_worker_tasks(w: &Rc<Worker>) {
     let w = w.clone();
     monoio::spawn(async move {
         loop {
-            JobsQueued(&w.cache).await;
+            JobsQueued(&w.features.cache).await;
             if w.draining.get() {
                 return;
             }
             loop {
-                let job = w.cache.jobs.borrow_mut().pop_front();
+                let job = w.features.cache.jobs.borrow_mut().pop_front();
                 let Some(job) = job else { break };
                 monoio::spawn(refresh(w.clone(), job));
             }
@@ -723,7 +723,9 @@ where
         // compose answer: not stored.
         (Outcome::Done { .. }, Some(cap)) if swallowed.is_none() && may_store => {
             let drop = policy::line_names(&c.resp_extra[..added.min(c.resp_extra.len())]);
-            w.cache.store_response(settings, policy, req, &cap, &drop)
+            w.features
+                .cache
+                .store_response(settings, policy, req, &cap, &drop)
         }
         _ => false,
     };
@@ -780,7 +782,14 @@ async fn answer<S: AsyncWriteRent>(
         extra = b;
         r
     } else {
-        wire::write_stored(client, resp, &mut extra, c.head.is_head, &w.cache.iov).await
+        wire::write_stored(
+            client,
+            resp,
+            &mut extra,
+            c.head.is_head,
+            &w.features.cache.iov,
+        )
+        .await
     };
     c.scratch = extra;
     match r {
@@ -823,7 +832,7 @@ pub async fn serve<S>(
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
-    let cache = &w.cache;
+    let cache = &w.features.cache;
     let cfg = &snap.config;
     let slot = cfg.route_slots[route];
     cache.apply_purges();

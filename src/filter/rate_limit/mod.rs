@@ -1085,7 +1085,7 @@ pub fn spawn_worker_tasks(w: &Rc<Worker>) {
         loop {
             // Updates are taken every `poll_every`; reports go once per
             // tick.
-            let sub = match &w.current().rate.shard {
+            let sub = match &w.current().features.rate.shard {
                 Some(s) => s.limits.poll_every(),
                 None => IDLE_LOOK,
             };
@@ -1094,7 +1094,9 @@ pub fn spawn_worker_tasks(w: &Rc<Worker>) {
                 return;
             }
             let g = w.current();
-            let Some(s) = &g.rate.shard else { continue };
+            let Some(s) = &g.features.rate.shard else {
+                continue;
+            };
             let now = s.limits.clock.now();
             let half_poll = s.limits.poll_every().as_nanos() as u64 / 2;
             if now.saturating_sub(last_tick) + half_poll >= s.limits.tick_ns {
@@ -1140,7 +1142,7 @@ pub async fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdic
     // The request's generation: its limits, this worker's shard of them,
     // and their metric slots.
     let generation = ctx.generation;
-    let Some(shard) = generation.rate.shard.as_ref() else {
+    let Some(shard) = generation.features.rate.shard.as_ref() else {
         return Verdict::Continue;
     };
     let slots = &generation.config.rate_limit_slots;

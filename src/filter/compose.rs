@@ -48,12 +48,12 @@
 //! buffer per part, the output buffer and the entry lists of the parts
 //! that are split.
 
-use super::forward::Conn;
-use super::json::{self, Doc};
 use crate::config::{Config, Errors, UpstreamConfig};
 use crate::http::chunked::ChunkedScanner;
 use crate::http::conn::read_more_within;
 use crate::http::parse::{self, BodyFraming, Parsed, ResponseHead};
+use crate::proxy::forward::Conn;
+use crate::proxy::json::{self, Doc};
 use crate::runtime::worker::{Generation, Worker};
 use crate::upstream::breaker::Ticket;
 use crate::upstream::pool::{TargetState, UpstreamState};
@@ -963,7 +963,7 @@ async fn read_response(
                     continue;
                 }
                 Ok(Parsed::Complete) => break,
-                Ok(Parsed::Partial) if buf.len() >= super::forward::MAX_RESPONSE_HEAD => {
+                Ok(Parsed::Partial) if buf.len() >= crate::proxy::forward::MAX_RESPONSE_HEAD => {
                     return Err(ReadError::Invalid);
                 }
                 Ok(Parsed::Partial) => {}
