@@ -1959,7 +1959,8 @@ fn jwks_url_rotated_during_the_test() {
 /// though the identity provider now serves garbage. (Every reload used to
 /// rebuild auth, refetch the keys and drop each worker's token cache, so an
 /// unrelated route change during an IdP outage turned valid tokens into
-/// 401s.)
+/// 401s.) Which reloads keep auth is decided by comparing the parsed
+/// `[auth]` and `[[consumers]]` sections.
 #[test]
 fn a_route_only_reload_keeps_auth_state() {
     env();
@@ -1983,7 +1984,11 @@ fn a_route_only_reload_keeps_auth_state() {
         text.clone() + "\n[[routes]]\npath = \"/added\"\nupstream = \"app\"\nauth = [\"jwt\"]\n",
     )
     .unwrap();
-    handle.reload().expect("reload");
+    let summary = handle.reload().expect("reload");
+    assert!(
+        summary.contains("auth kept with its keys and token caches"),
+        "{summary}"
+    );
     assert_eq!(
         get(addr, "/added", &[]).status,
         401,
@@ -2002,7 +2007,8 @@ fn a_route_only_reload_keeps_auth_state() {
         text.replace("jwks_refresh_s = 3600", "jwks_refresh_s = 3599"),
     )
     .unwrap();
-    handle.reload().expect("reload");
+    let summary = handle.reload().expect("reload");
+    assert!(summary.contains("auth started afresh"), "{summary}");
     assert_eq!(s.fetches(), 2, "changed auth starts afresh");
     let _ = std::fs::remove_file(&path);
 }

@@ -504,6 +504,7 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
         outlier,
         breaker,
         fallback,
+        section: Arc::new(up.clone()),
         state,
     }
 }

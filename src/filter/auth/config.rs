@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// `[auth]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
     /// `[auth.jwt]`: JWT validation.
@@ -35,7 +35,7 @@ pub struct AuthFile {
 }
 
 /// `[auth.jwt]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtFile {
     /// Accepted `alg` values, e.g. `["RS256"]`. `none` is never accepted.
@@ -78,7 +78,7 @@ pub struct JwtFile {
 }
 
 /// `[auth.token_endpoint]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenEndpointFile {
     /// Path answered by the gateway (default `/auth/token`).
@@ -106,7 +106,7 @@ pub struct TokenEndpointFile {
 }
 
 /// `[auth.api_key]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyFile {
     /// Header carrying the key (default `X-API-Key`).
@@ -116,7 +116,7 @@ pub struct ApiKeyFile {
 }
 
 /// `[[consumers]]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerFile {
     /// Consumer id (sent to backends as `X-Consumer-Id`).
@@ -817,6 +817,7 @@ pub fn compile(file: &FileConfig, errs: &mut Errors) -> Option<Arc<Auth>> {
         consumers,
         endpoint,
         started: Default::default(),
+        sections: (file.auth.clone(), file.consumers.clone()),
     }))
 }
 

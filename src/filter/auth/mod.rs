@@ -102,6 +102,8 @@ pub struct Auth {
     pub(crate) consumers: Consumers,
     pub(crate) endpoint: Option<token_endpoint::TokenEndpoint>,
     pub(crate) started: AtomicBool,
+    /// `[auth]` and `[[consumers]]` as written, compiled into the above.
+    sections: (Option<AuthFile>, Vec<ConsumerFile>),
 }
 
 impl Auth {
@@ -115,6 +117,13 @@ impl Auth {
         {
             jwks::start(&j.store, src.clone());
         }
+    }
+
+    /// Whether `other` was compiled from the same `[auth]` and
+    /// `[[consumers]]` as this: a reload keeps the running auth (its keys,
+    /// its JWKS refresher, the workers' token caches) when they are.
+    pub fn same_sections(&self, other: &Auth) -> bool {
+        self.sections == other.sections
     }
 
     /// The token endpoint's path, when enabled.
