@@ -168,8 +168,9 @@ pub struct UpstreamFile {
     pub dns_name: Option<String>,
     /// How often the DNS name is re-resolved.
     pub dns_interval_ms: Option<u64>,
-    /// Nameserver `IP:port` for DNS discovery (default: the system's).
-    pub dns_server: Option<String>,
+    /// Nameserver `IP[:port]`, or a list of them, for DNS discovery
+    /// (default: the system's).
+    pub dns_server: Option<OneOrMany>,
     /// Registry instances expire this long after their last heartbeat.
     pub registry_ttl_ms: Option<u64>,
     /// Balancing algorithm.

@@ -198,9 +198,9 @@ pub struct DnsDiscovery {
     pub port: Option<u16>,
     /// Re-resolve interval.
     pub interval: Duration,
-    /// Nameserver; `None` = the system resolver (A/AAAA) or the first
-    /// `nameserver` of `/etc/resolv.conf` (SRV).
-    pub server: Option<SocketAddr>,
+    /// Nameservers (`dns_server`), asked in turn; empty = the system's
+    /// (every `nameserver` of `/etc/resolv.conf`, after `/etc/hosts`).
+    pub servers: Vec<SocketAddr>,
 }
 
 /// `[upstreams.NAME.health]`, validated.
