@@ -373,13 +373,14 @@ impl Reloader {
                 kept += 1;
             }
         }
-        // Auth: unchanged `[auth]` and `[[consumers]]` keep the running
-        // `Auth` (its keys, its JWKS refresher) and so, on every worker, the
-        // validated-token cache: a route change neither refetches JWKS nor
-        // turns valid tokens into 401s while an identity provider is down.
+        // Auth: unchanged `[auth]` and `[[consumers]]`, naming an unchanged
+        // secret and key files, keep the running `Auth` (its keys, its JWKS
+        // refresher) and so, on every worker, the validated-token cache: a
+        // route change neither refetches JWKS nor turns valid tokens into
+        // 401s while an identity provider is down.
         let mut auth_kept = false;
         if let (Some(o), Some(n)) = (&old.auth, &new.auth)
-            && o.same_sections(n)
+            && o.same_inputs(n)
             && new
                 .routes
                 .iter_mut()

@@ -104,6 +104,8 @@ pub struct Auth {
     pub(crate) started: AtomicBool,
     /// `[auth]` and `[[consumers]]` as written, compiled into the above.
     sections: (Option<AuthFile>, Vec<ConsumerFile>),
+    /// Digest of the secret and key files those sections name, as read.
+    outside: [u8; 32],
 }
 
 impl Auth {
@@ -120,10 +122,11 @@ impl Auth {
     }
 
     /// Whether `other` was compiled from the same `[auth]` and
-    /// `[[consumers]]` as this: a reload keeps the running auth (its keys,
-    /// its JWKS refresher, the workers' token caches) when they are.
-    pub fn same_sections(&self, other: &Auth) -> bool {
-        self.sections == other.sections
+    /// `[[consumers]]` as this, naming a secret and key files whose
+    /// contents did not change either: a reload keeps the running auth
+    /// (its keys, its JWKS refresher, the workers' token caches) when so.
+    pub fn same_inputs(&self, other: &Auth) -> bool {
+        self.sections == other.sections && self.outside == other.outside
     }
 
     /// The token endpoint's path, when enabled.
