@@ -1959,7 +1959,8 @@ fn jwks_url_rotated_during_the_test() {
 /// though the identity provider now serves garbage. (Every reload used to
 /// rebuild auth, refetch the keys and drop each worker's token cache, so an
 /// unrelated route change during an IdP outage turned valid tokens into
-/// 401s.)
+/// 401s.) Which reloads keep auth is decided by comparing the parsed
+/// `[auth]` and `[[consumers]]` sections.
 #[test]
 fn a_route_only_reload_keeps_auth_state() {
     env();
@@ -1983,7 +1984,11 @@ fn a_route_only_reload_keeps_auth_state() {
         text.clone() + "\n[[routes]]\npath = \"/added\"\nupstream = \"app\"\nauth = [\"jwt\"]\n",
     )
     .unwrap();
-    handle.reload().expect("reload");
+    let summary = handle.reload().expect("reload");
+    assert!(
+        summary.contains("auth kept with its keys and token caches"),
+        "{summary}"
+    );
     assert_eq!(
         get(addr, "/added", &[]).status,
         401,
@@ -2002,8 +2007,59 @@ fn a_route_only_reload_keeps_auth_state() {
         text.replace("jwks_refresh_s = 3600", "jwks_refresh_s = 3599"),
     )
     .unwrap();
-    handle.reload().expect("reload");
+    let summary = handle.reload().expect("reload");
+    assert!(summary.contains("auth started afresh"), "{summary}");
     assert_eq!(s.fetches(), 2, "changed auth starts afresh");
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A reload keeps auth only when nothing it was built from changed: the
+/// `[auth]` text is the same here, but the key file it names now holds
+/// another key, and the reload applies it (tokens of the old key are
+/// refused, those of the new one accepted). Unchanged sections alone once
+/// decided, so rotating a key file by reloading was silently ignored.
+#[test]
+fn a_reload_applies_a_rotated_key_file_under_unchanged_auth() {
+    env();
+    let (k1, k2) = (ec_key(false), ec_key(false));
+    let file = tmp_file("rotated.pub.pem", &k1.public_pem);
+    let b = Backend::start();
+    let text = base(&b)
+        + &format!(
+            r#"
+[auth.jwt]
+algorithms = ["ES256"]
+public_key_file = "{file}"
+issuer = "{ISS}"
+audience = ["{AUD}"]
+"#
+        );
+    let path =
+        std::env::temp_dir().join(format!("ringgate-auth-rotate-{}.toml", std::process::id()));
+    std::fs::write(&path, &text).unwrap();
+    let cfg = Config::load(&path).expect("config");
+    let handle = Server::start_file(cfg, path.clone(), Default::default()).expect("start");
+    let addr = handle.local_addrs()[0];
+    let t1 = sign(Algorithm::ES256, &k1.enc, &claims("rosa"), None);
+    let t2 = sign(Algorithm::ES256, &k2.enc, &claims("sam"), None);
+    assert_eq!(get_bearer(addr, "/jwt", &t1).status, 200);
+    assert_invalid_token(&get_bearer(addr, "/jwt", &t2), "not yet the key");
+
+    std::fs::write(&file, &k2.public_pem).unwrap();
+    let summary = handle.reload().expect("reload");
+    assert!(summary.contains("auth started afresh"), "{summary}");
+    assert_invalid_token(&get_bearer(addr, "/jwt", &t1), "the rotated-out key");
+    let r = get_bearer(addr, "/jwt", &t2);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.echoed("X-User-Id").as_deref(), Some("sam"));
+
+    // Reloading again with nothing changed keeps it.
+    let summary = handle.reload().expect("reload");
+    assert!(
+        summary.contains("auth kept with its keys and token caches"),
+        "{summary}"
+    );
+    assert_eq!(get_bearer(addr, "/jwt", &t2).status, 200);
     let _ = std::fs::remove_file(&path);
 }
 

@@ -386,6 +386,44 @@ fn backend_max_age_overrides_the_route_ttl() {
     assert_eq!(x_cache(&get(&mut c, "/m", "")), "MISS");
 }
 
+/// The backend's `Expires` gives the lifetime when the route has no
+/// `ttl_s`, in each form of HTTP-date a recipient must accept: IMF-fixdate
+/// and the obsolete RFC 850 and asctime forms (which were once read as
+/// invalid, so the answer counted as already expired and was not stored).
+#[test]
+fn expires_in_every_http_date_form_gives_the_lifetime() {
+    for (date, expires) in [
+        (
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:50:37 GMT",
+        ),
+        (
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:50:37 GMT",
+        ),
+        ("Sun Nov  6 08:49:37 1994", "Sun Nov  6 08:50:37 1994"),
+    ] {
+        let up = numbered(&[("Date", date), ("Expires", expires)]);
+        let gw = gateway("", &up, &route(""));
+        let mut c = gw.client();
+        assert_eq!(x_cache(&get(&mut c, "/e", "")), "MISS", "{expires}");
+        let r = get(&mut c, "/e", "");
+        assert_eq!(
+            (r.text().as_str(), x_cache(&r)),
+            ("/e#1", "HIT"),
+            "{expires}"
+        );
+        assert_eq!(up.hits(), 1, "{expires}");
+    }
+    // An Expires that is not a date means already expired: not stored.
+    let up = numbered(&[("Date", "Sun, 06 Nov 1994 08:49:37 GMT"), ("Expires", "0")]);
+    let gw = gateway("", &up, &route(""));
+    let mut c = gw.client();
+    get(&mut c, "/e", "");
+    assert_eq!(x_cache(&get(&mut c, "/e", "")), "MISS");
+    assert_eq!(up.hits(), 2);
+}
+
 #[test]
 fn stale_while_revalidate_serves_stale_and_refreshes_once() {
     let n = Arc::new(AtomicUsize::new(0));

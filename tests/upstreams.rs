@@ -1111,6 +1111,8 @@ struct Zone {
     /// Over UDP, answer with the first record only and the TC flag when
     /// there are more (as a server does when an answer does not fit).
     truncate_udp: bool,
+    /// TTL of every record, seconds (default 5).
+    ttl: Option<u32>,
 }
 
 /// A small authoritative DNS server on 127.0.0.1:ephemeral, UDP and TCP
@@ -1238,7 +1240,8 @@ fn answer(q: &[u8], zone: &Zone, limit: Option<usize>) -> Option<Vec<u8>> {
             Some(n) => put_name(&mut r, n),
         }
         r.extend_from_slice(&rtype.to_be_bytes());
-        r.extend_from_slice(&[0, 1, 0, 0, 0, 5]);
+        r.extend_from_slice(&[0, 1]);
+        r.extend_from_slice(&zone.ttl.unwrap_or(5).to_be_bytes());
         r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
         r.extend_from_slice(rdata);
         r
@@ -1287,6 +1290,12 @@ fn answer(q: &[u8], zone: &Zone, limit: Option<usize>) -> Option<Vec<u8>> {
 }
 
 fn dns_gateway(dns: &TestDns, name: &str) -> Gateway {
+    dns_gateway_with(name, &format!("\"{}\"", dns.addr), 50)
+}
+
+/// A gateway whose upstream `up` is `name` from `servers` (the
+/// `dns_server` value as written), re-resolved every `interval_ms`.
+fn dns_gateway_with(name: &str, servers: &str, interval_ms: u64) -> Gateway {
     GatewayConfig::new()
         .upstream(
             "up",
@@ -1294,12 +1303,71 @@ fn dns_gateway(dns: &TestDns, name: &str) -> Gateway {
             &[
                 "discovery = \"dns\"",
                 &format!("dns_name = \"{name}\""),
-                &format!("dns_server = \"{}\"", dns.addr),
-                "dns_interval_ms = 50",
+                &format!("dns_server = {servers}"),
+                &format!("dns_interval_ms = {interval_ms}"),
             ],
         )
         .route("/{*rest}", "up", &[])
         .start()
+}
+
+/// Records whose TTL runs out before `dns_interval_ms` are resolved again
+/// when it does: a one-second TTL under a one-minute interval moves
+/// traffic within seconds. (The resolver once ignored TTLs, so a changed
+/// answer waited for the interval.)
+#[test]
+fn dns_ttl_shorter_than_the_interval_resolves_again_sooner() {
+    let a = named("a");
+    let b = named("b");
+    let dns = TestDns::start();
+    let srv = |port: u16, target: &str| vec![(10, 1, port, String::from(target))];
+    dns.set(|z| {
+        z.a.insert("a.ttl.test".into(), vec![[127, 0, 0, 1]]);
+        z.a.insert("b.ttl.test".into(), vec![[127, 0, 0, 1]]);
+        z.srv.insert(
+            "_http._tcp.ttl.test".into(),
+            srv(a.addr.port(), "a.ttl.test"),
+        );
+        z.ttl = Some(1);
+    });
+    let gw = dns_gateway_with("_http._tcp.ttl.test", &format!("\"{}\"", dns.addr), 60_000);
+    assert_eq!(tally(&gw, "/t", 4).get("200 a"), Some(&4));
+    dns.set(|z| {
+        z.srv.insert(
+            "_http._tcp.ttl.test".into(),
+            srv(b.addr.port(), "b.ttl.test"),
+        );
+    });
+    eventually("traffic moves to b after the TTL", || {
+        tally(&gw, "/t", 4).get("200 b") == Some(&4)
+    });
+}
+
+/// `dns_server` may list several nameservers; one that never answers does
+/// not stop discovery while another does. (Only one server used to be
+/// asked.)
+#[test]
+fn dns_server_list_asks_the_next_server_when_one_is_silent() {
+    let a = named("a");
+    let dns = TestDns::start();
+    dns.set(|z| {
+        z.a.insert("a.multi.test".into(), vec![[127, 0, 0, 1]]);
+        z.srv.insert(
+            "_http._tcp.multi.test".into(),
+            vec![(10, 1, a.addr.port(), "a.multi.test".into())],
+        );
+    });
+    // Bound, never read: queries sent there go unanswered.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let servers = format!("[\"{}\", \"{}\"]", silent.local_addr().unwrap(), dns.addr);
+    let gw = dns_gateway_with("_http._tcp.multi.test", &servers, 200);
+    eventually("a is discovered", || {
+        upstream_state(&gw, "up")["targets"]
+            .as_array()
+            .is_some_and(|t| t.len() == 1)
+    });
+    assert_eq!(tally(&gw, "/m", 4).get("200 a"), Some(&4));
+    drop(silent);
 }
 
 /// An SRV answer too large for the server's UDP reply comes back with the

@@ -73,7 +73,7 @@ pub struct ConfigFileSection {
 }
 
 /// One address or a list of addresses.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     /// `listen = "127.0.0.1:8080"`
@@ -153,7 +153,7 @@ pub struct AdminFile {
 }
 
 /// `[upstreams.NAME]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     /// `static | dns | file | registry` (default `static`).
@@ -168,8 +168,9 @@ pub struct UpstreamFile {
     pub dns_name: Option<String>,
     /// How often the DNS name is re-resolved.
     pub dns_interval_ms: Option<u64>,
-    /// Nameserver `IP:port` for DNS discovery (default: the system's).
-    pub dns_server: Option<String>,
+    /// Nameserver `IP[:port]`, or a list of them, for DNS discovery
+    /// (default: the system's).
+    pub dns_server: Option<OneOrMany>,
     /// Registry instances expire this long after their last heartbeat.
     pub registry_ttl_ms: Option<u64>,
     /// Balancing algorithm.
@@ -201,7 +202,7 @@ pub struct UpstreamFile {
 }
 
 /// One upstream target: `"host:port"` or `{ addr = "host:port", weight = N }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum TargetFile {
     /// `"127.0.0.1:9001"`
@@ -211,7 +212,7 @@ pub enum TargetFile {
 }
 
 /// `{ addr = "host:port", weight = N }`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedTargetFile {
     /// `host:port`
@@ -221,7 +222,7 @@ pub struct WeightedTargetFile {
 }
 
 /// `[upstreams.NAME.health]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthFile {
     /// Path requested with GET (default `/health`).
@@ -241,7 +242,7 @@ pub struct HealthFile {
 }
 
 /// `[upstreams.NAME.outlier]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierFile {
     /// Consecutive 5xx responses that eject a target (0 = never).
@@ -255,7 +256,7 @@ pub struct OutlierFile {
 }
 
 /// `[upstreams.NAME.breaker]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerFile {
     /// Consecutive failures that open the breaker (0 = not on count).
@@ -275,7 +276,7 @@ pub struct BreakerFile {
 }
 
 /// `[upstreams.NAME.fallback]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackFile {
     /// Status (default 200).

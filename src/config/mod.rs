@@ -198,9 +198,9 @@ pub struct DnsDiscovery {
     pub port: Option<u16>,
     /// Re-resolve interval.
     pub interval: Duration,
-    /// Nameserver; `None` = the system resolver (A/AAAA) or the first
-    /// `nameserver` of `/etc/resolv.conf` (SRV).
-    pub server: Option<SocketAddr>,
+    /// Nameservers (`dns_server`), asked in turn; empty = the system's
+    /// (every `nameserver` of `/etc/resolv.conf`, after `/etc/hosts`).
+    pub servers: Vec<SocketAddr>,
 }
 
 /// `[upstreams.NAME.health]`, validated.
@@ -303,6 +303,10 @@ pub struct UpstreamConfig {
     pub breaker: Option<BreakerConfig>,
     /// Answer while the breaker is open.
     pub fallback: Option<FallbackConfig>,
+    /// The `[upstreams.NAME]` table as written: a reload that leaves it
+    /// (and the addresses its targets resolve to) unchanged keeps
+    /// [`Self::state`] and the workers' pools.
+    pub section: std::sync::Arc<file::UpstreamFile>,
     /// State shared by all workers and the control plane: target
     /// snapshots, health, ejections, breaker.
     pub state: std::sync::Arc<crate::upstream::UpstreamShared>,
@@ -400,12 +404,6 @@ pub struct Config {
     pub watch: bool,
     /// `[metrics] enabled`: record per-request metrics.
     pub metrics_enabled: bool,
-    /// Debug text of the `[auth]` and `[[consumers]]` sections (a reload
-    /// that leaves it unchanged keeps the running auth and its caches).
-    pub auth_fingerprint: String,
-    /// Debug text of the `[rate_limits.*]` and `[redis]` sections (a reload
-    /// that leaves it unchanged keeps the running limits).
-    pub rate_fingerprint: String,
     /// Metric slot of each route (row in the per-worker metric arrays);
     /// kept stable across reloads by route name.
     pub route_slots: Vec<usize>,

@@ -130,20 +130,31 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
                     "use milliseconds, e.g. 5000",
                 );
             }
-            let server = up.dns_server.as_deref().and_then(|s| {
-                let parsed = s
-                    .parse::<SocketAddr>()
-                    .ok()
-                    .or_else(|| s.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 53).into()));
-                if parsed.is_none() {
-                    errs.push(
-                        key("dns_server"),
-                        format!("{s:?} is not an IP or IP:port address"),
-                        "write the nameserver as \"127.0.0.1:53\"",
-                    );
-                }
-                parsed
-            });
+            let written = up.dns_server.as_ref().map_or_else(Vec::new, |s| s.to_vec());
+            if up.dns_server.is_some() && written.is_empty() {
+                errs.push(
+                    key("dns_server"),
+                    "an empty list",
+                    "list at least one nameserver, e.g. [\"127.0.0.1:53\"], or remove dns_server to use the system's",
+                );
+            }
+            let servers: Vec<SocketAddr> = written
+                .iter()
+                .filter_map(|s| {
+                    let parsed = s
+                        .parse::<SocketAddr>()
+                        .ok()
+                        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 53).into()));
+                    if parsed.is_none() {
+                        errs.push(
+                            key("dns_server"),
+                            format!("{s:?} is not an IP or IP:port address"),
+                            "write the nameserver as \"127.0.0.1:53\"",
+                        );
+                    }
+                    parsed
+                })
+                .collect();
             let name_s = up.dns_name.clone().unwrap_or_default();
             let (host, port) = if name_s.is_empty() {
                 errs.push(
@@ -175,7 +186,7 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
                 host,
                 port,
                 interval: Duration::from_millis(interval.max(1)),
-                server,
+                servers,
             })
         }
         "file" => match &up.file {
@@ -504,6 +515,7 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
         outlier,
         breaker,
         fallback,
+        section: Arc::new(up.clone()),
         state,
     }
 }

@@ -204,8 +204,6 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
     let watch = file.config.as_ref().and_then(|c| c.watch).unwrap_or(false);
     let route_slots: Vec<usize> = (1..=routes.len()).collect();
     let upstream_slots: Vec<usize> = (0..upstreams.len()).collect();
-    let auth_fingerprint = format!("{:?}{:?}", file.auth, file.consumers);
-    let rate_fingerprint = format!("{:?}{:?}", file.rate_limits, file.redis);
     let auth = crate::filter::auth::compile(&file, &mut errs);
     let rate_limits = crate::filter::rate_limit::compile(&file, &mut errs);
     for (i, r) in file.routes.iter().enumerate() {
@@ -282,8 +280,6 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
                 .as_ref()
                 .and_then(|m| m.enabled)
                 .unwrap_or(true),
-            auth_fingerprint,
-            rate_fingerprint,
             route_slots,
             upstream_slots,
             rate_limit_slots: (0..rate_limits.as_ref().map_or(0, |l| l.limit_names().len()))

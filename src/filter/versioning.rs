@@ -543,62 +543,92 @@ pub fn route_fields(
         lines.extend_from_slice(b"Deprecation: true\r\n");
     }
     if let Some(s) = &r.sunset {
-        if is_http_date(s) {
-            lines.extend_from_slice(b"Sunset: ");
-            lines.extend_from_slice(s.as_bytes());
-            lines.extend_from_slice(b"\r\n");
-        } else {
-            errs.push(
-                format!("routes[{i}].sunset"),
-                format!("{s:?} is not an HTTP-date"),
-                "write it as \"Sat, 31 Jan 2027 23:59:59 GMT\"",
-            );
+        match crate::http::date::parse(s.as_bytes()) {
+            Some(t) => {
+                // Sent as an IMF-fixdate, whichever form was written.
+                lines.extend_from_slice(b"Sunset: ");
+                lines.extend_from_slice(crate::http::date::format(t).as_bytes());
+                lines.extend_from_slice(b"\r\n");
+            }
+            None => match with_its_weekday(s) {
+                Some(fixed) => errs.push(
+                    format!("routes[{i}].sunset"),
+                    format!("{s:?} names the wrong weekday"),
+                    format!("write it as {fixed:?}"),
+                ),
+                None => errs.push(
+                    format!("routes[{i}].sunset"),
+                    format!("{s:?} is not an HTTP-date"),
+                    "write it as \"Sun, 31 Jan 2027 23:59:59 GMT\"",
+                ),
+            },
         }
     }
     (version, (!lines.is_empty()).then(|| lines.into()))
 }
 
-/// True for an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
-pub fn is_http_date(s: &str) -> bool {
-    let b = s.as_bytes();
-    const DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
-    const MONTHS: [&[u8]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    let num = |r: std::ops::Range<usize>| b[r].iter().fold(0u32, |a, d| a * 10 + (d - b'0') as u32);
-    b.len() == 29
-        && DAYS.contains(&&b[0..3])
-        && &b[3..5] == b", "
-        && digits(5..7)
-        && (1..=31).contains(&num(5..7))
-        && b[7] == b' '
-        && MONTHS.contains(&&b[8..11])
-        && b[11] == b' '
-        && digits(12..16)
-        && b[16] == b' '
-        && digits(17..19)
-        && num(17..19) < 24
-        && b[19] == b':'
-        && digits(20..22)
-        && num(20..22) < 60
-        && b[22] == b':'
-        && digits(23..25)
-        && num(23..25) < 61
-        && &b[25..] == b" GMT"
+/// `s`, an IMF-fixdate whose only fault is its weekday, with the weekday
+/// its day falls on.
+fn with_its_weekday(s: &str) -> Option<String> {
+    let rest = s.trim().get(3..)?;
+    ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+        .iter()
+        .map(|d| format!("{d}{rest}"))
+        .find(|c| crate::http::date::parse(c.as_bytes()).is_some())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `sunset` takes any HTTP-date, is sent as an IMF-fixdate, and a
+    /// date naming the wrong weekday gets the right one in its fix.
     #[test]
-    fn http_dates() {
-        assert!(is_http_date("Sat, 31 Jan 2027 23:59:59 GMT"));
-        assert!(!is_http_date("2027-01-31"));
-        assert!(!is_http_date("Sat, 31 Jan 2027 24:59:59 GMT"));
-        assert!(!is_http_date("Sat, 31 Foo 2027 23:59:59 GMT"));
+    fn sunset_dates() {
+        let route = |sunset: &str| crate::config::file::RouteFile {
+            version: Some(String::from("1")),
+            sunset: Some(sunset.to_string()),
+            ..Default::default()
+        };
+        let sent = |sunset: &str| {
+            let mut errs = Errors(Vec::new());
+            let (_, lines) = route_fields(0, &route(sunset), &mut errs);
+            (
+                lines.map(|l| String::from_utf8_lossy(&l).into_owned()),
+                errs.0,
+            )
+        };
+        let (lines, errs) = sent("Sun, 31 Jan 2027 23:59:59 GMT");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(
+            lines.as_deref(),
+            Some("Sunset: Sun, 31 Jan 2027 23:59:59 GMT\r\n")
+        );
+        let (lines, _) = sent("Sunday, 31-Jan-27 23:59:59 GMT");
+        assert_eq!(
+            lines.as_deref(),
+            Some("Sunset: Sun, 31 Jan 2027 23:59:59 GMT\r\n")
+        );
+        let (lines, _) = sent("Sun Jan 31 23:59:59 2027");
+        assert_eq!(
+            lines.as_deref(),
+            Some("Sunset: Sun, 31 Jan 2027 23:59:59 GMT\r\n")
+        );
+        for bad in [
+            "2027-01-31",
+            "Sat, 31 Jan 2027 24:59:59 GMT",
+            "Sat, 31 Foo 2027 23:59:59 GMT",
+        ] {
+            let (_, errs) = sent(bad);
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].key, "routes[0].sunset");
+        }
+        let (_, errs) = sent("Sat, 31 Jan 2027 23:59:59 GMT");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].fix.contains("Sun, 31 Jan 2027 23:59:59 GMT"),
+            "{errs:?}"
+        );
     }
 
     #[test]

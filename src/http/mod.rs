@@ -1,8 +1,9 @@
 //! HTTP/1.1 in place: request and response heads parsed with httparse into
 //! byte spans of the connection's own buffer ([`parse`]), chunked framing
-//! scanned without copying ([`chunked`]), forwarded heads written as slices
-//! of the bytes read plus the few headers ringgate adds ([`head`]), and the
-//! downstream connection loop that ties them to the phases ([`conn`]).
+//! scanned without copying ([`chunked`]), HTTP-dates ([`date`]), forwarded
+//! heads written as slices of the bytes read plus the few headers ringgate
+//! adds ([`head`]), and the downstream connection loop that ties them to
+//! the phases ([`conn`]).
 //!
 //! Performance notes: nothing here allocates per request. Every buffer
 //! (read buffers, header spans, the list of slices to write, the iovec
@@ -10,6 +11,7 @@
 
 pub mod chunked;
 pub mod conn;
+pub mod date;
 pub mod head;
 pub mod message;
 pub mod parse;

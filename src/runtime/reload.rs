@@ -166,30 +166,15 @@ struct Prepared {
     bound: Vec<(SocketAddr, SocketAddr)>,
 }
 
-fn upstream_fingerprint(u: &crate::config::UpstreamConfig) -> String {
-    format!(
-        "{:?}{:?}",
-        (
-            &u.discovery,
-            &u.targets,
-            &u.weights,
-            u.balance,
-            &u.hash_key,
-            u.connect_timeout,
-            u.request_timeout,
-            u.try_timeout,
-        ),
-        (
-            u.retries,
-            u.retry_budget_percent,
-            u.max_idle_per_target,
-            u.idle_timeout,
-            &u.health,
-            &u.outlier,
-            &u.breaker,
-            &u.fallback,
-        )
-    )
+/// Whether a reload may carry `prev`'s shared state (discovered targets,
+/// health, breaker) and pools over to `next`: the same name, the same
+/// `[upstreams.NAME]` table as written, and its static targets resolved to
+/// the same addresses (a host name may resolve differently now).
+fn same_upstream(
+    prev: &crate::config::UpstreamConfig,
+    next: &crate::config::UpstreamConfig,
+) -> bool {
+    prev.name == next.name && prev.section == next.section && prev.targets == next.targets
 }
 
 impl Reloader {
@@ -373,19 +358,19 @@ impl Reloader {
         // pools.
         let mut kept = 0;
         for u in &mut new.upstreams {
-            if let Some(prev) = old.upstreams.iter().find(|p| p.name == u.name)
-                && upstream_fingerprint(prev) == upstream_fingerprint(u)
-            {
+            if let Some(prev) = old.upstreams.iter().find(|p| same_upstream(p, u)) {
                 u.state = prev.state.clone();
                 kept += 1;
             }
         }
-        // Auth: unchanged `[auth]` and `[[consumers]]` keep the running
-        // `Auth` (its keys, its JWKS refresher) and so, on every worker, the
-        // validated-token cache: a route change neither refetches JWKS nor
-        // turns valid tokens into 401s while an identity provider is down.
-        if let (Some(o), Some(_)) = (&old.auth, &new.auth)
-            && old.auth_fingerprint == new.auth_fingerprint
+        // Auth: unchanged `[auth]` and `[[consumers]]`, naming an unchanged
+        // secret and key files, keep the running `Auth` (its keys, its JWKS
+        // refresher) and so, on every worker, the validated-token cache: a
+        // route change neither refetches JWKS nor turns valid tokens into
+        // 401s while an identity provider is down.
+        let mut auth_kept = false;
+        if let (Some(o), Some(n)) = (&old.auth, &new.auth)
+            && o.same_inputs(n)
             && new
                 .routes
                 .iter_mut()
@@ -397,6 +382,7 @@ impl Reloader {
                 }
             }
             new.auth = Some(o.clone());
+            auth_kept = true;
         }
         // Rate limits: unchanged sections keep the running limits (every
         // count, the reconciler and lease threads); otherwise the new
@@ -404,7 +390,7 @@ impl Reloader {
         // limit whose definition did not change.
         let mut limits_kept = 0;
         if let (Some(o), Some(n)) = (&old.rate_limits, &mut new.rate_limits) {
-            if old.rate_fingerprint == new.rate_fingerprint {
+            if o.same_sections(n) {
                 *n = o.clone();
                 limits_kept = o.limit_names().len();
             } else if let Some(n) = Arc::get_mut(n) {
@@ -437,6 +423,11 @@ impl Reloader {
             limits,
             limits_kept
         );
+        if auth_kept {
+            summary.push_str(", auth kept with its keys and token caches");
+        } else if new.auth.is_some() {
+            summary.push_str(", auth started afresh");
+        }
         if log_changed {
             match new.log.access {
                 Some(f) => summary.push_str(&format!(

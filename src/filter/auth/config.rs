@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// `[auth]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
     /// `[auth.jwt]`: JWT validation.
@@ -35,7 +35,7 @@ pub struct AuthFile {
 }
 
 /// `[auth.jwt]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtFile {
     /// Accepted `alg` values, e.g. `["RS256"]`. `none` is never accepted.
@@ -78,7 +78,7 @@ pub struct JwtFile {
 }
 
 /// `[auth.token_endpoint]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenEndpointFile {
     /// Path answered by the gateway (default `/auth/token`).
@@ -106,7 +106,7 @@ pub struct TokenEndpointFile {
 }
 
 /// `[auth.api_key]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyFile {
     /// Header carrying the key (default `X-API-Key`).
@@ -116,7 +116,7 @@ pub struct ApiKeyFile {
 }
 
 /// `[[consumers]]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerFile {
     /// Consumer id (sent to backends as `X-Consumer-Id`).
@@ -817,7 +817,55 @@ pub fn compile(file: &FileConfig, errs: &mut Errors) -> Option<Arc<Auth>> {
         consumers,
         endpoint,
         started: Default::default(),
+        sections: (file.auth.clone(), file.consumers.clone()),
+        outside: outside_inputs(af),
     }))
+}
+
+/// SHA-256 over what `[auth]` names outside the config file, as it is
+/// now: the value of `secret_env` and the contents of `public_key_file`,
+/// `jwks_file`, `jwks_ca_file` and `private_key_file` (each tagged, and
+/// marked absent when unset or unreadable). With the sections, it decides
+/// whether a reload may keep the running auth: rotating a key file or the
+/// secret and reloading applies the new key even though the config text
+/// is the same.
+fn outside_inputs(af: Option<&AuthFile>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut part = |tag: &str, v: Option<Vec<u8>>| {
+        h.update(tag.as_bytes());
+        match v {
+            Some(b) => {
+                h.update([1]);
+                h.update((b.len() as u64).to_le_bytes());
+                h.update(&b);
+            }
+            None => h.update([0]),
+        }
+    };
+    let j = af.and_then(|a| a.jwt.as_ref());
+    let t = af.and_then(|a| a.token_endpoint.as_ref());
+    part(
+        "secret_env",
+        j.and_then(|j| j.secret_env.as_ref())
+            .and_then(std::env::var_os)
+            .map(|v| v.into_encoded_bytes()),
+    );
+    for (tag, path) in [
+        (
+            "public_key_file",
+            j.and_then(|j| j.public_key_file.as_ref()),
+        ),
+        ("jwks_file", j.and_then(|j| j.jwks_file.as_ref())),
+        ("jwks_ca_file", j.and_then(|j| j.jwks_ca_file.as_ref())),
+        (
+            "private_key_file",
+            t.and_then(|t| t.private_key_file.as_ref()),
+        ),
+    ] {
+        part(tag, path.and_then(|p| std::fs::read(p).ok()));
+    }
+    h.finalize().into()
 }
 
 /// Compiles a route's `auth`, `roles`, `scopes` and `hide_credentials` keys.

@@ -12,9 +12,12 @@
 //!
 //! The fetch is a blocking HTTP/1.1 GET over `std::net::TcpStream`, off
 //! every worker; `https://` URLs go through rustls, verifying the server
-//! against the system's trust store plus `jwks_ca_file` when given.
+//! against the system's trust store plus `jwks_ca_file` when given. A
+//! chunked answer is decoded by the shared [`ChunkedScanner`], with the
+//! same strict framing rules as every chunked body ringgate reads.
 
 use super::keys::{AlgSet, KeySet, VerifyKey, keys_from_jwks};
+use crate::http::chunked::ChunkedScanner;
 use arc_swap::ArcSwap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -439,29 +442,23 @@ fn complete_body(data: &[u8]) -> Result<Option<Vec<u8>>, String> {
     }
 }
 
-/// Decodes a chunked body; None while incomplete.
-fn dechunk(mut d: &[u8]) -> Result<Option<Vec<u8>>, String> {
+/// Decodes a chunked body with the shared scanner (the same strict
+/// framing rules as every other chunked body ringgate reads); `None` while
+/// incomplete (the last chunk and the trailer section's end not seen yet).
+fn dechunk(d: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut scanner = ChunkedScanner::new();
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = d.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let line = std::str::from_utf8(&d[..eol]).map_err(|_| "bad chunk size")?;
-        let size_hex = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16).map_err(|_| "bad chunk size")?;
-        if size > MAX_JWKS_BYTES || out.len() + size > MAX_JWKS_BYTES {
-            return Err("the response is larger than 1 MiB".into());
-        }
-        d = &d[eol + 2..];
-        if size == 0 {
-            return Ok(Some(out));
-        }
-        if d.len() < size + 2 {
-            return Ok(None);
-        }
-        out.extend_from_slice(&d[..size]);
-        d = &d[size + 2..];
+    scanner
+        .scan(d, |start, end| {
+            if out.len() + (end - start) <= MAX_JWKS_BYTES {
+                out.extend_from_slice(&d[start..end]);
+            }
+        })
+        .map_err(|e| format!("malformed chunked body: {}", e.0))?;
+    if scanner.payload > MAX_JWKS_BYTES as u64 {
+        return Err("the response is larger than 1 MiB".into());
     }
+    Ok(scanner.is_done().then_some(out))
 }
 
 #[cfg(test)]
@@ -496,5 +493,27 @@ mod tests {
         assert!(complete_body(r).unwrap().is_none());
         let r = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
         assert!(complete_body(r).is_err());
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let body = |chunks: &[u8]| complete_body(&[&head[..], chunks].concat());
+        // Trailers are read past; the body is whole after their end.
+        assert_eq!(
+            body(b"2\r\n{}\r\n0\r\nX-Sum: 1\r\n\r\n").unwrap().unwrap(),
+            b"{}"
+        );
+        assert!(body(b"2\r\n{}\r\n0\r\n").unwrap().is_none());
+        // Malformed framing is an error, not a guess.
+        assert!(body(b"2\n{}\r\n0\r\n\r\n").is_err(), "bare LF");
+        assert!(body(b"2\r\n{}XX0\r\n\r\n").is_err(), "no CRLF after data");
+        assert!(body(b"zz\r\n").is_err(), "bad size");
+        // More than 1 MiB of payload.
+        let big = MAX_JWKS_BYTES + 1;
+        let mut chunks = format!("{big:x}\r\n").into_bytes();
+        chunks.resize(chunks.len() + big, b' ');
+        chunks.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert!(body(&chunks).is_err());
     }
 }

@@ -102,6 +102,10 @@ pub struct Auth {
     pub(crate) consumers: Consumers,
     pub(crate) endpoint: Option<token_endpoint::TokenEndpoint>,
     pub(crate) started: AtomicBool,
+    /// `[auth]` and `[[consumers]]` as written, compiled into the above.
+    sections: (Option<AuthFile>, Vec<ConsumerFile>),
+    /// Digest of the secret and key files those sections name, as read.
+    outside: [u8; 32],
 }
 
 impl Auth {
@@ -115,6 +119,14 @@ impl Auth {
         {
             jwks::start(&j.store, src.clone());
         }
+    }
+
+    /// Whether `other` was compiled from the same `[auth]` and
+    /// `[[consumers]]` as this, naming a secret and key files whose
+    /// contents did not change either: a reload keeps the running auth
+    /// (its keys, its JWKS refresher, the workers' token caches) when so.
+    pub fn same_inputs(&self, other: &Auth) -> bool {
+        self.sections == other.sections && self.outside == other.outside
     }
 
     /// The token endpoint's path, when enabled.

@@ -358,46 +358,11 @@ pub fn line_names(extra: &[u8]) -> Vec<&[u8]> {
         .collect()
 }
 
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) into seconds
-/// since the Unix epoch. Other date forms are not accepted (an `Expires`
-/// that does not parse counts as already expired).
+/// Parses an HTTP-date (IMF-fixdate, or the obsolete RFC 850 and asctime
+/// forms; see [`crate::http::date`]) into seconds since the Unix epoch. An
+/// `Expires` that does not parse counts as already expired.
 pub fn parse_http_date(v: &[u8]) -> Option<u64> {
-    const MONTHS: [&[u8]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
-    let b = v.trim_ascii();
-    if b.len() != 29 || &b[3..5] != b", " || &b[25..] != b" GMT" {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u64> {
-        let s = &b[r];
-        s.iter()
-            .all(u8::is_ascii_digit)
-            .then(|| s.iter().fold(0u64, |a, d| a * 10 + (d - b'0') as u64))
-    };
-    let day = num(5..7)?;
-    let month = MONTHS.iter().position(|m| *m == &b[8..11])? as u64 + 1;
-    let year = num(12..16)?;
-    if b[7] != b' ' || b[11] != b' ' || b[16] != b' ' || b[19] != b':' || b[22] != b':' {
-        return None;
-    }
-    let (h, mi, s) = (num(17..19)?, num(20..22)?, num(23..25)?);
-    if !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 || year < 1970 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(days * 86400 + h * 3600 + mi * 60 + s)
+    crate::http::date::parse(v)
 }
 
 #[cfg(test)]
@@ -424,7 +389,15 @@ mod tests {
         );
         assert_eq!(parse_http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(parse_http_date(b"0"), None);
-        assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        // The obsolete forms a recipient must accept (RFC 9110 §5.6.7).
+        assert_eq!(
+            parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(784111777)
+        );
+        assert_eq!(
+            parse_http_date(b"Sun Nov  6 08:49:37 1994"),
+            Some(784111777)
+        );
     }
 
     #[test]

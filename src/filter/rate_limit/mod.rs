@@ -68,7 +68,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// `key = "ip"` or `key = ["consumer", "route"]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum KeyFile {
     /// One part.
@@ -78,7 +78,7 @@ pub enum KeyFile {
 }
 
 /// A tier override: `premium = 10000`, or a table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum TierFile {
     /// Just the limit.
@@ -88,7 +88,7 @@ pub enum TierFile {
 }
 
 /// `tiers.NAME = { limit = .., burst = .., max_delay_ms = .., ... }`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierTable {
     /// Requests per window.
@@ -104,7 +104,7 @@ pub struct TierTable {
 }
 
 /// `[rate_limits.NAME]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitFile {
     /// `ip | consumer | api_key | route | "header:NAME"`, or a list.
@@ -146,7 +146,7 @@ pub struct LimitFile {
 }
 
 /// `[redis]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
     /// `redis://host:port[/db]`.
@@ -195,9 +195,10 @@ pub(crate) struct LimitDef {
     /// definition unchanged (see [`Limits::take_over_from`]). Workers and
     /// reconcilers match carried state by it.
     pub id: u64,
-    /// The definition as written (and, for a global limit, the `[redis]`
-    /// it uses): equal fingerprints, same limit.
-    fingerprint: String,
+    /// The `[rate_limits.NAME]` table as written. With the same name, an
+    /// equal table (and, for a global limit, an equal `[redis]`, the store
+    /// it counts in) is the same limit.
+    section: LimitFile,
     pub parts: Vec<KeyPart>,
     pub trusted: Vec<Cidr>,
     pub tiers: Vec<Tier>,
@@ -288,6 +289,8 @@ pub struct Limits {
     pub(crate) defs: Vec<LimitDef>,
     names: BTreeMap<String, usize>,
     redis: Option<RedisConf>,
+    /// `[rate_limits.*]` and `[redis]` as written, compiled into the above.
+    sections: (BTreeMap<String, LimitFile>, Option<RedisFile>),
     pub(crate) clock: Clock,
     pub(crate) hasher: RandomState,
     /// The shortest sync interval: the reconciler's tick.
@@ -341,6 +344,13 @@ impl Limits {
         self.defs.iter().map(|d| d.name.as_str()).collect()
     }
 
+    /// Whether `other` was compiled from the same `[rate_limits.*]` and
+    /// `[redis]` as this: a reload then keeps the running limits whole
+    /// (every count, the reconciler and lease threads).
+    pub fn same_sections(&self, other: &Limits) -> bool {
+        self.sections == other.sections
+    }
+
     /// Takes over from `old`, the running limits, before this (freshly
     /// compiled, not yet shared) generation is published: the key hasher
     /// and the clock, so keys and times mean the same in both, and the
@@ -351,10 +361,11 @@ impl Limits {
         self.clock = old.clock;
         let mut carried = 0;
         for d in &mut self.defs {
+            let same_store = !d.global || old.redis == self.redis;
             if let Some(o) = old
                 .defs
                 .iter()
-                .find(|o| o.name == d.name && o.fingerprint == d.fingerprint)
+                .find(|o| o.name == d.name && o.section == d.section && same_store)
             {
                 d.id = o.id;
                 carried += 1;
@@ -563,12 +574,7 @@ pub fn compile(file: &FileConfig, errs: &mut Errors) -> Option<Arc<Limits>> {
     let mut defs = Vec::new();
     let mut names = BTreeMap::new();
     for (name, lf) in &file.rate_limits {
-        if let Some(mut d) = compile_limit(name, lf, redis.is_some(), errs) {
-            d.fingerprint = format!("{lf:?}");
-            if d.global {
-                // A global limit counts in the store it names.
-                d.fingerprint.push_str(&format!("{redis:?}"));
-            }
+        if let Some(d) = compile_limit(name, lf, redis.is_some(), errs) {
             names.insert(name.clone(), defs.len());
             defs.push(d);
         }
@@ -592,6 +598,7 @@ pub fn compile(file: &FileConfig, errs: &mut Errors) -> Option<Arc<Limits>> {
         defs,
         names,
         redis,
+        sections: (file.rate_limits.clone(), file.redis.clone()),
         clock: Clock::new(),
         hasher: RandomState::new(),
         tick_ns,
@@ -874,7 +881,7 @@ fn compile_limit(
     Some(LimitDef {
         name: name.to_string(),
         id: NEXT_LIMIT_ID.fetch_add(1, Ordering::Relaxed),
-        fingerprint: String::new(),
+        section: lf.clone(),
         parts,
         trusted,
         tiers,

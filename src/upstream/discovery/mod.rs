@@ -3,7 +3,8 @@
 //!
 //! Key components: one module per source — [`static_list`] (the `targets`
 //! list, published once at compile time), [`dns`] (a name re-resolved
-//! every `dns_interval_ms`: A/AAAA or SRV, with a small UDP DNS client),
+//! every `dns_interval_ms`, or sooner when its TTL runs out: A/AAAA or
+//! SRV, through hickory's resolver),
 //! [`file`] (a watched JSON file) and [`registry`] (instances registering
 //! through the admin API, expiring without heartbeats) — and [`start`],
 //! which spawns one thread per dynamic upstream.
@@ -53,11 +54,23 @@ pub fn start(cfg: &UpstreamConfig) {
     let spawned = match &cfg.discovery {
         Discovery::Static => return,
         Discovery::Dns(d) => {
-            dns::refresh(shared, d);
+            // The first resolution happens here, on the control thread
+            // that starts the config; the resolver then moves to the
+            // upstream's own thread.
+            let (resolver, wait) = match dns::DnsResolver::new(d) {
+                Ok(r) => {
+                    let wait = dns::refresh(shared, d, &r);
+                    (Some(r), wait)
+                }
+                Err(e) => {
+                    dns::failed(shared, d, &e);
+                    (None, d.interval)
+                }
+            };
             let d = d.clone();
             std::thread::Builder::new()
                 .name(name)
-                .spawn(move || run(weak, d.interval, |s| dns::refresh(s, &d)))
+                .spawn(move || run_dns(weak, d, resolver, wait))
         }
         Discovery::File(path) => {
             let mut w = file::Watcher::new(path.clone());
@@ -75,6 +88,31 @@ pub fn start(cfg: &UpstreamConfig) {
     };
     if let Err(e) = spawned {
         tracing::error!(upstream = %cfg.name, error = %e, "cannot start the discovery thread");
+    }
+}
+
+/// Re-resolves `d` while the upstream lives, first after `wait`, then
+/// whenever the last answer says (see [`dns::refresh`]). A resolver that
+/// could not be built is built again at each turn.
+fn run_dns(
+    weak: Weak<UpstreamShared>,
+    d: crate::config::DnsDiscovery,
+    mut resolver: Option<dns::DnsResolver>,
+    mut wait: Duration,
+) {
+    loop {
+        std::thread::sleep(wait);
+        let Some(s) = weak.upgrade() else { return };
+        if resolver.is_none() {
+            match dns::DnsResolver::new(&d) {
+                Ok(r) => resolver = Some(r),
+                Err(e) => dns::failed(&s, &d, &e),
+            }
+        }
+        wait = match &resolver {
+            Some(r) => dns::refresh(&s, &d, r),
+            None => d.interval,
+        };
     }
 }
 
