@@ -17,8 +17,8 @@
 
 pub mod admin;
 pub mod config;
-pub mod error;
 pub mod demo;
+pub mod error;
 pub mod filter;
 pub mod http;
 pub mod proxy;
