@@ -75,13 +75,62 @@ pub struct CorsFile {
 }
 
 /// A route's `cors`: `false`, `true` or a table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RouteCorsFile {
     /// `cors = false` (off on this route) or `cors = true` (the `[cors]` table).
     Switch(bool),
     /// `cors = { origins = [...], ... }`: this route's own settings.
     Table(CorsFile),
+}
+
+// By the value's type rather than `untagged`, so a misspelt key in the
+// table is reported as such; a value of another type gets the message of
+// an untagged enum, which the config reader words as the forms it takes.
+fn no_form<E: serde::de::Error>() -> E {
+    E::custom("data did not match any variant of untagged enum RouteCorsFile")
+}
+
+impl<'de> Deserialize<'de> for RouteCorsFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RouteCorsFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "true, false or a table like { origins = [\"https://app.example.com\"] }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<RouteCorsFile, E> {
+                Err(no_form())
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<RouteCorsFile, E> {
+                Err(no_form())
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<RouteCorsFile, E> {
+                Err(no_form())
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<RouteCorsFile, E> {
+                Err(no_form())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                _: A,
+            ) -> Result<RouteCorsFile, A::Error> {
+                Err(no_form())
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RouteCorsFile, E> {
+                Ok(RouteCorsFile::Switch(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<RouteCorsFile, A::Error> {
+                CorsFile::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RouteCorsFile::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One allowed origin.
