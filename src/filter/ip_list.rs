@@ -53,10 +53,11 @@ impl Policy {
     }
 }
 
-/// Parses one list; `key` names it in errors.
+/// Parses one list; `key` names it in errors. An empty allow list is an
+/// error (it would refuse everyone); an empty deny list refuses no one.
 fn parse(key: &str, list: Option<&Vec<String>>, errs: &mut Errors) -> Option<Box<[Cidr]>> {
     let list = list?;
-    if list.is_empty() {
+    if list.is_empty() && key.ends_with("ip_allow") {
         errs.push(
             key,
             "the list is empty, so no client could pass",
