@@ -364,3 +364,104 @@ fn config_errors() {
         "{e}"
     );
 }
+
+/// A page server: answers every request with a small HTML page (the
+/// origin a browser fetches from). Returns its address.
+fn page_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(support::READ_TIMEOUT));
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut tmp) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                let body = "<!doctype html><title>page</title><p>page</p>";
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// The real client: Chromium, on a page of one origin, fetches through
+/// the gateway on another with a request that needs a preflight (POST,
+/// JSON, Authorization, credentials). From the allowed origin the page
+/// reads the answer and the exposed X-Request-Id, and the backend sees the
+/// POST only (the preflight was answered by the gateway); from a refused
+/// origin the browser blocks the request after the preflight, so the
+/// backend sees nothing more. Needs Debian's `chromium` and the Python
+/// `playwright` package (`.ci/run` installs both); without them it fails,
+/// saying what is missing.
+#[test]
+fn browser_fetches_across_origins() {
+    let b = MockUpstream::builder().respond(200, "{\"data\":1}").start();
+    let allowed = page_server();
+    let refused = page_server();
+    let gw = gateway(
+        &b,
+        &format!(
+            "[cors]\norigins = [\"http://{allowed}\"]\nmethods = [\"GET\", \"POST\"]\n\
+             headers = [\"Authorization\", \"Content-Type\"]\nexpose_headers = [\"X-Request-Id\"]\n\
+             credentials = true\n\n\
+             [[routes]]\npath = \"/api/{{*rest}}\"\nupstream = \"b\"\nmethods = [\"GET\", \"POST\"]\n"
+        ),
+    );
+    let (allowed_url, refused_url) = (format!("http://{allowed}/"), format!("http://{refused}/"));
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| String::from("python3"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/cors.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .args(["--api", &format!("http://{}/api/data", gw.addr)])
+        .args(["--page", &allowed_url, "--page", &refused_url])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python}: {e} (this test needs python3 with playwright and Debian's chromium; .ci/run installs them)")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser check failed ({}):\n{stderr}\n{stdout}",
+        out.status
+    );
+    let read: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let ok = &read[&allowed_url];
+    assert_eq!(ok["status"], 200, "{read}");
+    assert_eq!(ok["body"], "{\"data\":1}", "{read}");
+    assert!(
+        ok["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "X-Request-Id exposed: {read}"
+    );
+    let blocked = &read[&refused_url];
+    assert!(
+        blocked["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Failed to fetch")),
+        "{read}"
+    );
+    let seen = b.requests();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the allowed POST reached the backend: {seen:?}"
+    );
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(
+        seen[0].header("origin"),
+        Some(format!("http://{allowed}").as_str())
+    );
+}
