@@ -201,7 +201,14 @@ fn actual_requests_get_the_headers() {
         varies_on_origin(&none),
         "a cache must keep answers apart by Origin"
     );
-    assert_eq!(b.hits(), 2);
+    // An OPTIONS that is not a preflight (no Access-Control-Request-Method)
+    // is an ordinary request: forwarded.
+    let o = gw.client().request(format!(
+        "OPTIONS /x HTTP/1.1\r\nHost: test.local\r\nOrigin: {APP}\r\n\r\n"
+    ));
+    assert_eq!(o.status, 200, "{o:?}");
+    assert_eq!(o.header("access-control-allow-origin"), Some(APP));
+    assert_eq!(b.hits(), 3);
 }
 
 /// `origins = ["*"]` without credentials answers `*`; with credentials it
@@ -463,5 +470,30 @@ fn browser_fetches_across_origins() {
     assert_eq!(
         seen[0].header("origin"),
         Some(format!("http://{allowed}").as_str())
+    );
+}
+
+/// The plain path stays plain: a route without IP lists, CORS, auth, rate
+/// limits or a transform has an empty chain, also under a `[cors]` table
+/// it turns off; a route with CORS or a list has a filter.
+#[test]
+fn routes_without_features_keep_an_empty_chain() {
+    let cfg = ringgate::config::Config::parse(&format!(
+        "[upstreams.b]\ntargets = [\"127.0.0.1:9\"]\n{GLOBAL}\n\
+         [[routes]]\npath = \"/plain\"\nupstream = \"b\"\ncors = false\n\n\
+         [[routes]]\npath = \"/cors\"\nupstream = \"b\"\n\n\
+         [[routes]]\npath = \"/ip\"\nupstream = \"b\"\ncors = false\nip_deny = [\"10.0.0.0/8\"]\n"
+    ))
+    .unwrap();
+    let empty: Vec<bool> = cfg.routes.iter().map(|r| r.chain.is_empty()).collect();
+    assert_eq!(empty, [true, false, false]);
+    let bare = ringgate::config::Config::parse(
+        "[upstreams.b]\ntargets = [\"127.0.0.1:9\"]\n[server]\nip_deny = []\n\n\
+         [[routes]]\npath = \"/\"\nupstream = \"b\"\n",
+    )
+    .unwrap();
+    assert!(
+        bare.routes[0].chain.is_empty(),
+        "an empty ip_deny adds no filter"
     );
 }
