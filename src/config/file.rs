@@ -41,6 +41,8 @@ pub struct FileConfig {
     pub versioning: Option<crate::filter::versioning::VersioningFile>,
     /// `[cache]`
     pub cache: Option<crate::filter::cache::CacheFile>,
+    /// `[cors]`: the CORS default for every route.
+    pub cors: Option<crate::filter::cors::CorsFile>,
 }
 
 /// `[log]`
@@ -137,6 +139,10 @@ pub struct ServerFile {
     pub underscores_in_headers: Option<bool>,
     /// Trailer fields of chunked bodies forwarded (others are dropped).
     pub forward_trailers: Option<Vec<String>>,
+    /// Client ranges let in on every route (absent = everyone).
+    pub ip_allow: Option<Vec<String>>,
+    /// Client ranges refused on every route.
+    pub ip_deny: Option<Vec<String>>,
 }
 
 /// `[admin]`
@@ -341,4 +347,10 @@ pub struct RouteFile {
     /// `compress = true` or `{ algorithms, min_bytes, ... }`: responses
     /// compressed for clients that accept it.
     pub compress: Option<crate::filter::compress::CompressFile>,
+    /// Client ranges let in on this route (absent = everyone).
+    pub ip_allow: Option<Vec<String>>,
+    /// Client ranges refused on this route.
+    pub ip_deny: Option<Vec<String>>,
+    /// `cors = { ... }` replaces `[cors]` on this route; `false` turns it off.
+    pub cors: Option<crate::filter::cors::RouteCorsFile>,
 }

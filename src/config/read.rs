@@ -546,6 +546,9 @@ fn untagged_forms(message: &str) -> Option<&'static str> {
             "an address string like \"127.0.0.1:9001\" or a table { addr = \"127.0.0.1:9001\", weight = 2 }"
         }
         "KeyFile" => "a string or a list of strings",
+        "RouteCorsFile" => {
+            "true, false or a table like { origins = [\"https://app.example.com\"] }"
+        }
         "TierFile" => "a whole number (the limit) or a table like { limit = 100, burst = 20 }",
         _ => "another form",
     })

@@ -206,11 +206,17 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
     let upstream_slots: Vec<usize> = (0..upstreams.len()).collect();
     let auth = crate::filter::auth::compile(&file, &mut errs);
     let rate_limits = crate::filter::rate_limit::compile(&file, &mut errs);
+    let ip_lists = crate::filter::ip_list::compile_global(&file.server, &mut errs);
+    let cors = crate::filter::cors::compile_global(&file, &mut errs);
     for (i, r) in file.routes.iter().enumerate() {
+        let ip = crate::filter::ip_list::route_policy(&ip_lists, r, i, &mut errs);
+        let co = crate::filter::cors::route_policy(cors.as_ref(), r, i, &mut errs);
         if let Some(route) = routes.iter_mut().find(|x| x.index == i) {
             let a = crate::filter::auth::route_policy(auth.as_ref(), r, i, &mut errs);
             let rl = crate::filter::rate_limit::route_policy(rate_limits.as_ref(), r, i, &mut errs);
             route.chain = std::sync::Arc::new(crate::filter::Chain::compile(
+                ip,
+                co,
                 a,
                 rl,
                 route.transform.clone(),
@@ -598,6 +604,8 @@ fn compile_route(
         split,
         index: i,
         chain: std::sync::Arc::new(crate::filter::Chain::compile(
+            None,
+            None,
             None,
             None,
             transform.clone(),

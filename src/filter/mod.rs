@@ -16,8 +16,11 @@
 
 pub mod auth;
 pub mod cache;
+pub mod client_addr;
 pub mod compose;
 pub mod compress;
+pub mod cors;
+pub mod ip_list;
 pub mod rate_limit;
 pub mod transform;
 pub mod versioning;
@@ -241,6 +244,10 @@ pub enum Verdict {
 /// One filter on a route.
 #[derive(Debug)]
 pub enum RouteFilter {
+    /// IP allow and deny lists.
+    IpList(ip_list::Policy),
+    /// CORS: preflights answered, `Access-Control-*` on answers.
+    Cors(Arc<cors::Policy>),
     /// Authentication and authorization.
     Auth(auth::RoutePolicy),
     /// Rate limits.
@@ -270,16 +277,24 @@ impl Chain {
     }
 
     /// Assembles a route's chain. This is the one place that decides which
-    /// filters a route runs and in which order: auth, then rate limits on
-    /// the request; then, on the forwarded head, credentials hidden and the
-    /// request transform.
+    /// filters a route runs and in which order: IP lists, CORS, auth, then
+    /// rate limits on the request; then, on the forwarded head, credentials
+    /// hidden and the request transform.
     pub fn compile(
+        ip: Option<ip_list::Policy>,
+        cors: Option<Arc<cors::Policy>>,
         auth: Option<auth::RoutePolicy>,
         rate: Option<rate_limit::RoutePolicy>,
         transform: Option<Arc<transform::Transform>>,
         compress: Option<Arc<compress::Policy>>,
     ) -> Chain {
         let mut filters = Vec::new();
+        if let Some(i) = ip {
+            filters.push(RouteFilter::IpList(i));
+        }
+        if let Some(c) = cors {
+            filters.push(RouteFilter::Cors(c));
+        }
         if let Some(a) = auth {
             filters.push(RouteFilter::Auth(a));
         }
@@ -304,6 +319,8 @@ impl Chain {
     pub async fn request(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         for f in &self.filters {
             let v = match f {
+                RouteFilter::IpList(p) => ip_list::request_filter(p, ctx),
+                RouteFilter::Cors(p) => cors::request_filter(p, ctx),
                 RouteFilter::Auth(p) => auth::request_filter(p, ctx),
                 RouteFilter::RateLimit(p) => rate_limit::request_filter(p, ctx).await,
             };
@@ -312,6 +329,24 @@ impl Chain {
             }
         }
         Verdict::Continue
+    }
+
+    /// A CORS preflight on this route, answered before routing
+    /// ([`cors::early_preflight`]): the filters before CORS (IP lists) may
+    /// refuse it, then CORS answers. `None` when the route has no CORS.
+    pub fn preflight(&self, ctx: &mut RequestCtx<'_>) -> Option<Reply> {
+        for f in &self.filters {
+            match f {
+                RouteFilter::IpList(p) => {
+                    if let Verdict::Reply(r) = ip_list::request_filter(p, ctx) {
+                        return Some(r);
+                    }
+                }
+                RouteFilter::Cors(p) => return Some(cors::preflight(p, ctx)),
+                _ => {}
+            }
+        }
+        None
     }
 
     /// The upstream request filter phase: edits the head that goes to the
@@ -472,12 +507,18 @@ pub enum Early {
     Error(Error),
 }
 
-/// The early request phase: features that answer before routing (the
-/// token endpoint, at its path, whatever the routes).
+/// The early request phase: features that answer before routing (a CORS
+/// preflight, for the route it asks about; the token endpoint, at its
+/// path, whatever the routes).
 pub async fn early_request<S>(w: &Worker, snap: &Generation, client: &mut S, c: &mut Conn) -> Early
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
+    if c.head.method.of(&c.buf) == b"OPTIONS"
+        && let Some(e) = cors::early_preflight(w, snap, c)
+    {
+        return e;
+    }
     let cfg = &snap.config;
     let Some(a) = &cfg.auth else {
         return Early::Continue;

@@ -49,10 +49,11 @@ mod reconcile;
 mod redis_store;
 mod shard;
 
-pub use algo::{Algorithm, Check, Params, State};
-pub use key::{Cidr, KeyPart};
+pub use crate::filter::client_addr::Cidr;
 /// The client address rules (`trusted_proxies`), shared with the token endpoint.
-pub(crate) use key::{Client, client as client_address};
+pub(crate) use crate::filter::client_addr::{Client, client as client_address};
+pub use algo::{Algorithm, Check, Params, State};
+pub use key::KeyPart;
 
 use super::{Identity, Reply, RequestCtx, Verdict};
 use crate::config::Errors;
