@@ -507,6 +507,15 @@ pub enum Early {
     Error(Error),
 }
 
+/// Whether the early request phase may have anything to do for the
+/// request in `c` (checked before its future is made: most requests have
+/// none).
+#[inline]
+pub fn wants_early(cfg: &crate::config::Config, c: &Conn) -> bool {
+    c.head.method.of(&c.buf) == b"OPTIONS"
+        || cfg.auth.as_ref().and_then(|a| a.token_path()).is_some()
+}
+
 /// The early request phase: features that answer before routing (a CORS
 /// preflight, for the route it asks about; the token endpoint, at its
 /// path, whatever the routes).

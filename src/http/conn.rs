@@ -473,7 +473,9 @@ where
         // that arrives after it.
         let snap = w.current();
         let idle_timeout = snap.config.server.idle_timeout;
-        match Session::serve(w, snap, &mut stream, c).await {
+        let mut session = Session::start(w, snap, c);
+        let answer = session.run(&mut stream, c).await;
+        match session.respond(&mut stream, c, answer).await {
             Next::KeepAlive => {}
             Next::Close => return,
             Next::Upgrade(upstream) => {

@@ -144,19 +144,9 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Serves the request in `c` on `client`: runs the phases, then the
-    /// one way out.
-    pub async fn serve<S>(w: &'a Worker, snap: Rc<Generation>, client: &mut S, c: &mut Conn) -> Next
-    where
-        S: AsyncReadRent + AsyncWriteRent,
-    {
-        let mut s = Session::start(w, snap, c);
-        let answer = s.run(client, c).await;
-        s.respond(client, c, answer).await
-    }
-
-    /// The phases up to an answer.
-    async fn run<S>(&mut self, client: &mut S, c: &mut Conn) -> Answer
+    /// The phases up to an answer (the connection loop then hands it to
+    /// [`Self::respond`]).
+    pub async fn run<S>(&mut self, client: &mut S, c: &mut Conn) -> Answer
     where
         S: AsyncReadRent + AsyncWriteRent,
     {
@@ -165,7 +155,12 @@ impl<'a> Session<'a> {
         let cfg = &snap.config;
 
         // Early request: features that answer before routing.
-        match crate::filter::early_request(w, &snap, client, c).await {
+        let early = if crate::filter::wants_early(cfg, c) {
+            crate::filter::early_request(w, &snap, client, c).await
+        } else {
+            crate::filter::Early::Continue
+        };
+        match early {
             crate::filter::Early::Continue => {}
             crate::filter::Early::Answer { reply, body_end } => {
                 if let Some(end) = body_end {
@@ -262,7 +257,14 @@ impl<'a> Session<'a> {
         // The exchange: cache, compose or forward; the response phases run
         // inside it.
         w.in_flight.set(w.in_flight.get() + 1);
-        let outcome = crate::filter::exchange(w, &snap, route, client, c).await;
+        // A route with no cache, compose or body transform is forwarded
+        // here, one future less deep than through the registry's dispatch
+        // (each level of nesting moves the forward's state once more).
+        let outcome = if rc.cache.is_none() && rc.compose.is_none() && rc.transform.is_none() {
+            crate::proxy::forward::forward(w, &snap, route, client, c).await
+        } else {
+            crate::filter::exchange(w, &snap, route, client, c).await
+        };
         w.in_flight.set(w.in_flight.get() - 1);
         // The upstream buffer the exchange borrowed goes back to the worker.
         w.return_ubuf(&mut c.ubuf, cfg.server.buffer_bytes);
