@@ -288,6 +288,27 @@ fn own_answers_carry_cors_headers() {
     );
 }
 
+/// The errors ringgate writes when the backend fails (here a refused
+/// connection: 502) carry the CORS headers too, so a page can read them.
+#[test]
+fn backend_failures_carry_cors_headers() {
+    let b = MockUpstream::builder().start();
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\npin = false\n\n\
+         [upstreams.down]\ntargets = [\"{}\"]\n{GLOBAL}\n\
+         [[routes]]\npath = \"/down\"\nupstream = \"down\"\n",
+        support::refused_addr()
+    ));
+    let r = get(&gw, "/down", &[("Origin", APP)]);
+    assert_json_error(&r, 502);
+    assert_eq!(r.header("access-control-allow-origin"), Some(APP), "{r:?}");
+    assert!(varies_on_origin(&r));
+    let r = get(&gw, "/down", &[("Origin", "https://evil.test")]);
+    assert_json_error(&r, 502);
+    assert!(!has_cors(&r), "{r:?}");
+    assert_eq!(b.hits(), 0);
+}
+
 /// A route's `cors = { ... }` replaces `[cors]`; `cors = false` turns CORS
 /// off (a preflight then goes the usual way: to the backend when the
 /// route takes OPTIONS).

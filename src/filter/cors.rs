@@ -22,11 +22,9 @@
 //! - **Actual request** from an allowed origin: `Access-Control-Allow-Origin`
 //!   (the origin itself, `*` only for `origins = ["*"]` without
 //!   credentials), `-Allow-Credentials`, `-Expose-Headers`, on the proxied
-//!   answer and on ringgate's own (a 401 from auth, a 429): the browser
-//!   lets the page read those too. (Errors the session writes itself after
-//!   the chain, a 502 or 504 from the backend side, do not carry them yet:
-//!   `http::conn::write_error` takes no extra header lines.) Every answer
-//!   on the route carries
+//!   answer and on ringgate's own (a 401 from auth, a 429, a 502 or 504
+//!   when the backend fails): the browser lets the page read those too.
+//!   Every answer on the route carries
 //!   `Vary: Origin`, so a cache never serves one origin's answer to
 //!   another. A disallowed origin gets no CORS headers and the request
 //!   still goes through (the browser keeps the answer from the page).

@@ -147,11 +147,13 @@ pub async fn refuse_overloaded(mut s: monoio::net::TcpStream, rid: [u8; 32]) {
         &rid,
         true,
         None,
+        &[],
     );
     let _ = monoio::time::timeout(Duration::from_secs(1), s.write_all(buf)).await;
 }
 
-/// Formats a JSON error response into `buf`.
+/// Formats a JSON error response into `buf`, with `extra` header lines
+/// (those filters added for the client's answer, e.g. CORS).
 pub fn error_response(
     buf: &mut Vec<u8>,
     status: u16,
@@ -159,6 +161,7 @@ pub fn error_response(
     request_id: &[u8],
     close: bool,
     allow: Option<&str>,
+    extra: &[u8],
 ) {
     buf.clear();
     let rid = std::str::from_utf8(request_id).unwrap_or("-");
@@ -185,6 +188,7 @@ pub fn error_response(
     if let Some(a) = allow {
         let _ = write!(buf, "Allow: {a}\r\n");
     }
+    buf.extend_from_slice(extra);
     if close {
         buf.extend_from_slice(b"Connection: close\r\n");
     }
@@ -208,7 +212,9 @@ impl std::fmt::Display for JsonStr<'_> {
     }
 }
 
-/// Writes an error response; returns false when the client is gone.
+/// Writes an error response (with `extra` header lines); returns false
+/// when the client is gone.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_error<S: AsyncWriteRent>(
     s: &mut S,
     scratch: &mut Vec<u8>,
@@ -217,9 +223,10 @@ pub async fn write_error<S: AsyncWriteRent>(
     request_id: &[u8],
     close: bool,
     allow: Option<&str>,
+    extra: &[u8],
 ) -> bool {
     let mut buf = std::mem::take(scratch);
-    error_response(&mut buf, status, message, request_id, close, allow);
+    error_response(&mut buf, status, message, request_id, close, allow, extra);
     let (r, b) = match monoio::time::timeout(Duration::from_secs(10), s.write_all(buf)).await {
         Ok(x) => x,
         Err(_) => return false,
@@ -239,7 +246,7 @@ async fn refuse_head<S: AsyncWriteRent>(
 ) {
     w.next_request_id(&mut c.fresh);
     let rid = c.fresh;
-    let _ = write_error(s, &mut c.scratch, status, msg, &rid, true, None).await;
+    let _ = write_error(s, &mut c.scratch, status, msg, &rid, true, None, &[]).await;
 }
 
 /// Reads a whole (small) request body for a request the gateway answers

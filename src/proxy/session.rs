@@ -347,6 +347,7 @@ impl<'a> Session<'a> {
                     rid.as_bytes(),
                     close,
                     detail.allow.as_deref(),
+                    &c.resp_extra,
                 )
                 .await;
                 c.count_reply();
