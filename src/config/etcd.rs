@@ -543,7 +543,12 @@ fn to_error(e: ureq::Error) -> EtcdError {
             let body = r.into_string().unwrap_or_default();
             let msg = serde_json::from_str::<Value>(&body)
                 .ok()
-                .and_then(|v| v["message"].as_str().map(String::from))
+                .and_then(|v| {
+                    v["message"]
+                        .as_str()
+                        .or(v["error"].as_str())
+                        .map(String::from)
+                })
                 .unwrap_or(body);
             if code >= 500 && (msg.contains("no leader") || msg.contains("unavailable")) {
                 EtcdError::Unreachable(format!("{code}: {msg}"))

@@ -596,18 +596,20 @@ pub fn objects_table(
 
 /// Renames an error's key to the etcd key its object came from.
 fn rename(e: &mut ConfigError, origin: &[(String, String)]) {
+    // A line number of the composed document means nothing to whoever
+    // wrote the key.
+    for text in [&mut e.key, &mut e.message] {
+        if let Some(i) = text.find(" (line ")
+            && let Some(j) = text[i..].find(')')
+        {
+            text.replace_range(i..i + j + 1, "");
+        }
+    }
     for (path, key) in origin {
         if let Some(rest) = e.key.strip_prefix(path.as_str())
             && (rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
         {
             e.key = format!("{key} ({})", e.key);
-            // A line number of the composed document means nothing to
-            // whoever wrote the key.
-            if let Some(i) = e.message.find(" (line ") {
-                if let Some(j) = e.message[i..].find(')') {
-                    e.message.replace_range(i..i + j + 1, "");
-                }
-            }
             return;
         }
     }
@@ -722,21 +724,35 @@ pub fn push(path: &Path, url: &str, prefix: &str) -> Result<String, Vec<String>>
     Config::parse(&text).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     let objects = file_objects(&text)?;
     let (client, p) = cli_client(url, prefix).map_err(|e| vec![e])?;
-    let mut ops: Vec<Json> = OBJECT_KINDS
-        .iter()
-        .chain(["settings"].iter())
-        .map(|k| etcd::op_delete_prefix(&format!("{p}{k}/")))
-        .collect();
-    for (k, v) in &objects {
-        ops.push(etcd::op_put(
-            &format!("{p}{k}"),
-            v.to_string().as_bytes(),
-            0,
-        ));
+    let current = client.range(&p).map_err(|e| vec![e.to_string()])?;
+    // etcd refuses a transaction that names one key twice, so the objects
+    // the file no longer has are deleted one by one, and only if nothing
+    // changed them since they were read.
+    let new: std::collections::HashSet<String> =
+        objects.iter().map(|(k, _)| format!("{p}{k}")).collect();
+    let mut compare = Vec::new();
+    let mut ops = Vec::new();
+    for (k, kv) in &current.kvs {
+        let Some(rel) = k.strip_prefix(&p) else {
+            continue;
+        };
+        if object_of(rel) == Ok(Object::Registry) || new.contains(k) {
+            continue;
+        }
+        compare.push(etcd::cmp_unchanged_since(k, kv.mod_revision));
+        ops.push(etcd::op_delete(k));
     }
-    let (_, rev, _) = client
-        .txn(Vec::new(), ops, Vec::new())
+    for (k, v) in &objects {
+        ops.push(etcd::op_put(&format!("{p}{k}"), v.to_string().as_bytes(), 0));
+    }
+    let (ok, rev, _) = client
+        .txn(compare, ops, Vec::new())
         .map_err(|e| vec![e.to_string()])?;
+    if !ok {
+        return Err(vec![format!(
+            "{p}: changed while pushing; nothing was written (fix: run the push again)"
+        )]);
+    }
     Ok(format!(
         "{}: {} objects written under {p} at revision {rev}",
         path.display(),
