@@ -714,6 +714,37 @@ fn cli_client(url: &str, prefix: &str) -> Result<(Client, String), String> {
     Ok((Client::new(&settings)?, format!("{}/", settings.prefix)))
 }
 
+/// `text` with `[config] etcd_endpoints` set to `url` when it has none
+/// (lines keep their numbers, but for those after a `[config]` header).
+fn with_endpoints(text: &str, url: &str) -> String {
+    let has = toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("config").cloned());
+    let line = format!(
+        "etcd_endpoints = [{}]",
+        url.split(',')
+            .map(|u| format!("{:?}", u.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    match has {
+        None => format!("{text}\n[config]\n{line}\n"),
+        Some(c) if c.get("etcd_endpoints").is_some() => text.to_string(),
+        Some(_) => {
+            let mut out = String::new();
+            for l in text.lines() {
+                out.push_str(l);
+                out.push('\n');
+                if l.trim() == "[config]" {
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }
+            out
+        }
+    }
+}
+
 /// `ringgate config push`: validates the file, then replaces every
 /// reloadable object under the prefix with the file's, in one transaction
 /// (one revision: every instance applies it as one reload). Registry
@@ -721,7 +752,10 @@ fn cli_client(url: &str, prefix: &str) -> Result<(Client, String), String> {
 pub fn push(path: &Path, url: &str, prefix: &str) -> Result<String, Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
-    Config::parse(&text).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    // `discovery = "etcd"` upstreams take the instances' etcd; a file
+    // without one is checked against the etcd it is pushed to.
+    let checked = with_endpoints(&text, url);
+    Config::parse(&checked).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     let objects = file_objects(&text)?;
     let (client, p) = cli_client(url, prefix).map_err(|e| vec![e])?;
     let current = client.range(&p).map_err(|e| vec![e.to_string()])?;
@@ -743,7 +777,11 @@ pub fn push(path: &Path, url: &str, prefix: &str) -> Result<String, Vec<String>>
         ops.push(etcd::op_delete(k));
     }
     for (k, v) in &objects {
-        ops.push(etcd::op_put(&format!("{p}{k}"), v.to_string().as_bytes(), 0));
+        ops.push(etcd::op_put(
+            &format!("{p}{k}"),
+            v.to_string().as_bytes(),
+            0,
+        ));
     }
     let (ok, rev, _) = client
         .txn(compare, ops, Vec::new())
