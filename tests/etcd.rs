@@ -749,3 +749,130 @@ fn a_reloadable_section_in_the_file_is_refused_with_the_source_etcd() {
     assert!(e.starts_with("upstreams:"), "{e}");
     assert!(e.contains("ringgate config push"), "{e}");
 }
+
+/// A TCP relay to etcd that can cut every connection and refuse new ones,
+/// as a network partition would, while etcd itself stays up.
+struct Partition {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Partition {
+    fn to(target: SocketAddr) -> Partition {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let (o, c) = (open.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(up) = TcpStream::connect(target) else {
+                    continue;
+                };
+                c.lock()
+                    .unwrap()
+                    .extend([s.try_clone().unwrap(), up.try_clone().unwrap()]);
+                for (mut from, mut to) in
+                    [(s.try_clone().unwrap(), up.try_clone().unwrap()), (up, s)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Partition { addr, open, conns }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An instance cut off from etcd while the config changes and etcd
+/// compacts the history its watch would resume from: it keeps serving,
+/// reports the outage, and once it reaches etcd again reads the whole
+/// prefix (a resync) and runs the latest revision.
+#[test]
+fn a_watch_that_lost_its_history_resyncs() {
+    let etcd = Etcd::start();
+    let a = backend("from-a");
+    push(&etcd, "/cmp", &base_config(&a));
+    let relay = Partition::to(([127, 0, 0, 1], etcd.client_port).into());
+    let file = instance_file(&etcd, "/cmp").replace(&etcd.url(), &format!("http://{}", relay.addr));
+    let path = TempFile(write("partitioned.toml", &file));
+    let cfg = ringgate::config::source::load(&path.0).expect("config");
+    let handle = ringgate::runtime::Server::start_file(cfg, path.0.clone(), Default::default())
+        .expect("start");
+    let i = Instance {
+        addr: handle.local_addrs()[0],
+        admin: handle.admin_addr().unwrap(),
+        _handle: handle,
+        _file: TempFile(PathBuf::new()),
+    };
+    eventually("instance ready", || ready(&i));
+    // The watch runs once a change arrives through it.
+    let pre = etcd.put("/cmp/routes/pre", r#"{"path": "/pre", "upstream": "a"}"#, 0);
+    eventually("the watch delivers", || i.revision() == pre);
+
+    relay.cut();
+    eventually("the partition is reported", || {
+        let (_, v) = i.admin("GET", "/readyz", "");
+        v["config"]["connected"] == false
+    });
+    // Changes the instance cannot see, then a compaction past them.
+    etcd.put("/cmp/routes/b", r#"{"path": "/b", "upstream": "a"}"#, 0);
+    etcd.put("/cmp/routes/c", r#"{"path": "/c", "upstream": "a"}"#, 0);
+    let latest = etcd.put("/cmp/routes/b", r#"{"path": "/bb", "upstream": "a"}"#, 0);
+    etcd.post(
+        "/v3/kv/compaction",
+        json!({"revision": latest.to_string(), "physical": true}),
+    );
+    assert_eq!(i.get("/a").unwrap(), (200, String::from("from-a")));
+    assert_eq!(i.get("/c").unwrap().0, 404);
+
+    relay.heal();
+    eventually("the instance runs the latest revision", || {
+        i.revision() == latest
+    });
+    assert_eq!(i.get("/bb").unwrap().0, 200);
+    assert_eq!(i.get("/c").unwrap().0, 200);
+    assert_eq!(i.get("/b").unwrap().0, 404);
+    let (_, m) = i.admin("GET", "/metrics", "");
+    let m = m.as_str().unwrap().to_string();
+    assert!(m.contains("ringgate_etcd_resyncs_total 1"), "{m}");
+    assert!(m.contains("ringgate_etcd_connected 1"), "{m}");
+}
+
+/// An instance started while etcd is away serves the file's sections only
+/// and answers `/readyz` with 503 (so a balancer leaves it out) until etcd
+/// answers; then it applies the config from etcd and is ready.
+#[test]
+fn an_instance_started_without_etcd_waits_for_it() {
+    let mut etcd = Etcd::start();
+    let a = backend("from-a");
+    push(&etcd, "/late", &base_config(&a));
+    etcd.stop();
+    let i = Instance::start(&etcd, "/late");
+    let (s, v) = i.admin("GET", "/readyz", "");
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["status"], "waiting for the config from etcd", "{v}");
+    assert!(v["config"]["error"].is_string(), "{v}");
+    assert_eq!(i.get("/a").unwrap().0, 404);
+    etcd.run();
+    eventually("ready once etcd answers", || ready(&i));
+    assert_eq!(i.get("/a").unwrap(), (200, String::from("from-a")));
+}
