@@ -54,10 +54,18 @@ struct Etcd {
     client_port: u16,
     peer_port: u16,
     dir: PathBuf,
+    /// `https://` client port with its certificate and key files.
+    tls: Option<(u16, PathBuf, PathBuf)>,
 }
 
 impl Etcd {
     fn start() -> Etcd {
+        Self::start_with(None)
+    }
+
+    /// With `tls`, etcd also serves https on another port with this
+    /// certificate and key (PEM).
+    fn start_with(tls: Option<(String, String)>) -> Etcd {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "ringgate-etcd-{}-{}",
@@ -65,11 +73,19 @@ impl Etcd {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
+        let tls = tls.map(|(cert, key)| {
+            let c = dir.with_extension("crt");
+            let k = dir.with_extension("key");
+            std::fs::write(&c, cert).unwrap();
+            std::fs::write(&k, key).unwrap();
+            (free_port(), c, k)
+        });
         let mut e = Etcd {
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
             dir,
+            tls,
         };
         e.run();
         e
@@ -83,10 +99,16 @@ impl Etcd {
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
-        let child = Command::new(etcd_binary())
+        let mut cmd = Command::new(etcd_binary());
+        let mut listen = client.clone();
+        if let Some((port, cert, key)) = &self.tls {
+            listen.push_str(&format!(",https://127.0.0.1:{port}"));
+            cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key);
+        }
+        let child = cmd
             .args(["--name", "t", "--data-dir"])
             .arg(&self.dir)
-            .args(["--listen-client-urls", &client])
+            .args(["--listen-client-urls", &listen])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
@@ -141,6 +163,20 @@ impl Etcd {
         v["header"]["revision"].as_str().unwrap().parse().unwrap()
     }
 
+    /// `etcdctl auth enable` with a `root` user of this password.
+    fn enable_auth(&self, password: &str) {
+        self.post("/v3/auth/role/add", json!({"name": "root"}));
+        self.post(
+            "/v3/auth/user/add",
+            json!({"name": "root", "password": password}),
+        );
+        self.post(
+            "/v3/auth/user/grant",
+            json!({"user": "root", "role": "root"}),
+        );
+        self.post("/v3/auth/enable", json!({}));
+    }
+
     fn grant(&self, ttl: i64) -> i64 {
         let v = self.post("/v3/lease/grant", json!({"TTL": ttl}));
         v["ID"].as_str().unwrap().parse().unwrap()
@@ -151,7 +187,9 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(self.dir.with_extension("log"));
+        for ext in ["log", "crt", "key"] {
+            let _ = std::fs::remove_file(self.dir.with_extension(ext));
+        }
     }
 }
 
@@ -875,4 +913,105 @@ fn an_instance_started_without_etcd_waits_for_it() {
     etcd.run();
     eventually("ready once etcd answers", || ready(&i));
     assert_eq!(i.get("/a").unwrap(), (200, String::from("from-a")));
+}
+
+/// With auth enabled on etcd, an instance with `etcd_username` and the
+/// password from `etcd_password_file` reads, watches and writes; a wrong
+/// password is a config error naming `config.etcd_username`.
+#[test]
+fn etcd_with_auth_enabled() {
+    let etcd = Etcd::start();
+    let a = backend("from-a");
+    push(&etcd, "/auth", &base_config(&a));
+    etcd.enable_auth("s3cret");
+    let write_instance = |password: &str| {
+        let pw = TempFile(write("etcd-password", password));
+        let file = format!(
+            "{}etcd_username = \"root\"\netcd_password_file = \"{}\"\n",
+            instance_file(&etcd, "/auth"),
+            pw.0.display()
+        );
+        (TempFile(write("auth.toml", &file)), pw)
+    };
+    let start = |path: &Path| {
+        let cfg = ringgate::config::source::load(path).expect("config");
+        let handle =
+            ringgate::runtime::Server::start_file(cfg, path.to_path_buf(), Default::default())
+                .expect("start");
+        Instance {
+            addr: handle.local_addrs()[0],
+            admin: handle.admin_addr().unwrap(),
+            _handle: handle,
+            _file: TempFile(PathBuf::new()),
+        }
+    };
+    let (good, _pw) = write_instance("s3cret");
+    let i = start(&good.0);
+    eventually("ready", || ready(&i));
+    assert_eq!(i.get("/a").unwrap(), (200, String::from("from-a")));
+    let seen = i.revision();
+    let (s, v) = i.admin(
+        "PUT",
+        &format!("/config/routes/b?revision={seen}"),
+        r#"{"path": "/b", "upstream": "a"}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["applied"], true, "the watch delivers with the token: {v}");
+    assert_eq!(i.get("/b").unwrap().0, 200);
+
+    // Refused credentials do not start, like an invalid file.
+    let (bad, _pw2) = write_instance("wrong");
+    let e = ringgate::config::source::load(&bad.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("config.etcd_username:"), "{e}");
+    assert!(e.contains("authentication failed"), "{e}");
+}
+
+/// `https://` endpoints with `etcd_ca_file`: the instance verifies etcd's
+/// certificate against the private CA and reads its config over TLS.
+#[test]
+fn etcd_over_tls_with_a_private_ca() {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "ringgate etcd test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec![String::from("localhost")]).unwrap();
+    leaf.subject_alt_names
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let etcd = Etcd::start_with(Some((cert.pem(), key.serialize_pem())));
+    let a = backend("from-a");
+    push(&etcd, "/tls", &base_config(&a));
+    let https = format!("https://127.0.0.1:{}", etcd.tls.as_ref().unwrap().0);
+    let ca_file = TempFile(write("etcd-ca.pem", &ca_cert.pem()));
+    let file = format!(
+        "{}etcd_ca_file = \"{}\"\n",
+        instance_file(&etcd, "/tls").replace(&etcd.url(), &https),
+        ca_file.0.display()
+    );
+    let path = TempFile(write("tls.toml", &file));
+    let cfg = ringgate::config::source::load(&path.0).expect("config");
+    let handle = ringgate::runtime::Server::start_file(cfg, path.0.clone(), Default::default())
+        .expect("start");
+    let i = Instance {
+        addr: handle.local_addrs()[0],
+        admin: handle.admin_addr().unwrap(),
+        _handle: handle,
+        _file: TempFile(PathBuf::new()),
+    };
+    let (s, v) = i.admin("GET", "/readyz", "");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(i.get("/a").unwrap(), (200, String::from("from-a")));
+    let seen = i.revision();
+    let (s, v) = i.admin(
+        "PUT",
+        &format!("/config/routes/b?revision={seen}"),
+        r#"{"path": "/b", "upstream": "a"}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["applied"], true, "{v}");
 }

@@ -504,6 +504,12 @@ impl Client {
                 return Ok(WatchEnd::Compacted(compact));
             }
             if r["canceled"].as_bool() == Some(true) {
+                if r["cancel_reason"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("token"))
+                {
+                    *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
                 return Err(EtcdError::Refused(
                     r["cancel_reason"]
                         .as_str()
@@ -540,7 +546,7 @@ impl Client {
 fn to_error(e: ureq::Error) -> EtcdError {
     match e {
         ureq::Error::Status(code, r) => {
-            let body = r.into_string().unwrap_or_default();
+            let body = String::from_utf8_lossy(&body_of(r)).into_owned();
             let msg = serde_json::from_str::<Value>(&body)
                 .ok()
                 .and_then(|v| {
@@ -560,9 +566,18 @@ fn to_error(e: ureq::Error) -> EtcdError {
     }
 }
 
+/// The body, as far as it could be read: etcd's gateway ends chunked
+/// answers with a trailer line ureq does not read, after the JSON.
+fn body_of(r: ureq::Response) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let _ = r.into_reader().take(16 << 20).read_to_end(&mut buf);
+    buf
+}
+
 fn answer(r: Result<ureq::Response, ureq::Error>) -> Result<Value, EtcdError> {
-    let resp = r.map_err(to_error)?;
-    resp.into_json::<Value>()
+    let body = body_of(r.map_err(to_error)?);
+    serde_json::from_slice::<Value>(&body)
         .map_err(|e| EtcdError::Unreachable(format!("unreadable answer: {e}")))
 }
 

@@ -356,7 +356,8 @@ fn file_only_sections(text: &str, prefix: &str) -> Result<(), ConfigErrors> {
 /// `[config] source = "etcd"` the reloadable sections from etcd. When etcd
 /// cannot be reached, the file's sections alone are returned (revision 0:
 /// `/readyz` answers 503 until the watch applies etcd's config); an
-/// invalid config in etcd is an error, like an invalid file.
+/// invalid config in etcd, or credentials etcd refuses, are errors, like
+/// an invalid file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = read_file(path)?;
     let base = Config::parse(&text)?;
@@ -379,6 +380,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             let cfg = compose(&text, &fleet, &snap)?;
             fleet.set_snapshot(snap);
             Ok(cfg)
+        }
+        // Credentials etcd refuses do not get better by waiting (they
+        // cannot change while running): like an invalid file.
+        Err(EtcdError::Refused(m))
+            if ["authentication", "user name", "permission denied"]
+                .iter()
+                .any(|w| m.contains(w)) =>
+        {
+            Err(ConfigErrors(vec![err(
+                "config.etcd_username",
+                format!("etcd refused the credentials: {m}"),
+                "check etcd_username and the password (etcd_password_env or etcd_password_file) against the users etcd knows",
+            )]))
         }
         Err(e) => {
             fleet.errors_total.fetch_add(1, Ordering::Relaxed);
