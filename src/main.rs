@@ -182,11 +182,20 @@ fn main() -> ExitCode {
             match load(&config) {
                 Ok(c) => {
                     println!(
-                        "{}: ok ({} routes, {} upstreams, {} workers)",
+                        "{}: ok ({} routes, {} upstreams, {} workers{})",
                         config.display(),
                         c.routes.len(),
                         c.upstreams.len(),
-                        c.server.workers
+                        c.server.workers,
+                        match &c.etcd {
+                            Some(e) if e.revision > 0 => format!(
+                                "; with etcd {}/ at revision {}",
+                                e.fleet.settings.prefix, e.revision
+                            ),
+                            Some(_) =>
+                                String::from("; etcd not reachable: only the file was checked"),
+                            None => String::new(),
+                        }
                     );
                     ExitCode::SUCCESS
                 }

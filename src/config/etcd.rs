@@ -692,7 +692,12 @@ pub fn follow(
         match r {
             Ok(WatchEnd::Stopped) => return,
             _ if stop => return,
-            Ok(WatchEnd::Resume) => backoff = MIN_BACKOFF,
+            Ok(WatchEnd::Resume) => {
+                // Idle, or closed by etcd or a proxy: resume from the last
+                // revision, never in a tight loop.
+                backoff = MIN_BACKOFF;
+                std::thread::sleep(MIN_BACKOFF);
+            }
             Ok(WatchEnd::Compacted(at)) => {
                 tracing::warn!(
                     prefix,

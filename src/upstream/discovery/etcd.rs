@@ -50,7 +50,19 @@ struct Status {
 }
 
 impl FollowStatus for Status {
-    fn connected(&self) {}
+    fn connected(&self) {
+        // An outage reported by `failed` is over; a bad instance's error
+        // stays until the next list replaces it.
+        if let Some(s) = self.shared.upgrade() {
+            let outage = s
+                .discovery_error
+                .lock()
+                .is_ok_and(|e| e.starts_with("etcd "));
+            if outage {
+                super::set_error(&s, None);
+            }
+        }
+    }
 
     fn failed(&self, error: &EtcdError) {
         if let Some(s) = self.shared.upgrade() {
