@@ -856,6 +856,83 @@ mod tests {
         );
     }
 
+    fn fleet() -> Arc<Fleet> {
+        Arc::new(Fleet::new(EtcdSettings {
+            endpoints: vec![String::from("http://127.0.0.1:1")],
+            prefix: String::from("/rg"),
+            auth: None,
+            ca_file: None,
+            timeout: Duration::from_millis(100),
+        }))
+    }
+
+    fn snap(kvs: &[(&str, &str)]) -> Snapshot {
+        Snapshot {
+            kvs: kvs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        etcd::Kv {
+                            value: v.as_bytes().to_vec(),
+                            mod_revision: 7,
+                            lease: 0,
+                        },
+                    )
+                })
+                .collect(),
+            revision: 7,
+        }
+    }
+
+    const FILE: &str = "[server]\nlisten = \"127.0.0.1:0\"\n";
+
+    #[test]
+    fn objects_compose_into_one_config_tied_to_the_revision() {
+        let s = snap(&[
+            ("/rg/upstreams/a", r#"{"targets": ["127.0.0.1:9"]}"#),
+            ("/rg/routes/r", r#"{"path": "/r", "upstream": "a"}"#),
+            ("/rg/registry/a/127.0.0.1:9", r#"{"addr": "127.0.0.1:9"}"#),
+        ]);
+        let c = compose(FILE, &fleet(), &s).unwrap();
+        assert_eq!(c.routes[0].name, "r");
+        assert_eq!(c.etcd.as_ref().unwrap().revision, 7);
+    }
+
+    #[test]
+    fn errors_name_the_etcd_key_they_come_from() {
+        let s = snap(&[
+            ("/rg/upstreams/a", r#"{"targets": ["127.0.0.1:9"]}"#),
+            ("/rg/routes/ok", r#"{"path": "/ok", "upstream": "a"}"#),
+            ("/rg/routes/bad", r#"{"path": "/bad", "upstream": "zz"}"#),
+        ]);
+        let e = compose(FILE, &fleet(), &s).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "/rg/routes/bad (routes[0].upstream)");
+        let e = compose(
+            FILE,
+            &fleet(),
+            &snap(&[
+                ("/rg/routes/x", "not json"),
+                ("/rg/route/y", "{}"),
+                ("/rg/routes/z", r#"{"name": "other", "path": "/"}"#),
+                ("/rg/settings/server", "{}"),
+            ]),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "/rg/route/y",
+                "/rg/routes/x",
+                "/rg/routes/z: name",
+                "/rg/settings/server"
+            ],
+            "{e}"
+        );
+    }
+
     #[test]
     fn a_file_splits_into_objects() {
         let objs = file_objects(
