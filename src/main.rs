@@ -179,7 +179,21 @@ fn main() -> ExitCode {
             let Some(config) = config_path(config, "check") else {
                 return ExitCode::from(2);
             };
-            match load(&config) {
+            let loaded = load(&config);
+            if let Ok(c) = &loaded
+                && let Some((rev, errs)) = c.etcd.as_ref().and_then(|e| e.fleet.rejected())
+            {
+                eprintln!(
+                    "{}: the config in etcd at revision {rev}: {} error(s)",
+                    config.display(),
+                    errs.len()
+                );
+                for e in &errs {
+                    eprintln!("  {e}");
+                }
+                return ExitCode::from(2);
+            }
+            match loaded {
                 Ok(c) => {
                     println!(
                         "{}: ok ({} routes, {} upstreams, {} workers{})",

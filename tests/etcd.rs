@@ -428,7 +428,9 @@ fn admin_write_reaches_both_instances_and_a_stale_write_conflicts() {
 
 /// An object written straight into etcd that does not validate is refused
 /// by both instances: they keep serving the running config, and say why in
-/// `/readyz`, `GET /config` and the metrics; fixing the key applies it.
+/// `/readyz`, `GET /config` and the metrics; an instance started meanwhile
+/// waits (503) and `check` fails naming the key; fixing the key applies
+/// it everywhere.
 #[test]
 fn invalid_object_in_etcd_is_refused_by_both_and_both_keep_serving() {
     let etcd = Etcd::start();
@@ -473,8 +475,26 @@ fn invalid_object_in_etcd_is_refused_by_both_and_both_keep_serving() {
         );
     }
 
+    // An instance started now waits (503, the errors shown) instead of
+    // serving a config without the sections in etcd; `check` fails.
+    let three = Instance::start(&etcd, "/inv");
+    let (s, v) = three.admin("GET", "/readyz", "");
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["config"]["rejected"]["revision"], bad, "{v}");
+    let out = Command::new(support::BIN)
+        .args(["check", "-c"])
+        .arg(&three._file.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/inv/routes/bad (routes[1].upstream)"),
+        "{err}"
+    );
+
     let fixed = etcd.put("/inv/routes/bad", r#"{"path": "/bad", "upstream": "a"}"#, 0);
-    for i in [&one, &two] {
+    for i in [&one, &two, &three] {
         eventually("the fixed object applies", || i.revision() == fixed);
         assert_eq!(i.get("/bad").unwrap(), (200, String::from("from-a")));
         let (_, v) = i.admin("GET", "/readyz", "");

@@ -355,9 +355,10 @@ fn file_only_sections(text: &str, prefix: &str) -> Result<(), ConfigErrors> {
 /// Reads the config at `path` for `run` and `check`: the file, and with
 /// `[config] source = "etcd"` the reloadable sections from etcd. When etcd
 /// cannot be reached, the file's sections alone are returned (revision 0:
-/// `/readyz` answers 503 until the watch applies etcd's config); an
-/// invalid config in etcd, or credentials etcd refuses, are errors, like
-/// an invalid file.
+/// `/readyz` answers 503 until the watch applies etcd's config), and so
+/// when the config in etcd is invalid (its errors in
+/// [`Fleet::rejected`]: `check` reports them). Credentials etcd refuses
+/// are an error, like an invalid file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = read_file(path)?;
     let base = Config::parse(&text)?;
@@ -377,9 +378,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     match client.range(&fleet.prefix()) {
         Ok(snap) => {
             fleet.connected.store(true, Ordering::Relaxed);
-            let cfg = compose(&text, &fleet, &snap)?;
+            let composed = compose(&text, &fleet, &snap);
+            let rev = snap.revision;
             fleet.set_snapshot(snap);
-            Ok(cfg)
+            match composed {
+                Ok(cfg) => Ok(cfg),
+                // Refused like a change the watch brings: the instance
+                // waits (503) with the errors shown, and applies the
+                // prefix once it is fixed.
+                Err(errs) => {
+                    for e in &errs.0 {
+                        tracing::error!(revision = rev, error = %e, "etcd config refused");
+                    }
+                    fleet.set_rejected(Some((rev, errs.0.iter().map(|e| e.to_string()).collect())));
+                    Ok(base)
+                }
+            }
         }
         // Credentials etcd refuses do not get better by waiting (they
         // cannot change while running): like an invalid file.
