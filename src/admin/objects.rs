@@ -388,11 +388,7 @@ fn registry(
     };
     let key = format!("{prefix}/{addr}");
     if method == "DELETE" {
-        return match client.txn(
-            vec![],
-            vec![json!({"request_delete_range": {"key": base64_key(&key)}})],
-            vec![],
-        ) {
+        return match client.txn(vec![], vec![etcd::op_delete(&key)], vec![]) {
             Ok((_, _, v)) => {
                 let deleted = v["responses"][0]["response_delete_range"]["deleted"]
                     .as_str()
@@ -424,9 +420,4 @@ fn registry(
         ),
         Err(e) => error(503, e.to_string()),
     }
-}
-
-fn base64_key(k: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(k.as_bytes())
 }
