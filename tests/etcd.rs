@@ -1035,3 +1035,38 @@ fn etcd_over_tls_with_a_private_ca() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["applied"], true, "{v}");
 }
+
+/// `etcd_endpoints` are tried in turn: with the first one refusing
+/// connections, the instance reads, watches and writes through the second.
+#[test]
+fn an_endpoint_that_refuses_is_skipped() {
+    let etcd = Etcd::start();
+    let a = backend("from-a");
+    push(&etcd, "/multi", &base_config(&a));
+    let dead = format!("http://{}", support::refused_addr());
+    let file = instance_file(&etcd, "/multi").replace(
+        &format!("[\"{}\"]", etcd.url()),
+        &format!("[\"{dead}\", \"{}\"]", etcd.url()),
+    );
+    assert!(file.contains(&dead));
+    let path = TempFile(write("multi.toml", &file));
+    let cfg = ringgate::config::source::load(&path.0).expect("config");
+    let handle = ringgate::runtime::Server::start_file(cfg, path.0.clone(), Default::default())
+        .expect("start");
+    let i = Instance {
+        addr: handle.local_addrs()[0],
+        admin: handle.admin_addr().unwrap(),
+        _handle: handle,
+        _file: TempFile(PathBuf::new()),
+    };
+    eventually("ready", || ready(&i));
+    let written = etcd.put("/multi/routes/b", r#"{"path": "/b", "upstream": "a"}"#, 0);
+    eventually("the watch delivers", || i.revision() == written);
+    let (s, v) = i.admin(
+        "PUT",
+        &format!("/config/routes/c?revision={written}"),
+        r#"{"path": "/c", "upstream": "a"}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(i.get("/c").unwrap().0, 200);
+}
