@@ -3,13 +3,16 @@
 //! two ringgate instances with `[config] source = "etcd"` against it.
 //!
 //! Covered: a route written through one instance's admin API serves on
-//! both; a write with a stale revision is refused (409); an invalid object
-//! written straight into etcd is refused by both, which keep serving and
-//! report it; etcd stopped and started again under keep-alive traffic
-//! fails no request and both instances converge on the latest revision;
-//! a service instance whose lease lapses stops getting traffic; registry
-//! targets posted to one instance reach the other; `config push` then
-//! `config pull` round-trips.
+//! both; a write with a stale revision is refused (409); consumers and
+//! upstreams written through the admin API; an invalid object written
+//! straight into etcd is refused by both, which keep serving and report
+//! it; etcd stopped and started again under keep-alive traffic fails no
+//! request and both instances converge on the latest revision; a watch
+//! that lost its history to a compaction resyncs; an instance started
+//! without etcd waits for it; a service instance whose lease lapses stops
+//! getting traffic; registry targets posted to one instance reach the
+//! other; `config push` then `config pull` round-trips; auth, TLS and a
+//! refusing endpoint.
 //!
 //! Without `etcd` on the PATH (or at /usr/bin/etcd) every test fails,
 //! saying how to install it.
@@ -1069,4 +1072,67 @@ fn an_endpoint_that_refuses_is_skipped() {
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(i.get("/c").unwrap().0, 200);
+}
+
+fn get_with_key(addr: SocketAddr, path: &str, key: &str) -> u16 {
+    let mut c = Client::connect(addr);
+    c.send(format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\n\r\n"
+    ));
+    c.try_read_response().map_or(0, |r| r.status)
+}
+
+/// Consumers and upstreams written through the admin API: a consumer
+/// added on one instance authenticates on both and one deleted is refused
+/// on both; an upstream replaced on one instance sends both instances'
+/// traffic to its new target.
+#[test]
+fn consumers_and_upstreams_written_through_the_admin_api() {
+    let etcd = Etcd::start();
+    let a = backend("from-a");
+    let b = backend("from-b");
+    let cfg = format!(
+        "{}\n[auth.api_key]\nheader = \"X-API-Key\"\n\n[[consumers]]\nid = \"first\"\napi_key_sha256 = \"{}\"\n\n\
+         [[routes]]\nname = \"private\"\npath = \"/private\"\nupstream = \"a\"\nauth = [\"api_key\"]\n",
+        base_config(&a),
+        support::sha_hex("key-1")
+    );
+    push(&etcd, "/cons", &cfg);
+    let one = Instance::start(&etcd, "/cons");
+    let two = Instance::start(&etcd, "/cons");
+    eventually("both instances ready", || ready(&one) && ready(&two));
+    for i in [&one, &two] {
+        assert_eq!(get_with_key(i.addr, "/private", "key-1"), 200);
+        assert_eq!(get_with_key(i.addr, "/private", "key-2"), 401);
+    }
+
+    let rev = one.revision();
+    let body = json!({"api_key_sha256": support::sha_hex("key-2")}).to_string();
+    let (s, v) = one.admin("PUT", "/config/consumers/second?revision=0", &body);
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = two.admin(
+        "DELETE",
+        &format!("/config/consumers/first?revision={rev}"),
+        "",
+    );
+    assert_eq!(s, 200, "{v}");
+    let latest = v["revision"].as_i64().unwrap();
+    for i in [&one, &two] {
+        eventually("both run the latest revision", || i.revision() == latest);
+        assert_eq!(get_with_key(i.addr, "/private", "key-2"), 200);
+        assert_eq!(get_with_key(i.addr, "/private", "key-1"), 401);
+    }
+
+    let body = json!({"targets": [b.target()]}).to_string();
+    let (s, v) = two.admin(
+        "PUT",
+        &format!("/config/upstreams/a?revision={latest}"),
+        &body,
+    );
+    assert_eq!(s, 200, "{v}");
+    for i in [&one, &two] {
+        eventually("traffic moves to the new target", || {
+            i.get("/a").is_ok_and(|(_, body)| body == "from-b")
+        });
+    }
 }
