@@ -179,37 +179,22 @@ fn main() -> ExitCode {
             let Some(config) = config_path(config, "check") else {
                 return ExitCode::from(2);
             };
-            let loaded = load(&config);
-            if let Ok(c) = &loaded
-                && let Some((rev, errs)) = c.etcd.as_ref().and_then(|e| e.fleet.rejected())
-            {
-                eprintln!(
-                    "{}: the config in etcd at revision {rev}: {} error(s)",
-                    config.display(),
-                    errs.len()
-                );
-                for e in &errs {
-                    eprintln!("  {e}");
-                }
-                return ExitCode::from(2);
-            }
-            match loaded {
+            match load(&config) {
                 Ok(c) => {
+                    // With the source etcd: the revision read, or its errors.
+                    let etcd = match ringgate::config::source::check_note(&c) {
+                        Ok(note) => note,
+                        Err(errors) => {
+                            eprintln!("{}: {errors}", config.display());
+                            return ExitCode::from(2);
+                        }
+                    };
                     println!(
-                        "{}: ok ({} routes, {} upstreams, {} workers{})",
+                        "{}: ok ({} routes, {} upstreams, {} workers{etcd})",
                         config.display(),
                         c.routes.len(),
                         c.upstreams.len(),
                         c.server.workers,
-                        match &c.etcd {
-                            Some(e) if e.revision > 0 => format!(
-                                "; with etcd {}/ at revision {}",
-                                e.fleet.settings.prefix, e.revision
-                            ),
-                            Some(_) =>
-                                String::from("; etcd not reachable: only the file was checked"),
-                            None => String::new(),
-                        }
                     );
                     ExitCode::SUCCESS
                 }

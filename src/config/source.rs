@@ -417,6 +417,34 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// What `ringgate check` adds for a config [`load`] returned: with the
+/// source etcd, the revision it read (or that etcd was not reachable), or
+/// every error of the config in etcd.
+pub fn check_note(c: &Config) -> Result<String, String> {
+    let Some(e) = &c.etcd else {
+        return Ok(String::new());
+    };
+    if let Some((rev, errs)) = e.fleet.rejected() {
+        let mut m = format!(
+            "the config in etcd at revision {rev}: {} error(s)",
+            errs.len()
+        );
+        for x in &errs {
+            m.push_str("\n  ");
+            m.push_str(x);
+        }
+        return Err(m);
+    }
+    Ok(if e.revision > 0 {
+        format!(
+            "; with etcd {}/ at revision {}",
+            e.fleet.settings.prefix, e.revision
+        )
+    } else {
+        String::from("; etcd not reachable: only the file was checked")
+    })
+}
+
 /// What a reload reads: the file, and with etcd the latest copy of the
 /// prefix. The source and the etcd settings cannot change while running.
 pub fn reload_load(path: &Path, old: &Config) -> Result<Config, ConfigErrors> {
