@@ -1,4 +1,5 @@
-//! The `ringgate` command: `run -c FILE`, `check -c FILE`, `demo`.
+//! The `ringgate` command: `run -c FILE`, `check -c FILE`, `demo`, and
+//! `config push|pull` (the reloadable sections to and from etcd).
 
 use clap::{Parser, Subcommand};
 use ringgate::config::Config;
@@ -79,11 +80,44 @@ enum Cmd {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Move the reloadable sections to and from etcd (`[config] source = "etcd"`).
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// Start built-in demo services and a gateway in front of them.
     Demo {
         /// Gateway listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate FILE, then replace the objects under the prefix with its
+    /// reloadable sections (routes, upstreams, consumers, rate limits,
+    /// auth, redis, versioning, cache) in one etcd transaction.
+    Push {
+        /// Config file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// etcd client URL(s), comma-separated (ETCDCTL_USER=name:password
+        /// and ETCDCTL_CACERT=FILE are honoured).
+        #[arg(long, value_name = "URL")]
+        etcd: String,
+        /// Key prefix.
+        #[arg(long, default_value = "/ringgate")]
+        prefix: String,
+    },
+    /// Print the reloadable sections under the prefix as TOML.
+    Pull {
+        /// etcd client URL(s), comma-separated.
+        #[arg(long, value_name = "URL")]
+        etcd: String,
+        /// Key prefix.
+        #[arg(long, default_value = "/ringgate")]
+        prefix: String,
     },
 }
 
@@ -122,7 +156,8 @@ fn config_path(given: Option<PathBuf>, cmd: &str) -> Option<PathBuf> {
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errs| {
+    // The file, and with `[config] source = "etcd"` the sections in etcd.
+    ringgate::config::source::load(path).map_err(|errs| {
         eprintln!("{}: {} error(s)", path.display(), errs.0.len());
         for e in &errs.0 {
             eprintln!("  {e}");
@@ -146,12 +181,20 @@ fn main() -> ExitCode {
             };
             match load(&config) {
                 Ok(c) => {
+                    // With the source etcd: the revision read, or its errors.
+                    let etcd = match ringgate::config::source::check_note(&c) {
+                        Ok(note) => note,
+                        Err(errors) => {
+                            eprintln!("{}: {errors}", config.display());
+                            return ExitCode::from(2);
+                        }
+                    };
                     println!(
-                        "{}: ok ({} routes, {} upstreams, {} workers)",
+                        "{}: ok ({} routes, {} upstreams, {} workers{etcd})",
                         config.display(),
                         c.routes.len(),
                         c.upstreams.len(),
-                        c.server.workers
+                        c.server.workers,
                     );
                     ExitCode::SUCCESS
                 }
@@ -172,6 +215,30 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             serve(cfg, Some(config), signals.expect("blocked for run"))
+        }
+        Cmd::Config { cmd } => {
+            let r = match cmd {
+                ConfigCmd::Push {
+                    config,
+                    etcd,
+                    prefix,
+                } => ringgate::config::source::push(&config, &etcd, &prefix).map(|s| {
+                    eprintln!("{s}");
+                }),
+                ConfigCmd::Pull { etcd, prefix } => {
+                    ringgate::config::source::pull(&etcd, &prefix).map(|t| print!("{t}"))
+                }
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(errs) => {
+                    eprintln!("ringgate config: {} error(s)", errs.len());
+                    for e in &errs {
+                        eprintln!("  {e}");
+                    }
+                    ExitCode::from(2)
+                }
+            }
         }
         Cmd::Demo { listen } => match ringgate::demo::start(&listen) {
             Ok((cfg, services)) => {

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod objects;
 pub mod stats;
 
 /// The dashboard page: one self-contained HTML document (inline CSS, JS and
@@ -343,16 +344,34 @@ pub fn handle(st: &AdminState, req: &AdminRequest) -> (u16, &'static str, String
             return json_err(401, "admin token required");
         }
     }
+    // Objects and registry targets kept in etcd.
+    if let Some(a) = objects::handle(
+        &cfg,
+        &st.config,
+        &req.method,
+        &req.path,
+        &req.query,
+        &req.body,
+    ) {
+        return a;
+    }
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/healthz") => (200, "application/json", String::from("{\"status\":\"ok\"}")),
         ("GET", "/readyz") => {
-            if st.metrics.ready.load(Ordering::Relaxed) == 1 {
+            let ready = st.metrics.ready.load(Ordering::Relaxed) == 1;
+            if let Some(a) = objects::readyz(&cfg, ready) {
+                a
+            } else if ready {
                 (200, "application/json", String::from("{\"status\":\"ready\"}"))
             } else {
                 (503, "application/json", String::from("{\"status\":\"not ready\"}"))
             }
         }
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", st.metrics.render_with(&cfg)),
+        ("GET", "/metrics") => {
+            let mut m = st.metrics.render_with(&cfg);
+            objects::metrics(&cfg, &mut m);
+            (200, "text/plain; version=0.0.4", m)
+        }
         ("GET", "/config") => (200, "application/json", config_json(&cfg).to_string()),
         ("GET", "/stats") => {
             let history = req
@@ -469,6 +488,7 @@ pub fn config_json(cfg: &Config) -> serde_json::Value {
         },
         "auth": cfg.auth.as_ref().map(|_| "<configured; secrets redacted>"),
         "rate_limits": cfg.rate_limits.as_ref().map(|_| "<configured>"),
+        "source": objects::source_json(cfg),
         "cache": {
             "max_bytes_per_worker": cfg.cache.max_bytes_per_worker,
             "max_object_bytes": cfg.cache.max_object_bytes,

@@ -72,6 +72,22 @@ pub struct MetricsFile {
 pub struct ConfigFileSection {
     /// Reload when the config file changes.
     pub watch: Option<bool>,
+    /// `file | etcd`: where the reloadable sections come from.
+    pub source: Option<String>,
+    /// etcd client URLs.
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Key prefix of the reloadable sections in etcd.
+    pub etcd_prefix: Option<String>,
+    /// etcd user (auth enabled on etcd).
+    pub etcd_username: Option<String>,
+    /// Environment variable holding the etcd password.
+    pub etcd_password_env: Option<String>,
+    /// File holding the etcd password.
+    pub etcd_password_file: Option<String>,
+    /// PEM CA certificates for `https://` endpoints.
+    pub etcd_ca_file: Option<String>,
+    /// Deadline of one etcd request.
+    pub etcd_timeout_ms: Option<u64>,
 }
 
 /// One address or a list of addresses.
@@ -179,6 +195,8 @@ pub struct UpstreamFile {
     pub dns_server: Option<OneOrMany>,
     /// Registry instances expire this long after their last heartbeat.
     pub registry_ttl_ms: Option<u64>,
+    /// etcd key prefix of the instances (`discovery = "etcd"`).
+    pub etcd_prefix: Option<String>,
     /// Balancing algorithm.
     pub balance: Option<String>,
     /// `header:NAME | cookie:NAME | ip` (`balance = "consistent_hash"`).

@@ -9,8 +9,10 @@
 //! addresses, durations and the route table. Workers only ever see a
 //! complete, valid `Config` behind an `Arc`.
 
+pub mod etcd;
 pub mod file;
 mod read;
+pub mod source;
 mod upstream;
 mod validate;
 
@@ -185,6 +187,21 @@ pub enum Discovery {
         /// Expiry after the last heartbeat.
         ttl: Duration,
     },
+    /// The keys under an etcd prefix, written by service instances with
+    /// a lease (see [`source`] for registry upstreams kept in etcd).
+    Etcd(EtcdDiscovery),
+}
+
+/// `discovery = "etcd"`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdDiscovery {
+    /// `etcd_prefix`: the instances' keys are below `PREFIX/`.
+    pub prefix: String,
+    /// The etcd of `[config]` (set once the whole file is read).
+    pub etcd: Option<etcd::EtcdSettings>,
+    /// A `discovery = "registry"` upstream whose registrations live in
+    /// etcd (source etcd): their TTL.
+    pub registry_ttl: Option<Duration>,
 }
 
 /// `discovery = "dns"`, validated.
@@ -420,6 +437,9 @@ pub struct Config {
     pub versioning: Option<std::sync::Arc<crate::filter::versioning::Versioning>>,
     /// `[cache]` (defaults when absent).
     pub cache: crate::filter::cache::CacheSettings,
+    /// `[config] source = "etcd"`: the fleet's etcd state and the revision
+    /// this generation was read at; `None` for a file.
+    pub etcd: Option<source::FromEtcd>,
 }
 
 impl Config {

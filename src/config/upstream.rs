@@ -62,6 +62,7 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
         ("dns_interval_ms", up.dns_interval_ms.is_some(), "dns"),
         ("dns_server", up.dns_server.is_some(), "dns"),
         ("registry_ttl_ms", up.registry_ttl_ms.is_some(), "registry"),
+        ("etcd_prefix", up.etcd_prefix.is_some(), "etcd"),
     ] {
         if set && kind != owner {
             errs.push(
@@ -213,11 +214,26 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
                 ttl: Duration::from_millis(ttl.max(1)),
             }
         }
+        "etcd" => {
+            let prefix = up.etcd_prefix.clone().unwrap_or_default();
+            if let Err(m) = super::etcd::check_prefix(&prefix) {
+                errs.push(
+                    key("etcd_prefix"),
+                    if prefix.is_empty() { String::from("missing") } else { m },
+                    "add etcd_prefix = \"/services/NAME\" (each key below it: {\"addr\": \"IP:port\", \"weight\": 1})",
+                );
+            }
+            Discovery::Etcd(super::EtcdDiscovery {
+                prefix: prefix.trim_end_matches('/').to_string(),
+                etcd: None,
+                registry_ttl: None,
+            })
+        }
         other => {
             errs.push(
                 key("discovery"),
                 format!("unknown discovery {other:?}"),
-                "use \"static\", \"dns\", \"file\" or \"registry\"",
+                "use \"static\", \"dns\", \"file\", \"registry\" or \"etcd\"",
             );
             Discovery::Static
         }

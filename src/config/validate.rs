@@ -170,7 +170,10 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             routes.push(route);
         }
     }
-    if file.routes.is_empty() {
+    // With the source etcd, the routes come from etcd (and may not be
+    // there yet).
+    let etcd = super::source::compile(&file, &mut upstreams, &mut errs);
+    if file.routes.is_empty() && etcd.is_none() {
         errs.push(
             "routes",
             "no [[routes]] are defined, so every request would get 404",
@@ -294,6 +297,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             rate_limits,
             versioning,
             cache,
+            etcd,
         }),
         _ => Err(ConfigErrors(errs.0)),
     }

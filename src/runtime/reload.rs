@@ -325,9 +325,11 @@ impl Reloader {
     }
 
     fn prepare(&self) -> Result<Prepared, Vec<String>> {
-        let mut new = Config::load(&self.path)
-            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
         let old = self.store.load();
+        // The file, and with `[config] source = "etcd"` the latest copy of
+        // the etcd prefix (config::source).
+        let mut new = crate::config::source::reload_load(&self.path, &old)
+            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
         let mut errors = Vec::new();
         let (o, n) = (&old.server, &new.server);
         for (key, same) in [

@@ -230,6 +230,10 @@ impl Server {
             if config.watch {
                 r.clone().watch();
             }
+            // `[config] source = "etcd"`: watch the prefix, reload on change.
+            if let Some(e) = &config.etcd {
+                e.fleet.start(&r, store.clone());
+            }
             handle.reloader = Some(r);
         }
         if let Some(a) = &config.admin {

@@ -68,3 +68,15 @@ pub const BREAKER_OPENS: &str = "ringgate_breaker_opens_total";
 pub const UPSTREAM_TARGETS: &str = "ringgate_upstream_targets";
 /// Outlier ejections of the current targets, by upstream.
 pub const UPSTREAM_EJECTIONS: &str = "ringgate_upstream_ejections_total";
+
+/// etcd revision the running config was read at (`[config] source = "etcd"`).
+pub const CONFIG_REVISION: &str = "ringgate_config_revision";
+/// 1 while etcd answers the config watch, 0 while it does not.
+pub const ETCD_CONNECTED: &str = "ringgate_etcd_connected";
+/// Failed attempts to reach etcd (each followed by a backoff).
+pub const ETCD_ERRORS: &str = "ringgate_etcd_errors_total";
+/// Full reads of the prefix after etcd compacted the watch's history.
+pub const ETCD_RESYNCS: &str = "ringgate_etcd_resyncs_total";
+/// The latest etcd revision refused as invalid (0: none since the last
+/// applied one).
+pub const CONFIG_REJECTED_REVISION: &str = "ringgate_config_rejected_revision";

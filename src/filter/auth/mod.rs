@@ -32,7 +32,7 @@ mod config;
 mod consumers;
 mod extract;
 mod hide;
-mod jwks;
+pub(crate) mod jwks;
 mod jwt;
 mod keys;
 mod token_endpoint;

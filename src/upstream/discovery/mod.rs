@@ -6,7 +6,8 @@
 //! every `dns_interval_ms`, or sooner when its TTL runs out: A/AAAA or
 //! SRV, through hickory's resolver),
 //! [`file`] (a watched JSON file) and [`registry`] (instances registering
-//! through the admin API, expiring without heartbeats) — and [`start`],
+//! through the admin API, expiring without heartbeats), [`etcd`] (the keys
+//! under an etcd prefix, written by instances with a lease) — and [`start`],
 //! which spawns one thread per dynamic upstream.
 //!
 //! How it fits: every source ends in [`UpstreamShared::publish`], which
@@ -16,6 +17,7 @@
 //! only a `Weak` to the upstream and end once the config is dropped.
 
 pub mod dns;
+pub mod etcd;
 pub mod file;
 pub mod registry;
 pub mod static_list;
@@ -32,6 +34,8 @@ pub fn kind(d: &Discovery) -> &'static str {
         Discovery::Dns(_) => "dns",
         Discovery::File(_) => "file",
         Discovery::Registry { .. } => "registry",
+        Discovery::Etcd(d) if d.registry_ttl.is_some() => "registry",
+        Discovery::Etcd(_) => "etcd",
     }
 }
 
@@ -78,6 +82,10 @@ pub fn start(cfg: &UpstreamConfig) {
             std::thread::Builder::new()
                 .name(name)
                 .spawn(move || run(weak, file::POLL, move |s| w.poll(s)))
+        }
+        Discovery::Etcd(d) => {
+            etcd::start(shared, d, name);
+            return;
         }
         Discovery::Registry { ttl } => {
             let tick = (*ttl / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
