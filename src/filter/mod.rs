@@ -378,21 +378,38 @@ impl Chain {
         }
     }
 
+    /// True when the route has response header or body filters.
+    #[inline]
+    pub fn has_response_phase(&self) -> bool {
+        self.compress.is_some() || self.transform.as_ref().is_some_and(|t| t.json.is_some())
+    }
+
     /// The response header phase, on a proxied answer: filters read and
-    /// change its head. Compression decides here whether the body phase
-    /// runs (an encoder left in `c.encoder`).
-    pub fn response(&self, c: &mut Conn) {
-        if let (Some(p), Some(coding)) = (&self.compress, c.coding) {
-            let mut resp = crate::http::message::ResponseHeader::h1(
-                &c.ubuf,
-                &mut c.rhead,
-                &mut c.rlines,
-                &mut c.resp_extra,
-            );
-            if compress::response_filter(p, coding, c.head.is_head, &mut resp) {
-                c.encoder = compress::Encoder::new(p, coding).ok();
-            }
+    /// change its head, and decide whether its body goes through the body
+    /// phase: the JSON rewrite (its ops returned: the body is held whole)
+    /// and compression (an encoder left in `c.encoder`).
+    pub fn response(&self, c: &mut Conn) -> Option<&transform::JsonOps> {
+        let head_request = c.head.is_head;
+        let has_body = c.rhead.framing_for(head_request) != crate::http::parse::BodyFraming::None;
+        let mut resp = crate::http::message::ResponseHeader::h1(
+            &c.ubuf,
+            &mut c.rhead,
+            &mut c.rlines,
+            &mut c.resp_extra,
+        );
+        let json = self
+            .transform
+            .as_ref()
+            .and_then(|t| t.json.as_ref())
+            .filter(|_| has_body && transform::rewrites_response(&resp));
+        let mut encoder = None;
+        if let (Some(p), Some(coding)) = (&self.compress, c.coding)
+            && compress::response_filter(p, coding, head_request, &mut resp)
+        {
+            encoder = compress::Encoder::new(p, coding).ok();
         }
+        c.encoder = encoder;
+        json
     }
 }
 
@@ -581,8 +598,7 @@ where
             keep_alive: a.keep_alive,
         };
     }
-    match rc.transform.as_deref().and_then(|t| t.json.as_ref()) {
-        Some(ops) => transform::forward_json(w, snap, route, ops, client, c).await,
-        None => crate::proxy::forward::forward(w, snap, route, client, c).await,
-    }
+    // A JSON rewrite and compression run inside the forward, in its
+    // response phases.
+    crate::proxy::forward::forward(w, snap, route, client, c).await
 }

@@ -121,6 +121,9 @@ pub struct Conn {
     /// The body phase's encoder, when the response header phase chose to
     /// compress the current answer.
     pub encoder: Option<crate::filter::compress::Encoder>,
+    /// The framing ringgate chose for a body that goes through the body
+    /// phase (read by `build_response_head`).
+    pub out_framing: Option<BodyFraming>,
     peer_ip: ([u8; 48], u8),
 }
 
@@ -233,6 +236,7 @@ impl Conn {
             compose_cacheable: false,
             coding: None,
             encoder: None,
+            out_framing: None,
             peer_ip: (ip, n as u8),
         }
     }
@@ -473,13 +477,13 @@ pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
     push_lines(out, &c.rlines, buf, rh.bare_lf);
     let e = &mut out.extra;
     let start = e.len();
-    // A body ringgate re-encodes (compression) is framed by ringgate:
-    // chunked, or the close for an HTTP/1.0 client.
-    let framing = match (&c.encoder, rh.framing_for(c.head.is_head)) {
-        (Some(_), _) if c.head.minor == 0 => BodyFraming::UntilClose,
-        (Some(_), _) => BodyFraming::Chunked,
-        (None, f) => f,
-    };
+    // A body that went through the body phase is framed by ringgate
+    // (`out_framing`, set by the body phase); any other keeps the
+    // backend's framing, rewritten.
+    let framing = c
+        .out_framing
+        .take()
+        .unwrap_or_else(|| rh.framing_for(c.head.is_head));
     match framing {
         BodyFraming::Length(n) => {
             e.extend_from_slice(b"Content-Length: ");
@@ -995,21 +999,28 @@ where
         return Outcome::Upgrade(us.into_stream());
     }
     let framing = c.rhead.framing_for(c.head.is_head);
-    // The response header phase (compression decides here).
-    if c.coding.is_some() {
-        rc.chain.response(c);
-    }
-    if c.encoder.is_some() {
-        let close = !c.head.keep_alive || w.draining.get() || c.head.minor == 0;
-        build_response_head(c, close, false);
-        if write_out(client, c, false).await.is_err() {
-            done_target();
-            return Outcome::Abort;
-        }
-        let ok = relay_encoded(w, client, c, &mut us, framing, up_cfg.request_timeout).await;
+    // The response header phase: the route's filters read and change the
+    // head, and decide whether the body goes through the body phase
+    // (compression, a JSON rewrite).
+    let hold_json = if rc.chain.has_response_phase() {
+        rc.chain.response(c)
+    } else {
+        None
+    };
+    if c.encoder.is_some() || hold_json.is_some() {
+        let r = relay_filtered(
+            w,
+            client,
+            c,
+            &mut us,
+            framing,
+            up_cfg.request_timeout,
+            hold_json,
+        )
+        .await;
         done_target();
-        return match ok {
-            Some(up_reusable) => {
+        return match r {
+            Some((up_reusable, close)) => {
                 if up_reusable {
                     up.checkin(target, us, w.watchdog.now_ms());
                 }
@@ -1154,22 +1165,32 @@ where
     Outcome::Done { keep_alive: !close }
 }
 
-/// The response body phase for a compressed answer: the backend's body
-/// (after its own framing: the payload of its chunks, or its bytes) goes
-/// through the encoder, and what comes out is written as chunks (or as is
-/// to an HTTP/1.0 client, whose answer ends with the close). Memory is the
-/// encoder's window and one output buffer, whatever the body's size.
-/// `Some(reusable)` when the body went out whole (and whether the
-/// upstream connection may be pooled); `None` when either side failed.
-async fn relay_encoded<S: AsyncWriteRent>(
+/// The response body phase: the backend's body (its payload, after its
+/// own framing: length, chunks or the close) goes through the route's body
+/// filters.
+/// - A JSON rewrite (`json`) holds the body whole, up to its
+///   `max_body_bytes`: the rewritten document (or the body as it was, when
+///   it is not JSON) goes out with its own `Content-Length`, compressed
+///   first when an encoder is set. A body over the limit is relayed as it
+///   is, re-framed.
+/// - Otherwise (or past the limit) the payload streams through the encoder,
+///   when there is one, and goes out as ringgate's own chunks (as is to an
+///   HTTP/1.0 client, whose answer then ends with the close). Memory is the
+///   encoder's window and one output buffer, whatever the body's size.
+///
+/// `Some((reusable, close))` when the answer went out whole: whether the
+/// upstream connection may be pooled and whether the client connection
+/// must close; `None` when either side failed.
+async fn relay_filtered<S: AsyncWriteRent>(
     w: &Worker,
     client: &mut S,
     c: &mut Conn,
     us: &mut pool::PoolConn,
     framing: BodyFraming,
     timeout: std::time::Duration,
-) -> Option<bool> {
-    let mut enc = c.encoder.take()?;
+    json: Option<&crate::filter::transform::JsonOps>,
+) -> Option<(bool, bool)> {
+    let mut enc = c.encoder.take();
     let chunked = c.head.minor == 1;
     let mut rscan = ChunkedScanner::new();
     let mut left = match framing {
@@ -1177,44 +1198,60 @@ async fn relay_encoded<S: AsyncWriteRent>(
         _ => 0,
     };
     let mut reusable = c.rhead.keep_alive && framing != BodyFraming::UntilClose;
+    let mut close = !c.head.keep_alive || w.draining.get();
     let mut start = c.rhead.len;
+    let mut payload = Vec::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
     let mut frame = Vec::with_capacity(16 * 1024 + 16);
+    let mut held: Option<Vec<u8>> = json.map(|_| Vec::new());
+    let limit = json.map_or(0, |o| o.max_body_bytes);
     let ufd = us.as_raw_fd();
+    if held.is_none() {
+        close |= !chunked;
+        send_streamed_head(client, c, chunked, close).await?;
+    }
     loop {
         let n = c.ubuf.len() - start;
         let piece = &c.ubuf[start..];
+        payload.clear();
         let done = match framing {
             BodyFraming::None => true,
             BodyFraming::Length(_) => {
                 let k = (n as u64).min(left) as usize;
-                enc.write(&piece[..k], &mut out).ok()?;
+                payload.extend_from_slice(&piece[..k]);
                 left -= k as u64;
                 reusable &= k == n;
                 left == 0
             }
             BodyFraming::Chunked => {
-                let mut failed = false;
                 let k = rscan
-                    .scan(piece, |a, b| {
-                        failed |= enc.write(&piece[a..b], &mut out).is_err();
-                    })
+                    .scan(piece, |a, b| payload.extend_from_slice(&piece[a..b]))
                     .ok()?;
-                if failed {
-                    return None;
-                }
                 reusable &= k == n;
                 rscan.is_done()
             }
             BodyFraming::UntilClose => {
-                enc.write(piece, &mut out).ok()?;
+                payload.extend_from_slice(piece);
                 false
             }
         };
+        match held.as_mut() {
+            Some(h) => {
+                h.extend_from_slice(&payload);
+                if h.len() > limit {
+                    // Over the limit: relayed as it is, re-framed.
+                    let h = held.take().unwrap_or_default();
+                    close |= !chunked;
+                    send_streamed_head(client, c, chunked, close).await?;
+                    emit(&mut enc, &h, &mut out)?;
+                }
+            }
+            None => emit(&mut enc, &payload, &mut out)?,
+        }
         if done {
             break;
         }
-        if !out.is_empty() {
+        if held.is_none() && !out.is_empty() {
             write_piece(client, c, &mut frame, &out, chunked, false).await?;
             out.clear();
         }
@@ -1236,9 +1273,69 @@ async fn relay_encoded<S: AsyncWriteRent>(
             _ => return None,
         }
     }
-    enc.finish(&mut out).ok()?;
-    write_piece(client, c, &mut frame, &out, chunked, true).await?;
-    Some(reusable)
+    match held {
+        Some(h) => {
+            // The whole body, within the limit: rewritten (when it is
+            // JSON), then compressed, and sent with its length.
+            let body = json
+                .and_then(|o| crate::filter::transform::rewrite_json(o, &h))
+                .unwrap_or(h);
+            let body = match enc.take() {
+                Some(mut e) => {
+                    let mut z = Vec::with_capacity(body.len() / 2 + 64);
+                    e.write(&body, &mut z).ok()?;
+                    e.finish(&mut z).ok()?;
+                    z
+                }
+                None => body,
+            };
+            c.out_framing = Some(BodyFraming::Length(body.len() as u64));
+            build_response_head(c, close, false);
+            write_out(client, c, false).await.ok()?;
+            c.bytes_out += body.len() as u64;
+            let (r, _) = client.write_all(body).await;
+            r.ok()?;
+        }
+        None => {
+            if let Some(e) = enc {
+                e.finish(&mut out).ok()?;
+            }
+            write_piece(client, c, &mut frame, &out, chunked, true).await?;
+        }
+    }
+    Some((reusable, close))
+}
+
+/// Compresses `data` into `out` when there is an encoder, else copies it.
+fn emit(
+    enc: &mut Option<crate::filter::compress::Encoder>,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    match enc {
+        Some(e) => e.write(data, out).ok(),
+        None => {
+            out.extend_from_slice(data);
+            Some(())
+        }
+    }
+}
+
+/// Writes the response head of an answer whose body ringgate frames as it
+/// streams: chunked, or delimited by the close for an HTTP/1.0 client.
+async fn send_streamed_head<S: AsyncWriteRent>(
+    client: &mut S,
+    c: &mut Conn,
+    chunked: bool,
+    close: bool,
+) -> Option<()> {
+    c.out_framing = Some(if chunked {
+        BodyFraming::Chunked
+    } else {
+        BodyFraming::UntilClose
+    });
+    build_response_head(c, close, false);
+    write_out(client, c, false).await.ok()
 }
 
 /// Writes `data` as one chunk (and the last chunk after it when `last`),
