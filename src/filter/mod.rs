@@ -381,7 +381,11 @@ impl Chain {
     /// True when the route has response header or body filters.
     #[inline]
     pub fn has_response_phase(&self) -> bool {
-        self.compress.is_some() || self.transform.as_ref().is_some_and(|t| t.json.is_some())
+        self.compress.is_some()
+            || self
+                .transform
+                .as_ref()
+                .is_some_and(|t| t.json.is_some() || t.edits_response_head())
     }
 
     /// The response header phase, on a proxied answer: filters read and
@@ -397,6 +401,9 @@ impl Chain {
             &mut c.rlines,
             &mut c.resp_extra,
         );
+        if let Some(t) = &self.transform {
+            transform::response_filter(t, &mut resp);
+        }
         let json = self
             .transform
             .as_ref()

@@ -6,19 +6,20 @@
 //!
 //! Key components: [`TransformFile`] (the `transform = {...}` keys),
 //! [`Transform`] (compiled), [`Rewrite`] (per-connection scratch the proxy
-//! reads: the rewritten request target, the rewritten status line, the
-//! route's transform for the response head), [`apply_request`] (phase 3,
-//! after the route's filters), [`edit_response_head`] (called by
-//! `proxy::forward::build_response_head`), [`rewrites_response`] and
-//! [`rewrite_json`] (the response header and body phases of
-//! `response_json`).
+//! reads: the rewritten request target), [`apply_request`] (the upstream
+//! request phase, after the route's filters), [`response_filter`] (the
+//! response header phase, through the route's chain: status mapped and
+//! headers edited through the transport-neutral `ResponseHeader`),
+//! [`rewrites_response`] and [`rewrite_json`] (the response header and
+//! body phases of `response_json`).
 //!
 //! How the head edits work without rebuilding heads: a request header that
 //! is removed, set or renamed has its line marked `HeaderRole::Drop` and the
 //! new line goes to `c.up_extra`; a rewritten path is written once into
 //! [`Rewrite::target`] and the forwarded request line uses it. Response
-//! headers likewise (marked in `c.rlines`, new lines in `c.resp_extra`); a
-//! mapped status replaces the status line.
+//! headers go through `ResponseHeader` (a removed line is marked, added
+//! ones follow the backend's); a mapped status has its status line written
+//! anew.
 //!
 //! Response JSON ops need the whole body: the response header phase
 //! ([`rewrites_response`], through the route's chain) picks answers with a
@@ -35,6 +36,7 @@
 
 use crate::config::{Config, Errors};
 use crate::filter::compose::PathTemplate;
+use crate::http::message::ResponseHeader;
 use crate::http::parse::{HeaderRole, RequestHead};
 use crate::proxy::forward::Conn;
 use crate::proxy::json::{self, Doc};
@@ -113,8 +115,12 @@ pub struct HeaderOps {
     drop: Vec<Box<[u8]>>,
     /// `(lower-case from, to)`.
     rename: Vec<BytePair>,
-    /// The `add` and `set` lines, ready to append.
+    /// The `add` and `set` lines, ready to append (the request side's
+    /// HTTP/1 fast path).
     lines: Box<[u8]>,
+    /// The same `add` and `set` fields as `(name, value)` (the response
+    /// header phase, through `ResponseHeader`).
+    fields: Vec<BytePair>,
 }
 
 impl HeaderOps {
@@ -180,12 +186,6 @@ pub struct Rewrite {
     /// Request target (path and query) to forward instead of the client's;
     /// empty = the client's.
     pub target: Vec<u8>,
-    /// Status line to send instead of the backend's; empty = the backend's.
-    pub status_line: Vec<u8>,
-    /// The route's transform, while its response head is pending.
-    pub transform: Option<Arc<Transform>>,
-    /// The response head was edited already.
-    pub response_edited: bool,
 }
 
 impl Rewrite {
@@ -193,9 +193,6 @@ impl Rewrite {
     #[inline]
     pub fn clear(&mut self) {
         self.target.clear();
-        self.status_line.clear();
-        self.transform = None;
-        self.response_edited = false;
     }
 }
 
@@ -274,6 +271,8 @@ fn compile_header_ops(key: &str, f: &HeaderOpsFile, request: bool, errs: &mut Er
             lines.extend_from_slice(b": ");
             lines.extend_from_slice(value.as_bytes());
             lines.extend_from_slice(b"\r\n");
+            ops.fields
+                .push((name.as_bytes().into(), value.as_bytes().into()));
         }
     }
     for name in f.remove.iter().flatten() {
@@ -522,9 +521,6 @@ pub fn apply_request(t: &Arc<Transform>, cfg: &Config, c: &mut Conn) {
             out.extend_from_slice(v);
         }
     }
-    if t.edits_response_head() {
-        c.rewrite.transform = Some(t.clone());
-    }
 }
 
 /// Marks the lines `ops` drops and appends the renamed and added lines.
@@ -556,66 +552,44 @@ fn edit_lines(
     extra.extend_from_slice(&ops.lines);
 }
 
-/// Edits the response head in `c` for the route's transform: status
-/// mapped into `c.rewrite.status_line`, header lines dropped in `c.rlines`
-/// and added to `c.resp_extra`. Called by `build_response_head`; a no-op
-/// when the route has no response head ops, for interim responses and on a
-/// second call.
-pub fn edit_response_head(c: &mut Conn) {
-    let Some(t) = &c.rewrite.transform else {
-        return;
-    };
-    let status = c.rhead.status;
-    if c.rewrite.response_edited || (100..200).contains(&status) {
+/// The response header phase of a route's transform, on the backend's
+/// final head: its status mapped, its headers removed, renamed, set and
+/// added, through the transport-neutral [`ResponseHeader`] (interim
+/// answers are left alone).
+pub fn response_filter(t: &Transform, resp: &mut ResponseHeader<'_>) {
+    let status = resp.status();
+    if (100..200).contains(&status) {
         return;
     }
-    c.rewrite.response_edited = true;
     if let Some(to) = t.map_status(status) {
-        let sl = &mut c.rewrite.status_line;
-        sl.clear();
-        sl.extend_from_slice(b"HTTP/1.1 ");
-        let mut b = itoa::Buffer::new();
-        sl.extend_from_slice(b.format(to).as_bytes());
-        sl.push(b' ');
-        sl.extend_from_slice(reason(to).as_bytes());
-        sl.extend_from_slice(b"\r\n");
+        resp.set_status(to);
     }
-    if !t.response_headers.is_empty() {
-        edit_lines(
-            &t.response_headers,
-            &c.ubuf,
-            &mut c.rlines,
-            &mut c.resp_extra,
-        );
+    let ops = &t.response_headers;
+    if ops.is_empty() {
+        return;
     }
-}
-
-/// Reason phrases for mapped statuses.
-fn reason(s: u16) -> &'static str {
-    match s {
-        201 => "Created",
-        202 => "Accepted",
-        203 => "Non-Authoritative Information",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        409 => "Conflict",
-        410 => "Gone",
-        422 => "Unprocessable Content",
-        s => match crate::http::reason(s) {
-            "Unknown" => "",
-            r => r,
-        },
+    // Renamed values move under their new name, in order.
+    let mut renamed: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    for (from, to) in &ops.rename {
+        for v in resp.headers(from) {
+            renamed.push((to, v.to_vec()));
+        }
+    }
+    for d in &ops.drop {
+        resp.remove_header(d);
+    }
+    for (to, v) in &renamed {
+        resp.append_header(to, v);
+    }
+    for (name, value) in &ops.fields {
+        resp.append_header(name, value);
     }
 }
 
 /// The response header phase of a route with `response_json`: whether
 /// this answer's body is rewritten (a JSON content type; the caller checks
 /// that it has a body).
-pub fn rewrites_response(resp: &crate::http::message::ResponseHeader<'_>) -> bool {
+pub fn rewrites_response(resp: &ResponseHeader<'_>) -> bool {
     resp.header(b"content-type")
         .is_some_and(|v| v.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")))
 }

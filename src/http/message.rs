@@ -282,7 +282,6 @@ enum RespRepr<'a> {
 pub struct ResponseHeader<'a> {
     repr: RespRepr<'a>,
     added: &'a mut Vec<u8>,
-    status_override: Option<u16>,
 }
 
 impl<'a> ResponseHeader<'a> {
@@ -296,7 +295,6 @@ impl<'a> ResponseHeader<'a> {
         ResponseHeader {
             repr: RespRepr::H1 { buf, head, lines },
             added,
-            status_override: None,
         }
     }
 
@@ -305,33 +303,27 @@ impl<'a> ResponseHeader<'a> {
         ResponseHeader {
             repr: RespRepr::Owned(resp),
             added,
-            status_override: None,
         }
     }
 
     /// The status code.
     pub fn status(&self) -> u16 {
-        if let Some(s) = self.status_override {
-            return s;
-        }
         match &self.repr {
             RespRepr::H1 { head, .. } => head.status,
             RespRepr::Owned(r) => r.status,
         }
     }
 
-    /// Changes the status code.
+    /// Changes the status code (an HTTP/1 status line is then written
+    /// anew).
     pub fn set_status(&mut self, status: u16) {
         match &mut self.repr {
-            RespRepr::H1 { .. } => self.status_override = Some(status),
+            RespRepr::H1 { head, .. } => {
+                head.status = status;
+                head.status_rewritten = true;
+            }
             RespRepr::Owned(r) => r.status = status,
         }
-    }
-
-    /// The status set with [`Self::set_status`] on an HTTP/1 response, if
-    /// any (its status line is then rewritten).
-    pub fn status_changed(&self) -> Option<u16> {
-        self.status_override
     }
 
     /// Every header field the backend sent and no filter removed, then the
@@ -467,12 +459,13 @@ mod tests {
         let mut r = ResponseHeader::h1(raw, &mut head, &mut lines, &mut added);
         assert_eq!(r.status(), 200);
         r.set_status(201);
-        assert_eq!((r.status(), r.status_changed()), (201, Some(201)));
+        assert_eq!(r.status(), 201);
         assert_eq!(r.header(b"content-type"), Some(&b"text/plain"[..]));
         r.remove_header(b"x-a");
         r.append_header(b"Vary", b"Origin");
         assert_eq!(r.header(b"x-a"), None);
         assert_eq!(r.header(b"vary"), Some(&b"Origin"[..]));
+        assert!(head.status_rewritten && head.status == 201);
 
         let mut o = OwnedResponse::new(200);
         o.push(b"Content-Type", b"application/json");

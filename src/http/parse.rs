@@ -263,6 +263,9 @@ pub struct ResponseHead {
     pub content_length: Option<u64>,
     /// Some line of the head ended with a bare LF (rewritten with CRLF).
     pub bare_lf: bool,
+    /// A filter changed the status ([`crate::http::message::ResponseHeader::set_status`]):
+    /// the status line is written anew from `status`.
+    pub status_rewritten: bool,
 }
 
 impl ResponseHead {
@@ -844,6 +847,7 @@ pub fn parse_response(
         has_request_id: false,
         content_length: None,
         bare_lf: false,
+        status_rewritten: false,
     };
     lines.clear();
     let mut content_length: Option<u64> = None;

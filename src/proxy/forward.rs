@@ -462,15 +462,23 @@ fn push_status_line(out: &mut OutHead, rh: &ResponseHead, buf: &[u8], rebuild: b
 /// needed; with `dechunk`, the chunked body goes out as its payload only
 /// (an HTTP/1.0 client), delimited by the close.
 pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
-    if c.rewrite.transform.is_some() {
-        crate::filter::transform::edit_response_head(c);
-    }
     let buf = &c.ubuf;
     let rh = &c.rhead;
     let out = &mut c.out;
     out.clear();
-    if !c.rewrite.status_line.is_empty() {
-        out.extra(&c.rewrite.status_line);
+    if rh.status_rewritten {
+        // A filter changed the status (the response header phase).
+        let e = &mut out.extra;
+        let start = e.len();
+        e.extend_from_slice(b"HTTP/1.1 ");
+        e.extend_from_slice(itoa::Buffer::new().format(rh.status).as_bytes());
+        e.push(b' ');
+        let reason = crate::http::reason(rh.status);
+        if reason != "Unknown" {
+            e.extend_from_slice(reason.as_bytes());
+        }
+        e.extend_from_slice(b"\r\n");
+        out.mark_extra(start);
     } else {
         push_status_line(out, rh, buf, rh.minor != 1 || rh.bare_lf);
     }

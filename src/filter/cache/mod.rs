@@ -642,7 +642,6 @@ fn refresh_conn(w: &Worker, c: &Conn) -> Box<Conn> {
     r.up_extra.extend_from_slice(&c.up_extra);
     r.rid = c.rid;
     r.rewrite.target.extend_from_slice(&c.rewrite.target);
-    r.rewrite.transform = c.rewrite.transform.clone();
     r
 }
 
