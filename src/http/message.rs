@@ -42,7 +42,11 @@ pub struct OwnedRequest {
 pub struct OwnedResponse {
     /// Status code.
     pub status: u16,
-    /// Header fields in order, names as they should be written.
+    /// The reason phrase an HTTP/1 status line carries (empty: the
+    /// standard one).
+    pub reason: Vec<u8>,
+    /// Header fields in order, names as they should be written (no
+    /// framing fields: the transport writes its own).
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -51,7 +55,34 @@ impl OwnedResponse {
     pub fn new(status: u16) -> Self {
         OwnedResponse {
             status,
+            reason: Vec::new(),
             headers: Vec::new(),
+        }
+    }
+
+    /// The head as HTTP/1.1 writes it, without the blank line that ends
+    /// it: the status line, the fields, and `Content-Length: body_len`
+    /// unless the status has no body (1xx, 204, 304).
+    pub fn render_h1(&self, body_len: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        out.push(b' ');
+        if self.reason.is_empty() {
+            let r = super::reason(self.status);
+            if r != "Unknown" {
+                out.extend_from_slice(r.as_bytes());
+            }
+        } else {
+            out.extend_from_slice(&self.reason);
+        }
+        out.extend_from_slice(b"\r\n");
+        for (n, v) in &self.headers {
+            push_line(out, n, v);
+        }
+        if !matches!(self.status, 100..=199 | 204 | 304) {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
 

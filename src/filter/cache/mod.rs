@@ -8,8 +8,8 @@
 //! cached route does instead of a plain forward), [`PurgeLog`] (purges from
 //! the admin API to every worker).
 //!
-//! How it fits: the connection loop calls [`serve`] in place of
-//! `proxy::forward` (or `proxy::compose::serve`) for a route with
+//! How it fits: the registry's exchange calls [`serve`] in place of
+//! `proxy::forward` (or `compose::serve`) for a route with
 //! `cache`, after the route's filters (auth, rate limits) and request
 //! transform ran — so a hit is still authenticated and counted, and the
 //! transform's response edits are stored with the response. A lookup key is the route's name, the host,
@@ -21,7 +21,9 @@
 //!
 //! - Hit (fresh): the stored head, `X-Request-Id`, `X-Cache: HIT`, `Age`,
 //!   the filters' response lines, then the stored body, in one `writev`
-//!   from the shared stored buffer ([`wire::write_stored`]).
+//!   from the shared stored entry ([`wire::write_stored`]). An entry is
+//!   stored structured (status, header fields, body: `store::Stored`),
+//!   with its HTTP/1 head rendered once when stored.
 //! - Stale within `stale_while_revalidate`: answered like a hit with
 //!   `X-Cache: STALE`, and a refresh is queued: a worker task sends a copy
 //!   of the request upstream and stores the answer. One fetch per key at a
@@ -492,7 +494,7 @@ impl WorkerCache {
             .map_or(0, |d| d.as_secs());
         let mut store = self.store.borrow_mut();
         let stored = match policy::storable(captured, policy, drop_names, now_unix) {
-            Ok(s) if s.bytes.len() <= settings.max_object_bytes => {
+            Ok(s) if s.size() <= settings.max_object_bytes => {
                 let fwd = Forwarded {
                     buf: &req.head,
                     lines: &req.lines,
@@ -775,7 +777,7 @@ async fn answer<S: AsyncWriteRent>(
         extra.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     extra.extend_from_slice(b"\r\n");
-    c.rhead.status = if not_modified { 304 } else { resp.status };
+    c.rhead.status = if not_modified { 304 } else { resp.status() };
     let r = if not_modified {
         let (r, b) = client.write_all(extra).await;
         extra = b;

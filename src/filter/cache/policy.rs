@@ -9,6 +9,7 @@
 
 use super::RouteCache;
 use crate::http::chunked::ChunkedScanner;
+use crate::http::message::OwnedResponse;
 use crate::http::name_eq;
 use crate::http::parse::{self, BodyFraming, HeaderLine, Parsed, ResponseHead};
 use std::time::Duration;
@@ -152,17 +153,15 @@ pub fn request_mode(
     }
 }
 
-/// A response ready to be stored: the bytes and how long they serve.
+/// A response ready to be stored, structured (status, the header fields
+/// kept, the body: whatever transport it came over or will be served on),
+/// and how long it serves.
 #[derive(Debug)]
 pub struct Storable {
-    /// Status line and kept header lines, `Content-Length`, then (from
-    /// `head_len`) the body. The blank line that ends the head is *not*
-    /// included: per-request lines go between.
-    pub bytes: Vec<u8>,
-    /// Where the head ends.
-    pub head_len: usize,
-    /// Status code.
-    pub status: u16,
+    /// Status, reason and the header fields kept (no framing fields).
+    pub head: OwnedResponse,
+    /// The body.
+    pub body: Vec<u8>,
     /// Lower-case names from `Vary`.
     pub vary: Vec<Box<[u8]>>,
     /// Freshness lifetime from the time of storing (the response's
@@ -176,6 +175,20 @@ pub struct Storable {
     pub stale_if_error: Duration,
     /// The response's `ETag`, if any (for `If-None-Match`).
     pub etag: Option<Box<[u8]>>,
+}
+
+impl Storable {
+    /// Bytes the response takes (fields and body).
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self.head.reason.len()
+            + self
+                .head
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 4)
+                .sum::<usize>()
+    }
 }
 
 /// Why a captured response was not stored (for tests and debugging).
@@ -314,8 +327,10 @@ pub fn storable(
             &chunked_body
         }
     };
-    let mut bytes = Vec::with_capacity(rhead.len + body.len() + 24);
-    bytes.extend_from_slice(&head[..rhead.status_line.end as usize]);
+    let mut stored = OwnedResponse::new(status);
+    let (_, line_end) = parse::line_content(rhead.status_line, head);
+    // "HTTP/1.x NNN " is 13 bytes; the reason phrase follows.
+    stored.reason = head.get(13..line_end).unwrap_or_default().to_vec();
     for l in &rlines {
         let name = l.name.of(head);
         if !l.role.forwarded()
@@ -324,19 +339,11 @@ pub fn storable(
         {
             continue;
         }
-        bytes.extend_from_slice(l.line.of(head));
+        stored.push(name, l.value.of(head));
     }
-    if status != 204 && status != 304 {
-        bytes.extend_from_slice(b"Content-Length: ");
-        bytes.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-        bytes.extend_from_slice(b"\r\n");
-    }
-    let head_len = bytes.len();
-    bytes.extend_from_slice(body);
     Ok(Storable {
-        bytes,
-        head_len,
-        status,
+        head: stored,
+        body: body.to_vec(),
         vary,
         fresh_for: Duration::from_secs(fresh),
         initial_age: age,
@@ -494,11 +501,24 @@ mod tests {
         let r = route();
         let resp = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Request-Id: old\r\nX-RateLimit-Remaining: 4\r\nX-Cache: MISS\r\nVary: Accept-Language, accept-language\r\nX-A: 1\r\n\r\n2\r\nhi\r\n1\r\n!\r\n0\r\n\r\n";
         let s = storable(resp, &r, &[b"X-RateLimit-Remaining"], 0).unwrap();
+        assert_eq!(s.head.status, 200);
         assert_eq!(
-            std::str::from_utf8(&s.bytes).unwrap(),
-            "HTTP/1.1 200 OK\r\nVary: Accept-Language, accept-language\r\nX-A: 1\r\nContent-Length: 3\r\nhi!"
+            s.head.headers,
+            vec![
+                (
+                    b"Vary".to_vec(),
+                    b"Accept-Language, accept-language".to_vec()
+                ),
+                (b"X-A".to_vec(), b"1".to_vec()),
+            ]
         );
-        assert_eq!(&s.bytes[s.head_len..], b"hi!");
+        assert_eq!(s.body, b"hi!");
+        let mut h1 = Vec::new();
+        s.head.render_h1(s.body.len(), &mut h1);
+        assert_eq!(
+            std::str::from_utf8(&h1).unwrap(),
+            "HTTP/1.1 200 OK\r\nVary: Accept-Language, accept-language\r\nX-A: 1\r\nContent-Length: 3\r\n"
+        );
         assert_eq!(s.vary, vec![Box::from(&b"accept-language"[..])]);
     }
 

@@ -10,6 +10,7 @@
 //! capture); evicting frees them.
 
 use super::policy::Storable;
+use crate::http::message::OwnedResponse;
 use crate::http::name_eq;
 use crate::http::parse::HeaderLine;
 use std::collections::HashMap;
@@ -29,14 +30,40 @@ pub const MAX_VARIANTS: usize = 16;
 /// A stored response, shared with the writes in flight that send it.
 #[derive(Debug)]
 pub struct Stored {
-    /// Head lines (status line, kept headers, `Content-Length`) then body.
-    pub bytes: Box<[u8]>,
-    /// Where the head ends (no blank line: per-request lines go there).
-    pub head_len: usize,
-    /// Status code.
-    pub status: u16,
+    /// The response: status and header fields, as any transport serves it.
+    pub head: OwnedResponse,
+    /// The body.
+    pub body: Box<[u8]>,
     /// `ETag` value, if any.
     pub etag: Option<Box<[u8]>>,
+    /// The head rendered once for HTTP/1 when stored (status line, fields,
+    /// `Content-Length`; no blank line: per-request lines go there), so a
+    /// hit is one `writev` of it, those lines and the body.
+    h1_head: Box<[u8]>,
+}
+
+impl Stored {
+    /// A stored response.
+    pub fn new(head: OwnedResponse, body: Box<[u8]>, etag: Option<Box<[u8]>>) -> Stored {
+        let mut h1 = Vec::with_capacity(64 + head.headers.len() * 32);
+        head.render_h1(body.len(), &mut h1);
+        Stored {
+            head,
+            body,
+            etag,
+            h1_head: h1.into(),
+        }
+    }
+
+    /// Status code.
+    pub fn status(&self) -> u16 {
+        self.head.status
+    }
+
+    /// The head as HTTP/1 writes it (without the blank line).
+    pub fn h1_head(&self) -> &[u8] {
+        &self.h1_head
+    }
 }
 
 /// The pieces of a cache key as they lie in a request.
@@ -244,9 +271,9 @@ pub struct Standing {
 impl Entry {
     /// Builds an entry for `key` from a storable response and the request
     /// it answered.
-    pub fn new(key: OwnedKey, s: Storable, req: Forwarded<'_>, now: Instant) -> Entry {
-        let vary: Box<[_]> = s
-            .vary
+    pub fn new(key: OwnedKey, mut s: Storable, req: Forwarded<'_>, now: Instant) -> Entry {
+        let resp_size = s.size();
+        let vary: Box<[_]> = std::mem::take(&mut s.vary)
             .into_iter()
             .map(|name| {
                 let v = req.joined(&name);
@@ -255,7 +282,7 @@ impl Entry {
             .collect();
         let size = ENTRY_OVERHEAD
             + key.len()
-            + s.bytes.len()
+            + resp_size
             + s.etag.as_ref().map_or(0, |e| e.len())
             + vary
                 .iter()
@@ -264,12 +291,7 @@ impl Entry {
         Entry {
             key,
             vary,
-            resp: Rc::new(Stored {
-                bytes: s.bytes.into(),
-                head_len: s.head_len,
-                status: s.status,
-                etag: s.etag,
-            }),
+            resp: Rc::new(Stored::new(s.head, s.body.into(), s.etag)),
             stored_at: now,
             initial_age: s.initial_age,
             fresh_for: s.fresh_for,
@@ -577,13 +599,9 @@ mod tests {
     use super::*;
 
     fn storable(body: &[u8], vary: &[&[u8]]) -> Storable {
-        let mut bytes = b"HTTP/1.1 200 OK\r\n".to_vec();
-        let head_len = bytes.len();
-        bytes.extend_from_slice(body);
         Storable {
-            bytes,
-            head_len,
-            status: 200,
+            head: OwnedResponse::new(200),
+            body: body.to_vec(),
             vary: vary.iter().map(|v| Box::from(*v)).collect(),
             fresh_for: Duration::from_secs(10),
             initial_age: 0,
@@ -722,7 +740,7 @@ mod tests {
         );
         let body = |s: &mut Store, r: Forwarded<'_>| {
             s.lookup(k.hash(), &k, r)
-                .map(|i| s.get(i).resp.bytes[s.get(i).resp.head_len..].to_vec())
+                .map(|i| s.get(i).resp.body.to_vec())
         };
         assert_eq!(body(&mut s, en).as_deref(), Some(&b"en"[..]));
         assert_eq!(body(&mut s, de).as_deref(), Some(&b"de"[..]));

@@ -2,8 +2,9 @@
 //! is recorded for storing while it passes through, and, when a stale copy
 //! may stand in for a failing backend, held back until its status is
 //! known), [`Sink`] (the "client" of a background refresh) and
-//! [`write_stored`] (a hit: the stored head, the per-request lines and the
-//! stored body in one `writev`, straight from the shared stored buffer).
+//! [`write_stored`] (a hit: the stored head as HTTP/1 renders it, the
+//! per-request lines and the stored body in one `writev`, straight from
+//! the shared stored entry).
 
 use super::store::Stored;
 use monoio::BufResult;
@@ -225,7 +226,7 @@ struct HitBuf {
     pos: usize,
 }
 
-// SAFETY: the iovecs point into `stored.bytes` (a heap buffer kept alive by
+// SAFETY: the iovecs point into `stored`'s head and body (heap buffers kept alive by
 // the `Rc` this struct owns, never mutated) and `extra` (owned, not resized
 // while a write is in flight); the iovec array itself is a heap buffer, so
 // its address does not change when the struct moves.
@@ -282,15 +283,10 @@ pub async fn write_stored<S: AsyncWriteRent>(
         pos: 0,
     };
     hb.iov.clear();
-    let b = &hb.stored.bytes;
     let parts: [&[u8]; 3] = [
-        &b[..hb.stored.head_len],
+        hb.stored.h1_head(),
         &hb.extra,
-        if head_only {
-            &[]
-        } else {
-            &b[hb.stored.head_len..]
-        },
+        if head_only { &[] } else { &hb.stored.body },
     ];
     let mut total = 0;
     for p in parts {
