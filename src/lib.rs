@@ -24,4 +24,5 @@ pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -137,6 +137,8 @@ pub struct ServerFile {
     pub underscores_in_headers: Option<bool>,
     /// Trailer fields of chunked bodies forwarded (others are dropped).
     pub forward_trailers: Option<Vec<String>>,
+    /// `[[server.tls]]`: TLS listeners.
+    pub tls: Option<Vec<super::tls::TlsListenerFile>>,
 }
 
 /// `[admin]`

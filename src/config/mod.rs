@@ -11,6 +11,7 @@
 
 pub mod file;
 mod read;
+pub mod tls;
 mod upstream;
 mod validate;
 
@@ -420,6 +421,8 @@ pub struct Config {
     pub versioning: Option<std::sync::Arc<crate::router::version::Versioning>>,
     /// `[cache]` (defaults when absent).
     pub cache: crate::filter::cache::CacheSettings,
+    /// `[[server.tls]]`, compiled (certificates loaded).
+    pub tls: Vec<std::sync::Arc<crate::tls::TlsListener>>,
 }
 
 impl Config {

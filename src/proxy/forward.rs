@@ -113,6 +113,8 @@ pub struct Conn {
     /// The peer is one of `server.trusted_proxies`: its identity headers
     /// are extended, not replaced.
     pub trusted_peer: bool,
+    /// The connection's TLS facts (`None`: plain HTTP).
+    pub tls: Option<std::rc::Rc<crate::tls::ConnTls>>,
     peer_ip: ([u8; 48], u8),
 }
 
@@ -222,6 +224,7 @@ impl Conn {
             peer,
             started: Instant::now(),
             trusted_peer: false,
+            tls: None,
             peer_ip: (ip, n as u8),
         }
     }
@@ -361,7 +364,13 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
         e.extend_from_slice(b", ");
     }
     e.extend_from_slice(ip);
-    e.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    let proto: &[u8] = if c.tls.is_some() { b"https" } else { b"http" };
+    e.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    e.extend_from_slice(proto);
+    e.extend_from_slice(b"\r\n");
+    if let Some(t) = &c.tls {
+        e.extend_from_slice(&t.upstream_lines);
+    }
     if let Some(f) = h.forwarded {
         e.extend_from_slice(b"Forwarded: ");
         if c.trusted_peer {
@@ -376,7 +385,9 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
             e.extend_from_slice(b"for=");
             e.extend_from_slice(ip);
         }
-        e.extend_from_slice(b";proto=http\r\n");
+        e.extend_from_slice(b";proto=");
+        e.extend_from_slice(proto);
+        e.extend_from_slice(b"\r\n");
     }
     if let Some(r) = h.real_ip {
         e.extend_from_slice(b"X-Real-IP: ");

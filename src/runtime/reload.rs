@@ -363,6 +363,12 @@ impl Reloader {
                 o.io_uring_entries == n.io_uring_entries,
             ),
             ("server.io_uring_mode", o.io_uring_mode == n.io_uring_mode),
+            // TLS certificates, keys and settings reload; the addresses
+            // of `[[server.tls]]` need a restart.
+            (
+                "server.tls (listen, redirect_from)",
+                crate::tls::same_addresses(&old, &new),
+            ),
             // `[admin]` may come, go or move (bound before publishing);
             // its token (from token_env or token_file, read again by the
             // reload) applies at once: every admin request reads it from

@@ -661,6 +661,7 @@ impl Metrics {
                 w.connections.get()
             );
         }
+        crate::tls::acceptor::render_metrics(&mut o);
         let ups = labels.upstreams.len();
         for (name, help, kind) in [
             (UPSTREAM_CONNECTS, "New upstream connections.", 0),
