@@ -1050,3 +1050,76 @@ fn client_certificates_required_optional_absent_and_from_another_ca() {
         .and_then(|mut s| request(&mut s, "/", ""));
     assert!(r.is_err(), "{r:?}");
 }
+
+#[test]
+fn auth_mtls_identifies_the_caller_by_certificate_and_consumers() {
+    let pki = Pki::new("mtls-auth");
+    pki.server("api", &["api.example.com"]);
+    pki.client("alice", "alice");
+    pki.client("bob", "bob");
+    let up = MockUpstream::builder().respond(200, "ok").start();
+    let cfg = GatewayConfig::new()
+        .upstream("up", &[up.addr], &[])
+        .route(
+            "/admin/{*rest}",
+            "up",
+            &["auth = [\"mtls\"]", "roles = [\"admin\"]"],
+        )
+        .route("/{*rest}", "up", &["auth = [\"mtls\"]"]);
+    let mut text = tls_toml(
+        &cfg,
+        &[&[
+            format!("certs = [{}]", pki.pair("api")),
+            String::from("client_auth = \"optional\""),
+            format!("client_ca = \"{}\"", pki.path("ca.pem")),
+        ]],
+    );
+    text.push_str("\n[[consumers]]\nid = \"alice\"\nroles = [\"admin\"]\ntier = \"gold\"\n");
+    let gw = Gateway::start(&text);
+    let addr = gw.handle.tls_addrs()[0];
+    let with = |who: &str| {
+        client_config(ClientOpts {
+            ca: Some(pki.ca_der()),
+            identity: Some(pki.identity(who)),
+            ..Default::default()
+        })
+    };
+    let nobody = client_config(ClientOpts {
+        ca: Some(pki.ca_der()),
+        ..Default::default()
+    });
+    // alice is a consumer with the admin role.
+    let mut s = connect(addr, Some("api.example.com"), &with("alice")).unwrap();
+    let r = request(&mut s, "/admin/x", "X-User-Id: mallory\r\n").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let req = up.last();
+    assert_eq!(
+        req.header_all("x-user-id"),
+        vec!["alice"],
+        "{}",
+        req.head_str()
+    );
+    assert_eq!(req.header("x-auth-method"), Some("mtls"));
+    assert_eq!(req.header("x-consumer-id"), Some("alice"));
+    assert_eq!(req.header("x-consumer-tier"), Some("gold"));
+    // bob is identified but has no role: 200 on the open route, 403 on
+    // the admin one.
+    let mut s = connect(addr, Some("api.example.com"), &with("bob")).unwrap();
+    assert_eq!(request(&mut s, "/x", "").unwrap().status, 200);
+    assert_eq!(up.last().header("x-user-id"), Some("bob"));
+    assert_eq!(request(&mut s, "/admin/x", "").unwrap().status, 403);
+    // No certificate, or plain HTTP: 401.
+    let hits = up.hits();
+    let mut s = connect(addr, Some("api.example.com"), &nobody).unwrap();
+    assert_eq!(request(&mut s, "/x", "").unwrap().status, 401);
+    assert_eq!(gw.get("/x").status, 401);
+    assert_eq!(up.hits(), hits);
+    let m = gw.handle.metrics.render();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("ringgate_auth_decisions_total")
+                && l.contains("method=\"mtls\"")
+                && l.contains("decision=\"allowed\"")),
+        "{m}"
+    );
+}

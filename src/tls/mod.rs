@@ -170,6 +170,8 @@ pub struct ConnTls {
     /// The verified client certificate's subject CN: the consumer
     /// `auth = ["mtls"]` identifies.
     pub client_cn: Option<String>,
+    /// The client sent a certificate that verified against `client_ca`.
+    pub client_verified: bool,
     /// Negotiated protocol version, e.g. `TLSv1_3`.
     pub version: &'static str,
     /// SNI sent by the client.
@@ -181,6 +183,7 @@ impl ConnTls {
     pub fn new(listener: Arc<TlsListener>, conn: &rustls::Connection) -> Self {
         let mut upstream_lines = Vec::new();
         let mut client_cn = None;
+        let client_verified = conn.peer_certificates().is_some_and(|c| !c.is_empty());
         if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
             if let Some((subject, san)) = certs::describe_client(leaf) {
                 upstream_lines.extend_from_slice(b"X-Client-Cert-Subject: ");
@@ -207,6 +210,7 @@ impl ConnTls {
             listener,
             upstream_lines,
             client_cn,
+            client_verified,
             version,
             sni,
         }
