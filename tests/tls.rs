@@ -1123,3 +1123,262 @@ fn auth_mtls_identifies_the_caller_by_certificate_and_consumers() {
         "{m}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Upstreams over TLS
+// ---------------------------------------------------------------------------
+
+/// A TLS backend on std threads: answers every request 200 "ok" with
+/// keep-alive; after each answer it updates its traffic keys (a TLS 1.3
+/// KeyUpdate arrives on the idle pooled connection, as session tickets
+/// do).
+struct TlsBackend {
+    addr: SocketAddr,
+    conns: Arc<AtomicUsize>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+    /// CN of the client certificate of the last connection that sent one.
+    client_cn: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+fn tls_backend(pki: &Pki, file: &str, client_ca: Option<&Pki>) -> TlsBackend {
+    let (certs, key) = pki.identity(file);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let b = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.ca_der()).unwrap();
+            b.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap(),
+            )
+        }
+        None => b.with_no_client_auth(),
+    };
+    let cfg = Arc::new(b.with_single_cert(certs, key).unwrap());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client_cn = Arc::new(std::sync::Mutex::new(None));
+    let (c2, r2, cn2) = (conns.clone(), requests.clone(), client_cn.clone());
+    std::thread::spawn(move || {
+        for sock in l.incoming() {
+            let Ok(sock) = sock else { return };
+            let (cfg, conns, requests, client_cn) =
+                (cfg.clone(), c2.clone(), r2.clone(), cn2.clone());
+            std::thread::spawn(move || {
+                conns.fetch_add(1, Ordering::SeqCst);
+                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                let mut s = StreamOwned::new(conn, sock);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                        buf.drain(..end + 4);
+                        if let Some(c) = s.conn.peer_certificates().and_then(|c| c.first()) {
+                            let (_, x) = x509_parser::parse_x509_certificate(c).unwrap();
+                            *client_cn.lock().unwrap() = x
+                                .subject()
+                                .iter_common_name()
+                                .next()
+                                .and_then(|n| n.as_str().ok())
+                                .map(str::to_string);
+                        }
+                        requests.lock().unwrap().push(head);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let _ = s.flush();
+                        let _ = s.conn.refresh_traffic_keys();
+                        let _ = s.conn.complete_io(&mut s.sock);
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    TlsBackend {
+        addr,
+        conns,
+        requests,
+        client_cn,
+    }
+}
+
+#[test]
+fn upstream_tls_with_the_right_ca_is_pooled_and_the_wrong_ca_or_name_gets_502() {
+    let pki = Pki::new("up-tls");
+    pki.server("orders", &["orders.internal"]);
+    let other = Pki::new("up-tls-other");
+    let backend = tls_backend(&pki, "orders", None);
+    let cfg = GatewayConfig::new()
+        .upstream(
+            "good",
+            &[backend.addr],
+            &[
+                "tls = true",
+                &format!("tls_ca_file = \"{}\"", pki.path("ca.pem")),
+                "tls_server_name = \"orders.internal\"",
+            ],
+        )
+        .upstream(
+            "wrong_ca",
+            &[backend.addr],
+            &[
+                "tls = true",
+                &format!("tls_ca_file = \"{}\"", other.path("ca.pem")),
+                "tls_server_name = \"orders.internal\"",
+            ],
+        )
+        .upstream(
+            "wrong_name",
+            &[backend.addr],
+            &[
+                "tls = true",
+                &format!("tls_ca_file = \"{}\"", pki.path("ca.pem")),
+                "tls_server_name = \"billing.internal\"",
+            ],
+        )
+        .route("/good/{*rest}", "good", &[])
+        .route("/ca/{*rest}", "wrong_ca", &[])
+        .route("/name/{*rest}", "wrong_name", &[])
+        .server("workers = 1");
+    let gw = Gateway::start(&cfg.toml().replace("workers = 2\n", ""));
+    let mut c = gw.client();
+    for i in 0..5 {
+        let r = c.get(&format!("/good/{i}"));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.text(), "ok");
+        // The backend's KeyUpdate reaches the idle pooled connection.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        backend.conns.load(Ordering::SeqCst),
+        1,
+        "one pooled TLS connection carried every request"
+    );
+    assert_eq!(backend.requests.lock().unwrap().len(), 5);
+    for path in ["/ca/x", "/name/x"] {
+        let r = gw.get(path);
+        assert_eq!(r.status, 502, "{path}: {r:?}");
+        assert!(
+            r.text().contains("TLS handshake with upstream failed"),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        backend.requests.lock().unwrap().len(),
+        5,
+        "no request went to an unverified backend"
+    );
+}
+
+#[test]
+fn upstream_tls_offers_the_client_certificate_and_health_checks_go_over_tls() {
+    let pki = Pki::new("up-mtls");
+    pki.server("orders", &["orders.internal"]);
+    pki.client("gw", "ringgate-gw");
+    let backend = tls_backend(&pki, "orders", Some(&pki));
+    let with_cert = [
+        String::from("tls = true"),
+        format!("tls_ca_file = \"{}\"", pki.path("ca.pem")),
+        String::from("tls_server_name = \"orders.internal\""),
+        format!("tls_client_cert = \"{}\"", pki.path("gw.pem")),
+        format!("tls_client_key = \"{}\"", pki.path("gw.key")),
+    ];
+    let refs: Vec<&str> = with_cert.iter().map(String::as_str).collect();
+    let mut text = GatewayConfig::new()
+        .upstream("secure", &[backend.addr], &refs)
+        .upstream(
+            "nocert",
+            &[backend.addr],
+            &[
+                "tls = true",
+                &format!("tls_ca_file = \"{}\"", pki.path("ca.pem")),
+                "tls_server_name = \"orders.internal\"",
+            ],
+        )
+        .route("/nocert/{*rest}", "nocert", &[])
+        .route("/{*rest}", "secure", &[])
+        .toml();
+    text.push_str(
+        "\n[upstreams.secure.health]\npath = \"/healthz\"\ninterval_ms = 50\ntimeout_ms = 2000\n",
+    );
+    let gw = Gateway::start(&text);
+    let r = gw.get("/orders/1");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        backend.client_cn.lock().unwrap().as_deref(),
+        Some("ringgate-gw")
+    );
+    assert_eq!(
+        gw.get("/nocert/x").status,
+        502,
+        "the backend requires a certificate"
+    );
+    // Health checks reach the TLS-only backend.
+    let mut checked = false;
+    for _ in 0..100 {
+        if backend
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.starts_with("GET /healthz "))
+        {
+            checked = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(checked, "no health check arrived over TLS");
+}
+
+#[test]
+fn upstream_tls_keys_are_validated() {
+    let pki = Pki::new("up-errors");
+    let text = GatewayConfig::new()
+        .upstream(
+            "a",
+            &["127.0.0.1:9".parse().unwrap()],
+            &["tls_ca_file = \"/nonexistent/ca.pem\""],
+        )
+        .upstream(
+            "b",
+            &["127.0.0.1:9".parse().unwrap()],
+            &[
+                "tls = true",
+                "tls_ca_file = \"/nonexistent/ca.pem\"",
+                &format!("tls_client_cert = \"{}\"", pki.path("ca.pem")),
+            ],
+        )
+        .route("/{*rest}", "a", &[])
+        .toml();
+    let e = match ringgate::config::Config::parse(&text) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("upstreams.a.tls_ca_file") && e.contains("tls = true"),
+        "{e}"
+    );
+    assert!(
+        e.contains("upstreams.b.tls_ca_file") && e.contains("/nonexistent/ca.pem"),
+        "{e}"
+    );
+    assert!(e.contains("upstreams.b.tls_client_key"), "{e}");
+}

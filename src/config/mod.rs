@@ -221,6 +221,8 @@ pub struct HealthConfig {
     pub healthy_threshold: u32,
     /// Failures to become unhealthy.
     pub unhealthy_threshold: u32,
+    /// The upstream's TLS settings (checks go over TLS too).
+    pub tls: Option<std::sync::Arc<crate::upstream::tls::UpstreamTls>>,
 }
 
 /// `[upstreams.NAME.outlier]`, validated.
@@ -307,6 +309,8 @@ pub struct UpstreamConfig {
     /// State shared by all workers and the control plane: target
     /// snapshots, health, ejections, breaker.
     pub state: std::sync::Arc<crate::upstream::UpstreamShared>,
+    /// `tls = true` and its keys, compiled (`None`: plain TCP).
+    pub tls: Option<std::sync::Arc<crate::upstream::tls::UpstreamTls>>,
 }
 
 /// A route's weighted split over several upstreams.

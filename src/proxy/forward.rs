@@ -33,10 +33,10 @@ use crate::runtime::watchdog::Watchdog;
 use crate::runtime::worker::{Generation, Worker};
 use crate::upstream::breaker::Ticket;
 use crate::upstream::shared::Report;
+use crate::upstream::tls::UpStream;
 use crate::upstream::{balance, pool};
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -287,7 +287,7 @@ pub enum Outcome {
         close: bool,
     },
     /// The backend switched protocols: tunnel.
-    Upgrade(TcpStream),
+    Upgrade(UpStream),
     /// The client connection is unusable; close it silently.
     Abort,
 }
@@ -547,7 +547,7 @@ enum HeadWait {
 }
 
 async fn read_response_head<S: AsyncWriteRent>(
-    us: &mut TcpStream,
+    us: &mut UpStream,
     client: &mut S,
     c: &mut Conn,
     dog: &Watchdog,
@@ -741,7 +741,13 @@ where
             Some(s) => s,
             None => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match pool::connect(target.addr, up_cfg.connect_timeout.min(left)).await {
+                match pool::connect(
+                    target.addr,
+                    up_cfg.connect_timeout.min(left),
+                    up_cfg.tls.as_deref(),
+                )
+                .await
+                {
                     Ok(s) => s,
                     Err(e) => {
                         shared.report(&target.shared, Report::Failure);
@@ -751,6 +757,9 @@ where
                             }
                             pool::ConnectError::Failed(_) => {
                                 (502, "upstream refused the connection", !body_done)
+                            }
+                            pool::ConnectError::Tls(_) => {
+                                (502, "TLS handshake with upstream failed", !body_done)
                             }
                         };
                         if may_retry(tried) {

@@ -191,6 +191,7 @@ fn upstream_fingerprint(u: &crate::config::UpstreamConfig) -> String {
             &u.outlier,
             &u.breaker,
             &u.fallback,
+            &u.tls,
         )
     )
 }

@@ -146,6 +146,47 @@ impl TlsStream {
     }
 }
 
+impl TlsStream {
+    /// For an idle connection whose socket became readable (a pooled
+    /// upstream connection): reads what is there without blocking and
+    /// feeds it to rustls. True when it was only TLS housekeeping (session
+    /// tickets, a key update) and the connection is still clean; false on
+    /// application data, a close_notify, an EOF or an error.
+    pub fn absorb_idle(&mut self) -> bool {
+        loop {
+            self.r.raw.clear();
+            let cap = self.r.raw.capacity();
+            // SAFETY: recv writes at most `cap` bytes into the vector's
+            // spare capacity; nothing else uses the socket now (the
+            // connection is idle, no read is in flight).
+            let n = unsafe {
+                libc::recv(
+                    self.fd,
+                    self.r.raw.as_mut_ptr() as *mut libc::c_void,
+                    cap,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                return false;
+            }
+            if n < 0 {
+                return io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock;
+            }
+            // SAFETY: recv initialised the first `n` bytes.
+            unsafe { self.r.raw.set_len(n as usize) };
+            if self.r.feed().is_err() {
+                return false;
+            }
+            let mut probe = [0u8; 1];
+            match self.r.tls.borrow_mut().reader().read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
 impl TlsRead {
     /// Reads ciphertext into `raw` (replacing what it held).
     async fn read_raw(&mut self) -> io::Result<usize> {
