@@ -1382,3 +1382,89 @@ fn upstream_tls_keys_are_validated() {
     );
     assert!(e.contains("upstreams.b.tls_client_key"), "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// The demo
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_demo_serves_https_with_a_certificate_it_generates() {
+    use std::io::BufRead;
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let tls: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            &listen.to_string(),
+            "--tls-listen",
+            &tls.to_string(),
+        ])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ringgate demo");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _child = Kill(child);
+    let mut tour = String::new();
+    for line in std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+    {
+        tour.push_str(&line);
+        tour.push('\n');
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    // The tour gives the curl line that trusts the generated certificate.
+    let curl_line = tour
+        .lines()
+        .find(|l| l.contains("--cacert"))
+        .unwrap_or_else(|| panic!("no HTTPS line in the tour:\n{tour}"));
+    let args: Vec<&str> = curl_line
+        .split('#')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .collect();
+    assert!(
+        curl_line.contains(&format!("https://localhost:{}/", tls.port())),
+        "{curl_line}"
+    );
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(args.iter().filter(|a| **a != "-i"))
+            .output()
+            .expect("curl is installed");
+        last = format!(
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if last.starts_with("200") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("curl over HTTPS against the demo: {last}\n{tour}");
+}
