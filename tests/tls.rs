@@ -710,6 +710,51 @@ fn openssl_s_client_sees_the_certificate_alpn_and_resumes() {
     assert!(second.contains("HTTP/1.1 200"), "{second}");
 }
 
+/// `openssl s_time -reuse` resumed nothing: on a connection the gateway
+/// closed (an HTTP/1.0 request), the close came without a close_notify,
+/// and OpenSSL does not resume a session whose connection ended
+/// truncated.
+#[test]
+fn openssl_resumes_sessions_of_connections_the_gateway_closed() {
+    let pki = Pki::new("s_time");
+    pki.server("api", &["api.example.com"]);
+    let up = MockUpstream::builder().respond(200, "ok").start();
+    // s_time sends no SNI: the default certificate serves it.
+    let (gw, addr) = start_tls(
+        &up,
+        &[
+            format!("certs = [{}]", pki.pair("api")),
+            format!("default_cert = \"{}\"", pki.path("api.pem")),
+        ],
+    );
+    for version in ["-tls1_2", "-tls1_3"] {
+        let resumed = handshakes(&gw, "resumed");
+        let out = std::process::Command::new("openssl")
+            .args(["s_time", "-connect", &addr.to_string(), "-reuse", version])
+            .args(["-time", "1", "-www", "/"])
+            .output()
+            .expect("openssl is installed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n: u64 = text
+            .lines()
+            .find(|l| l.contains("connections in") && l.contains("real seconds"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("no count in {text}{}", String::from_utf8_lossy(&out.stderr))
+            });
+        assert!(n >= 10, "{version}: only {n} connections: {text}");
+        // Every connection after the first resumed (other tests add to the
+        // process-wide counter, never take from it).
+        assert!(
+            handshakes(&gw, "resumed") >= resumed + n - 1,
+            "{version}: {n} connections, resumed {} -> {}",
+            resumed,
+            handshakes(&gw, "resumed")
+        );
+    }
+}
+
 #[test]
 fn rustls_clients_resume_over_tls13_tickets_and_tls12() {
     let pki = Pki::new("resume");

@@ -66,6 +66,9 @@ pub struct TlsWrite {
     wr: OwnedWriteHalf<TcpStream>,
     tls: Rc<RefCell<Connection>>,
     out: Vec<u8>,
+    fd: RawFd,
+    /// `shutdown` sent the close_notify already.
+    closed: bool,
 }
 
 fn tls_err(e: rustls::Error) -> io::Error {
@@ -89,6 +92,8 @@ impl TlsStream {
                 wr,
                 tls,
                 out: Vec::new(),
+                fd,
+                closed: false,
             },
             fd,
         }
@@ -282,9 +287,49 @@ impl TlsWrite {
     }
 
     async fn close(&mut self) -> io::Result<()> {
+        self.closed = true;
         self.tls.borrow_mut().send_close_notify();
         self.flush_tls().await?;
         self.wr.shutdown().await
+    }
+}
+
+/// A connection dropped without `shutdown` (the connection loop ends by
+/// dropping its stream) still ends with a close_notify, sent without
+/// waiting: an OpenSSL client treats a TLS connection that ends without
+/// one as truncated and will not resume its session. Skipped before the
+/// handshake completed (a failed handshake already sent its alert).
+impl Drop for TlsWrite {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        let mut tls = self.tls.borrow_mut();
+        if tls.is_handshaking() {
+            return;
+        }
+        tls.send_close_notify();
+        let mut alert = [0u8; 64];
+        let mut n = 0;
+        while tls.wants_write() && n < alert.len() {
+            match tls.write_tls(&mut &mut alert[n..]) {
+                Ok(k) if k > 0 => n += k,
+                _ => break,
+            }
+        }
+        // Only a whole record: nothing if more was queued than fits.
+        if n > 0 && !tls.wants_write() {
+            // SAFETY: send from a stack buffer on the socket this half
+            // writes to, still open (the socket half drops after this).
+            unsafe {
+                libc::send(
+                    self.fd,
+                    alert.as_ptr() as *const libc::c_void,
+                    n,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                );
+            }
+        }
     }
 }
 
