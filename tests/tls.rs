@@ -1513,3 +1513,63 @@ fn the_demo_serves_https_with_a_certificate_it_generates() {
     }
     panic!("curl over HTTPS against the demo: {last}\n{tour}");
 }
+
+#[test]
+fn the_access_log_records_the_tls_facts() {
+    let pki = Pki::new("log");
+    pki.server("api", &["api.example.com"]);
+    pki.client("alice", "alice");
+    let up = MockUpstream::builder().respond(200, "ok").start();
+    let log = pki.path("access.log");
+    let mut text = tls_toml(
+        &GatewayConfig::simple(&[up.addr]),
+        &[&[
+            format!("certs = [{}]", pki.pair("api")),
+            String::from("client_auth = \"optional\""),
+            format!("client_ca = \"{}\"", pki.path("ca.pem")),
+        ]],
+    );
+    text.push_str(&format!("\n[log]\naccess = \"json\"\npath = \"{log}\"\n"));
+    let gw = Gateway::start(&text);
+    let addr = gw.handle.tls_addrs()[0];
+    let alice = client_config(ClientOpts {
+        ca: Some(pki.ca_der()),
+        identity: Some(pki.identity("alice")),
+        ..Default::default()
+    });
+    let mut s = connect(addr, Some("api.example.com"), &alice).unwrap();
+    assert_eq!(request(&mut s, "/over-tls", "").unwrap().status, 200);
+    assert_eq!(gw.get("/plain").status, 200);
+    let mut lines = Vec::new();
+    for _ in 0..250 {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = t.lines().map(str::to_string).collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let find = |path: &str| -> serde_json::Value {
+        let l = lines
+            .iter()
+            .find(|l| l.contains(path))
+            .unwrap_or_else(|| panic!("no line for {path} in {lines:#?}"));
+        serde_json::from_str(l).unwrap()
+    };
+    let tls = &find("/over-tls")["tls"];
+    assert_eq!(tls["version"], "TLSv1.3", "{tls}");
+    assert!(
+        tls["cipher"].as_str().unwrap().starts_with("TLS13_"),
+        "{tls}"
+    );
+    assert_eq!(tls["sni"], "api.example.com");
+    assert_eq!(tls["alpn"], "http/1.1");
+    assert!(
+        tls["client_subject"].as_str().unwrap().contains("CN=alice"),
+        "{tls}"
+    );
+    assert!(
+        find("/plain").get("tls").is_none(),
+        "plain lines have no tls field"
+    );
+}

@@ -923,6 +923,7 @@ impl ReqInfo {
                 upstream_us: c.upstream_us,
                 user_agent: f(2),
                 referer: f(3),
+                tls: c.tls.as_deref(),
             });
         }
     }

@@ -172,10 +172,16 @@ pub struct ConnTls {
     pub client_cn: Option<String>,
     /// The client sent a certificate that verified against `client_ca`.
     pub client_verified: bool,
-    /// Negotiated protocol version, e.g. `TLSv1_3`.
+    /// Negotiated protocol version, e.g. `TLSv1.3`.
     pub version: &'static str,
+    /// Negotiated cipher suite, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: &'static str,
+    /// Negotiated ALPN protocol.
+    pub alpn: Option<&'static str>,
     /// SNI sent by the client.
     pub sni: Option<String>,
+    /// The verified client certificate's subject (for the access log).
+    pub client_subject: Option<String>,
 }
 
 impl ConnTls {
@@ -183,11 +189,13 @@ impl ConnTls {
     pub fn new(listener: Arc<TlsListener>, conn: &rustls::Connection) -> Self {
         let mut upstream_lines = Vec::new();
         let mut client_cn = None;
+        let mut client_subject = None;
         let client_verified = conn.peer_certificates().is_some_and(|c| !c.is_empty());
         if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
             if let Some((subject, san)) = certs::describe_client(leaf) {
                 upstream_lines.extend_from_slice(b"X-Client-Cert-Subject: ");
                 upstream_lines.extend_from_slice(subject.as_bytes());
+                client_subject = Some(subject.clone());
                 upstream_lines.extend_from_slice(b"\r\n");
                 if !san.is_empty() {
                     upstream_lines.extend_from_slice(b"X-Client-Cert-San: ");
@@ -202,6 +210,15 @@ impl ConnTls {
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
             _ => "TLS",
         };
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("-");
+        let alpn = match conn.alpn_protocol() {
+            Some(b"http/1.1") => Some("http/1.1"),
+            Some(_) => Some("other"),
+            None => None,
+        };
         let sni = match conn {
             rustls::Connection::Server(s) => s.server_name().map(str::to_string),
             rustls::Connection::Client(_) => None,
@@ -212,7 +229,10 @@ impl ConnTls {
             client_cn,
             client_verified,
             version,
+            cipher,
+            alpn,
             sni,
+            client_subject,
         }
     }
 }
