@@ -32,10 +32,13 @@ use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use rustls::pki_types::ServerName;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 /// `tls = true` on an upstream, compiled.
 pub struct UpstreamTls {
@@ -193,8 +196,9 @@ impl rustls::client::ResolvesClientCert for ClientIdentity {
 pub enum UpStream {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS (handshake done).
-    Tls(TlsStream),
+    /// TLS (handshake done). Boxed: an `UpStream` (and the `Outcome`
+    /// that carries one) stays the size of a `TcpStream` on the plain path.
+    Tls(Box<TlsStream>),
 }
 
 /// Runs the client handshake on a fresh connection to `addr`.
@@ -207,7 +211,7 @@ pub async fn handshake(
         .map_err(io::Error::other)?;
     let mut s = TlsStream::new(tcp, rustls::Connection::Client(conn));
     s.handshake().await?;
-    Ok(UpStream::Tls(s))
+    Ok(UpStream::Tls(Box::new(s)))
 }
 
 impl UpStream {
@@ -233,48 +237,89 @@ impl AsRawFd for UpStream {
     }
 }
 
+// The plain path pays one match per call: each method returns the inner
+// future wrapped in `Either` (no async state machine of its own, nothing
+// moved but the inner future). The TLS futures are boxed (one small
+// allocation per upstream read or write on TLS connections) so that the
+// plain path's futures stay the size of a `TcpStream`'s: they are moved
+// and initialised per request, and a TLS read future is several times
+// larger.
 impl AsyncReadRent for UpStream {
-    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+    #[inline]
+    fn read<T: IoBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         match self {
-            UpStream::Plain(s) => s.read(buf).await,
-            UpStream::Tls(s) => s.read(buf).await,
+            UpStream::Plain(s) => Either::Left(s.read(buf)),
+            UpStream::Tls(s) => Either::Right(Box::pin(s.read(buf))),
         }
     }
 
-    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+    #[inline]
+    fn readv<T: IoVecBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         match self {
-            UpStream::Plain(s) => s.readv(buf).await,
-            UpStream::Tls(s) => s.readv(buf).await,
+            UpStream::Plain(s) => Either::Left(s.readv(buf)),
+            UpStream::Tls(s) => Either::Right(Box::pin(s.readv(buf))),
         }
     }
 }
 
 impl AsyncWriteRent for UpStream {
-    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+    #[inline]
+    fn write<T: IoBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         match self {
-            UpStream::Plain(s) => s.write(buf).await,
-            UpStream::Tls(s) => s.write(buf).await,
+            UpStream::Plain(s) => Either::Left(s.write(buf)),
+            UpStream::Tls(s) => Either::Right(Box::pin(s.write(buf))),
         }
     }
 
-    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+    #[inline]
+    fn writev<T: IoVecBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         match self {
-            UpStream::Plain(s) => s.writev(buf).await,
-            UpStream::Tls(s) => s.writev(buf).await,
+            UpStream::Plain(s) => Either::Left(s.writev(buf)),
+            UpStream::Tls(s) => Either::Right(Box::pin(s.writev(buf))),
         }
     }
 
-    async fn flush(&mut self) -> io::Result<()> {
+    #[inline]
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> {
         match self {
-            UpStream::Plain(s) => s.flush().await,
-            UpStream::Tls(s) => s.flush().await,
+            UpStream::Plain(s) => Either::Left(s.flush()),
+            UpStream::Tls(s) => Either::Right(Box::pin(s.flush())),
         }
     }
 
-    async fn shutdown(&mut self) -> io::Result<()> {
+    #[inline]
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> {
         match self {
-            UpStream::Plain(s) => s.shutdown().await,
-            UpStream::Tls(s) => s.shutdown().await,
+            UpStream::Plain(s) => Either::Left(s.shutdown()),
+            UpStream::Tls(s) => Either::Right(Box::pin(s.shutdown())),
+        }
+    }
+}
+
+/// One of two futures with the same output.
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+impl<A, B, O> Future for Either<A, B>
+where
+    A: Future<Output = O>,
+    B: Future<Output = O>,
+{
+    type Output = O;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
+        // SAFETY: structural pinning: the inner future is never moved out
+        // of a pinned `Either` (no method takes it out; `Either` has no
+        // `Drop` and is not `Unpin`-dependent), so pinning the variant's
+        // field is sound.
+        unsafe {
+            match self.get_unchecked_mut() {
+                Either::Left(a) => Pin::new_unchecked(a).poll(cx),
+                Either::Right(b) => Pin::new_unchecked(b).poll(cx),
+            }
         }
     }
 }
@@ -306,7 +351,7 @@ impl Splitable for UpStream {
                 (UpRead::Plain(r), UpWrite::Plain(w))
             }
             UpStream::Tls(s) => {
-                let (r, w) = s.into_split();
+                let (r, w) = (*s).into_split();
                 (UpRead::Tls(r), UpWrite::Tls(w))
             }
         }
