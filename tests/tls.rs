@@ -1587,3 +1587,36 @@ fn the_access_log_records_the_tls_facts() {
         "plain lines have no tls field"
     );
 }
+
+#[test]
+fn with_config_watch_a_changed_certificate_file_is_served_without_a_reload_command() {
+    let pki = Pki::new("watch");
+    let first = pki.server("api", &["api.example.com"]);
+    let up = MockUpstream::builder().respond(200, "ok").start();
+    let mut text = tls_toml(
+        &GatewayConfig::simple(&[up.addr]),
+        &[&[format!("certs = [{}]", pki.pair("api"))]],
+    );
+    text.push_str("\n[config]\nwatch = true\n");
+    let file = pki.path("gw.toml");
+    std::fs::write(&file, &text).unwrap();
+    let mut h = start_file(Path::new(&file));
+    let addr = h.tls_addrs()[0];
+    let fresh = || {
+        client_config(ClientOpts {
+            ca: Some(pki.ca_der()),
+            ..Default::default()
+        })
+    };
+    let served = || get(addr, Some("api.example.com"), &fresh(), "/").unwrap().1;
+    assert_eq!(served(), first);
+    // mtimes can be coarse: make sure the new files get a later one.
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = pki.server("api", &["api.example.com"]);
+    let end = std::time::Instant::now() + READ_TIMEOUT;
+    while served() != second && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(served(), second, "the watcher reloaded the new certificate");
+    h.shutdown();
+}

@@ -205,6 +205,13 @@ pub fn compile(
                 }),
                 client_auth,
                 cert_files: certs.iter().map(|c| c.path.clone()).collect(),
+                files: f
+                    .certs
+                    .iter()
+                    .flat_map(|c| [&c.cert, &c.key])
+                    .chain(f.client_ca.as_ref())
+                    .map(std::path::PathBuf::from)
+                    .collect(),
             })),
             Err(e) => errs.push(
                 key,

@@ -534,14 +534,20 @@ impl Reloader {
             .spawn(move || {
                 let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
                 let mut last = mtime(&self.path);
+                // TLS certificate, key and CA files are watched too.
+                let files = |s: &Self| crate::tls::watched_files(&s.store.load());
+                let stamps = |f: &[PathBuf]| f.iter().map(mtime).collect::<Vec<_>>();
+                let mut last_tls = stamps(&files(&self));
                 loop {
                     std::thread::sleep(Duration::from_millis(500));
                     let now = mtime(&self.path);
-                    if now.is_some() && now != last {
+                    let now_tls = stamps(&files(&self));
+                    if (now.is_some() && now != last) || now_tls != last_tls {
                         last = now;
                         // Let an editor finish writing.
                         std::thread::sleep(Duration::from_millis(100));
                         let _ = self.reload();
+                        last_tls = stamps(&files(&self));
                     }
                 }
             });

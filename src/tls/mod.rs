@@ -63,6 +63,18 @@ pub struct TlsListener {
     pub client_auth: ClientAuth,
     /// The certificate files, for `/config`.
     pub cert_files: Vec<String>,
+    /// Every file the listener was compiled from (certificates, keys,
+    /// `client_ca`): `[config] watch` reloads when one changes.
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// The TLS files of `config`'s listeners, for `[config] watch`.
+pub fn watched_files(config: &crate::config::Config) -> Vec<std::path::PathBuf> {
+    config
+        .tls
+        .iter()
+        .flat_map(|l| l.files.iter().cloned())
+        .collect()
 }
 
 /// Builds a listener's rustls settings: TLS 1.3 and 1.2 (or 1.3 only),
