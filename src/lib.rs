@@ -10,8 +10,9 @@
 //! [`http`] (parse, framing, head writing, the connection loop) →
 //! [`router`] (host + path trie, methods) → [`proxy`] (upstream exchange,
 //! tunnels) → [`upstream`] (pools, balancing). [`config`] turns TOML into
-//! the validated [`config::Config`] every worker reads; [`demo`] is the
-//! built-in tour behind `ringgate demo`.
+//! the validated [`config::Config`] every worker reads; [`tls`] terminates
+//! TLS in front of [`http`] (and [`upstream::tls`] speaks it to backends);
+//! [`demo`] is the built-in tour behind `ringgate demo`.
 
 #![deny(missing_docs)]
 
@@ -25,4 +26,5 @@ pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -90,6 +90,10 @@ enum Cmd {
         /// Gateway listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Gateway HTTPS address (a free port when taken), with a
+        /// certificate generated at start.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        tls_listen: String,
     },
 }
 
@@ -240,7 +244,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Demo { listen } => match ringgate::demo::start(&listen) {
+        Cmd::Demo { listen, tls_listen } => match ringgate::demo::start(&listen, &tls_listen) {
             Ok((cfg, services)) => {
                 ringgate::demo::print_tour(&cfg, &services);
                 serve(cfg, None, signals.expect("blocked for demo"))

@@ -190,7 +190,7 @@ fn an_unknown_table_is_named_in_full() {
 listen = "127.0.0.1:8080"
 workers = 2
 
-[[server.tls]]
+[[server.quic]]
 listen = "127.0.0.1:8443"
 cert = "a.pem"
 
@@ -205,7 +205,7 @@ upstream = "api"
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(
         errors[0].starts_with(
-            "server.tls (line 5): unknown table `[[server.tls]]`: [server] has no table `tls`"
+            "server.quic (line 5): unknown table `[[server.quic]]`: [server] has no table `quic`"
         ),
         "{errors:#?}"
     );

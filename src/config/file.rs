@@ -159,6 +159,8 @@ pub struct ServerFile {
     pub ip_allow: Option<Vec<String>>,
     /// Client ranges refused on every route.
     pub ip_deny: Option<Vec<String>>,
+    /// `[[server.tls]]`: TLS listeners.
+    pub tls: Option<Vec<super::tls::TlsListenerFile>>,
 }
 
 /// `[admin]`
@@ -221,6 +223,17 @@ pub struct UpstreamFile {
     pub request_timeout_ms: Option<u64>,
     /// Idle pooled connections kept per target per worker.
     pub max_idle_per_target: Option<usize>,
+    /// Connect to the targets over TLS.
+    pub tls: Option<bool>,
+    /// CA bundle (PEM) the targets' certificates are verified against
+    /// (default: the system roots).
+    pub tls_ca_file: Option<String>,
+    /// Name sent (SNI) and verified (default: the target's address).
+    pub tls_server_name: Option<String>,
+    /// Client certificate (PEM) offered to the targets.
+    pub tls_client_cert: Option<String>,
+    /// Its key (PEM).
+    pub tls_client_key: Option<String>,
     /// Idle pooled connections are closed after this.
     pub idle_timeout_ms: Option<u64>,
 }

@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod file;
 mod read;
 pub mod source;
+pub mod tls;
 mod upstream;
 mod validate;
 
@@ -237,6 +238,8 @@ pub struct HealthConfig {
     pub healthy_threshold: u32,
     /// Failures to become unhealthy.
     pub unhealthy_threshold: u32,
+    /// The upstream's TLS settings (checks go over TLS too).
+    pub tls: Option<std::sync::Arc<crate::upstream::tls::UpstreamTls>>,
 }
 
 /// `[upstreams.NAME.outlier]`, validated.
@@ -327,6 +330,8 @@ pub struct UpstreamConfig {
     /// State shared by all workers and the control plane: target
     /// snapshots, health, ejections, breaker.
     pub state: std::sync::Arc<crate::upstream::UpstreamShared>,
+    /// `tls = true` and its keys, compiled (`None`: plain TCP).
+    pub tls: Option<std::sync::Arc<crate::upstream::tls::UpstreamTls>>,
 }
 
 /// A route's weighted split over several upstreams.
@@ -440,6 +445,8 @@ pub struct Config {
     /// `[config] source = "etcd"`: the fleet's etcd state and the revision
     /// this generation was read at; `None` for a file.
     pub etcd: Option<source::FromEtcd>,
+    /// `[[server.tls]]`, compiled (certificates loaded).
+    pub tls: Vec<std::sync::Arc<crate::tls::TlsListener>>,
 }
 
 impl Config {

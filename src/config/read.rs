@@ -1489,12 +1489,12 @@ mod tests {
     #[test]
     fn an_unknown_table_is_named_with_its_full_path() {
         let e = errors(
-            "[server]\nlisten = \"127.0.0.1:1\"\n\n[[server.tls]]\nlisten = \"127.0.0.1:2\"\n",
+            "[server]\nlisten = \"127.0.0.1:1\"\n\n[[server.quic]]\nlisten = \"127.0.0.1:2\"\n",
         );
         assert_eq!(e.len(), 1, "{e:#?}");
-        assert_eq!(e[0].key, "server.tls (line 4)");
+        assert_eq!(e[0].key, "server.quic (line 4)");
         assert!(
-            e[0].message.starts_with("unknown table `[[server.tls]]`"),
+            e[0].message.starts_with("unknown table `[[server.quic]]`"),
             "{e:#?}"
         );
     }

@@ -54,6 +54,17 @@ fn resolve_target(t: &str) -> Result<SocketAddr, String> {
 /// Compiles one `[upstreams.NAME]` table, with fresh shared state.
 pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors) -> UpstreamConfig {
     let key = |k: &str| format!("upstreams.{name}.{k}");
+    let tls = crate::upstream::tls::compile(
+        &crate::upstream::tls::UpstreamTlsFile {
+            tls: up.tls,
+            ca_file: up.tls_ca_file.as_deref(),
+            server_name: up.tls_server_name.as_deref(),
+            client_cert: up.tls_client_cert.as_deref(),
+            client_key: up.tls_client_key.as_deref(),
+        },
+        &format!("upstreams.{name}"),
+        errs,
+    );
     let kind = up.discovery.as_deref().unwrap_or("static");
     // Keys that belong to one discovery source only.
     for (k, set, owner) in [
@@ -370,6 +381,7 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
             expected_statuses: expected,
             healthy_threshold: h.healthy_threshold.unwrap_or(2).max(1),
             unhealthy_threshold: h.unhealthy_threshold.unwrap_or(2).max(1),
+            tls: tls.clone(),
         }
     });
     let outlier = up.outlier.as_ref().map(|o| {
@@ -533,6 +545,7 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
         fallback,
         section: Arc::new(up.clone()),
         state,
+        tls,
     }
 }
 

@@ -274,6 +274,11 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
     };
 
     let cache = crate::filter::cache::compile_settings(file.cache.as_ref(), &mut errs);
+    let tls = super::tls::compile(
+        file.server.tls.as_deref().unwrap_or_default(),
+        server.as_ref().map_or(&[][..], |s| &s.listen[..]),
+        &mut errs,
+    );
     match (server, table) {
         (Some(server), Some(table)) if errs.0.is_empty() => Ok(Config {
             server,
@@ -298,6 +303,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
             versioning,
             cache,
             etcd,
+            tls,
         }),
         _ => Err(ConfigErrors(errs.0)),
     }

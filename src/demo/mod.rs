@@ -12,6 +12,8 @@
 //! (2 s) for product ids ending in 7; inventory answers `/v1/stock/{id}`
 //! and `/v2/stock/{id}` in two shapes.
 
+pub mod tls;
+
 use crate::config::Config;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -223,11 +225,22 @@ const SERVICES: [(&str, &str, Handler); 5] = [
 
 /// Starts the demo services and returns the gateway config for them
 /// (`config/demo.toml`, with the addresses of services that could not have
-/// their usual port, and the gateway on `listen`).
-pub fn start(listen: &str) -> Result<(Config, Vec<DemoService>), String> {
+/// their usual port, the gateway on `listen`, and HTTPS on `tls_listen`, or
+/// a free port when that one is taken, with a certificate generated now:
+/// [`https_ca`] says where its CA is).
+pub fn start(listen: &str, tls_listen: &str) -> Result<(Config, Vec<DemoService>), String> {
     let listen: SocketAddr = listen
         .parse()
         .map_err(|_| format!("--listen {listen:?} is not an IP:port address"))?;
+    let mut tls_listen: SocketAddr = tls_listen
+        .parse()
+        .map_err(|_| format!("--tls-listen {tls_listen:?} is not an IP:port address"))?;
+    if TcpListener::bind(tls_listen).is_err() {
+        tls_listen = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?;
+    }
+    let cert = tls::generate(&https_dir(tls_listen))?;
     if std::env::var_os(SECRET_ENV).is_none() {
         let mut secret = [0u8; 32];
         let mut f = std::fs::File::open("/dev/urandom").map_err(|e| e.to_string())?;
@@ -254,15 +267,39 @@ pub fn start(listen: &str) -> Result<(Config, Vec<DemoService>), String> {
             .map_err(|e| e.to_string())?;
         text = text.replace(&format!("\"{ADMIN_LISTEN}\""), &format!("\"{free}\""));
     }
+    text.push_str(&format!(
+        "\n[[server.tls]]\nlisten = \"{tls_listen}\"\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]\ndefault_cert = \"{}\"\n",
+        cert.cert.display(),
+        cert.key.display(),
+        cert.cert.display()
+    ));
     let mut cfg = Config::parse(&text).map_err(|e| e.to_string())?;
     cfg.server.listen = vec![listen];
     Ok((cfg, services))
+}
+
+/// Where the demo writes its certificate for an HTTPS listener on `addr`.
+fn https_dir(addr: SocketAddr) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ringgate-demo-{}", addr.port()))
+}
+
+/// The demo's HTTPS address and the CA file that makes clients trust it.
+pub fn https_ca(cfg: &Config) -> Option<(SocketAddr, std::path::PathBuf)> {
+    let a = *cfg.tls.first()?.listen.first()?;
+    Some((a, https_dir(a).join("ca.pem")))
 }
 
 /// Prints what is running and the commands to try.
 pub fn print_tour(cfg: &Config, services: &[DemoService]) {
     let gw = cfg.server.listen[0];
     println!("ringgate demo: gateway on http://{gw} (config: config/demo.toml)");
+    if let Some((a, ca)) = https_ca(cfg) {
+        println!(
+            "  and on https://localhost:{} (certificate generated now; its CA: {})",
+            a.port(),
+            ca.display()
+        );
+    }
     if let Some(a) = &cfg.admin {
         println!(
             "  admin API on http://{}, live dashboard: http://{}/dashboard",
@@ -289,6 +326,13 @@ pub fn print_tour(cfg: &Config, services: &[DemoService]) {
         "  TOKEN=$(curl -s -u demo-client:demo-secret -d grant_type=client_credentials http://{gw}/auth/token | jq -r .access_token)"
     );
     println!("  curl -i -H \"Authorization: Bearer $TOKEN\" http://{gw}/admin/stock/42");
+    if let Some((a, ca)) = https_ca(cfg) {
+        println!(
+            "  curl -i --cacert {} https://localhost:{}/products/42   # HTTPS, X-Forwarded-Proto: https",
+            ca.display(),
+            a.port()
+        );
+    }
     if let Some(a) = &cfg.admin {
         let a = a.listen;
         println!("\nThe admin API and its live dashboard:");

@@ -58,9 +58,9 @@ use crate::runtime::worker::{Generation, Worker};
 use crate::upstream::breaker::Ticket;
 use crate::upstream::pool::{TargetState, UpstreamState};
 use crate::upstream::shared::Report;
+use crate::upstream::tls::UpStream;
 use crate::upstream::{balance, pool};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -872,10 +872,14 @@ async fn exchange(
         let reused = pooled.is_some();
         let mut s = match pooled {
             Some(s) => s,
-            None => match pool::connect(target.addr, up_cfg.connect_timeout).await {
+            None => match pool::connect(target.addr, up_cfg.connect_timeout, up_cfg.tls.as_deref())
+                .await
+            {
                 Ok(s) => s,
                 Err(pool::ConnectError::TimedOut) => return Err(ReadError::TimedOut),
-                Err(pool::ConnectError::Failed(_)) => return Err(ReadError::Refused),
+                Err(pool::ConnectError::Failed(_) | pool::ConnectError::Tls(_)) => {
+                    return Err(ReadError::Refused);
+                }
             },
         };
         let (wr, h) = s.write_all(head).await;
@@ -947,7 +951,7 @@ struct ReadResponse {
 /// Reads one response (head and whole body, Content-Length, chunked or
 /// until close) of at most `cap` body bytes.
 async fn read_response(
-    s: &mut TcpStream,
+    s: &mut crate::upstream::tls::UpStream,
     cap: usize,
     gap: Duration,
 ) -> Result<ReadResponse, ReadError> {
@@ -1059,7 +1063,7 @@ fn eof_invalid(e: ReadError) -> ReadError {
 }
 
 /// Reads more bytes after `buf`'s contents; `Nothing` on EOF.
-async fn read_into(s: &mut TcpStream, buf: &mut Vec<u8>, gap: Duration) -> Result<(), ReadError> {
+async fn read_into(s: &mut UpStream, buf: &mut Vec<u8>, gap: Duration) -> Result<(), ReadError> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(buf.capacity().max(4096));
     }

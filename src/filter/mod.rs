@@ -43,6 +43,8 @@ pub enum AuthMethod {
     Jwt,
     /// An API key.
     ApiKey,
+    /// A verified TLS client certificate (`auth = ["mtls"]`).
+    Mtls,
 }
 
 impl AuthMethod {
@@ -51,6 +53,7 @@ impl AuthMethod {
         match self {
             AuthMethod::Jwt => "jwt",
             AuthMethod::ApiKey => "api_key",
+            AuthMethod::Mtls => "mtls",
         }
     }
 }
@@ -93,6 +96,9 @@ pub struct RequestCtx<'a> {
     pub peer: SocketAddr,
     /// Set by the auth filter.
     pub identity: Option<Rc<Identity>>,
+    /// The connection's TLS facts (`None` on plain HTTP): the verified
+    /// client certificate for `auth = ["mtls"]`.
+    pub tls: Option<&'a crate::tls::ConnTls>,
     /// Header lines (`Name: value\r\n`) to add to the upstream request.
     pub upstream_headers: &'a mut Vec<u8>,
     /// Header lines to add to the response for the client.
@@ -123,6 +129,7 @@ impl<'a> RequestCtx<'a> {
             lines: &c.lines,
             peer: c.peer,
             identity: None,
+            tls: c.tls.as_deref(),
             upstream_headers: &mut c.up_extra,
             response_headers: &mut c.resp_extra,
             hide_credentials: Default::default(),

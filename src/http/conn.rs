@@ -349,14 +349,38 @@ pub async fn write_reply<S: AsyncWriteRent>(
 }
 
 /// Serves one client connection until it closes.
-pub async fn serve<S>(w: &Worker, mut stream: S, peer: SocketAddr)
+pub async fn serve<S>(w: &Worker, stream: S, peer: SocketAddr)
 where
+    S: AsyncReadRent + AsyncWriteRent + Splitable + AsRawFd + 'static,
+    S::OwnedRead: AsyncReadRent,
+    S::OwnedWrite: AsyncWriteRent,
+{
+    serve_with(w, stream, peer, None).await
+}
+
+/// Serves one TLS client connection (handshake done) until it closes.
+pub async fn serve_tls(
+    w: &Worker,
+    stream: crate::tls::stream::TlsStream,
+    peer: SocketAddr,
+    tls: std::rc::Rc<crate::tls::ConnTls>,
+) {
+    serve_with(w, stream, peer, Some(tls)).await
+}
+
+async fn serve_with<S>(
+    w: &Worker,
+    mut stream: S,
+    peer: SocketAddr,
+    tls: Option<std::rc::Rc<crate::tls::ConnTls>>,
+) where
     S: AsyncReadRent + AsyncWriteRent + Splitable + AsRawFd + 'static,
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,
 {
     let mut held = Held::take(w, peer);
     let c: &mut Conn = &mut held;
+    c.tls = tls;
     let fd = stream.as_raw_fd();
     let mut first = true;
     loop {

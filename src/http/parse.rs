@@ -700,7 +700,7 @@ pub fn parse_request_with(
                 }
             }
             // Identity headers are set only by ringgate's auth filter.
-            9 | 12 | 13 | 15 if IDENTITY_HEADERS.iter().any(|h| name_eq(name, h)) => {
+            9 | 12 | 13 | 15 | 17 | 21 if IDENTITY_HEADERS.iter().any(|h| name_eq(name, h)) => {
                 role = HeaderRole::Drop
             }
             // Every name above is free of `_`: only the others are looked at.
@@ -767,12 +767,15 @@ pub fn parse_request_with(
 
 /// The identity headers only ringgate's auth filter sets: stripped from
 /// every client request.
-pub const IDENTITY_HEADERS: [&[u8]; 5] = [
+pub const IDENTITY_HEADERS: [&[u8]; 7] = [
     b"x-user-id",
     b"x-user-roles",
     b"x-consumer-id",
     b"x-auth-method",
     b"x-consumer-tier",
+    // Set from a verified client certificate on TLS listeners.
+    b"x-client-cert-subject",
+    b"x-client-cert-san",
 ];
 
 /// True for the header names that frame a message (which `Connection` may

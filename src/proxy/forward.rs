@@ -32,10 +32,10 @@ use crate::runtime::watchdog::Watchdog;
 use crate::runtime::worker::{Generation, Worker};
 use crate::upstream::breaker::Ticket;
 use crate::upstream::shared::Report;
+use crate::upstream::tls::UpStream;
 use crate::upstream::{balance, pool};
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -124,6 +124,8 @@ pub struct Conn {
     /// The framing ringgate chose for a body that goes through the body
     /// phase (read by `build_response_head`).
     pub out_framing: Option<BodyFraming>,
+    /// The connection's TLS facts (`None`: plain HTTP).
+    pub tls: Option<std::rc::Rc<crate::tls::ConnTls>>,
     peer_ip: ([u8; 48], u8),
 }
 
@@ -237,6 +239,7 @@ impl Conn {
             coding: None,
             encoder: None,
             out_framing: None,
+            tls: None,
             peer_ip: (ip, n as u8),
         }
     }
@@ -300,7 +303,7 @@ pub enum Outcome {
     /// Nothing was sent to the client yet: answer with this error.
     Error(Error),
     /// The backend switched protocols: tunnel.
-    Upgrade(TcpStream),
+    Upgrade(UpStream),
     /// The client connection is unusable; close it silently.
     Abort,
 }
@@ -373,7 +376,13 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
         e.extend_from_slice(b", ");
     }
     e.extend_from_slice(ip);
-    e.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    let proto: &[u8] = if c.tls.is_some() { b"https" } else { b"http" };
+    e.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    e.extend_from_slice(proto);
+    e.extend_from_slice(b"\r\n");
+    if let Some(t) = &c.tls {
+        e.extend_from_slice(&t.upstream_lines);
+    }
     if let Some(f) = h.forwarded {
         e.extend_from_slice(b"Forwarded: ");
         if c.trusted_peer {
@@ -388,7 +397,9 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
             e.extend_from_slice(b"for=");
             e.extend_from_slice(ip);
         }
-        e.extend_from_slice(b";proto=http\r\n");
+        e.extend_from_slice(b";proto=");
+        e.extend_from_slice(proto);
+        e.extend_from_slice(b"\r\n");
     }
     if let Some(r) = h.real_ip {
         e.extend_from_slice(b"X-Real-IP: ");
@@ -563,7 +574,7 @@ enum HeadWait {
 }
 
 async fn read_response_head<S: AsyncWriteRent>(
-    us: &mut TcpStream,
+    us: &mut UpStream,
     client: &mut S,
     c: &mut Conn,
     dog: &Watchdog,
@@ -761,7 +772,13 @@ where
             Some(s) => s,
             None => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match pool::connect(target.addr, up_cfg.connect_timeout.min(left)).await {
+                match pool::connect(
+                    target.addr,
+                    up_cfg.connect_timeout.min(left),
+                    up_cfg.tls.as_deref(),
+                )
+                .await
+                {
                     Ok(s) => s,
                     Err(e) => {
                         shared.report(&target.shared, Report::Failure);
@@ -773,6 +790,10 @@ where
                             pool::ConnectError::Failed(_) => Error::new(
                                 ErrorKind::ConnectFailed,
                                 "upstream refused the connection",
+                            ),
+                            pool::ConnectError::Tls(_) => Error::new(
+                                ErrorKind::ConnectFailed,
+                                "TLS handshake with upstream failed",
                             ),
                         }
                         .closing(!body_done);

@@ -34,7 +34,6 @@ use crate::runtime::worker::{Generation, Worker};
 use crate::telemetry::access_log::{Record, push_redacted};
 use crate::telemetry::trace::TraceContext;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
-use monoio::net::TcpStream;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -45,7 +44,7 @@ pub enum Next {
     /// Close the connection.
     Close,
     /// The backend switched protocols: tunnel the bytes both ways.
-    Upgrade(TcpStream),
+    Upgrade(crate::upstream::tls::UpStream),
 }
 
 /// How a request is answered; [`Session::respond`] turns each into bytes
@@ -67,7 +66,7 @@ pub enum Answer {
         head_left: bool,
     },
     /// The backend switched protocols (the 101 was written).
-    Upgrade(TcpStream),
+    Upgrade(crate::upstream::tls::UpStream),
     /// The client connection is unusable: close without a word.
     Abort,
 }
@@ -121,6 +120,11 @@ impl<'a> Session<'a> {
         c.encoder = None;
         c.up_extra.clear();
         c.resp_extra.clear();
+        // Strict-Transport-Security on every answer of an HTTPS listener
+        // that sets hsts_max_age_s.
+        if let Some(h) = c.tls.as_ref().and_then(|t| t.listener.hsts.as_ref()) {
+            c.resp_extra.extend_from_slice(h);
+        }
         let method = c.head.method.of(&c.buf);
         let trace = TraceContext::new(c.head.traceparent.map(|t| t.of(&c.buf)), &c.fresh);
         let bytes_in = c.head.len as u64
@@ -424,6 +428,7 @@ impl<'a> Session<'a> {
                 upstream_us: c.upstream_us,
                 user_agent: f(2),
                 referer: f(3),
+                tls: c.tls.as_deref(),
             });
         }
     }

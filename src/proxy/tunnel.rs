@@ -3,8 +3,8 @@
 //! passed on, and a tunnel idle in both directions for `idle_timeout_ms`
 //! is closed.
 
+use crate::upstream::tls::UpStream;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
-use monoio::net::TcpStream;
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
 
 /// Tunnels `client` and `upstream`; `pending` holds client bytes already
 /// read after the upgrade request, sent to the backend first.
-pub async fn tunnel<S>(client: S, mut upstream: TcpStream, pending: Vec<u8>, idle: Duration)
+pub async fn tunnel<S>(client: S, mut upstream: UpStream, pending: Vec<u8>, idle: Duration)
 where
     S: AsyncReadRent + AsyncWriteRent + Splitable,
     S::OwnedRead: AsyncReadRent,

@@ -340,6 +340,12 @@ impl Reloader {
                 o.io_uring_entries == n.io_uring_entries,
             ),
             ("server.io_uring_mode", o.io_uring_mode == n.io_uring_mode),
+            // TLS certificates, keys and settings reload; the addresses
+            // of `[[server.tls]]` need a restart.
+            (
+                "server.tls (listen, redirect_from)",
+                crate::tls::same_addresses(&old, &new),
+            ),
             // `[admin]` may come, go or move (bound before publishing);
             // its token (from token_env or token_file, read again by the
             // reload) applies at once: every admin request reads it from
@@ -510,14 +516,20 @@ impl Reloader {
             .spawn(move || {
                 let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
                 let mut last = mtime(&self.path);
+                // TLS certificate, key and CA files are watched too.
+                let files = |s: &Self| crate::tls::watched_files(&s.store.load());
+                let stamps = |f: &[PathBuf]| f.iter().map(mtime).collect::<Vec<_>>();
+                let mut last_tls = stamps(&files(&self));
                 loop {
                     std::thread::sleep(Duration::from_millis(500));
                     let now = mtime(&self.path);
-                    if now.is_some() && now != last {
+                    let now_tls = stamps(&files(&self));
+                    if (now.is_some() && now != last) || now_tls != last_tls {
                         last = now;
                         // Let an editor finish writing.
                         std::thread::sleep(Duration::from_millis(100));
                         let _ = self.reload();
+                        last_tls = stamps(&files(&self));
                     }
                 }
             });

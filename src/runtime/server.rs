@@ -32,6 +32,8 @@ pub struct ServerHandle {
     signals: Vec<Arc<Shutdown>>,
     threads: Vec<JoinHandle<()>>,
     drivers: Vec<String>,
+    /// `[[server.tls]]` addresses as bound (ports resolved).
+    tls_addrs: Vec<SocketAddr>,
 }
 
 pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
@@ -164,6 +166,7 @@ impl Server {
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut first = Some(first);
+        let mut edge = crate::tls::acceptor::Binder::default();
         for id in 0..s.workers {
             let listeners = match first.take() {
                 Some(l) => l,
@@ -182,6 +185,7 @@ impl Server {
                 features: features.clone(),
                 metrics: metrics.clone().workers[id].clone(),
                 cores: cores.clone(),
+                edge: edge.bind(&config, s.backlog)?,
             };
             let t = std::thread::Builder::new()
                 .name(format!("ringgate-w{id}"))
@@ -203,6 +207,7 @@ impl Server {
             signals,
             threads,
             drivers: Vec::new(),
+            tls_addrs: edge.addrs().to_vec(),
         };
         for _ in 0..s.workers {
             match ready_rx.recv() {
@@ -294,6 +299,12 @@ impl ServerHandle {
     /// reload, when `[admin]` is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.get().map(|a| a.local_addr())
+    }
+
+    /// The `[[server.tls]]` `listen` and `redirect_from` addresses as
+    /// bound (ports resolved), in config order.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// The io driver each worker runs.

@@ -366,6 +366,8 @@ pub struct WorkerShared {
     /// The cores the process may run on (`server.pin` pins worker i to
     /// core i modulo their number).
     pub cores: Arc<Vec<core_affinity::CoreId>>,
+    /// This worker's `[[server.tls]]` sockets (TLS and redirect).
+    pub edge: crate::tls::acceptor::EdgeSockets,
 }
 
 /// Pins the calling worker thread to its core, or lets it run on every
@@ -474,6 +476,7 @@ async fn serve(
     shared: WorkerShared,
 ) {
     let worker = Rc::new(Worker::new(id, config.clone(), &shared));
+    let edge = crate::tls::acceptor::start(&worker, shared.edge.take());
     let listening: Rc<RefCell<Vec<Listening>>> = Rc::new(RefCell::new(Vec::new()));
     for (&addr, l) in config.server.listen.iter().zip(listeners) {
         if let Some(l) = Listening::start(&worker, addr, l) {
@@ -572,6 +575,9 @@ async fn serve(
     let ending: Vec<Listening> = listening.borrow_mut().drain(..).collect();
     for l in &ending {
         l.shut();
+    }
+    for e in &edge {
+        e.shut();
     }
     let stops: Vec<LocalStop> = ending.iter().map(|l| l.stop.clone()).collect();
     let all = async {
@@ -814,13 +820,18 @@ mod tests {
             metrics: Arc::new(crate::telemetry::metrics::WorkerMetrics::new(1, 1)),
             features: Default::default(),
             cores: Default::default(),
+            edge: Default::default(),
         };
         let w = Worker::new(0, started.clone(), &shared);
         assert!(Arc::ptr_eq(&w.current().config, &reloaded));
         assert_eq!(w.current().number, store.generation());
         // Without a reload in between, the worker starts on its config.
         let store = Arc::new(crate::runtime::reload::ConfigStore::new(started.clone()));
-        let shared = WorkerShared { store, ..shared };
+        let shared = WorkerShared {
+            store,
+            edge: Default::default(),
+            ..shared
+        };
         let w = Worker::new(0, started.clone(), &shared);
         assert!(Arc::ptr_eq(&w.current().config, &started));
         assert_eq!(w.current().number, 0);

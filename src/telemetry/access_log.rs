@@ -178,6 +178,8 @@ pub struct Record<'a> {
     pub user_agent: &'a [u8],
     /// Referer.
     pub referer: &'a [u8],
+    /// The connection's TLS facts (`None`: plain HTTP).
+    pub tls: Option<&'a crate::tls::ConnTls>,
 }
 
 /// Appends `target` (a request target or a URL) to `out` with the value of
@@ -213,6 +215,18 @@ pub struct WorkerLog {
     shared: Arc<AccessLog>,
     buf: RefCell<Vec<u8>>,
     last_flush: Cell<std::time::Instant>,
+}
+
+/// A JSON string, or `null`.
+fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.push(b'"');
+            json_bytes(out, s.as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 fn json_bytes(out: &mut Vec<u8>, s: &[u8]) {
@@ -305,6 +319,19 @@ impl WorkerLog {
                     }
                     None => b.extend_from_slice(b"null"),
                 }
+                if let Some(t) = r.tls {
+                    b.extend_from_slice(b",\"tls\":{\"version\":\"");
+                    b.extend_from_slice(t.version.as_bytes());
+                    b.extend_from_slice(b"\",\"cipher\":\"");
+                    b.extend_from_slice(t.cipher.as_bytes());
+                    b.extend_from_slice(b"\",\"sni\":");
+                    json_opt(&mut b, t.sni.as_deref());
+                    b.extend_from_slice(b",\"alpn\":");
+                    json_opt(&mut b, t.alpn);
+                    b.extend_from_slice(b",\"client_subject\":");
+                    json_opt(&mut b, t.client_subject.as_deref());
+                    b.push(b'}');
+                }
                 b.extend_from_slice(b"}\n");
             }
             LogFormat::Combined => {
@@ -341,6 +368,10 @@ impl WorkerLog {
                         let _ = write!(b, "{u}");
                     }
                     None => b.push(b'-'),
+                }
+                if let Some(t) = r.tls {
+                    let _ = write!(b, " tls={} cipher={} sni=", t.version, t.cipher);
+                    b.extend_from_slice(t.sni.as_deref().unwrap_or("-").as_bytes());
                 }
                 b.push(b'\n');
             }

@@ -109,7 +109,7 @@ const RL_PER_SLOT: usize = RL_DECISIONS.len() + RL_WAITED.len();
 
 /// `method` label of auth decisions: the method that decided, or `none`
 /// when the request carried no credential the route accepts.
-const AUTH_METHOD_LABELS: [&str; 3] = ["jwt", "api_key", "none"];
+const AUTH_METHOD_LABELS: [&str; 4] = ["jwt", "api_key", "mtls", "none"];
 /// `decision` label of auth decisions, indexed by [`AuthDecision`].
 const AUTH_DECISION_LABELS: [&str; 4] = ["allowed", "missing", "invalid", "forbidden"];
 /// Counters per route slot for auth decisions.
@@ -235,7 +235,8 @@ impl WorkerMetrics {
             let m = match method {
                 Some(AuthMethod::Jwt) => 0,
                 Some(AuthMethod::ApiKey) => 1,
-                None => 2,
+                Some(AuthMethod::Mtls) => 2,
+                None => 3,
             };
             let i = (route_slot * AUTH_METHOD_LABELS.len() + m) * AUTH_DECISION_LABELS.len();
             self.auth[i + decision as usize].add(1);
@@ -661,6 +662,7 @@ impl Metrics {
                 w.connections.get()
             );
         }
+        crate::tls::acceptor::render_metrics(&mut o);
         let ups = labels.upstreams.len();
         for (name, help, kind) in [
             (UPSTREAM_CONNECTS, "New upstream connections.", 0),

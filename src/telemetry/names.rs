@@ -13,6 +13,9 @@ pub const UPSTREAM_DURATION: &str = "ringgate_upstream_duration_seconds";
 pub const OPEN_CONNECTIONS: &str = "ringgate_open_connections";
 /// Client connections accepted, by worker.
 pub const CONNECTIONS_TOTAL: &str = "ringgate_connections_total";
+/// TLS handshakes on client connections, by result (`full`, `resumed`,
+/// `timeout`, `failed`, `plain_http`).
+pub const TLS_HANDSHAKES: &str = "ringgate_tls_handshakes_total";
 
 /// New upstream connections opened, by upstream.
 pub const UPSTREAM_CONNECTS: &str = "ringgate_upstream_connections_opened_total";

@@ -160,10 +160,14 @@ pub fn apply(up: &UpstreamShared, t: &TargetShared, h: &HealthConfig, pass: bool
     }
 }
 
+/// A health check's socket: plain TCP or rustls over it.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// One check: connect, `GET path`, read the status line.
 pub fn check(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
     let deadline = std::time::Instant::now() + h.timeout;
-    let mut s = TcpStream::connect_timeout(&t.addr, h.timeout).map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&t.addr, h.timeout).map_err(|e| e.to_string())?;
     let left = || {
         deadline
             .saturating_duration_since(std::time::Instant::now())
@@ -171,6 +175,15 @@ pub fn check(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
     };
     s.set_write_timeout(Some(left()))
         .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(left()))
+        .map_err(|e| e.to_string())?;
+    // Over TLS when the upstream is: the handshake counts in the timeout.
+    let mut s: Box<dyn ReadWrite> = match &h.tls {
+        None => Box::new(s),
+        Some(tls) => {
+            Box::new(crate::upstream::tls::blocking_tls(s, tls, t.addr).map_err(|e| e.to_string())?)
+        }
+    };
     let host = h.host.clone().unwrap_or_else(|| t.addr.to_string());
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health\r\nConnection: close\r\n\r\n",
@@ -180,8 +193,6 @@ pub fn check(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
     let mut buf = [0u8; 512];
     let mut n = 0;
     while !buf[..n].contains(&b'\n') && n < buf.len() {
-        s.set_read_timeout(Some(left()))
-            .map_err(|e| e.to_string())?;
         match s.read(&mut buf[n..]) {
             Ok(0) => return Err(String::from("closed before a status line")),
             Ok(k) => n += k,

@@ -26,6 +26,7 @@ pub mod health;
 pub mod pool;
 pub mod retry;
 pub mod shared;
+pub mod tls;
 
 pub use shared::UpstreamShared;
 

@@ -18,6 +18,7 @@
 
 use super::retry::RetryBudget;
 use super::shared::{TargetShared, UpstreamShared};
+use super::tls::{UpStream, UpstreamTls};
 use crate::config::UpstreamConfig;
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
@@ -46,7 +47,7 @@ pub struct PoolConn(Box<dyn Watch>);
 impl PoolConn {
     /// Wraps a connected stream (one `dup` for the watch; without one the
     /// connection is simply never pooled).
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: UpStream) -> Self {
         use std::os::fd::{AsRawFd, FromRawFd};
         // On the epoll fallback a peek at check-out is cheaper than a
         // readiness wait (which needs a poll(2) at every check-in to clear
@@ -77,7 +78,7 @@ impl PoolConn {
     }
 
     /// The stream, for good (a tunnel).
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> UpStream {
         self.0.into_stream()
     }
 
@@ -95,16 +96,16 @@ impl PoolConn {
 }
 
 impl std::ops::Deref for PoolConn {
-    type Target = TcpStream;
+    type Target = UpStream;
     #[inline]
-    fn deref(&self) -> &TcpStream {
+    fn deref(&self) -> &UpStream {
         self.0.stream()
     }
 }
 
 impl std::ops::DerefMut for PoolConn {
     #[inline]
-    fn deref_mut(&mut self) -> &mut TcpStream {
+    fn deref_mut(&mut self) -> &mut UpStream {
         self.0.stream_mut()
     }
 }
@@ -112,9 +113,9 @@ impl std::ops::DerefMut for PoolConn {
 /// The watch behind [`PoolConn`], object-safe so the future's type (an
 /// `async fn`'s, which has no name) stays inside.
 trait Watch {
-    fn stream(&self) -> &TcpStream;
-    fn stream_mut(&mut self) -> &mut TcpStream;
-    fn into_stream(self: Box<Self>) -> TcpStream;
+    fn stream(&self) -> &UpStream;
+    fn stream_mut(&mut self) -> &mut UpStream;
+    fn into_stream(self: Box<Self>) -> UpStream;
     fn arm(&mut self) -> bool;
     fn stirred(&mut self) -> bool;
 }
@@ -130,7 +131,7 @@ struct Watched<F, M> {
     peek: bool,
     /// A second descriptor of the socket, only ever polled.
     watcher: Option<TcpStream>,
-    stream: TcpStream,
+    stream: UpStream,
 }
 
 impl<F, M> Watched<F, M>
@@ -159,15 +160,15 @@ where
     F: Future<Output = io::Result<()>>,
     M: Fn(&'static TcpStream) -> F,
 {
-    fn stream(&self) -> &TcpStream {
+    fn stream(&self) -> &UpStream {
         &self.stream
     }
 
-    fn stream_mut(&mut self) -> &mut TcpStream {
+    fn stream_mut(&mut self) -> &mut UpStream {
         &mut self.stream
     }
 
-    fn into_stream(mut self: Box<Self>) -> TcpStream {
+    fn into_stream(mut self: Box<Self>) -> UpStream {
         self.fut = None;
         let Watched { stream, .. } = *self;
         stream
@@ -203,11 +204,15 @@ where
     }
 
     fn stirred(&mut self) -> bool {
-        if self.peek {
-            return !quiet(&self.stream);
-        }
-        self.poll_once();
-        self.fired
+        let readable = if self.peek {
+            !quiet(&self.stream)
+        } else {
+            self.poll_once();
+            self.fired
+        };
+        // A TLS connection may have received session tickets or a key
+        // update while idle: read through rustls before retiring it.
+        readable && !self.stream.still_clean()
     }
 }
 
@@ -467,7 +472,7 @@ impl UpstreamState {
 
 /// True when a non-blocking peek finds nothing to read: no byte, no EOF,
 /// no error (the epoll fallback's check-out test).
-fn quiet(stream: &TcpStream) -> bool {
+fn quiet(stream: &UpStream) -> bool {
     use std::os::fd::AsRawFd;
     let mut b = [0u8; 1];
     // SAFETY: recv on a valid fd into a 1-byte stack buffer.
@@ -482,14 +487,28 @@ fn quiet(stream: &TcpStream) -> bool {
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
-/// Connects to `addr` within `timeout`, with `TCP_NODELAY`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<PoolConn, ConnectError> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(PoolConn::new(s))
+/// Connects to `addr` within `timeout`, with `TCP_NODELAY`, and for a
+/// TLS upstream (`tls`) completes the handshake within the same timeout.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&UpstreamTls>,
+) -> Result<PoolConn, ConnectError> {
+    let connecting = async {
+        let s = TcpStream::connect_addr(addr)
+            .await
+            .map_err(ConnectError::Failed)?;
+        let _ = s.set_nodelay(true);
+        match tls {
+            None => Ok(UpStream::Plain(s)),
+            Some(t) => super::tls::handshake(s, t, addr)
+                .await
+                .map_err(ConnectError::Tls),
         }
-        Ok(Err(e)) => Err(ConnectError::Failed(e)),
+    };
+    match monoio::time::timeout(timeout, connecting).await {
+        Ok(Ok(s)) => Ok(PoolConn::new(s)),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(ConnectError::TimedOut),
     }
 }
@@ -501,4 +520,7 @@ pub enum ConnectError {
     Failed(io::Error),
     /// `connect_timeout_ms` passed.
     TimedOut,
+    /// The TLS handshake failed (certificate not trusted, wrong name, no
+    /// common protocol).
+    Tls(io::Error),
 }

@@ -762,7 +762,14 @@ fn compile_failure_limit(t: &TokenEndpointFile, errs: &mut Errors) -> Option<Fai
 /// is then refused), so route checks do not repeat them.
 pub fn compile(file: &FileConfig, errs: &mut Errors) -> Option<Arc<Auth>> {
     let af = file.auth.as_ref();
-    if af.is_none() && file.consumers.is_empty() {
+    // A route with auth = ["mtls"] needs no [auth] table: it gets an
+    // empty one (no JWT, no keys) for its policy.
+    let mtls = file.routes.iter().any(|r| {
+        r.auth
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|m| m == "mtls"))
+    });
+    if af.is_none() && file.consumers.is_empty() && !mtls {
         return None;
     }
     let consumers = compile_consumers(&file.consumers, errs);
@@ -932,11 +939,14 @@ pub fn route_policy(
                 }
                 AuthMethod::ApiKey
             }
+            // Checked against the connection's client certificate: a
+            // plain or certificate-less connection gets 401.
+            "mtls" => AuthMethod::Mtls,
             other => {
                 errs.push(
                     key("auth"),
                     format!("unknown auth method {other:?}"),
-                    "use \"jwt\" and/or \"api_key\"",
+                    "use \"jwt\", \"api_key\" and/or \"mtls\"",
                 );
                 continue;
             }

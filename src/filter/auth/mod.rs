@@ -35,6 +35,7 @@ mod hide;
 pub(crate) mod jwks;
 mod jwt;
 mod keys;
+mod mtls;
 mod token_endpoint;
 
 pub use config::{
@@ -410,8 +411,15 @@ impl RoutePolicy {
     }
 
     fn missing(&self, rid: &[u8]) -> Reply {
-        Reply::error(401, "authentication required", rid)
-            .with_header("WWW-Authenticate", if self.jwt { REALM } else { KEY_REALM })
+        let r = Reply::error(401, "authentication required", rid);
+        if self.jwt {
+            r.with_header("WWW-Authenticate", REALM)
+        } else if self.api_key {
+            r.with_header("WWW-Authenticate", KEY_REALM)
+        } else {
+            // mTLS only: the credential is a client certificate.
+            r
+        }
     }
 
     fn invalid(&self, method: AuthMethod, description: &str, rid: &[u8]) -> Reply {
@@ -424,6 +432,7 @@ impl RoutePolicy {
                 ),
             ),
             AuthMethod::ApiKey => r.with_header("WWW-Authenticate", KEY_REALM),
+            AuthMethod::Mtls => r,
         }
     }
 
@@ -506,6 +515,12 @@ pub fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
                     break;
                 }
             }
+            AuthMethod::Mtls => {
+                if let Some(t) = mtls::present(ctx.tls) {
+                    outcome = Some((m, mtls::authenticate(auth, t)));
+                    break;
+                }
+            }
         }
     }
     let (used, a) = match outcome {
@@ -528,6 +543,8 @@ pub fn request_filter(p: &RoutePolicy, ctx: &mut RequestCtx<'_>) -> Verdict {
         ctx.hide_credentials = match used {
             AuthMethod::Jwt => found.token_from,
             AuthMethod::ApiKey => found.key_from,
+            // Nothing in the request to hide.
+            AuthMethod::Mtls => Default::default(),
         };
     }
     ctx.upstream_headers.extend_from_slice(&a.headers);
