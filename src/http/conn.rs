@@ -126,7 +126,10 @@ impl std::ops::DerefMut for Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         // SAFETY: `c` is taken once, here, and never used afterwards.
-        let c = unsafe { std::mem::ManuallyDrop::take(&mut self.c) };
+        let mut c = unsafe { std::mem::ManuallyDrop::take(&mut self.c) };
+        // A spare does not keep the TLS listener (and its certificates)
+        // of its last connection alive across reloads.
+        c.tls = None;
         let mut spares = self.w.spare_conns.borrow_mut();
         if spares.len() < crate::runtime::worker::SPARE_CONNS
             && c.reusable(self.w.config.server.buffer_bytes)
