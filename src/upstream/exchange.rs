@@ -333,18 +333,7 @@ async fn attempt(
         Some(c) => c,
         None => match pool::connect(target.addr, up_cfg.connect_timeout).await {
             Ok(c) => c,
-            Err(pool::ConnectError::TimedOut) => {
-                return Try::Connect(Error::new(
-                    ErrorKind::ConnectTimeout,
-                    "timed out connecting to upstream",
-                ));
-            }
-            Err(pool::ConnectError::Failed(_)) => {
-                return Try::Connect(Error::new(
-                    ErrorKind::ConnectFailed,
-                    "upstream refused the connection",
-                ));
-            }
+            Err(e) => return Try::Connect(e.error()),
         },
     };
     if cfg.metrics_enabled {

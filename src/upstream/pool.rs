@@ -19,6 +19,7 @@
 use super::retry::RetryBudget;
 use super::shared::{TargetShared, UpstreamShared};
 use crate::config::UpstreamConfig;
+use crate::error::{Error, ErrorKind};
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -501,4 +502,20 @@ pub enum ConnectError {
     Failed(io::Error),
     /// `connect_timeout_ms` passed.
     TimedOut,
+}
+
+impl ConnectError {
+    /// The request's error: [`ErrorKind::ConnectTimeout`] (504) or
+    /// [`ErrorKind::ConnectFailed`] (502), the same for every caller.
+    pub fn error(&self) -> Error {
+        match self {
+            ConnectError::TimedOut => Error::new(
+                ErrorKind::ConnectTimeout,
+                "timed out connecting to upstream",
+            ),
+            ConnectError::Failed(_) => {
+                Error::new(ErrorKind::ConnectFailed, "upstream refused the connection")
+            }
+        }
+    }
 }
