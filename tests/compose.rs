@@ -1199,3 +1199,27 @@ fn part_connections_count_in_the_pool_metrics() {
     assert_eq!(opened, 1.0);
     assert_eq!(items.conns(), 1);
 }
+
+/// A try that outlives the upstream's `try_timeout_ms` (shorter than its
+/// `request_timeout_ms`) goes to another target within the part's
+/// deadline.
+#[test]
+fn a_part_whose_first_target_stalls_past_the_try_timeout_is_answered_by_the_next() {
+    let stalled = MockUpstream::builder().stall().start();
+    let live = json_service(STOCK);
+    let gw = one_part_gateway(
+        &[stalled.addr, live.addr],
+        "retries = 1\ntry_timeout_ms = 200",
+    );
+    let mut c = gw.client();
+    for _ in 0..3 {
+        let r = c.get("/item/7");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json(), json!({ "item": { "available": 7 } }));
+    }
+    assert_eq!(live.hits(), 3);
+    assert!(
+        stalled.hits() >= 1,
+        "the stalled target was asked first at least once"
+    );
+}
