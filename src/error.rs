@@ -170,6 +170,17 @@ mod tests {
             Error::new(ErrorKind::UpstreamStatus(503), "x").status(),
             503
         );
+        // An exchange's own failures: nothing sent, or an answer too large.
+        let e = Error::new(ErrorKind::CircuitOpen, "x");
+        assert_eq!(
+            (e.status(), e.is_upstream(), e.retryable),
+            (503, true, false)
+        );
+        let e = Error::new(ErrorKind::ResponseTooLarge, "x");
+        assert_eq!(
+            (e.status(), e.is_upstream(), e.retryable),
+            (502, true, false)
+        );
         assert!(
             Error::new(ErrorKind::InvalidResponse, "x")
                 .to_string()
