@@ -15,7 +15,8 @@
 //! the head and the body; reads the response under the try's deadline
 //! (`try_timeout_ms`, within `request_timeout_ms` and the caller's
 //! deadline). A pooled connection found closed before any response byte is
-//! replaced once by a fresh one to the same target. Other failures go to
+//! replaced once by a fresh one to the same target (idempotent requests:
+//! the body is always held whole here). Other failures go to
 //! another target while `retries`, the worker's retry budget and the
 //! deadline allow: connect failures always; for idempotent requests also
 //! 502/503/504 answers, connections closed or reset before any response
@@ -28,6 +29,12 @@
 //! Stream type: the I/O is generic ([`send`]); connections are the pool's
 //! [`PoolConn`], so a pool of TLS connections slots in behind the same
 //! calls.
+//!
+//! Not (yet) through here: `proxy::forward`, which streams both bodies
+//! (it shares [`pool::ConnectError::error`] and the response-head limit),
+//! and the cache's background refresh, which runs the route's forward or
+//! compose so that its transforms and stored form stay those of an
+//! answered request.
 //!
 //! Performance notes: one timer per try and a few allocations per
 //! exchange (the request bytes, the response buffers); the plain proxy
