@@ -46,6 +46,11 @@ pub enum ErrorKind {
     InvalidResponse,
     /// Every try answered with this 5xx status and no retry was left.
     UpstreamStatus(u16),
+    /// A response read whole (a request ringgate makes itself) has a
+    /// body over the caller's limit (502).
+    ResponseTooLarge,
+    /// The upstream's circuit breaker is open: nothing was sent (503).
+    CircuitOpen,
     /// `Cache-Control: only-if-cached` and nothing stored (504).
     NotInCache,
 }
@@ -75,7 +80,7 @@ impl Error {
             BadRequest | BodyTooLarge | ClientTimeout => Side::Downstream,
             NoRoute | MethodNotAllowed | NoHealthyTarget | NotInCache => Side::Internal,
             ConnectFailed | ConnectTimeout | UpstreamClosed | UpstreamTimeout | InvalidResponse
-            | UpstreamStatus(_) => Side::Upstream,
+            | UpstreamStatus(_) | ResponseTooLarge | CircuitOpen => Side::Upstream,
         };
         let retryable = matches!(
             kind,
@@ -106,8 +111,8 @@ impl Error {
             ClientTimeout => 408,
             NoRoute => 404,
             MethodNotAllowed => 405,
-            NoHealthyTarget => 503,
-            ConnectFailed | UpstreamClosed | InvalidResponse => 502,
+            NoHealthyTarget | CircuitOpen => 503,
+            ConnectFailed | UpstreamClosed | InvalidResponse | ResponseTooLarge => 502,
             ConnectTimeout | UpstreamTimeout | NotInCache => 504,
             UpstreamStatus(s) => s,
         }
@@ -164,6 +169,17 @@ mod tests {
         assert_eq!(
             Error::new(ErrorKind::UpstreamStatus(503), "x").status(),
             503
+        );
+        // An exchange's own failures: nothing sent, or an answer too large.
+        let e = Error::new(ErrorKind::CircuitOpen, "x");
+        assert_eq!(
+            (e.status(), e.is_upstream(), e.retryable),
+            (503, true, false)
+        );
+        let e = Error::new(ErrorKind::ResponseTooLarge, "x");
+        assert_eq!(
+            (e.status(), e.is_upstream(), e.retryable),
+            (502, true, false)
         );
         assert!(
             Error::new(ErrorKind::InvalidResponse, "x")

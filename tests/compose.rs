@@ -2,7 +2,9 @@
 //! services called in parallel, one merged JSON answer; partial answers,
 //! required-part failures, fields, query pass-through, forwarded context;
 //! a cached compose route (hits without part calls, partial answers not
-//! stored, ttl, purge, coalescing, stale windows, config).
+//! stored, ttl, purge, coalescing, stale windows, config); parts as
+//! upstream exchanges (retry on another target, consistent hashing,
+//! p2c_ewma latency, pool metrics).
 
 mod support;
 
@@ -1018,5 +1020,206 @@ fn compose_cache_config_is_accepted_and_checked() {
     assert!(
         e.contains("routes[0].cache.statuses") && e.contains("remove statuses"),
         "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Parts as upstream exchanges: retries, hashing, latency, pool metrics
+// ---------------------------------------------------------------------------
+
+/// A gateway (with an admin listener) whose route `/item/{id}` composes
+/// one required part `item` from upstream `items` (`targets`, plus the
+/// `extra` keys of `[upstreams.items]`).
+fn one_part_gateway(targets: &[SocketAddr], extra: &str) -> Gateway {
+    let list: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
+    Gateway::start(&format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+workers = 1
+pin = false
+drain_timeout_ms = 1000
+
+[admin]
+listen = "127.0.0.1:0"
+
+[upstreams.items]
+targets = [{}]
+request_timeout_ms = 5000
+{extra}
+
+[[routes]]
+name = "item-page"
+path = "/item/{{id}}"
+
+[routes.compose]
+timeout_ms = 3000
+
+[[routes.compose.parts]]
+key = "item"
+upstream = "items"
+path = "/items/{{id}}"
+required = true
+"#,
+        list.join(", ")
+    ))
+}
+
+/// The value of a metric line (`name{labels}`) on the admin listener.
+fn metric(gw: &Gateway, name_and_labels: &str) -> f64 {
+    let at = gw.handle.admin_addr().unwrap();
+    let (status, body) = admin_request(at, "GET", "/metrics", None, "");
+    assert_eq!(status, 200);
+    body.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Regression: a part used to get one try on one target, so a part whose
+/// upstream had a refusing target failed whenever the balancer picked it,
+/// although another target was up. A refused connect now goes to the next
+/// target, as a forwarded request's does.
+#[test]
+fn a_part_whose_first_target_refuses_is_answered_by_the_next() {
+    let live = json_service(STOCK);
+    let gw = one_part_gateway(&[refused_addr(), live.addr], "retries = 1");
+    let mut c = gw.client();
+    // Round robin starts at either target: over four requests the refusing
+    // one is picked first at least once, and every answer is whole.
+    for _ in 0..4 {
+        let r = c.get("/item/7");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-gateway-partial"), None);
+        assert_eq!(r.json(), json!({ "item": { "available": 7 } }));
+    }
+    assert_eq!(live.hits(), 4);
+    assert_eq!(live.last().target, "/items/7");
+}
+
+/// A 503 from one target of an idempotent part is retried on another.
+#[test]
+fn a_part_answered_503_by_one_target_is_retried_on_another() {
+    let sick = MockUpstream::builder().respond(503, "busy").start();
+    let live = json_service(STOCK);
+    let gw = one_part_gateway(&[sick.addr, live.addr], "retries = 1");
+    let mut c = gw.client();
+    for _ in 0..4 {
+        let r = c.get("/item/7");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(live.hits(), 4);
+    assert!(
+        sick.hits() >= 1,
+        "the 503 target was asked first at least once"
+    );
+}
+
+/// With `balance = "consistent_hash"` a part goes to the target its
+/// upstream's `hash_key` (taken from the client request) maps to: every
+/// request of one user reaches the same target.
+#[test]
+fn parts_honour_consistent_hashing() {
+    let a = json_service(STOCK);
+    let b = json_service(STOCK);
+    let gw = one_part_gateway(
+        &[a.addr, b.addr],
+        "balance = \"consistent_hash\"\nhash_key = \"header:X-User\"",
+    );
+    // An odd number of users, so a round robin would move each user to
+    // the other target from one round to the next.
+    let users = ["alice", "bob", "carol", "dave", "erin"];
+    let mut owner = std::collections::HashMap::new();
+    for round in 0..3 {
+        for u in users {
+            let before = (a.hits(), b.hits());
+            let mut c = gw.client();
+            let r = c.request(format!(
+                "GET /item/1 HTTP/1.1\r\nHost: shop.test\r\nX-User: {u}\r\n\r\n"
+            ));
+            assert_eq!(r.status, 200, "{r:?}");
+            let went_to_a = a.hits() > before.0;
+            assert!(
+                went_to_a != (b.hits() > before.1),
+                "exactly one target asked"
+            );
+            let first = *owner.entry(u).or_insert(went_to_a);
+            assert_eq!(went_to_a, first, "{u} moved target in round {round}");
+        }
+    }
+    // The keys spread over both targets (fixed-seed hashing of five keys).
+    assert!(
+        a.hits() > 0 && b.hits() > 0,
+        "a {} b {}",
+        a.hits(),
+        b.hits()
+    );
+}
+
+/// With `balance = "p2c_ewma"` the parts' response times feed the
+/// balancer: a target with added latency gets few of the parts. One client
+/// in sequence, so no part is in flight at a pick and only the latency
+/// tells the targets apart (without samples every pick is a coin toss).
+#[test]
+fn parts_feed_p2c_ewma_latency() {
+    let fast = json_service(STOCK);
+    let slow = MockUpstream::builder()
+        .header("Content-Type", "application/json")
+        .respond(200, STOCK)
+        .latency(Duration::from_millis(20))
+        .start();
+    let gw = one_part_gateway(&[fast.addr, slow.addr], "balance = \"p2c_ewma\"");
+    let mut c = gw.client();
+    for _ in 0..40 {
+        assert_eq!(c.get("/item/1").status, 200);
+    }
+    let share = slow.hits() as f64 / (slow.hits() + fast.hits()) as f64;
+    assert!(share < 0.2, "share of the slow target: {share}");
+}
+
+/// Part connections count in the upstream connection metrics: one opened,
+/// the rest reused from the pool.
+#[test]
+fn part_connections_count_in_the_pool_metrics() {
+    let items = json_service(STOCK);
+    let gw = one_part_gateway(&[items.addr], "");
+    let mut c = gw.client();
+    for _ in 0..5 {
+        assert_eq!(c.get("/item/3").status, 200);
+    }
+    let opened = metric(
+        &gw,
+        r#"ringgate_upstream_connections_opened_total{upstream="items"}"#,
+    );
+    let reused = metric(
+        &gw,
+        r#"ringgate_upstream_connections_reused_total{upstream="items"}"#,
+    );
+    assert_eq!(opened + reused, 5.0, "opened {opened} reused {reused}");
+    assert_eq!(opened, 1.0);
+    assert_eq!(items.conns(), 1);
+}
+
+/// A try that outlives the upstream's `try_timeout_ms` (shorter than its
+/// `request_timeout_ms`) goes to another target within the part's
+/// deadline.
+#[test]
+fn a_part_whose_first_target_stalls_past_the_try_timeout_is_answered_by_the_next() {
+    let stalled = MockUpstream::builder().stall().start();
+    let live = json_service(STOCK);
+    let gw = one_part_gateway(
+        &[stalled.addr, live.addr],
+        "retries = 1\ntry_timeout_ms = 200",
+    );
+    let mut c = gw.client();
+    for _ in 0..3 {
+        let r = c.get("/item/7");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json(), json!({ "item": { "available": 7 } }));
+    }
+    assert_eq!(live.hits(), 3);
+    assert!(
+        stalled.hits() >= 1,
+        "the stalled target was asked first at least once"
     );
 }

@@ -12,8 +12,7 @@
 //! the auth context headers they added to `c.up_extra` go to every part).
 //! Each part is a future on this worker's runtime: they are polled together
 //! by [`JoinAll`] (no threads, no `spawn`), each under its own timeout
-//! inside the route's overall deadline, each on a pooled or fresh
-//! connection of its upstream.
+//! inside the route's overall deadline.
 //!
 //! Failure rules: a `required` part that fails (connect error, non-2xx,
 //! invalid JSON, body over `max_part_bytes`) answers 502; one that times
@@ -29,14 +28,19 @@
 //! part saying `no-store`, `private` or `no-cache`), fresh for the route's
 //! `ttl_s`.
 //!
-//! Upstream protections: a part goes through its upstream's breaker and
-//! passive outlier detection like a forwarded request
-//! (`crate::upstream::breaker::Ticket`, the same rules as
-//! `proxy::forward`). An open breaker fails the part at once, without a
-//! connection. Otherwise the outcome is recorded once: the response's
-//! status is judged by the breaker's `failure_statuses` (and a 5xx counts
-//! for outlier ejection); a connect error, a broken connection, an invalid
-//! response or the part's deadline passing is a failure. A part dropped
+//! Upstream calls: each part is one exchange with its upstream
+//! ([`crate::upstream::exchange`]), the client ringgate uses for every
+//! request it makes itself, under the same rules as a forwarded request:
+//! the upstream's circuit breaker (an open one fails the part at once,
+//! without a connection), its balancer (with a `consistent_hash`
+//! upstream's `hash_key` taken from the client request), pooled
+//! connections (counted in the upstream connection metrics), a stale
+//! pooled connection replaced once, retries on another target within
+//! `retries` and the retry budget (connect failures; 502/503/504 and
+//! connections closed before answering, parts being GETs), passive outlier
+//! detection and `p2c_ewma` latency. The breaker judges the final answer
+//! by its `failure_statuses`; a connect error, a broken connection, an
+//! invalid response or the deadline passing is a failure. A part dropped
 //! before its verdict (the request abandoned) gives a half-open probe slot
 //! back, so probes never leak.
 //!
@@ -48,19 +52,13 @@
 //! buffer per part, the output buffer and the entry lists of the parts
 //! that are split.
 
-use crate::config::{Config, Errors, UpstreamConfig};
-use crate::http::chunked::ChunkedScanner;
-use crate::http::conn::read_more_within;
-use crate::http::parse::{self, BodyFraming, Parsed, ResponseHead};
+use crate::config::{Balance, Config, Errors};
+use crate::error::{Error, ErrorKind};
 use crate::proxy::forward::Conn;
 use crate::proxy::json::{self, Doc};
 use crate::runtime::worker::{Generation, Worker};
-use crate::upstream::breaker::Ticket;
-use crate::upstream::pool::{TargetState, UpstreamState};
-use crate::upstream::shared::Report;
-use crate::upstream::tls::UpStream;
-use crate::upstream::{balance, pool};
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use crate::upstream::exchange;
+use monoio::io::AsyncWriteRent;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -623,8 +621,9 @@ pub async fn serve<S: AsyncWriteRent>(
     let cfg: &Config = &snap.config;
     let started = Instant::now();
     let deadline = started + comp.timeout;
-    // The parts' request heads, built while the client buffer is borrowed.
-    let (lines, common) = {
+    // The parts' request targets and header lines (and consistent-hash
+    // keys), built while the client buffer is borrowed.
+    let (targets, common, keys) = {
         let buf = &c.buf;
         let mut params = crate::router::Params::new();
         let host = c.head.host.map_or(&b""[..], |h| h.of(buf));
@@ -634,20 +633,32 @@ pub async fn serve<S: AsyncWriteRent>(
             .lookup(host, c.head.method.of(buf), path, &mut params);
         let pq = c.head.path_query.of(buf);
         let query = pq.iter().position(|&b| b == b'?').map(|i| &pq[i..]);
-        let lines: Vec<Vec<u8>> = comp
+        let targets: Vec<Vec<u8>> = comp
             .parts
             .iter()
             .map(|p| {
-                let mut l = Vec::with_capacity(64);
-                l.extend_from_slice(b"GET ");
-                p.path.render(params.as_slice(), &mut l);
+                let mut t = Vec::with_capacity(64);
+                p.path.render(params.as_slice(), &mut t);
                 if p.query
                     && let Some(q) = query
                 {
-                    l.extend_from_slice(q);
+                    t.extend_from_slice(q);
                 }
-                l.extend_from_slice(b" HTTP/1.1\r\n");
-                l
+                t
+            })
+            .collect();
+        let ip = c.peer.ip().to_string();
+        let keys: Vec<Option<u64>> = comp
+            .parts
+            .iter()
+            .map(|p| {
+                let u = &cfg.upstreams[p.upstream];
+                match (&u.hash_key, u.balance) {
+                    (Some(k), Balance::ConsistentHash) => {
+                        crate::upstream::request_key(k, buf, &c.lines, ip.as_bytes())
+                    }
+                    _ => None,
+                }
             })
             .collect();
         let mut common = Vec::with_capacity(256 + c.up_extra.len());
@@ -655,8 +666,7 @@ pub async fn serve<S: AsyncWriteRent>(
         common.extend_from_slice(c.rid.as_bytes());
         let _ = write!(
             common,
-            "\r\nX-Forwarded-For: {}\r\nX-Forwarded-Proto: http\r\n",
-            c.peer.ip()
+            "\r\nX-Forwarded-For: {ip}\r\nX-Forwarded-Proto: http\r\n"
         );
         if let Some(h) = c.head.host {
             common.extend_from_slice(b"X-Forwarded-Host: ");
@@ -665,18 +675,23 @@ pub async fn serve<S: AsyncWriteRent>(
         }
         common.extend_from_slice(b"Via: 1.1 ringgate\r\nAccept: application/json\r\n");
         common.extend_from_slice(&c.up_extra);
-        common.extend_from_slice(b"\r\n");
-        (lines, common)
+        (targets, common, keys)
     };
 
     let futs: Vec<_> = comp
         .parts
         .iter()
-        .zip(&lines)
-        .map(|(p, line)| {
+        .zip(&targets)
+        .zip(&keys)
+        .map(|((p, target), &key)| {
             // The part's deadline (never after the overall one).
             let until = (started + p.timeout).min(deadline);
-            Box::pin(fetch(w, snap, p, line, &common, comp.max_part_bytes, until))
+            let req = exchange::Request {
+                headers: &common,
+                key,
+                ..exchange::Request::get(p.upstream, target, until, comp.max_part_bytes)
+            };
+            Box::pin(fetch(w, snap, req))
         })
         .collect();
     let mut cacheable = true;
@@ -766,313 +781,49 @@ pub async fn serve<S: AsyncWriteRent>(
     }
 }
 
-/// One part: asks its upstream's breaker, picks a target, runs the
-/// exchange until `until` (the part's deadline), then records the outcome
-/// with the breaker and passive outlier detection under the rules
-/// `proxy::forward` uses: a response is judged by its status (the
-/// breaker's `failure_statuses`; a 5xx for outlier detection), a connect
-/// error, broken connection, invalid response or timeout is a failure.
-/// An open breaker fails the part at once, without a connection. If this
-/// future is dropped before a verdict (the request was abandoned), the
-/// breaker ticket gives its probe slot back.
+/// One part: one exchange with its upstream
+/// ([`crate::upstream::exchange`]: the breaker, the balancer with the
+/// request's consistent-hash key, pooled connections, retries on another
+/// target, passive health, latency and pool metrics) under the part's
+/// deadline, the body read whole up to `max_part_bytes`. A non-2xx answer,
+/// or an exchange error, is the part's failure. If this future is dropped
+/// before a verdict (the request was abandoned), the breaker ticket gives
+/// its probe slot back.
 ///
 /// Also returns whether the answer forbids storing (`Cache-Control:
 /// no-store`, `private` or `no-cache`), for a cached compose route.
 async fn fetch(
     w: &Worker,
     snap: &Generation,
-    p: &Part,
-    line: &[u8],
-    common: &[u8],
-    cap: usize,
-    until: Instant,
+    req: exchange::Request<'_>,
 ) -> (Result<Vec<u8>, PartError>, bool) {
-    let cfg: &Config = &snap.config;
-    let up_cfg = &cfg.upstreams[p.upstream];
-    let up = &snap.upstreams[p.upstream];
-    let mut ticket = Ticket::new(up.shared.breaker.as_ref());
-    if ticket.rejected() {
-        return (Err(PartError::CircuitOpen), false);
-    }
-    let list = up.list();
-    // No target to try: no verdict, the ticket is released (as forward does).
-    let Some(t) = balance::pick(up, &list, up_cfg.balance, None, 0) else {
-        return (Err(PartError::Failed("has no available target")), false);
-    };
-    let target = InFlight::begin(&list.targets[t]);
-    let mut head = Vec::with_capacity(line.len() + common.len() + 32);
-    head.extend_from_slice(line);
-    let _ = write!(head, "Host: {}\r\n", target.0.addr);
-    head.extend_from_slice(common);
-    let left = until.saturating_duration_since(Instant::now());
-    let r = monoio::time::timeout(left, exchange(w, up, up_cfg, target.0, head, cap))
-        .await
-        .unwrap_or(Err(ReadError::TimedOut));
-    drop(target);
-    let shared = &list.targets[t].shared;
-    let (status, result, no_store) = match r {
-        Ok((status, body, no_store)) if (200..300).contains(&status) => {
-            (status, Ok(body), no_store)
+    match exchange::exchange(w, snap, &req).await {
+        Ok(a) if (200..300).contains(&a.response.status()) => {
+            let no_store = a.response.headers(b"cache-control").any(|v| {
+                let mut cc = crate::filter::cache::CacheControl::default();
+                cc.add(v);
+                cc.no_store || cc.private || cc.no_cache
+            });
+            (Ok(a.response.into_body()), no_store)
         }
-        Ok((status, _, _)) => (status, Err(PartError::Status(status)), false),
-        // An answer, only too large for the merge.
-        Err(ReadError::TooLarge(status)) => (status, Err(PartError::TooLarge), false),
-        Err(e) => {
-            up.shared.report(shared, Report::Failure);
-            ticket.record(false);
-            return (Err(e.into()), false);
-        }
-    };
-    let report = if status >= 500 {
-        Report::Status5xx
-    } else {
-        Report::Success
-    };
-    up.shared.report(shared, report);
-    ticket.record_status(status);
-    (result, no_store)
-}
-
-/// A request in flight to a target (its `least_conn` count) for as long
-/// as this lives, however the part ends.
-struct InFlight<'a>(&'a TargetState);
-
-impl<'a> InFlight<'a> {
-    fn begin(t: &'a TargetState) -> Self {
-        t.begin();
-        InFlight(t)
+        Ok(a) => (Err(PartError::Status(a.response.status())), false),
+        Err(e) => (Err(PartError::from(e)), false),
     }
 }
 
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.end();
-    }
-}
-
-/// A GET on a pooled (or fresh) connection of `target`, the whole body
-/// read (up to `cap`): the status, the body and whether the answer forbids
-/// storing. A pooled connection that turns out stale is replaced by a
-/// fresh one once.
-async fn exchange(
-    w: &Worker,
-    up: &UpstreamState,
-    up_cfg: &UpstreamConfig,
-    target: &TargetState,
-    mut head: Vec<u8>,
-    cap: usize,
-) -> Result<(u16, Vec<u8>, bool), ReadError> {
-    let mut fresh_only = false;
-    loop {
-        let pooled = if fresh_only {
-            None
-        } else {
-            up.checkout(target, w.watchdog.now_ms())
-        };
-        let reused = pooled.is_some();
-        let mut s = match pooled {
-            Some(s) => s,
-            None => match pool::connect(target.addr, up_cfg.connect_timeout, up_cfg.tls.as_deref())
-                .await
-            {
-                Ok(s) => s,
-                Err(pool::ConnectError::TimedOut) => return Err(ReadError::TimedOut),
-                Err(pool::ConnectError::Failed(_) | pool::ConnectError::Tls(_)) => {
-                    return Err(ReadError::Refused);
-                }
-            },
-        };
-        let (wr, h) = s.write_all(head).await;
-        head = h;
-        if wr.is_err() {
-            if reused {
-                fresh_only = true;
-                continue;
-            }
-            return Err(ReadError::Closed);
+impl From<Error> for PartError {
+    fn from(e: Error) -> Self {
+        match e.kind {
+            ErrorKind::CircuitOpen => PartError::CircuitOpen,
+            ErrorKind::ResponseTooLarge => PartError::TooLarge,
+            ErrorKind::UpstreamStatus(s) => PartError::Status(s),
+            _ if e.is_timeout() => PartError::TimedOut,
+            ErrorKind::NoHealthyTarget => PartError::Failed("has no available target"),
+            ErrorKind::ConnectFailed => PartError::Failed("refused the connection"),
+            ErrorKind::UpstreamClosed => PartError::Failed("closed the connection"),
+            ErrorKind::InvalidResponse => PartError::Failed("sent an invalid response"),
+            _ => PartError::Failed(e.message),
         }
-        match read_response(&mut s, cap, up_cfg.request_timeout).await {
-            Err(ReadError::Nothing) if reused => {
-                fresh_only = true;
-                continue;
-            }
-            Err(e) => return Err(e),
-            Ok(ReadResponse {
-                status,
-                body,
-                reusable,
-                no_store,
-            }) => {
-                if reusable {
-                    up.checkin(target, s, w.watchdog.now_ms());
-                }
-                return Ok((status, body, no_store));
-            }
-        }
-    }
-}
-
-enum ReadError {
-    /// EOF before any byte: a stale pooled connection.
-    Nothing,
-    /// Connect refused or failed.
-    Refused,
-    /// The connection broke while the request was written.
-    Closed,
-    TimedOut,
-    Invalid,
-    /// A response with this status whose body is over the cap.
-    TooLarge(u16),
-}
-
-impl From<ReadError> for PartError {
-    fn from(e: ReadError) -> Self {
-        match e {
-            ReadError::Nothing => PartError::Failed("closed the connection before responding"),
-            ReadError::Refused => PartError::Failed("refused the connection"),
-            ReadError::Closed => PartError::Failed("closed the connection"),
-            ReadError::TimedOut => PartError::TimedOut,
-            ReadError::Invalid => PartError::Failed("sent an invalid response"),
-            ReadError::TooLarge(_) => PartError::TooLarge,
-        }
-    }
-}
-
-/// A part's response, read whole.
-struct ReadResponse {
-    status: u16,
-    body: Vec<u8>,
-    /// The connection can be pooled again.
-    reusable: bool,
-    /// `Cache-Control: no-store`, `private` or `no-cache`.
-    no_store: bool,
-}
-
-/// Reads one response (head and whole body, Content-Length, chunked or
-/// until close) of at most `cap` body bytes.
-async fn read_response(
-    s: &mut crate::upstream::tls::UpStream,
-    cap: usize,
-    gap: Duration,
-) -> Result<ReadResponse, ReadError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut head = ResponseHead::default();
-    let mut lines = Vec::new();
-    // Head (skipping interim 1xx responses).
-    loop {
-        if !buf.is_empty() {
-            match parse::parse_response(&buf, &mut head, &mut lines) {
-                Ok(Parsed::Complete) if (100..200).contains(&head.status) => {
-                    buf.drain(..head.len);
-                    continue;
-                }
-                Ok(Parsed::Complete) => break,
-                Ok(Parsed::Partial) if buf.len() >= crate::proxy::forward::MAX_RESPONSE_HEAD => {
-                    return Err(ReadError::Invalid);
-                }
-                Ok(Parsed::Partial) => {}
-                Err(_) => return Err(ReadError::Invalid),
-            }
-        }
-        let got_any = !buf.is_empty();
-        read_into(s, &mut buf, gap).await.map_err(|e| match e {
-            ReadError::Nothing if got_any => ReadError::Invalid,
-            e => e,
-        })?;
-    }
-    let no_store = lines.iter().any(|l| {
-        crate::http::name_eq(l.name.of(&buf), b"cache-control") && {
-            let mut cc = crate::filter::cache::CacheControl::default();
-            cc.add(l.value.of(&buf));
-            cc.no_store || cc.private || cc.no_cache
-        }
-    });
-    let framing = head.framing_for(false);
-    let mut body = Vec::new();
-    let mut reusable = head.keep_alive;
-    let hlen = head.len;
-    match framing {
-        BodyFraming::None => {
-            reusable &= buf.len() == hlen;
-        }
-        BodyFraming::Length(n) => {
-            if n as usize > cap {
-                return Err(ReadError::TooLarge(head.status));
-            }
-            let n = n as usize;
-            while buf.len() < hlen + n {
-                read_into(s, &mut buf, gap).await.map_err(eof_invalid)?;
-            }
-            reusable &= buf.len() == hlen + n;
-            buf.truncate(hlen + n);
-            buf.drain(..hlen);
-            body = buf;
-        }
-        BodyFraming::Chunked => {
-            let mut scanner = ChunkedScanner::new();
-            let mut pos = hlen;
-            loop {
-                let k = scanner
-                    .scan(&buf[pos..], |a, b| {
-                        body.extend_from_slice(&buf[pos + a..pos + b])
-                    })
-                    .map_err(|_| ReadError::Invalid)?;
-                pos += k;
-                if body.len() > cap {
-                    return Err(ReadError::TooLarge(head.status));
-                }
-                if scanner.is_done() {
-                    reusable &= pos == buf.len();
-                    break;
-                }
-                buf.drain(..pos);
-                pos = 0;
-                read_into(s, &mut buf, gap).await.map_err(eof_invalid)?;
-            }
-        }
-        BodyFraming::UntilClose => {
-            reusable = false;
-            loop {
-                if buf.len() - hlen > cap {
-                    return Err(ReadError::TooLarge(head.status));
-                }
-                match read_into(s, &mut buf, gap).await {
-                    Ok(()) => {}
-                    // EOF ends the body.
-                    Err(ReadError::Nothing) => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            buf.drain(..hlen);
-            body = buf;
-        }
-    }
-    Ok(ReadResponse {
-        status: head.status,
-        body,
-        reusable,
-        no_store,
-    })
-}
-
-fn eof_invalid(e: ReadError) -> ReadError {
-    match e {
-        ReadError::Nothing => ReadError::Invalid,
-        e => e,
-    }
-}
-
-/// Reads more bytes after `buf`'s contents; `Nothing` on EOF.
-async fn read_into(s: &mut UpStream, buf: &mut Vec<u8>, gap: Duration) -> Result<(), ReadError> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(buf.capacity().max(4096));
-    }
-    let (r, b) = read_more_within(s, std::mem::take(buf), gap).await;
-    *buf = b;
-    match r {
-        Ok(Ok(n)) if n > 0 => Ok(()),
-        Ok(_) => Err(ReadError::Nothing),
-        Err(()) => Err(ReadError::TimedOut),
     }
 }
 

@@ -3,13 +3,15 @@
 //! scanned without copying ([`chunked`]), HTTP-dates ([`date`]), forwarded
 //! heads written as slices of the bytes read plus the few headers ringgate
 //! adds ([`head`]), and the downstream connection loop that ties them to
-//! the phases ([`conn`]).
+//! the phases ([`conn`]); the client side for requests ringgate makes
+//! itself, free of I/O ([`client`]).
 //!
-//! Performance notes: nothing here allocates per request. Every buffer
+//! Performance notes: nothing on the proxy path allocates per request. Every buffer
 //! (read buffers, header spans, the list of slices to write, the iovec
 //! array) belongs to the connection and is reused for each request on it.
 
 pub mod chunked;
+pub mod client;
 pub mod conn;
 pub mod date;
 pub mod head;

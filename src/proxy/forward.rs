@@ -41,8 +41,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-/// Largest response head accepted from a backend.
-pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+pub use crate::http::client::MAX_RESPONSE_HEAD;
 
 /// The request id of the current request (client's or generated).
 #[derive(Clone, Copy)]
@@ -782,21 +781,7 @@ where
                     Ok(s) => s,
                     Err(e) => {
                         shared.report(&target.shared, Report::Failure);
-                        let e = match e {
-                            pool::ConnectError::TimedOut => Error::new(
-                                ErrorKind::ConnectTimeout,
-                                "timed out connecting to upstream",
-                            ),
-                            pool::ConnectError::Failed(_) => Error::new(
-                                ErrorKind::ConnectFailed,
-                                "upstream refused the connection",
-                            ),
-                            pool::ConnectError::Tls(_) => Error::new(
-                                ErrorKind::ConnectFailed,
-                                "TLS handshake with upstream failed",
-                            ),
-                        }
-                        .closing(!body_done);
+                        let e = e.error().closing(!body_done);
                         if may_retry(tried) {
                             last = Some(e);
                             continue;

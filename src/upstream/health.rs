@@ -3,7 +3,10 @@
 //! (not one per worker).
 //!
 //! Each target is checked every `interval_ms` with a blocking HTTP/1.1
-//! `GET path` (`Connection: close`) within `timeout_ms`; a status in
+//! `GET path` (`Connection: close`) within `timeout_ms`, its head written
+//! and the answer's head parsed by [`crate::http::client`] (what the
+//! workers' upstream exchanges use; the exchange itself needs a worker's
+//! runtime and pools, so checks share its I/O-free parts); a status in
 //! `expected_statuses` (default any 2xx) passes. `unhealthy_threshold`
 //! failures in a row mark a healthy target unhealthy, `healthy_threshold`
 //! passes in a row bring it back. The verdict is one atomic flag on the
@@ -22,12 +25,13 @@
 use super::now_ms;
 use super::shared::{TargetShared, UpstreamShared};
 use crate::config::{Config, HealthConfig};
+use crate::http::client::{self, Progress, ReadError, ResponseReader};
 use arc_swap::ArcSwap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the scheduler looks for due targets.
 const TICK: Duration = Duration::from_millis(10);
@@ -164,13 +168,18 @@ pub fn apply(up: &UpstreamShared, t: &TargetShared, h: &HealthConfig, pass: bool
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
-/// One check: connect, `GET path`, read the status line.
+/// One check: connect (over TLS when the upstream is), `GET path`, read
+/// the response head. The request head is written and the response head
+/// parsed by the same code as the workers' upstream exchanges
+/// ([`crate::http::client`]); the I/O here is blocking, on a check thread,
+/// bounded by `timeout_ms` for the whole check. The body is not read
+/// (`Connection: close`).
 pub fn check(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
-    let deadline = std::time::Instant::now() + h.timeout;
+    let deadline = Instant::now() + h.timeout;
     let s = TcpStream::connect_timeout(&t.addr, h.timeout).map_err(|e| e.to_string())?;
     let left = || {
         deadline
-            .saturating_duration_since(std::time::Instant::now())
+            .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1))
     };
     s.set_write_timeout(Some(left()))
@@ -185,26 +194,39 @@ pub fn check(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
         }
     };
     let host = h.host.clone().unwrap_or_else(|| t.addr.to_string());
-    let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health\r\nConnection: close\r\n\r\n",
-        h.path
+    let mut req = Vec::with_capacity(128);
+    client::write_request_head(
+        &mut req,
+        b"GET",
+        h.path.as_bytes(),
+        host.as_bytes(),
+        b"User-Agent: ringgate-health\r\nConnection: close\r\n",
+        None,
     );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 512];
-    let mut n = 0;
-    while !buf[..n].contains(&b'\n') && n < buf.len() {
-        match s.read(&mut buf[n..]) {
-            Ok(0) => return Err(String::from("closed before a status line")),
-            Ok(k) => n += k,
-            Err(e) => return Err(e.to_string()),
+    s.write_all(&req).map_err(|e| e.to_string())?;
+    // Only the head is wanted: no cap on a body that is never read.
+    let mut reader = ResponseReader::new(false, usize::MAX);
+    let mut chunk = [0u8; 1024];
+    while reader.progress() == Progress::Head {
+        if Instant::now() >= deadline {
+            return Err(String::from("timed out"));
         }
+        let step = match s.read(&mut chunk) {
+            Ok(0) => reader.eof(),
+            Ok(n) => {
+                reader.buf().extend_from_slice(&chunk[..n]);
+                reader.advance()
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        step.map_err(|e| match e {
+            ReadError::Nothing => String::from("closed before a status line"),
+            ReadError::Truncated => String::from("closed inside the response head"),
+            ReadError::Invalid(m) => m.to_string(),
+            ReadError::TooLarge(s) => format!("status {s} with a body over the limit"),
+        })?;
     }
-    let line = std::str::from_utf8(&buf[..n]).map_err(|_| String::from("not text"))?;
-    let status: u16 = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|r| r.get(2..5))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line {:?}", line.lines().next().unwrap_or("")))?;
+    let status = reader.head().map_or(0, |h| h.status);
     let ok = if h.expected_statuses.is_empty() {
         (200..300).contains(&status)
     } else {
@@ -214,5 +236,77 @@ pub fn check(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
         Ok(status)
     } else {
         Err(format!("status {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that answers one connection with `answer` and returns
+    /// the request head it read.
+    fn backend(answer: &'static [u8]) -> (std::net::SocketAddr, std::thread::JoinHandle<String>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 512];
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&b[..n]),
+                }
+            }
+            let _ = s.write_all(answer);
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (addr, h)
+    }
+
+    fn config(expected: &[u16]) -> HealthConfig {
+        HealthConfig {
+            path: String::from("/health?deep=1"),
+            host: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            expected_statuses: expected.to_vec(),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+            tls: None,
+        }
+    }
+
+    fn run(answer: &'static [u8], expected: &[u16]) -> (Result<u16, String>, String) {
+        let (addr, h) = backend(answer);
+        let r = check(&TargetShared::new(addr, 1), &config(expected));
+        (r, h.join().unwrap())
+    }
+
+    #[test]
+    fn checks_parse_the_answer_like_an_exchange() {
+        let (r, head) = run(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", &[]);
+        assert_eq!(r, Ok(200));
+        assert!(
+            head.starts_with("GET /health?deep=1 HTTP/1.1\r\nHost: 127.0.0.1:"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nUser-Agent: ringgate-health\r\nConnection: close\r\n\r\n"));
+        // Interim responses are skipped; the final status counts.
+        let (r, _) = run(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            &[],
+        );
+        assert_eq!(r, Ok(204));
+        let (r, _) = run(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", &[]);
+        assert_eq!(r, Err(String::from("status 503")));
+        let (r, _) = run(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", &[503]);
+        assert_eq!(r, Ok(503));
+        let (r, _) = run(b"", &[]);
+        assert_eq!(r, Err(String::from("closed before a status line")));
+        let (r, _) = run(b"HTTP/1.1 200 OK\r\nContent-Le", &[]);
+        assert_eq!(r, Err(String::from("closed inside the response head")));
+        let (r, _) = run(b"SSH-2.0-OpenSSH\r\n\r\n", &[]);
+        assert!(r.is_err(), "{r:?}");
     }
 }

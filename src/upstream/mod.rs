@@ -4,7 +4,9 @@
 //! Key components, worker side (worker-local `Rc`/`Cell`, no lock):
 //! [`pool`] (each worker's view of an upstream's targets and their
 //! keep-alive pools), [`balance`] (round robin, weighted, least_conn,
-//! p2c_ewma, consistent_hash), [`retry`] (the retry budget). Shared side
+//! p2c_ewma, consistent_hash), [`retry`] (the retry budget), [`exchange`]
+//! (one request/response exchange, read whole, for the requests ringgate
+//! makes itself: compose parts). Shared side
 //! (atomics and `ArcSwap`, never a lock on the request path): [`shared`]
 //! (target snapshots, health and ejection flags, registry store),
 //! [`breaker`] (the circuit breaker). Control plane (own threads):
@@ -21,6 +23,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod discovery;
+pub mod exchange;
 pub mod hash;
 pub mod health;
 pub mod pool;

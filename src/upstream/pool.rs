@@ -20,6 +20,7 @@ use super::retry::RetryBudget;
 use super::shared::{TargetShared, UpstreamShared};
 use super::tls::{UpStream, UpstreamTls};
 use crate::config::UpstreamConfig;
+use crate::error::{Error, ErrorKind};
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -523,4 +524,24 @@ pub enum ConnectError {
     /// The TLS handshake failed (certificate not trusted, wrong name, no
     /// common protocol).
     Tls(io::Error),
+}
+
+impl ConnectError {
+    /// The request's error: [`ErrorKind::ConnectTimeout`] (504) or
+    /// [`ErrorKind::ConnectFailed`] (502), the same for every caller.
+    pub fn error(&self) -> Error {
+        match self {
+            ConnectError::TimedOut => Error::new(
+                ErrorKind::ConnectTimeout,
+                "timed out connecting to upstream",
+            ),
+            ConnectError::Failed(_) => {
+                Error::new(ErrorKind::ConnectFailed, "upstream refused the connection")
+            }
+            ConnectError::Tls(_) => Error::new(
+                ErrorKind::ConnectFailed,
+                "TLS handshake with upstream failed",
+            ),
+        }
+    }
 }
