@@ -11,7 +11,7 @@
 //! of `proxy::forward` for such a route, after the route's filters ran (so
 //! the auth context headers they added to `c.up_extra` go to every part).
 //! Each part is a future on this worker's runtime: they are polled together
-//! by [`JoinAll`] (no threads, no `spawn`), each under its own timeout
+//! by `futures_util::future::join_all` (no threads, no `spawn`), each under its own timeout
 //! inside the route's overall deadline.
 //!
 //! Failure rules: a `required` part that fails (connect error, non-2xx,
@@ -61,10 +61,7 @@ use crate::upstream::exchange;
 use monoio::io::AsyncWriteRent;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::future::Future;
 use std::io::Write;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// `[routes.compose]`
@@ -691,11 +688,12 @@ pub async fn serve<S: AsyncWriteRent>(
                 key,
                 ..exchange::Request::get(p.upstream, target, until, comp.max_part_bytes)
             };
-            Box::pin(fetch(w, snap, req))
+            fetch(w, snap, req)
         })
         .collect();
     let mut cacheable = true;
-    let results: Vec<_> = JoinAll::new(futs)
+    // Polled together on this thread (no spawn): futures-util's join_all.
+    let results: Vec<_> = futures_util::future::join_all(futs)
         .await
         .into_iter()
         .map(|(r, no_store)| {
@@ -826,47 +824,3 @@ impl From<Error> for PartError {
         }
     }
 }
-
-/// Polls a set of futures of one type together on the current thread and
-/// yields their outputs in order once all are done.
-pub struct JoinAll<F: Future> {
-    futs: Vec<Option<Pin<Box<F>>>>,
-    out: Vec<Option<F::Output>>,
-    left: usize,
-}
-
-impl<F: Future> JoinAll<F> {
-    /// Joins `futs` (already pinned).
-    pub fn new(futs: Vec<Pin<Box<F>>>) -> Self {
-        let n = futs.len();
-        JoinAll {
-            futs: futs.into_iter().map(Some).collect(),
-            out: (0..n).map(|_| None).collect(),
-            left: n,
-        }
-    }
-}
-
-impl<F: Future> Future for JoinAll<F> {
-    type Output = Vec<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        for (slot, out) in this.futs.iter_mut().zip(this.out.iter_mut()) {
-            if let Some(f) = slot
-                && let Poll::Ready(v) = f.as_mut().poll(cx)
-            {
-                *out = Some(v);
-                *slot = None;
-                this.left -= 1;
-            }
-        }
-        if this.left == 0 {
-            Poll::Ready(this.out.iter_mut().filter_map(Option::take).collect())
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-impl<F: Future> Unpin for JoinAll<F> {}
