@@ -375,12 +375,13 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
         e.extend_from_slice(b", ");
     }
     e.extend_from_slice(ip);
-    let proto: &[u8] = if c.tls.is_some() { b"https" } else { b"http" };
-    e.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    e.extend_from_slice(proto);
-    e.extend_from_slice(b"\r\n");
-    if let Some(t) = &c.tls {
-        e.extend_from_slice(&t.upstream_lines);
+    // One copy each (this runs for every request).
+    match &c.tls {
+        None => e.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n"),
+        Some(t) => {
+            e.extend_from_slice(b"\r\nX-Forwarded-Proto: https\r\n");
+            e.extend_from_slice(&t.upstream_lines);
+        }
     }
     if let Some(f) = h.forwarded {
         e.extend_from_slice(b"Forwarded: ");
@@ -396,9 +397,11 @@ pub fn build_request_head(c: &mut Conn, target: SocketAddr) {
             e.extend_from_slice(b"for=");
             e.extend_from_slice(ip);
         }
-        e.extend_from_slice(b";proto=");
-        e.extend_from_slice(proto);
-        e.extend_from_slice(b"\r\n");
+        e.extend_from_slice(if c.tls.is_some() {
+            b";proto=https\r\n"
+        } else {
+            b";proto=http\r\n"
+        });
     }
     if let Some(r) = h.real_ip {
         e.extend_from_slice(b"X-Real-IP: ");
