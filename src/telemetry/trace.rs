@@ -56,15 +56,19 @@ impl TraceContext {
         }
     }
 
-    /// Writes the `traceparent` header line for the upstream request.
+    /// Writes the `traceparent` header line for the upstream request
+    /// (assembled on the stack and copied once: this runs per request).
+    #[inline]
     pub fn write_header(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"traceparent: 00-");
-        out.extend_from_slice(&self.trace_id);
-        out.push(b'-');
-        out.extend_from_slice(&self.span_id);
-        out.push(b'-');
-        out.extend_from_slice(&self.flags);
-        out.extend_from_slice(b"\r\n");
+        let mut line = [0u8; 70];
+        line[..16].copy_from_slice(b"traceparent: 00-");
+        line[16..48].copy_from_slice(&self.trace_id);
+        line[48] = b'-';
+        line[49..65].copy_from_slice(&self.span_id);
+        line[65] = b'-';
+        line[66..68].copy_from_slice(&self.flags);
+        line[68..].copy_from_slice(b"\r\n");
+        out.extend_from_slice(&line);
     }
 }
 
