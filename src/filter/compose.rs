@@ -758,7 +758,7 @@ pub async fn serve<S: AsyncWriteRent>(
     if reply.status != 200 {
         w.metrics.upstream_error(cfg.routes[route].upstream);
     }
-    let ok = crate::http::conn::write_reply(
+    let ok = crate::proxy::session::write_reply(
         client,
         &mut c.scratch,
         &reply,

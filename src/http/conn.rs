@@ -7,7 +7,6 @@
 //! body with the status and request id, written in full before a close.
 
 use super::parse::{self, BodyFraming, Parsed, RequestHead};
-use crate::filter::Reply;
 use crate::proxy::forward::Conn;
 use crate::proxy::session::{Next, Session};
 use crate::runtime::watchdog::Watchdog;
@@ -310,45 +309,6 @@ pub async fn read_body<S: AsyncReadRent>(
             Err(()) => return Err((408, "request body not received in time")),
         }
     }
-}
-
-/// Writes a filter's reply (plus the response headers filters added).
-pub async fn write_reply<S: AsyncWriteRent>(
-    s: &mut S,
-    scratch: &mut Vec<u8>,
-    reply: &Reply,
-    request_id: &[u8],
-    extra: &[u8],
-    close: bool,
-    head_request: bool,
-) -> bool {
-    let mut buf = std::mem::take(scratch);
-    buf.clear();
-    let _ = write!(
-        buf,
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Request-Id: ",
-        reply.status,
-        super::reason(reply.status),
-        reply.content_type,
-        reply.body.len()
-    );
-    buf.extend_from_slice(request_id);
-    buf.extend_from_slice(b"\r\n");
-    buf.extend_from_slice(&reply.headers);
-    buf.extend_from_slice(extra);
-    if close {
-        buf.extend_from_slice(b"Connection: close\r\n");
-    }
-    buf.extend_from_slice(b"\r\n");
-    if !head_request {
-        buf.extend_from_slice(&reply.body);
-    }
-    let (r, b) = match monoio::time::timeout(Duration::from_secs(10), s.write_all(buf)).await {
-        Ok(x) => x,
-        Err(_) => return false,
-    };
-    *scratch = b;
-    r.is_ok()
 }
 
 /// Serves one client connection until it closes.

@@ -144,6 +144,64 @@ fn fields_of<'s>(view: View<'s>, added: &'s [u8]) -> impl Iterator<Item = (&'s [
     sent.chain(owned).chain(added_fields(added))
 }
 
+/// Marks the lines named `lower` removed.
+fn remove_lines(buf: &[u8], lines: &mut [HeaderLine], lower: &[u8]) {
+    for l in lines.iter_mut() {
+        if name_eq(l.name.of(buf), lower) {
+            l.role = HeaderRole::Removed;
+        }
+    }
+}
+
+/// The header API both [`RequestHeader`] and [`ResponseHeader`] offer,
+/// written once over their `view`, `remove_received` and `added`.
+macro_rules! header_api {
+    () => {
+        /// Every header field received and not removed, then the added
+        /// ones, as `(name, value)`.
+        pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+            fields_of(self.view(), self.added)
+        }
+
+        /// First value of header `lower` (a lower-case name).
+        pub fn header(&self, lower: &[u8]) -> Option<&[u8]> {
+            self.fields()
+                .find(|(n, _)| name_eq(n, lower))
+                .map(|(_, v)| v)
+        }
+
+        /// All values of header `lower` (a lower-case name), in order.
+        pub fn headers<'s>(&'s self, lower: &'s [u8]) -> impl Iterator<Item = &'s [u8]> + 's {
+            self.fields()
+                .filter(move |(n, _)| name_eq(n, lower))
+                .map(|(_, v)| v)
+        }
+
+        /// Appends a header field.
+        pub fn append_header(&mut self, name: &[u8], value: &[u8]) {
+            push_line(self.added, name, value);
+        }
+
+        /// Sets a header field: every earlier value is removed first.
+        pub fn insert_header(&mut self, name: &[u8], value: &[u8]) {
+            let lower = name.to_ascii_lowercase();
+            self.remove_header(&lower);
+            self.append_header(name, value);
+        }
+
+        /// Removes every value of header `lower` (a lower-case name).
+        pub fn remove_header(&mut self, lower: &[u8]) {
+            self.remove_received(lower);
+            remove_added(self.added, lower);
+        }
+
+        /// The lines added so far (`Name: value\r\n` each).
+        pub fn added(&self) -> &[u8] {
+            self.added
+        }
+    };
+}
+
 enum ReqRepr<'a> {
     H1 {
         buf: &'a [u8],
@@ -241,61 +299,24 @@ impl<'a> RequestHeader<'a> {
         self.method() == b"HEAD"
     }
 
-    /// Every header field the client sent and no filter removed, then the
-    /// added ones, as `(name, value)`.
-    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let view: View<'_> = match &self.repr {
+    /// The fields as the client sent them (lines over the buffer, or
+    /// owned pairs).
+    fn view(&self) -> View<'_> {
+        match &self.repr {
             ReqRepr::H1 { buf, lines, .. } => (Some((buf, &**lines)), &[]),
             ReqRepr::Owned(r) => (None, &r.headers),
-        };
-        fields_of(view, self.added)
+        }
     }
 
-    /// First value of header `lower` (a lower-case name).
-    pub fn header(&self, lower: &[u8]) -> Option<&[u8]> {
-        self.fields()
-            .find(|(n, _)| name_eq(n, lower))
-            .map(|(_, v)| v)
-    }
-
-    /// All values of header `lower` (a lower-case name), in order.
-    pub fn headers<'s>(&'s self, lower: &'s [u8]) -> impl Iterator<Item = &'s [u8]> + 's {
-        self.fields()
-            .filter(move |(n, _)| name_eq(n, lower))
-            .map(|(_, v)| v)
-    }
-
-    /// Appends a header field to the forwarded request.
-    pub fn append_header(&mut self, name: &[u8], value: &[u8]) {
-        push_line(self.added, name, value);
-    }
-
-    /// Sets a header field: every earlier value is removed first.
-    pub fn insert_header(&mut self, name: &[u8], value: &[u8]) {
-        let lower = name.to_ascii_lowercase();
-        self.remove_header(&lower);
-        self.append_header(name, value);
-    }
-
-    /// Removes every value of header `lower` (a lower-case name).
-    pub fn remove_header(&mut self, lower: &[u8]) {
+    /// Removes the received fields named `lower` (not the added ones).
+    fn remove_received(&mut self, lower: &[u8]) {
         match &mut self.repr {
-            ReqRepr::H1 { buf, lines, .. } => {
-                for l in lines.iter_mut() {
-                    if name_eq(l.name.of(buf), lower) {
-                        l.role = HeaderRole::Removed;
-                    }
-                }
-            }
+            ReqRepr::H1 { buf, lines, .. } => remove_lines(buf, lines, lower),
             ReqRepr::Owned(r) => r.headers.retain(|(n, _)| !name_eq(n, lower)),
         }
-        remove_added(self.added, lower);
     }
 
-    /// The lines added so far (`Name: value\r\n` each).
-    pub fn added(&self) -> &[u8] {
-        self.added
-    }
+    header_api!();
 }
 
 enum RespRepr<'a> {
@@ -357,61 +378,23 @@ impl<'a> ResponseHeader<'a> {
         }
     }
 
-    /// Every header field the backend sent and no filter removed, then the
-    /// added ones.
-    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let view: View<'_> = match &self.repr {
+    /// The fields as the backend sent them.
+    fn view(&self) -> View<'_> {
+        match &self.repr {
             RespRepr::H1 { buf, lines, .. } => (Some((buf, &**lines)), &[]),
             RespRepr::Owned(r) => (None, &r.headers),
-        };
-        fields_of(view, self.added)
+        }
     }
 
-    /// First value of header `lower` (a lower-case name).
-    pub fn header(&self, lower: &[u8]) -> Option<&[u8]> {
-        self.fields()
-            .find(|(n, _)| name_eq(n, lower))
-            .map(|(_, v)| v)
-    }
-
-    /// All values of header `lower`, in order.
-    pub fn headers<'s>(&'s self, lower: &'s [u8]) -> impl Iterator<Item = &'s [u8]> + 's {
-        self.fields()
-            .filter(move |(n, _)| name_eq(n, lower))
-            .map(|(_, v)| v)
-    }
-
-    /// Appends a header field.
-    pub fn append_header(&mut self, name: &[u8], value: &[u8]) {
-        push_line(self.added, name, value);
-    }
-
-    /// Sets a header field: every earlier value is removed first.
-    pub fn insert_header(&mut self, name: &[u8], value: &[u8]) {
-        let lower = name.to_ascii_lowercase();
-        self.remove_header(&lower);
-        self.append_header(name, value);
-    }
-
-    /// Removes every value of header `lower` (a lower-case name).
-    pub fn remove_header(&mut self, lower: &[u8]) {
+    /// Removes the received fields named `lower` (not the added ones).
+    fn remove_received(&mut self, lower: &[u8]) {
         match &mut self.repr {
-            RespRepr::H1 { buf, lines, .. } => {
-                for l in lines.iter_mut() {
-                    if name_eq(l.name.of(buf), lower) {
-                        l.role = HeaderRole::Removed;
-                    }
-                }
-            }
+            RespRepr::H1 { buf, lines, .. } => remove_lines(buf, lines, lower),
             RespRepr::Owned(r) => r.headers.retain(|(n, _)| !name_eq(n, lower)),
         }
-        remove_added(self.added, lower);
     }
 
-    /// The lines added so far.
-    pub fn added(&self) -> &[u8] {
-        self.added
-    }
+    header_api!();
 }
 
 #[cfg(test)]

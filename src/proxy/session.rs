@@ -26,15 +26,17 @@
 
 use crate::error::{Error, ErrorKind};
 use crate::filter::{Reply, RequestCtx, Verdict};
-use crate::http::conn::{write_error, write_reply};
+use crate::http::conn::write_error;
 use crate::http::parse::BodyFraming;
 use crate::proxy::forward::{Conn, Outcome};
 use crate::router::{Lookup, Params};
 use crate::runtime::worker::{Generation, Worker};
 use crate::telemetry::access_log::{Record, push_redacted};
 use crate::telemetry::trace::TraceContext;
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use std::io::Write;
 use std::rc::Rc;
+use std::time::Duration;
 use std::time::Instant;
 
 /// What the connection does after a request.
@@ -432,6 +434,46 @@ impl<'a> Session<'a> {
             });
         }
     }
+}
+
+/// Writes a reply ringgate makes (a filter's, the token endpoint's), plus
+/// the response header lines filters added; false when the client is gone.
+pub async fn write_reply<S: AsyncWriteRent>(
+    s: &mut S,
+    scratch: &mut Vec<u8>,
+    reply: &Reply,
+    request_id: &[u8],
+    extra: &[u8],
+    close: bool,
+    head_request: bool,
+) -> bool {
+    let mut buf = std::mem::take(scratch);
+    buf.clear();
+    let _ = write!(
+        buf,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Request-Id: ",
+        reply.status,
+        crate::http::reason(reply.status),
+        reply.content_type,
+        reply.body.len()
+    );
+    buf.extend_from_slice(request_id);
+    buf.extend_from_slice(b"\r\n");
+    buf.extend_from_slice(&reply.headers);
+    buf.extend_from_slice(extra);
+    if close {
+        buf.extend_from_slice(b"Connection: close\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+    if !head_request {
+        buf.extend_from_slice(&reply.body);
+    }
+    let (r, b) = match monoio::time::timeout(Duration::from_secs(10), s.write_all(buf)).await {
+        Ok(x) => x,
+        Err(_) => return false,
+    };
+    *scratch = b;
+    r.is_ok()
 }
 
 /// Copies what the log line needs before the request leaves the buffer;
