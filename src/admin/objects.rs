@@ -355,33 +355,11 @@ fn registry(
     method: &str,
     body: &[u8],
 ) -> Answer {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Reg {
-        addr: String,
-        weight: Option<u32>,
-        ttl_ms: Option<u64>,
-    }
-    let reg: Reg = match serde_json::from_slice(body) {
+    let reg = match crate::upstream::Registration::parse(body) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                400,
-                format!(
-                    "body must be {{\"addr\": \"IP:port\", \"weight\": 1, \"ttl_ms\": 10000}}: {e}"
-                ),
-            );
-        }
+        Err(e) => return error(400, e),
     };
-    let Ok(addr) = reg.addr.parse::<std::net::SocketAddr>() else {
-        return error(
-            400,
-            format!("addr {:?} is not an IP:port address", reg.addr),
-        );
-    };
-    if reg.ttl_ms == Some(0) {
-        return error(400, "ttl_ms must be greater than 0");
-    }
+    let addr = reg.addr;
     let client = match fleet.client() {
         Ok(c) => c,
         Err(e) => return error(500, e),
@@ -408,7 +386,7 @@ fn registry(
         Ok(l) => l,
         Err(e) => return error(503, e.to_string()),
     };
-    let value = json!({"addr": addr.to_string(), "weight": reg.weight.unwrap_or(1)}).to_string();
+    let value = json!({"addr": addr.to_string(), "weight": reg.weight}).to_string();
     match client.txn(
         vec![],
         vec![etcd::op_put(&key, value.as_bytes(), lease)],

@@ -167,35 +167,13 @@ pub fn admin_request(
                     ),
                 );
             }
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Reg {
-                addr: String,
-                weight: Option<u32>,
-                ttl_ms: Option<u64>,
-            }
-            let reg: Reg = match serde_json::from_slice(body) {
+            let reg = match Registration::parse(body) {
                 Ok(r) => r,
-                Err(e) => {
-                    return error(
-                        400,
-                        format!(
-                            "body must be {{\"addr\": \"IP:port\", \"weight\": 1, \"ttl_ms\": 10000}}: {e}"
-                        ),
-                    );
-                }
+                Err(e) => return error(400, e),
             };
-            let Ok(addr) = reg.addr.parse::<SocketAddr>() else {
-                return error(
-                    400,
-                    format!("addr {:?} is not an IP:port address", reg.addr),
-                );
-            };
-            if reg.ttl_ms == Some(0) {
-                return error(400, String::from("ttl_ms must be greater than 0"));
-            }
+            let addr = reg.addr;
             if method == "POST" {
-                u.state.register(addr, reg.weight.unwrap_or(1), reg.ttl_ms);
+                u.state.register(addr, reg.weight, reg.ttl_ms);
                 let ttl = reg
                     .ttl_ms
                     .or(u.state.registry.as_ref().map(|r| r.ttl_ms))
@@ -211,5 +189,47 @@ pub fn admin_request(
             }
         }
         _ => error(404, format!("no admin endpoint {path}")),
+    }
+}
+
+/// A registry target's registration, as the admin API takes it (`POST` /
+/// `DELETE /upstreams/NAME/targets`), whether the registry lives in the
+/// process or in etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    /// The target.
+    pub addr: SocketAddr,
+    /// Its weight (default 1).
+    pub weight: u32,
+    /// Its time to live (absent: the upstream's default).
+    pub ttl_ms: Option<u64>,
+}
+
+impl Registration {
+    /// Reads `{"addr": "IP:port", "weight": 1, "ttl_ms": 10000}`; `Err`
+    /// is the 400 message.
+    pub fn parse(body: &[u8]) -> Result<Registration, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Reg {
+            addr: String,
+            weight: Option<u32>,
+            ttl_ms: Option<u64>,
+        }
+        let reg: Reg = serde_json::from_slice(body).map_err(|e| {
+            format!("body must be {{\"addr\": \"IP:port\", \"weight\": 1, \"ttl_ms\": 10000}}: {e}")
+        })?;
+        let addr = reg
+            .addr
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("addr {:?} is not an IP:port address", reg.addr))?;
+        if reg.ttl_ms == Some(0) {
+            return Err(String::from("ttl_ms must be greater than 0"));
+        }
+        Ok(Registration {
+            addr,
+            weight: reg.weight.unwrap_or(1),
+            ttl_ms: reg.ttl_ms,
+        })
     }
 }
