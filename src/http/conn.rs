@@ -461,6 +461,7 @@ where
             Turn::Close => return,
             Turn::Upgrade(upstream, pending, idle_timeout) => {
                 Box::pin(crate::proxy::tunnel::tunnel(
+                    w,
                     stream,
                     upstream,
                     pending,
@@ -652,7 +653,14 @@ where
             Next::KeepAlive => {}
             Next::Close => return Turn::Close,
             Next::Upgrade(upstream) => {
-                return Turn::Upgrade(upstream, std::mem::take(&mut c.buf), idle_timeout);
+                // The client's bytes after the upgrade request, if any (the
+                // buffer stays with the state otherwise).
+                let pending = if c.buf.is_empty() {
+                    Vec::new()
+                } else {
+                    std::mem::take(&mut c.buf)
+                };
+                return Turn::Upgrade(upstream, pending, idle_timeout);
             }
         }
     }
