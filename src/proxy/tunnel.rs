@@ -96,10 +96,13 @@ pub async fn tunnel<S>(
     let last = Rc::new(Cell::new(Instant::now()));
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let up = pump(w, cr, client_ready, uw, last.clone());
-    let down = pump(w, ur, upstream_ready, cw, last.clone());
+    // The two directions are made inside the joined future, so the
+    // tunnel's future holds each once (a tunnel at rest is this future).
     let both = async {
-        monoio::join!(up, down);
+        monoio::join!(
+            pump(w, cr, client_ready, uw, last.clone()),
+            pump(w, ur, upstream_ready, cw, last.clone())
+        );
     };
     let mut both = std::pin::pin!(both);
     let mut wait = idle;
