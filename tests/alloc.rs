@@ -109,8 +109,9 @@ fn plain_proxy_path_does_not_allocate_per_request() {
 
 /// A new connection takes over the buffers of one that finished: with a
 /// spare state on the worker, accepting and serving a connection and one
-/// request costs about 7 allocations (its task, its socket's runtime
-/// entry and the like) where a fresh state's buffers make it 16.
+/// request costs about 8 allocations (its task, its turn's futures, its
+/// socket's runtime entry and the like) where a fresh state's buffers make
+/// it 17.
 #[test]
 fn a_new_connection_reuses_a_finished_connections_buffers() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,5 +140,5 @@ fn a_new_connection_reuses_a_finished_connections_buffers() {
     support::alloc_count::counting(false);
     let per = support::alloc_count::allocs() as f64 / N as f64;
     eprintln!("allocations per new connection with a spare state: {per:.1}");
-    assert!(per <= 8.0, "{per:.1} allocations per new connection");
+    assert!(per <= 9.0, "{per:.1} allocations per new connection");
 }

@@ -5,6 +5,16 @@
 //!
 //! Every error ringgate answers itself goes through [`write_error`]: a JSON
 //! body with the status and request id, written in full before a close.
+//!
+//! Idle connections cost no buffer. A connection's state ([`Conn`]: its
+//! read buffer, header tables, outgoing head) is taken from the worker's
+//! spares for a *turn* and given back when the turn ends. A turn waits
+//! for the next request with an ordinary receive (one per request on a busy
+//! connection), under a grace period ([`IDLE_GRACE`]) kept by the
+//! watchdog: a receive still waiting when it ends is cancelled, the state
+//! goes back to the worker with the turn's task, and the connection waits
+//! for readability with nothing lent (a poll, no buffer) until bytes come,
+//! its deadline passes or a drain ends it.
 
 use super::parse::{self, BodyFraming, Parsed, RequestHead};
 use crate::proxy::forward::Conn;
@@ -12,7 +22,9 @@ use crate::proxy::session::{Next, Session};
 use crate::runtime::watchdog::Watchdog;
 use crate::runtime::worker::Worker;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Splitable,
+};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -83,6 +95,82 @@ pub async fn read_more_until<S: AsyncReadRent>(
 /// instead of waiting for the watchdog's tick.
 pub const PRECISE_BELOW_MS: u64 = 100;
 
+/// How long a connection waits for its next request (or its first) with
+/// its state and a receive armed; after that it waits for readability
+/// with no buffer (see the module header). The watchdog ends the grace
+/// within a tick or two of it.
+pub const IDLE_GRACE: Duration = Duration::from_millis(100);
+
+/// What a wait for a request's first bytes came to.
+enum Wait {
+    /// The receive completed (bytes, end of file or an error).
+    Read(std::io::Result<usize>),
+    /// The deadline passed: close.
+    TimedOut,
+    /// Nothing came within the grace period: wait without the state.
+    Idle,
+}
+
+/// Waits for the first bytes of a request into `buf` (empty) until `at`,
+/// like [`read_more_until`], but gives up with [`Wait::Idle`] once the
+/// grace period is over (the receive is cancelled and its buffer comes
+/// back).
+async fn read_or_idle<S: CancelableAsyncReadRent>(
+    s: &mut S,
+    fd: std::os::fd::RawFd,
+    buf: Vec<u8>,
+    dog: &Watchdog,
+    at: u64,
+    idle: bool,
+) -> (Wait, Vec<u8>) {
+    let grace = dog.after(IDLE_GRACE);
+    if at <= grace {
+        // The deadline comes first: a plain timed read.
+        let (r, b) = read_more_until(s, fd, buf, dog, at, idle).await;
+        return match r {
+            Ok(r) => (Wait::Read(r), b),
+            Err(()) => (Wait::TimedOut, b),
+        };
+    }
+    let (armed, cancel) = dog.arm_graced(fd, at, idle, grace);
+    let len = buf.len();
+    let (r, b) = s.cancelable_read(buf.slice_mut(len..), cancel).await;
+    let b = b.into_inner();
+    if armed.fired() {
+        return (Wait::TimedOut, b);
+    }
+    match r {
+        Err(e) if armed.graced() && e.raw_os_error() == Some(libc::ECANCELED) => (Wait::Idle, b),
+        r => (Wait::Read(r), b),
+    }
+}
+
+/// A client transport a connection can wait on for readability without
+/// lending it a buffer.
+pub trait ReadReady {
+    /// Completes once the transport has bytes to read, end of file or an
+    /// error (its read side shut by the watchdog among them).
+    fn read_ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>>;
+
+    /// A descriptor whose readability means the stream has bytes to read,
+    /// to be polled from elsewhere (a tunnel's direction at rest); `None`
+    /// when the stream may hold decoded bytes the descriptor does not show.
+    fn ready_fd(&self) -> Option<std::os::fd::RawFd>;
+}
+
+impl ReadReady for monoio::net::TcpStream {
+    #[inline]
+    fn read_ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        // Not relaxed: on the epoll fallback a readiness left over from
+        // before the cancelled receive is checked with a poll first.
+        self.readable(false)
+    }
+
+    fn ready_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.as_raw_fd())
+    }
+}
+
 /// A connection's state, taken from the worker's spares (or allocated)
 /// and given back when the connection ends, however it ends.
 struct Held<'w> {
@@ -134,6 +222,10 @@ impl Drop for Held<'_> {
             && c.reusable(self.w.config.server.buffer_bytes)
         {
             spares.push(c);
+        } else {
+            // Freed: the worker gives such memory back to the system once
+            // enough of it piled up (connections gone idle or closed).
+            self.w.freed_conns.set(self.w.freed_conns.get() + 1);
         }
     }
 }
@@ -311,10 +403,28 @@ pub async fn read_body<S: AsyncReadRent>(
     }
 }
 
+/// How a connection's turn with its state ended.
+enum Turn {
+    /// No request came within the grace period: wait for one without the
+    /// state until `at` (`first`: it would be the connection's first).
+    Idle { at: u64, first: bool },
+    /// Close the connection.
+    Close,
+    /// Tunnel (the backend's stream, client bytes already read, the
+    /// tunnel's idle timeout).
+    Upgrade(crate::upstream::tls::UpStream, Vec<u8>, Duration),
+}
+
 /// Serves one client connection until it closes.
 pub async fn serve<S>(w: &Worker, stream: S, peer: SocketAddr)
 where
-    S: AsyncReadRent + AsyncWriteRent + Splitable + AsRawFd + 'static,
+    S: AsyncReadRent
+        + CancelableAsyncReadRent
+        + ReadReady
+        + AsyncWriteRent
+        + Splitable
+        + AsRawFd
+        + 'static,
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,
 {
@@ -331,21 +441,102 @@ pub async fn serve_tls(
     serve_with(w, stream, peer, Some(tls)).await
 }
 
+/// Serves a connection (`tls`: what its handshake settled).
+///
+/// The connection's own task holds only the socket and the wait between
+/// turns; a turn (its state and its request futures) lives in an
+/// allocation of its own for as long as the connection is busy.
 async fn serve_with<S>(
     w: &Worker,
     mut stream: S,
     peer: SocketAddr,
     tls: Option<std::rc::Rc<crate::tls::ConnTls>>,
 ) where
-    S: AsyncReadRent + AsyncWriteRent + Splitable + AsRawFd + 'static,
+    S: AsyncReadRent
+        + CancelableAsyncReadRent
+        + ReadReady
+        + AsyncWriteRent
+        + Splitable
+        + AsRawFd
+        + 'static,
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,
 {
-    let mut held = Held::take(w, peer);
-    let c: &mut Conn = &mut held;
-    c.tls = tls;
     let fd = stream.as_raw_fd();
     let mut first = true;
+    let mut at = None;
+    loop {
+        match Box::pin(turn(w, &mut stream, fd, peer, &tls, first, at)).await {
+            Turn::Close => return,
+            Turn::Upgrade(upstream, pending, idle_timeout) => {
+                Box::pin(crate::proxy::tunnel::tunnel(
+                    w,
+                    stream,
+                    upstream,
+                    pending,
+                    idle_timeout,
+                ))
+                .await;
+                return;
+            }
+            Turn::Idle {
+                at: deadline,
+                first: f,
+            } => {
+                first = f;
+                at = Some(deadline);
+            }
+        }
+        // Idle: listed (unless before a first request) so a drain ends the
+        // wait at once, as in a turn.
+        if !first && w.draining.get() {
+            return;
+        }
+        let Some(deadline) = at else { return };
+        let armed = w.watchdog.arm(fd, deadline, !first);
+        let r = stream.read_ready().await;
+        let fired = armed.fired();
+        drop(armed);
+        if fired {
+            if first {
+                let mut held = Held::take(w, peer);
+                held.tls = tls.clone();
+                Box::pin(refuse_head(
+                    &mut stream,
+                    w,
+                    &mut held,
+                    408,
+                    "no request received in time",
+                ))
+                .await;
+            }
+            return;
+        }
+        if r.is_err() {
+            return;
+        }
+    }
+}
+
+/// One turn of a connection with its state: requests until it closes,
+/// upgrades or waits past the grace period for the next one. `at`: the
+/// deadline of the wait for the turn's first request, when an idle wait
+/// already began it.
+async fn turn<S>(
+    w: &Worker,
+    stream: &mut S,
+    fd: std::os::fd::RawFd,
+    peer: SocketAddr,
+    tls: &Option<std::rc::Rc<crate::tls::ConnTls>>,
+    mut first: bool,
+    mut at: Option<u64>,
+) -> Turn
+where
+    S: AsyncReadRent + CancelableAsyncReadRent + AsyncWriteRent + AsRawFd,
+{
+    let mut held = Held::take(w, peer);
+    let c: &mut Conn = &mut held;
+    c.tls = tls.clone();
     loop {
         // Each request is served with the config generation current when
         // it starts (a reload switches between requests, never during one).
@@ -365,25 +556,32 @@ async fn serve_with<S>(
             // is always awaited: the client sent it to a listener that was
             // still open.
             if !first && w.draining.get() {
-                return;
+                return Turn::Close;
             }
-            let (r, b) = read_more_until(
-                &mut stream,
+            let deadline = at.take().unwrap_or_else(|| w.watchdog.after(t));
+            let (r, b) = read_or_idle(
+                stream,
                 fd,
                 std::mem::take(&mut c.buf),
                 &w.watchdog,
-                w.watchdog.after(t),
+                deadline,
                 !first,
             )
             .await;
             c.buf = b;
             match r {
-                Ok(Ok(n)) if n > 0 => {}
-                Err(()) if first => {
-                    refuse_head(&mut stream, w, c, 408, "no request received in time").await;
-                    return;
+                Wait::Read(Ok(n)) if n > 0 => {}
+                Wait::Idle => {
+                    return Turn::Idle {
+                        at: deadline,
+                        first,
+                    };
                 }
-                _ => return,
+                Wait::TimedOut if first => {
+                    refuse_head(stream, w, c, 408, "no request received in time").await;
+                    return Turn::Close;
+                }
+                _ => return Turn::Close,
             }
         }
         // The header deadline is only needed when the head did not arrive
@@ -407,8 +605,8 @@ async fn serve_with<S>(
             match parsed {
                 Ok(Parsed::Complete) => {
                     if c.head.len > srv.max_header_bytes {
-                        refuse_head(&mut stream, w, c, 431, "request head too large").await;
-                        return;
+                        refuse_head(stream, w, c, 431, "request head too large").await;
+                        return Turn::Close;
                     }
                     break;
                 }
@@ -420,20 +618,20 @@ async fn serve_with<S>(
                         } else {
                             (431, "request head too large")
                         };
-                        refuse_head(&mut stream, w, c, status, msg).await;
-                        return;
+                        refuse_head(stream, w, c, status, msg).await;
+                        return Turn::Close;
                     }
                     if c.buf.len() == c.buf.capacity() {
                         let want = (c.buf.capacity() * 2).min(srv.max_header_bytes);
                         c.buf.reserve_exact(want - c.buf.len());
                     }
-                    let at = *deadline.get_or_insert(w.watchdog.after(srv.header_timeout));
+                    let until = *deadline.get_or_insert(w.watchdog.after(srv.header_timeout));
                     let (r, b) = read_more_until(
-                        &mut stream,
+                        stream,
                         fd,
                         std::mem::take(&mut c.buf),
                         &w.watchdog,
-                        at,
+                        until,
                         false,
                     )
                     .await;
@@ -441,22 +639,16 @@ async fn serve_with<S>(
                     match r {
                         Ok(Ok(n)) if n > 0 => {}
                         Err(()) => {
-                            refuse_head(
-                                &mut stream,
-                                w,
-                                c,
-                                408,
-                                "request head not received in time",
-                            )
-                            .await;
-                            return;
+                            refuse_head(stream, w, c, 408, "request head not received in time")
+                                .await;
+                            return Turn::Close;
                         }
-                        _ => return,
+                        _ => return Turn::Close,
                     }
                 }
                 Err(e) => {
-                    refuse_head(&mut stream, w, c, e.status(), e.message()).await;
-                    return;
+                    refuse_head(stream, w, c, e.status(), e.message()).await;
+                    return Turn::Close;
                 }
             }
         }
@@ -468,19 +660,19 @@ async fn serve_with<S>(
         let snap = w.current();
         let idle_timeout = snap.config.server.idle_timeout;
         let mut session = Session::start(w, snap, c);
-        let answer = session.run(&mut stream, c).await;
-        match session.respond(&mut stream, c, answer).await {
+        let answer = session.run(stream, c).await;
+        match session.respond(stream, c, answer).await {
             Next::KeepAlive => {}
-            Next::Close => return,
+            Next::Close => return Turn::Close,
             Next::Upgrade(upstream) => {
-                crate::proxy::tunnel::tunnel(
-                    stream,
-                    upstream,
-                    std::mem::take(&mut c.buf),
-                    idle_timeout,
-                )
-                .await;
-                return;
+                // The client's bytes after the upgrade request, if any (the
+                // buffer stays with the state otherwise).
+                let pending = if c.buf.is_empty() {
+                    Vec::new()
+                } else {
+                    std::mem::take(&mut c.buf)
+                };
+                return Turn::Upgrade(upstream, pending, idle_timeout);
             }
         }
     }

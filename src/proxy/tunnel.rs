@@ -2,52 +2,88 @@
 //! bytes are copied both ways until either side closes; a half-close is
 //! passed on, and a tunnel idle in both directions for `idle_timeout_ms`
 //! is closed.
+//!
+//! A tunnel at rest holds no buffer: each direction waits for its source
+//! to become readable (a poll on a duplicate of the socket's descriptor,
+//! which no read uses, so the wait borrows nothing from the stream the
+//! reads go through), then borrows a buffer from the worker
+//! ([`Worker::lend_ubuf`]) for the read and the write and gives it back.
 
+use crate::http::conn::ReadReady;
+use crate::runtime::worker::Worker;
 use crate::upstream::tls::UpStream;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
 use std::cell::Cell;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// A stream on a duplicate of `fd` (a stream's [`ReadReady::ready_fd`]),
+/// only ever waited on for readability.
+fn watcher(fd: Option<RawFd>) -> Option<TcpStream> {
+    let fd = fd?;
+    // SAFETY: `fd` is an open socket for the duration of the call; the
+    // duplicate is a new descriptor that the std stream then owns.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return None;
+    }
+    // SAFETY: `dup` is a fresh descriptor owned by nothing else.
+    let s = unsafe { std::net::TcpStream::from_raw_fd(dup) };
+    TcpStream::from_std(s).ok()
+}
+
 async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
+    w: &Worker,
     mut r: R,
-    mut w: W,
-    mut buf: Vec<u8>,
+    ready: Option<TcpStream>,
+    mut out: W,
     last: Rc<Cell<Instant>>,
-    idle: Duration,
 ) {
+    let bytes = w.config.server.buffer_bytes;
+    let mut buf = Vec::new();
     loop {
+        if let Some(ready) = &ready
+            && ready.readable(false).await.is_err()
+        {
+            break;
+        }
+        w.lend_ubuf(&mut buf, bytes);
         buf.clear();
-        let (res, b) = match monoio::time::timeout(idle, r.read(buf)).await {
-            Ok(x) => x,
-            Err(_) => {
-                if last.get().elapsed() >= idle {
-                    break;
-                }
-                buf = Vec::with_capacity(16 * 1024);
-                continue;
-            }
-        };
+        let (res, b) = r.read(buf).await;
         buf = b;
         match res {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
         last.set(Instant::now());
-        let (res, b) = w.write_all(buf).await;
+        let (res, b) = out.write_all(buf).await;
         buf = b;
+        if ready.is_some() {
+            w.return_ubuf(&mut buf, bytes);
+        }
         if res.is_err() {
             break;
         }
     }
-    let _ = w.shutdown().await;
+    w.return_ubuf(&mut buf, bytes);
+    let _ = out.shutdown().await;
 }
 
 /// Tunnels `client` and `upstream`; `pending` holds client bytes already
-/// read after the upgrade request, sent to the backend first.
-pub async fn tunnel<S>(client: S, mut upstream: UpStream, pending: Vec<u8>, idle: Duration)
-where
-    S: AsyncReadRent + AsyncWriteRent + Splitable,
+/// read after the upgrade request, sent to the backend first. One timer
+/// per tunnel keeps its idle timeout: once nothing moved either way for
+/// `idle`, both sockets are shut, and the directions see the end and
+/// finish.
+pub async fn tunnel<S>(
+    w: &Worker,
+    client: S,
+    mut upstream: UpStream,
+    pending: Vec<u8>,
+    idle: Duration,
+) where
+    S: AsyncReadRent + AsyncWriteRent + Splitable + AsRawFd + ReadReady,
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,
 {
@@ -57,10 +93,40 @@ where
             return;
         }
     }
+    let (cfd, ufd) = (client.as_raw_fd(), upstream.as_raw_fd());
+    // Without a duplicate descriptor (none left), or over TLS (plaintext
+    // rustls holds does not show on the descriptor), a direction keeps its
+    // buffer under its read, as a busy one does.
+    let (client_ready, upstream_ready) = (watcher(client.ready_fd()), watcher(upstream.ready_fd()));
     let last = Rc::new(Cell::new(Instant::now()));
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let up = pump(cr, uw, Vec::with_capacity(16 * 1024), last.clone(), idle);
-    let down = pump(ur, cw, Vec::with_capacity(16 * 1024), last, idle);
-    monoio::join!(up, down);
+    // The two directions are made inside the joined future, so the
+    // tunnel's future holds each once (a tunnel at rest is this future).
+    let both = async {
+        monoio::join!(
+            pump(w, cr, client_ready, uw, last.clone()),
+            pump(w, ur, upstream_ready, cw, last.clone())
+        );
+    };
+    let mut both = std::pin::pin!(both);
+    let mut wait = idle;
+    loop {
+        monoio::select! {
+            _ = &mut both => return,
+            _ = monoio::time::sleep(wait) => {}
+        }
+        let quiet = last.get().elapsed();
+        if quiet >= idle {
+            break;
+        }
+        wait = idle - quiet;
+    }
+    // SAFETY: both descriptors are open: until both directions finished,
+    // one of them holds a half of each socket.
+    unsafe {
+        libc::shutdown(cfd, libc::SHUT_RDWR);
+        libc::shutdown(ufd, libc::SHUT_RDWR);
+    }
+    both.await;
 }

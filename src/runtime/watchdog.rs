@@ -16,12 +16,20 @@
 //! two ticks of its exact time. Timeouts in ringgate's configuration are
 //! at least tens of milliseconds, so the tick is well below their scale.
 //!
+//! A keep-alive wait (and a new connection's wait for its first request)
+//! is armed with a *grace* period too ([`Watchdog::arm_graced`]): a read
+//! still waiting when it ends is cancelled through a [`Canceller`] the
+//! slot keeps, not shut, so the connection stays open and waits on for
+//! readability without a buffer. A cancel that races with arriving bytes
+//! loses nothing: the read then completes with them.
+//!
 //! Draining uses the same table: reads armed as *idle* (a keep-alive
 //! connection waiting for its next request) are ended at once by
 //! [`Watchdog::wake_idle`], and once no request is in flight
 //! [`Watchdog::end_all`] ends the rest (connections that never sent a
 //! request).
 
+use monoio::io::{CancelHandle, Canceller};
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -39,11 +47,18 @@ struct Slot {
     idle: bool,
     /// Ended by the watchdog (deadline passed).
     fired: bool,
+    /// End of the grace period on the coarse clock (ms), or `u64::MAX`.
+    grace: u64,
+    /// Cancelled by the watchdog (grace period over).
+    graced: bool,
 }
 
 #[derive(Default)]
 struct Table {
     slots: Vec<Slot>,
+    /// Per slot, the canceller of its graced reads (made on the slot's
+    /// first graced read, replaced after each cancel).
+    cancellers: Vec<Option<Canceller>>,
     free: Vec<u32>,
     armed: usize,
 }
@@ -99,27 +114,44 @@ impl Watchdog {
     #[inline]
     pub fn arm(&self, fd: RawFd, at: u64, idle: bool) -> Armed<'_> {
         let mut t = self.table.borrow_mut();
-        let slot = Slot {
+        let i = t.take(Slot {
             fd,
             at,
             idle,
             fired: false,
-        };
-        let i = match t.free.pop() {
-            Some(i) => {
-                t.slots[i as usize] = slot;
-                i
-            }
-            None => {
-                t.slots.push(slot);
-                // Keep the free list able to take every slot back without
-                // growing on a disarm.
-                t.free.reserve(1);
-                (t.slots.len() - 1) as u32
-            }
-        };
-        t.armed += 1;
+            grace: u64::MAX,
+            graced: false,
+        });
         Armed { dog: self, i }
+    }
+
+    /// Arms a deadline like [`arm`](Self::arm), and a grace period ending
+    /// at `grace`: a read made with the returned handle
+    /// (`cancelable_read`) and still waiting then is cancelled, and
+    /// [`Armed::graced`] says so. The read either ends with
+    /// `ECANCELED`, its buffer back and the socket untouched, or, when
+    /// bytes arrived first, with them.
+    #[inline]
+    pub fn arm_graced(
+        &self,
+        fd: RawFd,
+        at: u64,
+        idle: bool,
+        grace: u64,
+    ) -> (Armed<'_>, CancelHandle) {
+        let mut t = self.table.borrow_mut();
+        let i = t.take(Slot {
+            fd,
+            at,
+            idle,
+            fired: false,
+            grace,
+            graced: false,
+        });
+        let h = t.cancellers[i as usize]
+            .get_or_insert_with(Canceller::new)
+            .handle();
+        (Armed { dog: self, i }, h)
     }
 
     /// Number of armed reads.
@@ -136,8 +168,14 @@ impl Watchdog {
             return 0;
         }
         let mut n = 0;
-        for s in t.slots.iter_mut() {
-            if s.fd >= 0 && !s.fired && s.at <= now {
+        let Table {
+            slots, cancellers, ..
+        } = &mut *t;
+        for (s, c) in slots.iter_mut().zip(cancellers.iter_mut()) {
+            if s.fd < 0 || s.fired {
+                continue;
+            }
+            if s.at <= now {
                 s.fired = true;
                 // SAFETY: an armed slot's fd belongs to a socket that is
                 // open for as long as the read's guard lives (the guard is
@@ -146,6 +184,14 @@ impl Watchdog {
                     libc::shutdown(s.fd, libc::SHUT_RD);
                 }
                 n += 1;
+            } else if s.grace <= now && !s.graced {
+                s.graced = true;
+                // Cancels the read associated with this slot's canceller
+                // (none when it already completed); the next graced read
+                // on the slot gets a fresh one.
+                if let Some(old) = c.take() {
+                    *c = Some(old.cancel());
+                }
             }
         }
         n
@@ -192,6 +238,35 @@ impl Armed<'_> {
     #[inline]
     pub fn fired(&self) -> bool {
         self.dog.table.borrow().slots[self.i as usize].fired
+    }
+
+    /// Whether the watchdog cancelled the read (its grace period ended).
+    #[inline]
+    pub fn graced(&self) -> bool {
+        self.dog.table.borrow().slots[self.i as usize].graced
+    }
+}
+
+impl Table {
+    /// Puts `slot` in a free place; returns its index.
+    #[inline]
+    fn take(&mut self, slot: Slot) -> u32 {
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                self.cancellers.push(None);
+                // Keep the free list able to take every slot back without
+                // growing on a disarm.
+                self.free.reserve(1);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.armed += 1;
+        i
     }
 }
 
@@ -264,6 +339,28 @@ mod tests {
         let mut buf = [0u8; 8];
         let r = (&b).read(&mut buf);
         assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_grace_period_cancels_and_leaves_the_socket_open() {
+        let dog = Watchdog::new();
+        let (mut a, mut b) = pair();
+        let far = dog.after(Duration::from_secs(60));
+        let (g, _cancel) = dog.arm_graced(b.as_raw_fd(), far, true, dog.now_ms());
+        // Not ended: the tick only cancels (no read is associated here).
+        assert_eq!(dog.tick(), 0);
+        assert!(g.graced() && !g.fired());
+        // A graced slot is not cancelled twice; its deadline still holds.
+        assert_eq!(dog.tick(), 0);
+        drop(g);
+        // The socket's read side is open: bytes still arrive.
+        std::io::Write::write_all(&mut a, b"x").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(b.read(&mut buf).unwrap(), 1);
+        // The slot is reused by a plain arm, which no grace applies to.
+        let g = dog.arm(b.as_raw_fd(), far, false);
+        assert_eq!(dog.tick(), 0);
+        assert!(!g.graced());
     }
 
     #[test]

@@ -43,10 +43,17 @@ pub const SPARE_CONNS: usize = 64;
 /// back to the system when most of them have gone.
 const RELEASE_AFTER_PEAK: usize = 256;
 
+/// Connection states a worker must have freed (beyond its spares) since
+/// it last gave memory back before it does so again: idle connections
+/// give their state back, and the allocator would otherwise keep the
+/// pages it was on.
+const RELEASE_AFTER_FREED: usize = 64;
+
 /// Returns the calling worker's free heap memory to the system: mimalloc
 /// (the binary's global allocator) gives back the pages no block uses.
 /// Without mimalloc as the allocator it finds nothing to do. Called a
-/// second after a spike of connections is over, never on the request path.
+/// second after a spike of connections is over, or after many connections
+/// went idle and gave their state back, never on the request path.
 fn release_free_memory() {
     // SAFETY: `mi_collect` takes no pointers and may be called from any
     // thread at any time; it only acts on the calling thread's heap.
@@ -91,6 +98,9 @@ pub struct Worker {
     pub peak_connections: Cell<usize>,
     /// Set once shutdown began: responses close their connection.
     pub draining: Cell<bool>,
+    /// Connection states freed (not kept as spares) since memory was last
+    /// given back to the system.
+    pub freed_conns: Cell<usize>,
     /// Deadlines of the reads in progress, the coarse clock, and the
     /// keep-alive waits a drain ends.
     pub watchdog: crate::runtime::watchdog::Watchdog,
@@ -177,6 +187,7 @@ impl Worker {
             connections: Cell::new(0),
             peak_connections: Cell::new(0),
             draining: Cell::new(false),
+            freed_conns: Cell::new(0),
             watchdog: crate::runtime::watchdog::Watchdog::new(),
             spare_conns: std::cell::RefCell::new(Vec::new()),
             spare_ubufs: std::cell::RefCell::new(Vec::with_capacity(SPARE_UBUFS)),
@@ -548,9 +559,16 @@ async fn serve(
                 monoio::time::sleep(Duration::from_secs(1)).await;
                 let open = w.connections.get();
                 let peak = w.peak_connections.get();
-                if peak >= RELEASE_AFTER_PEAK && open <= peak / 4 {
+                let freed = w.freed_conns.get();
+                if (peak >= RELEASE_AFTER_PEAK && open <= peak / 4) || freed >= RELEASE_AFTER_FREED
+                {
+                    // The spares go too: kept, each would hold on to the
+                    // allocator page it happens to sit on, among the freed
+                    // ones. The next turns take new ones.
+                    w.spare_conns.borrow_mut().clear();
                     release_free_memory();
                     w.peak_connections.set(open);
+                    w.freed_conns.set(0);
                 }
                 let now = w.watchdog.now_ms();
                 let snap = w.generation();

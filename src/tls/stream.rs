@@ -30,7 +30,8 @@
 use monoio::BufResult;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+    OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
 use rustls::Connection;
@@ -193,11 +194,20 @@ impl TlsStream {
 }
 
 impl TlsRead {
-    /// Reads ciphertext into `raw` (replacing what it held).
-    async fn read_raw(&mut self) -> io::Result<usize> {
+    /// Reads ciphertext into `raw` (replacing what it held); `cancel`: the
+    /// receive may be cancelled through it (bytes that came first are
+    /// still returned).
+    async fn read_raw_with(&mut self, cancel: Option<CancelHandle>) -> io::Result<usize> {
         let mut raw = std::mem::take(&mut self.raw);
         raw.clear();
-        let (r, raw) = self.rd.read(raw).await;
+        if raw.capacity() < RAW_READ {
+            // Given back while the connection waited idle.
+            raw.reserve_exact(RAW_READ);
+        }
+        let (r, raw) = match cancel {
+            None => self.rd.read(raw).await,
+            Some(c) => self.rd.cancelable_read(raw, c).await,
+        };
         self.raw = raw;
         let n = r?;
         if n == 0 {
@@ -207,6 +217,11 @@ impl TlsRead {
             let _ = self.tls.borrow_mut().read_tls(&mut &[][..]);
         }
         Ok(n)
+    }
+
+    /// Reads ciphertext into `raw` (replacing what it held).
+    async fn read_raw(&mut self) -> io::Result<usize> {
+        self.read_raw_with(None).await
     }
 
     /// Hands `raw` to rustls and processes it.
@@ -225,6 +240,16 @@ impl TlsRead {
     /// close_notify, or a TCP EOF: both end an HTTP connection the same
     /// way).
     async fn read_into(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        self.read_into_with(dst, None).await
+    }
+
+    /// [`Self::read_into`], the socket receive cancellable through
+    /// `cancel`.
+    async fn read_into_with(
+        &mut self,
+        dst: &mut [u8],
+        cancel: Option<CancelHandle>,
+    ) -> io::Result<usize> {
         if dst.is_empty() {
             return Ok(0);
         }
@@ -238,7 +263,7 @@ impl TlsRead {
             if self.eof {
                 return Ok(0);
             }
-            if self.read_raw().await? == 0 {
+            if self.read_raw_with(cancel.clone()).await? == 0 {
                 return Ok(0);
             }
             self.feed()?;
@@ -447,6 +472,73 @@ impl AsyncReadRent for TlsStream {
 
     fn readv<T: IoVecBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         self.r.readv(buf)
+    }
+}
+
+impl CancelableAsyncReadRent for TlsStream {
+    async fn cancelable_read<T: IoBufMut>(
+        &mut self,
+        mut buf: T,
+        c: CancelHandle,
+    ) -> BufResult<usize, T> {
+        let cap = buf.bytes_total();
+        // SAFETY: as in `TlsRead::read`: `write_ptr` is valid for writes
+        // of `bytes_total` bytes, and `set_init` covers only what rustls
+        // wrote.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), cap) };
+        match self.r.read_into_with(dst, Some(c)).await {
+            Ok(n) => {
+                // SAFETY: `n` bytes were just written at `write_ptr`.
+                unsafe { buf.set_init(n) };
+                (Ok(n), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    async fn cancelable_readv<T: IoVecBufMut>(
+        &mut self,
+        buf: T,
+        _c: CancelHandle,
+    ) -> BufResult<usize, T> {
+        self.r.readv(buf).await
+    }
+}
+
+impl crate::http::conn::ReadReady for TlsStream {
+    /// Ready at once when rustls holds plaintext (or the peer's close)
+    /// not yet read; otherwise the socket's buffers are given back and the
+    /// wait is on the socket's readability (which may turn out to be TLS
+    /// housekeeping only: the read that follows then waits on).
+    async fn read_ready(&mut self) -> io::Result<()> {
+        if self.r.eof {
+            return Ok(());
+        }
+        {
+            let mut tls = self.r.tls.borrow_mut();
+            match tls.process_new_packets() {
+                Ok(st) if st.plaintext_bytes_to_read() > 0 || st.peer_has_closed() => {
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(_) => return Ok(()),
+            }
+        }
+        if self.r.raw.is_empty() {
+            self.r.raw = Vec::new();
+        }
+        if self.w.out.is_empty() {
+            self.w.out = Vec::new();
+        }
+        // SAFETY: the read half's stream is only read through `rd`, and
+        // no read is in flight while the connection waits for readiness.
+        let tcp = unsafe { &*self.r.rd.0.get() };
+        tcp.readable(false).await
+    }
+
+    fn ready_fd(&self) -> Option<RawFd> {
+        // Plaintext rustls holds is not visible on the descriptor.
+        None
     }
 }
 

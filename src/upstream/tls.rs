@@ -228,6 +228,22 @@ impl UpStream {
     }
 }
 
+impl crate::http::conn::ReadReady for UpStream {
+    async fn read_ready(&mut self) -> io::Result<()> {
+        match self {
+            UpStream::Plain(s) => s.read_ready().await,
+            UpStream::Tls(s) => s.read_ready().await,
+        }
+    }
+
+    fn ready_fd(&self) -> Option<RawFd> {
+        match self {
+            UpStream::Plain(s) => s.ready_fd(),
+            UpStream::Tls(s) => s.ready_fd(),
+        }
+    }
+}
+
 impl AsRawFd for UpStream {
     fn as_raw_fd(&self) -> RawFd {
         match self {
