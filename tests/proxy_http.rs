@@ -384,6 +384,71 @@ fn upgrade_tunnels_bytes_both_ways() {
     c.assert_closed();
 }
 
+/// Only the protocols a route allows by name are tunnelled (`upgrades`,
+/// WebSocket by default): any other `Upgrade` is dropped and the request
+/// served as plain HTTP/1.1; `h2c` can never be allowed.
+#[test]
+fn upgrades_other_than_websocket_only_where_the_route_allows_them() {
+    let echo = MockUpstream::builder().echo().start();
+    let gw = GatewayConfig::simple(&[echo.addr]).start();
+    let mut c = gw.client();
+    let r = c.request(format!(
+        "GET /custom HTTP/1.1\r\n{H}Connection: Upgrade\r\nUpgrade: my-proto/1\r\n\r\n"
+    ));
+    assert_eq!(r.status, 200, "{r:?}");
+    let req = echo.last();
+    assert!(!req.has_header("upgrade"), "{}", req.head_str());
+    // The connection stays an HTTP/1.1 one.
+    assert_eq!(
+        c.request(format!("GET /next HTTP/1.1\r\n{H}\r\n")).status,
+        200
+    );
+
+    let up = MockUpstream::builder().upgrade_echo().start();
+    let gw = GatewayConfig::new()
+        .upstream("u", &[up.addr], &[])
+        .route(
+            "/custom",
+            "u",
+            &["upgrades = [\"My-Proto/1\", \"websocket\"]"],
+        )
+        .route("/{*rest}", "u", &[])
+        .start();
+    let mut c = gw.client();
+    c.send(format!(
+        "GET /custom HTTP/1.1\r\n{H}Connection: Upgrade\r\nUpgrade: my-proto/1\r\n\r\n"
+    ));
+    let r = c.read_head_response();
+    assert_eq!(r.status, 101, "{r:?}");
+    c.send("ping-2");
+    assert_eq!(c.read_exact_raw(6), b"ping-2");
+    // The other route allows WebSocket only: the backend's unasked 101 is
+    // refused, nothing is tunnelled.
+    let mut c = gw.client();
+    c.send(format!(
+        "GET /other HTTP/1.1\r\n{H}Connection: Upgrade\r\nUpgrade: my-proto/1\r\n\r\n"
+    ));
+    let r = c.read_response();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(!up.last().has_header("upgrade"), "{}", up.last().head_str());
+
+    for (list, what) in [
+        ("[\"h2c\"]", "never tunnelled"),
+        ("[\"bad proto\"]", "not a protocol name"),
+    ] {
+        let err = match ringgate::config::Config::parse(&format!(
+            "[upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n[[routes]]\npath = \"/\"\nupstream = \"u\"\nupgrades = {list}\n"
+        )) {
+            Ok(_) => panic!("upgrades = {list} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("routes[0].upgrades") && err.contains(what),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn hop_by_hop_headers_removed() {
     let up = MockUpstream::builder().echo().start();

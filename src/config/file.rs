@@ -386,4 +386,7 @@ pub struct RouteFile {
     pub ip_deny: Option<Vec<String>>,
     /// `cors = { ... }` replaces `[cors]` on this route; `false` turns it off.
     pub cors: Option<crate::filter::cors::RouteCorsFile>,
+    /// Protocols an `Upgrade` request may switch to on this route
+    /// (default `["websocket"]`; `h2c` never).
+    pub upgrades: Option<Vec<String>>,
 }

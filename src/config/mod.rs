@@ -367,6 +367,10 @@ pub struct RouteConfig {
     pub index: usize,
     /// The route's filters, in order.
     pub chain: std::sync::Arc<crate::filter::Chain>,
+    /// `upgrades`: the protocols (lower-case) an `Upgrade` request may
+    /// switch to; any other upgrade is dropped and the request served as
+    /// plain HTTP/1.1.
+    pub upgrades: Vec<Box<[u8]>>,
     /// `[routes.compose]`, compiled: the route is answered by its parts.
     pub compose: Option<std::sync::Arc<crate::filter::compose::Compose>>,
     /// `transform`, compiled.

@@ -600,6 +600,7 @@ fn compile_route(
         .and_then(|f| crate::filter::compress::compile(i, f, errs))
         .map(std::sync::Arc::new);
     let (version, deprecation) = crate::filter::versioning::route_fields(i, r, errs);
+    let upgrades = compile_upgrades(r.upgrades.as_deref(), &key("upgrades"), errs);
     let cache = r
         .cache
         .as_ref()
@@ -623,6 +624,7 @@ fn compile_route(
             transform.clone(),
             compress.clone(),
         )),
+        upgrades,
         compress,
         compose: compose.map(std::sync::Arc::new),
         transform,
@@ -630,6 +632,37 @@ fn compile_route(
         deprecation,
         cache: cache.map(std::sync::Arc::new),
     })
+}
+
+/// A route's `upgrades`: protocol tokens (RFC 9110 7.8, `name` or
+/// `name/version`), `websocket` when absent, never `h2c` (an h2c tunnel
+/// would carry every later request past routing and filters).
+fn compile_upgrades(list: Option<&[String]>, key: &str, errs: &mut Errors) -> Vec<Box<[u8]>> {
+    let Some(list) = list else {
+        return vec![Box::from(&b"websocket"[..])];
+    };
+    let mut out = Vec::new();
+    for p in list {
+        let lower = p.to_ascii_lowercase();
+        let name = lower.split('/').next().unwrap_or("");
+        let token = |t: &str| !t.is_empty() && t.bytes().all(crate::http::chunked::is_tchar);
+        if name == "h2c" || name == "h2" {
+            errs.push(
+                key,
+                format!("{p:?} is never tunnelled: HTTP/2 is served by ringgate itself"),
+                "remove it; clients reach HTTP/2 with prior knowledge or ALPN h2",
+            );
+        } else if !lower.split('/').all(token) || lower.split('/').count() > 2 {
+            errs.push(
+                key,
+                format!("{p:?} is not a protocol name"),
+                "write a name such as \"websocket\" or \"name/1.0\"",
+            );
+        } else {
+            out.push(lower.into_bytes().into_boxed_slice());
+        }
+    }
+    out
 }
 
 /// `log.redact_query`, checked, plus the query parameters `[auth]` reads

@@ -749,15 +749,19 @@ pub fn parse_request_with(
     } else {
         conn_keep_alive && !conn_close
     };
-    // Only WebSocket is tunnelled: any other protocol (`h2c` above all,
-    // which would turn the connection into a tunnel past every filter) is
-    // dropped and the request goes on as plain HTTP/1.1.
+    // An upgrade to one protocol is kept for the route to allow (its
+    // `upgrades`, WebSocket by default); `h2c` never (it would turn the
+    // connection into a tunnel past every filter): it is dropped and the
+    // request goes on as plain HTTP/1.1.
     if conn_upgrade
         && head.minor == 1
         && let Some(u) = upgrade
-        && u.of(buf).trim_ascii().eq_ignore_ascii_case(b"websocket")
     {
-        head.upgrade = Some(u);
+        let p = u.of(buf).trim_ascii();
+        let name = p.split(|&b| b == b'/').next().unwrap_or(p);
+        if !p.is_empty() && !p.contains(&b',') && !name.eq_ignore_ascii_case(b"h2c") {
+            head.upgrade = Some(u);
+        }
     }
     if head.framing == BodyFraming::None {
         head.expect_continue = false;

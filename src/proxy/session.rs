@@ -221,6 +221,18 @@ impl<'a> Session<'a> {
             Err((e, detail)) => return Answer::Error(e, detail),
         };
         self.route = Some(route);
+        // An upgrade the route does not allow is dropped: the request goes
+        // on as plain HTTP/1.1.
+        if let Some(u) = c.head.upgrade {
+            let p = u.of(&c.buf).trim_ascii();
+            if !cfg.routes[route]
+                .upgrades
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(p))
+            {
+                c.head.upgrade = None;
+            }
+        }
         if let Some(v) = version {
             v.apply(c);
         }
