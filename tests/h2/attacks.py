@@ -307,11 +307,15 @@ def cmd_drain(args):
     c = connect(args)
     c.handshake()
     c.request(1, "GET", args.path)
-    c.wait(lambda: bool(c.goaways) or 1 in c.ended or 1 in c.rst, args.wait)
     after = None
-    if args.after and c.goaways and not c.closed:
-        c.request(3, "GET", args.path)
-        after = 3
+    if args.after:
+        # A final GOAWAY (one whose last stream id leaves stream 3 out;
+        # a graceful shutdown may first send 2^31-1) while stream 1 runs.
+        final = lambda: any(g[0] < 3 for g in c.goaways)
+        c.wait(lambda: final() or 1 in c.ended or 1 in c.rst, args.wait)
+        if final() and not c.closed:
+            c.request(3, "GET", args.path)
+            after = 3
     c.wait(lambda: 1 in c.ended or 1 in c.rst, args.wait)
     c.wait(lambda: c.closed, args.wait)
     ev = [e for e in c.events]
