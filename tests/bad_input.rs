@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -230,8 +230,9 @@ fn malformed_request_lines() {
     still_serves(&gw);
 }
 
-/// HTTP/2.0 and later on an HTTP/1 connection (the HTTP/2 preface among
-/// them) get 505, not 400; 1.x above 1.1 is served as 1.1.
+/// HTTP/2.0 and later on an HTTP/1 connection get 505, not 400; 1.x
+/// above 1.1 is served as 1.1. The HTTP/2 connection preface opens an
+/// HTTP/2 connection (prior knowledge), or gets 505 with HTTP/2 off.
 #[test]
 fn newer_http_versions() {
     let (up, gw) = setup(&[]);
@@ -239,7 +240,6 @@ fn newer_http_versions() {
         &b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"[..],
         b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
         b"GET / HTTP/3.0\r\nHost: x\r\n\r\n",
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     ] {
         refused(&up, &gw, raw, 505);
     }
@@ -247,6 +247,21 @@ fn newer_http_versions() {
     let r = c.request("GET /v12 HTTP/1.2\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(up.hits(), 1);
+    still_serves(&gw);
+
+    // The preface: the server's SETTINGS frame answers it (a frame header
+    // of type 4 on stream 0), and nothing reaches the backend.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let mut frame = [0u8; 9];
+    s.read_exact(&mut frame).unwrap();
+    assert_eq!(frame[3], 4, "a SETTINGS frame: {frame:?}");
+    assert_eq!(&frame[5..9], &[0, 0, 0, 0], "on stream 0: {frame:?}");
+    assert_eq!(up.hits(), 2, "the preface reached no backend");
+
+    let (up, gw) = setup(&["http2 = { enabled = false }"]);
+    refused(&up, &gw, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505);
     still_serves(&gw);
 }
 

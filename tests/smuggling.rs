@@ -2169,8 +2169,8 @@ fn http_1_2_served_as_1_1() {
     rig.still_serves();
 }
 
-/// Versions: an HTTP/2 or HTTP/3 request line, or the HTTP/2 preface, on
-/// an HTTP/1 connection is 505.
+/// Versions: an HTTP/2 or HTTP/3 request line on an HTTP/1 connection is
+/// 505.
 #[test]
 fn http_2_and_3_are_505() {
     assert_refused_matrix(&[
@@ -2180,12 +2180,8 @@ fn http_2_and_3_are_505() {
             format!("GET /a HTTP/2.0\r\n{H}\r\n"),
             &[505],
         ),
-        // The HTTP/2 connection preface (`PRI * HTTP/2.0`).
-        Case::new(
-            "the HTTP/2 connection preface",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            &[505],
-        ),
+        // The HTTP/2 connection preface opens HTTP/2 (or is 505 with
+        // HTTP/2 off): tests/bad_input.rs `newer_http_versions`.
         // `HTTP/3.0`.
         Case::new(
             "an HTTP/3.0 request line",

@@ -437,7 +437,7 @@ fn without_a_default_certificate_unknown_names_and_no_sni_are_refused() {
 }
 
 #[test]
-fn alpn_offers_http11_only() {
+fn alpn_offers_h2_then_http11_and_only_http11_with_http2_disabled() {
     let pki = Pki::new("alpn");
     pki.server("api", &["api.example.com"]);
     let up = MockUpstream::builder().respond(200, "ok").start();
@@ -447,15 +447,14 @@ fn alpn_offers_http11_only() {
         ..Default::default()
     });
     let s = connect(addr, Some("api.example.com"), &both).unwrap();
-    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let h2_only = client_config(ClientOpts {
-        alpn: vec![b"h2".to_vec()],
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let h11 = client_config(ClientOpts {
+        alpn: vec![b"http/1.1".to_vec()],
         ..Default::default()
     });
-    assert!(
-        connect(addr, Some("api.example.com"), &h2_only).is_err(),
-        "h2 is not served, so not negotiated"
-    );
+    let mut s = connect(addr, Some("api.example.com"), &h11).unwrap();
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(request(&mut s, "/", "").unwrap().status, 200);
     let none = client_config(ClientOpts {
         alpn: Vec::new(),
         ..Default::default()
@@ -463,6 +462,23 @@ fn alpn_offers_http11_only() {
     let mut s = connect(addr, Some("api.example.com"), &none).unwrap();
     assert_eq!(s.conn.alpn_protocol(), None);
     assert_eq!(request(&mut s, "/", "").unwrap().status, 200);
+
+    // [server.http2] enabled = false: HTTP/1.1 only, h2 is not negotiated.
+    let cfg = GatewayConfig::simple(&[up.addr]);
+    let mut toml = tls_toml(&cfg, &[&[format!("certs = [{}]", pki.pair("api"))]]);
+    toml.push_str("\n[server.http2]\nenabled = false\n");
+    let gw = Gateway::start(&toml);
+    let addr = gw.handle.tls_addrs()[0];
+    let s = connect(addr, Some("api.example.com"), &both).unwrap();
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let h2_only = client_config(ClientOpts {
+        alpn: vec![b"h2".to_vec()],
+        ..Default::default()
+    });
+    assert!(
+        connect(addr, Some("api.example.com"), &h2_only).is_err(),
+        "h2 is off, so not negotiated"
+    );
 }
 
 #[test]
@@ -667,7 +683,8 @@ fn curl_trusts_the_gateway_with_the_ca_file() {
         "{text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.starts_with("from-backend\n200 1.1 "), "{text}");
+    // curl offers h2 first: the answer comes over HTTP/2.
+    assert!(text.starts_with("from-backend\n200 2 "), "{text}");
     assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));
 }
 
@@ -687,7 +704,7 @@ fn openssl_s_client_sees_the_certificate_alpn_and_resumes() {
                 "-servername",
                 "api.example.com",
                 "-alpn",
-                "h2,http/1.1",
+                "http/1.1",
                 "-CAfile",
                 &pki.path("ca.pem"),
                 "-verify_return_error",

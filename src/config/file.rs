@@ -161,6 +161,8 @@ pub struct ServerFile {
     pub ip_deny: Option<Vec<String>>,
     /// `[[server.tls]]`: TLS listeners.
     pub tls: Option<Vec<super::tls::TlsListenerFile>>,
+    /// `[server.http2]`: HTTP/2 settings.
+    pub http2: Option<super::http2::Http2File>,
 }
 
 /// `[admin]`

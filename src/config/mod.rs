@@ -11,6 +11,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod http2;
 mod read;
 pub mod source;
 pub mod tls;
@@ -130,6 +131,8 @@ pub struct ServerConfig {
     pub underscores_in_headers: bool,
     /// Trailer names (lower-case) forwarded on chunked bodies.
     pub forward_trailers: Vec<Box<[u8]>>,
+    /// `[server.http2]`.
+    pub http2: http2::Http2Config,
 }
 
 impl ServerConfig {

@@ -70,10 +70,11 @@ fn addrs(v: &OneOrMany, key: &str, errs: &mut Errors) -> Vec<SocketAddr> {
 }
 
 /// Compiles every `[[server.tls]]`; `plain` is `server.listen` (an address
-/// may serve one thing only).
+/// may serve one thing only); `h2`: ALPN offers `h2` too.
 pub fn compile(
     list: &[TlsListenerFile],
     plain: &[SocketAddr],
+    h2: bool,
     errs: &mut Errors,
 ) -> Vec<Arc<TlsListener>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -191,8 +192,14 @@ pub fn compile(
             continue;
         }
         let resolver = crate::tls::certs::SniResolver::new(&certs, default);
-        match crate::tls::server_config(provider.clone(), resolver, tls13_only, client_auth, roots)
-        {
+        match crate::tls::server_config(
+            provider.clone(),
+            resolver,
+            tls13_only,
+            client_auth,
+            roots,
+            h2,
+        ) {
             Ok(server) => out.push(Arc::new(TlsListener {
                 listen,
                 redirect_from,

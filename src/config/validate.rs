@@ -277,6 +277,7 @@ fn compile(file: FileConfig) -> Result<Config, ConfigErrors> {
     let tls = super::tls::compile(
         file.server.tls.as_deref().unwrap_or_default(),
         server.as_ref().map_or(&[][..], |s| &s.listen[..]),
+        server.as_ref().is_none_or(|s| s.http2.enabled),
         &mut errs,
     );
     match (server, table) {
@@ -505,6 +506,7 @@ fn compile_server(file: &FileConfig, errs: &mut Errors) -> Option<ServerConfig> 
         trusted_proxies,
         underscores_in_headers: s.underscores_in_headers.unwrap_or(false),
         forward_trailers,
+        http2: super::http2::compile(s.http2.as_ref(), errs),
     })
 }
 

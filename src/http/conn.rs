@@ -173,13 +173,13 @@ impl ReadReady for monoio::net::TcpStream {
 
 /// A connection's state, taken from the worker's spares (or allocated)
 /// and given back when the connection ends, however it ends.
-struct Held<'w> {
+pub(crate) struct Held<'w> {
     w: &'w Worker,
     c: std::mem::ManuallyDrop<Box<Conn>>,
 }
 
 impl<'w> Held<'w> {
-    fn take(w: &'w Worker, peer: SocketAddr) -> Self {
+    pub(crate) fn take(w: &'w Worker, peer: SocketAddr) -> Self {
         let srv = &w.config.server;
         let c = match w.spare_conns.borrow_mut().pop() {
             Some(mut c) => {
@@ -217,6 +217,7 @@ impl Drop for Held<'_> {
         // A spare does not keep the TLS listener (and its certificates)
         // of its last connection alive across reloads.
         c.tls = None;
+        c.h2 = false;
         let mut spares = self.w.spare_conns.borrow_mut();
         if spares.len() < crate::runtime::worker::SPARE_CONNS
             && c.reusable(self.w.config.server.buffer_bytes)
@@ -413,6 +414,27 @@ enum Turn {
     /// Tunnel (the backend's stream, client bytes already read, the
     /// tunnel's idle timeout).
     Upgrade(crate::upstream::tls::UpStream, Vec<u8>, Duration),
+    /// The client opened with the HTTP/2 preface (prior knowledge): serve
+    /// HTTP/2, the bytes read so far first.
+    H2(Vec<u8>),
+}
+
+/// A client transport that can be served as HTTP/2 (its poll-style form).
+pub trait IntoH2 {
+    /// The transport for the h2 crate; `Err` when it cannot be converted.
+    fn into_h2(self) -> std::io::Result<super::h2::io::Io>;
+}
+
+impl IntoH2 for monoio::net::TcpStream {
+    fn into_h2(self) -> std::io::Result<super::h2::io::Io> {
+        super::h2::io::Io::plain(self)
+    }
+}
+
+impl IntoH2 for crate::tls::stream::TlsStream {
+    fn into_h2(self) -> std::io::Result<super::h2::io::Io> {
+        super::h2::io::Io::tls(self)
+    }
 }
 
 /// Serves one client connection until it closes.
@@ -421,6 +443,7 @@ where
     S: AsyncReadRent
         + CancelableAsyncReadRent
         + ReadReady
+        + IntoH2
         + AsyncWriteRent
         + Splitable
         + AsRawFd
@@ -455,6 +478,7 @@ async fn serve_with<S>(
     S: AsyncReadRent
         + CancelableAsyncReadRent
         + ReadReady
+        + IntoH2
         + AsyncWriteRent
         + Splitable
         + AsRawFd
@@ -477,6 +501,12 @@ async fn serve_with<S>(
                     idle_timeout,
                 ))
                 .await;
+                return;
+            }
+            Turn::H2(pending) => {
+                if let Ok(io) = stream.into_h2() {
+                    Box::pin(super::h2::serve(w, io, pending, peer, tls)).await;
+                }
                 return;
             }
             Turn::Idle {
@@ -595,6 +625,11 @@ where
             };
             let mut parsed = parse::parse_request_with(&c.buf, &limits, &mut c.head, &mut c.lines);
             if let Err(parse::HeadError::Version) = parsed {
+                // HTTP/2 with prior knowledge: the preface opens the
+                // connection.
+                if first && srv.http2.enabled && c.buf.starts_with(super::h2::PREFACE_LINE) {
+                    return Turn::H2(std::mem::take(&mut c.buf));
+                }
                 // HTTP/1.2 and later 1.x are served as 1.1; 2.0 and later
                 // (the HTTP/2 preface among them) get 505.
                 parsed = match parse::downgrade_minor(&mut c.buf) {

@@ -14,6 +14,7 @@ pub mod chunked;
 pub mod client;
 pub mod conn;
 pub mod date;
+pub mod h2;
 pub mod head;
 pub mod message;
 pub mod parse;

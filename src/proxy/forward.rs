@@ -125,6 +125,8 @@ pub struct Conn {
     pub out_framing: Option<BodyFraming>,
     /// The connection's TLS facts (`None`: plain HTTP).
     pub tls: Option<std::rc::Rc<crate::tls::ConnTls>>,
+    /// The request is an HTTP/2 stream (its head rendered by ringgate).
+    pub h2: bool,
     peer_ip: ([u8; 48], u8),
 }
 
@@ -239,6 +241,7 @@ impl Conn {
             encoder: None,
             out_framing: None,
             tls: None,
+            h2: false,
             peer_ip: (ip, n as u8),
         }
     }

@@ -421,6 +421,7 @@ impl<'a> Session<'a> {
                 method: f(0),
                 path: f(1),
                 minor: c.head.minor,
+                h2: c.h2,
                 route: self.route.map_or("-", |r| cfg.routes[r].name.as_str()),
                 upstream: c.upstream_addr,
                 status,

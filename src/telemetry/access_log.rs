@@ -160,6 +160,8 @@ pub struct Record<'a> {
     pub path: &'a [u8],
     /// HTTP minor version.
     pub minor: u8,
+    /// The request came as an HTTP/2 stream.
+    pub h2: bool,
     /// Route name, or "-".
     pub route: &'a str,
     /// Upstream target, if one was used.
@@ -341,7 +343,11 @@ impl WorkerLog {
                 b.extend_from_slice(r.method);
                 b.push(b' ');
                 b.extend_from_slice(r.path);
-                let _ = write!(b, " HTTP/1.{}\" {} {} \"", r.minor, r.status, r.bytes_out);
+                if r.h2 {
+                    let _ = write!(b, " HTTP/2.0\" {} {} \"", r.status, r.bytes_out);
+                } else {
+                    let _ = write!(b, " HTTP/1.{}\" {} {} \"", r.minor, r.status, r.bytes_out);
+                }
                 b.extend_from_slice(if r.referer.is_empty() {
                     b"-"
                 } else {

@@ -275,6 +275,12 @@ async fn serve_one(w: &Worker, tcp: monoio::net::TcpStream, peer: SocketAddr, l:
         HANDSHAKES[if resumed { H_RESUMED } else { H_FULL }].fetch_add(1, Relaxed);
         ConnTls::new(l, &tls)
     };
+    if facts.alpn == Some("h2") {
+        if let Ok(io) = crate::http::h2::io::Io::tls(stream) {
+            crate::http::h2::serve(w, io, Vec::new(), peer, Some(Rc::new(facts))).await;
+        }
+        return;
+    }
     crate::http::conn::serve_tls(w, stream, peer, Rc::new(facts)).await;
 }
 

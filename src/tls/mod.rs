@@ -78,8 +78,8 @@ pub fn watched_files(config: &crate::config::Config) -> Vec<std::path::PathBuf> 
 }
 
 /// Builds a listener's rustls settings: TLS 1.3 and 1.2 (or 1.3 only),
-/// rustls's default (safe) cipher suites, ALPN `http/1.1` only (what is
-/// served), client certificates as `client_auth` says, tickets from the
+/// rustls's default (safe) cipher suites, ALPN `http/1.1` (what is
+/// served; `h2` first when `h2`), client certificates as `client_auth` says, tickets from the
 /// process's rotating ticketer.
 pub fn server_config(
     provider: Arc<rustls::crypto::CryptoProvider>,
@@ -87,6 +87,7 @@ pub fn server_config(
     tls13_only: bool,
     client_auth: ClientAuth,
     roots: Option<rustls::RootCertStore>,
+    h2: bool,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let versions: &[&rustls::SupportedProtocolVersion] = if tls13_only {
         &[&rustls::version::TLS13]
@@ -114,7 +115,11 @@ pub fn server_config(
         }
     };
     let mut c = b.with_cert_resolver(Arc::new(resolver));
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    c.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     c.ticketer = ticketer()?;
     c.max_early_data_size = 0;
     Ok(Arc::new(c))
@@ -228,6 +233,7 @@ impl ConnTls {
             .unwrap_or("-");
         let alpn = match conn.alpn_protocol() {
             Some(b"http/1.1") => Some("http/1.1"),
+            Some(b"h2") => Some("h2"),
             Some(_) => Some("other"),
             None => None,
         };

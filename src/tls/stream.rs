@@ -153,6 +153,34 @@ impl TlsStream {
 }
 
 impl TlsStream {
+    /// The TCP socket and the rustls state, for a protocol that drives
+    /// them itself (HTTP/2). Call after the handshake, with no read or
+    /// write in flight; what rustls already decrypted stays in it.
+    pub fn into_parts(self) -> io::Result<(TcpStream, Connection)> {
+        let TlsStream { r, w, .. } = self;
+        let w = std::mem::ManuallyDrop::new(w);
+        // SAFETY: `w` is never used or dropped again (ManuallyDrop): its
+        // fields are moved out once each here, and its `out` buffer (empty
+        // after the handshake's flush) is the only other owned field.
+        let (wr, tls_w, out) = unsafe {
+            (
+                std::ptr::read(&w.wr),
+                std::ptr::read(&w.tls),
+                std::ptr::read(&w.out),
+            )
+        };
+        drop(out);
+        drop(tls_w);
+        let TlsRead { rd, tls, .. } = r;
+        let tcp = rd
+            .reunite(wr)
+            .map_err(|_| io::Error::other("TLS stream halves do not match"))?;
+        let tls = Rc::try_unwrap(tls)
+            .map_err(|_| io::Error::other("TLS state still shared"))?
+            .into_inner();
+        Ok((tcp, tls))
+    }
+
     /// For an idle connection whose socket became readable (a pooled
     /// upstream connection): reads what is there without blocking and
     /// feeds it to rustls. True when it was only TLS housekeeping (session
