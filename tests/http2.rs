@@ -923,6 +923,60 @@ fn rapid_reset_gets_goaway_and_bounded_backend_work() {
     }
 }
 
+/// A backend whose answer to anything but `/after` is a head and part of
+/// the body, the rest never coming: the stream stays in flight until the
+/// client cancels it.
+fn half_answering_backend() -> MockUpstream {
+    MockUpstream::builder()
+        .handler(|r| {
+            let data = if r.target == "/after" {
+                response_bytes(200, &[], b"after", false)
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial".to_vec()
+            };
+            Reply::Bytes { data, close: false }
+        })
+        .start()
+}
+
+/// `max_client_resets` counts streams the gateway accepted and the client
+/// then cancelled (each cancelled once its response HEADERS came): with
+/// the limit at 20, the 21st cancel gets GOAWAY ENHANCE_YOUR_CALM; with
+/// the default (200), 150 such cancels leave the connection serving.
+#[test]
+fn max_client_resets_counts_cancelled_streams() {
+    let up = half_answering_backend();
+    let gw = Gateway::start(&config(1, "", "max_client_resets = 20", up.addr, ""));
+    let v = attack("cancel-after-headers", gw.addr, &["--streams", "100", "--path", "/held"]);
+    assert_eq!(v["goaway"], "ENHANCE_YOUR_CALM", "{v}");
+    let n = v["cancelled"].as_u64().unwrap();
+    assert!(n > 20 && n <= 25, "GOAWAY after {n} cancels with max_client_resets = 20: {v}");
+    assert_h2_alive(gw.addr);
+
+    let gw = Gateway::start(&config(1, "", "", up.addr, ""));
+    let v = attack("cancel-after-headers", gw.addr, &["--streams", "150", "--path", "/held", "--then-get"]);
+    assert_eq!(v["cancelled"], 150, "{v}");
+    assert!(v["goaway"].is_null(), "150 cancels under the default limit of 200: {v}");
+    assert_eq!(v["after_status"], 200, "{v}");
+}
+
+/// Cancels below `max_client_resets` are allowed however fast they come:
+/// 150 streams each opened and cancelled at once (HEADERS and RST_STREAM
+/// back to back), under the default limit of 200, leave the connection
+/// open and serving.
+#[test]
+fn immediate_cancels_below_the_limit_keep_the_connection() {
+    let up = MockUpstream::builder().start();
+    let gw = Gateway::start(&config(1, "", "", up.addr, ""));
+    let v = attack(
+        "rapid-reset",
+        gw.addr,
+        &["--streams", "150", "--batch", "10", "--then-get", "--after-path", "/after"],
+    );
+    assert!(v["goaway"].is_null(), "GOAWAY after {} immediate cancels, under max_client_resets = 200: {v}", v["streams_sent"]);
+    assert_eq!(v["after_status"], 200, "{v}");
+}
+
 /// CONTINUATION flood: a header block that never ends, in 16 KiB
 /// CONTINUATION frames full of fields (the header list passes
 /// max_header_list_bytes within a few frames), and in empty CONTINUATION

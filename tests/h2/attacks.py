@@ -8,7 +8,8 @@ sent, GOAWAY / RST_STREAM received and their error codes, whether the
 connection closed, responses) and exits 0; the Rust test asserts on it.
 A missing package or an unreachable target exits 2 with a message.
 
-Commands: settings, probe, rapid-reset, continuation-flood, hpack-bomb,
+Commands: settings, probe, rapid-reset, cancel-after-headers,
+continuation-flood, hpack-bomb,
 settings-flood, ping-flood, window-stall, beyond-limit, drain, idle,
 malformed, get.
 
@@ -131,9 +132,47 @@ def cmd_rapid_reset(args):
             sent += 1
         if not c.send(bytes(batch), deadline=deadline):
             break
-    c.wait(lambda: bool(c.goaways) and c.closed, args.wait)
+    after_status = None
+    if args.then_get and not stopped(c):
+        c.request(sid, "GET", args.after_path)
+        c.wait(lambda: sid in c.ended or sid in c.rst or bool(c.goaways), args.wait)
+        after_status = c.status(sid)
+    else:
+        c.wait(lambda: bool(c.goaways) and c.closed, args.wait)
     r = c.summary()
-    r.update(streams_sent=sent, responses=len(c.headers))
+    r.update(streams_sent=sent, responses=len(c.headers), after_status=after_status)
+    c.close()
+    out(r)
+
+
+def cmd_cancel_after_headers(args):
+    """Cancels --streams streams one by one, each once its response
+    HEADERS came (so the gateway had accepted and proxied it), then (with
+    --then-get) sends a GET of --after-path on the same connection."""
+    c = connect(args)
+    c.handshake()
+    cancelled = 0
+    sid = 1
+    timeouts = 0
+    while cancelled < args.streams and not stopped(c):
+        c.request(sid, "GET", args.path)
+        if not c.wait(lambda: sid in c.headers or sid in c.rst or bool(c.goaways), args.wait):
+            timeouts += 1
+            break
+        if bool(c.goaways) or sid in c.rst:
+            break
+        c.send(rst_frame(sid, CANCEL))
+        cancelled += 1
+        sid += 2
+    after_status = None
+    if args.then_get and not stopped(c):
+        c.request(sid, "GET", args.after_path)
+        c.wait(lambda: sid in c.ended or sid in c.rst or bool(c.goaways), args.wait)
+        after_status = c.status(sid)
+    else:
+        c.wait(lambda: c.closed, 2)
+    r = c.summary()
+    r.update(cancelled=cancelled, headers_timeouts=timeouts, after_status=after_status)
     c.close()
     out(r)
 
@@ -448,6 +487,12 @@ def main():
     sp = add("rapid-reset", cmd_rapid_reset)
     sp.add_argument("--streams", type=int, default=20000)
     sp.add_argument("--batch", type=int, default=100)
+    sp.add_argument("--then-get", action="store_true", help="then a GET of --after-path on the same connection")
+    sp.add_argument("--after-path", default="/after")
+    sp = add("cancel-after-headers", cmd_cancel_after_headers)
+    sp.add_argument("--streams", type=int, default=150)
+    sp.add_argument("--then-get", action="store_true")
+    sp.add_argument("--after-path", default="/after")
     sp = add("continuation-flood", cmd_continuation_flood)
     sp.add_argument("--bytes", type=int, default=64 << 20)
     sp.add_argument("--empty", action="store_true", help="empty CONTINUATION frames")
