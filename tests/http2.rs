@@ -312,7 +312,10 @@ impl BigBackend {
                             }
                         }
                         let p = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-                        let big = buf.split(|&b| b == b' ').nth(1).is_some_and(|t| t.starts_with(b"/big"));
+                        let big = buf
+                            .split(|&b| b == b' ')
+                            .nth(1)
+                            .is_some_and(|t| t.starts_with(b"/big"));
                         buf.drain(..p + 4);
                         rq.fetch_add(1, Ordering::SeqCst);
                         let size = if big { size } else { 5 };
@@ -425,15 +428,29 @@ fn prior_knowledge_get_reaches_the_backend_as_http11() {
     let rid = head_value(&head, "x-request-id").expect("x-request-id on the HTTP/2 response");
     assert!(!rid.is_empty());
     for hop in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
-        assert!(head_value(&head, hop).is_none(), "{hop} forwarded: {head:?}");
+        assert!(
+            head_value(&head, hop).is_none(),
+            "{hop} forwarded: {head:?}"
+        );
     }
 
     assert_eq!(up.hits(), 1);
     let seen = up.last();
-    assert_eq!(seen.minor, 1, "backend saw HTTP/1.{}: {}", seen.minor, seen.head_str());
+    assert_eq!(
+        seen.minor,
+        1,
+        "backend saw HTTP/1.{}: {}",
+        seen.minor,
+        seen.head_str()
+    );
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.target, "/p/a?x=1&y=two");
-    assert_eq!(seen.header_all("host"), [gw.addr.to_string()], "{}", seen.head_str());
+    assert_eq!(
+        seen.header_all("host"),
+        [gw.addr.to_string()],
+        "{}",
+        seen.head_str()
+    );
     assert_eq!(seen.header("x-client"), Some("c1"));
     assert_eq!(seen.header_all("x-request-id"), [rid]);
     assert!(seen.has_header("traceparent"), "{}", seen.head_str());
@@ -510,7 +527,17 @@ fn disabled_http2_is_not_spoken() {
     let url = format!("https://localhost:{}/x", tls.port());
     let resolve = format!("localhost:{}:127.0.0.1", tls.port());
     let ca = pki.path("ca.pem");
-    let (code, out, err) = curl(&["-v", "--http2", "--cacert", &ca, "--resolve", &resolve, "-D", "-", &url]);
+    let (code, out, err) = curl(&[
+        "-v",
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "-D",
+        "-",
+        &url,
+    ]);
     assert_eq!(code, 0, "{err}");
     let (head, body) = split_head(&out);
     assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}\n{err}");
@@ -542,7 +569,17 @@ fn tls_alpn_negotiates_h2_and_http11() {
     let resolve = format!("localhost:{}:127.0.0.1", tls.port());
     let ca = pki.path("ca.pem");
 
-    let (code, out, err) = curl(&["-v", "--http2", "--cacert", &ca, "--resolve", &resolve, "-D", "-", &url]);
+    let (code, out, err) = curl(&[
+        "-v",
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "-D",
+        "-",
+        &url,
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("ALPN: server accepted h2") || err.contains("ALPN, server accepted to use h2"),
@@ -555,9 +592,22 @@ fn tls_alpn_negotiates_h2_and_http11() {
     let seen = up.last();
     assert_eq!(seen.minor, 1);
     assert_eq!(seen.target, "/secure?q=1");
-    assert_eq!(seen.header_all("host"), [format!("localhost:{}", tls.port())]);
+    assert_eq!(
+        seen.header_all("host"),
+        [format!("localhost:{}", tls.port())]
+    );
 
-    let (code, out, err) = curl(&["-v", "--http1.1", "--cacert", &ca, "--resolve", &resolve, "-D", "-", &url]);
+    let (code, out, err) = curl(&[
+        "-v",
+        "--http1.1",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "-D",
+        "-",
+        &url,
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("ALPN: server accepted http/1.1")
@@ -616,7 +666,11 @@ fn h2load_h2c_all_succeed() {
     assert!(text.contains("Application protocol: h2c"), "{text}");
     assert_h2load_all_ok(&text, 2000);
     assert_eq!(up.hits(), 2000);
-    assert!(up.requests().iter().all(|r| r.minor == 1 && r.target == "/load"));
+    assert!(
+        up.requests()
+            .iter()
+            .all(|r| r.minor == 1 && r.target == "/load")
+    );
 }
 
 /// 200 GETs at once on one connection (httpx, multiplexed; more than
@@ -626,7 +680,10 @@ fn h2load_h2c_all_succeed() {
 fn many_concurrent_streams_on_one_connection() {
     let up = MockUpstream::builder().echo().start();
     let gw = Gateway::start(&config(2, "", "", up.addr, ""));
-    let v = py("client.py", &["concurrent", &gw.addr.to_string(), "--n", "200"]);
+    let v = py(
+        "client.py",
+        &["concurrent", &gw.addr.to_string(), "--n", "200"],
+    );
     assert_eq!(v["ok"], 200, "{v}");
     assert_eq!(v["versions"], serde_json::json!(["HTTP/2"]), "{v}");
     assert_eq!(v["distinct_request_ids"], 200, "{v}");
@@ -649,7 +706,12 @@ fn upload_streams_the_body_with_and_without_content_length() {
     let at = format!("@{}", file.display());
     let (head, body) = curl_h2(
         &format!("http://{}/up/cl", gw.addr),
-        &["--data-binary", &at, "-H", "Content-Type: application/octet-stream"],
+        &[
+            "--data-binary",
+            &at,
+            "-H",
+            "Content-Type: application/octet-stream",
+        ],
     );
     assert!(head[0].starts_with("HTTP/2 200"), "{head:?}");
     assert_eq!(body, b"stored");
@@ -657,16 +719,37 @@ fn upload_streams_the_body_with_and_without_content_length() {
     assert_eq!((seen.method.as_str(), seen.minor), ("POST", 1));
     assert_eq!(seen.target, "/up/cl");
     assert_eq!(seen.header("content-length"), Some(N.to_string().as_str()));
-    assert!(seen.body == data, "body differs ({} bytes received)", seen.body.len());
+    assert!(
+        seen.body == data,
+        "body differs ({} bytes received)",
+        seen.body.len()
+    );
 
     // Without: curl -T - sends no content-length over HTTP/2.
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "60", "--http2-prior-knowledge", "-X", "POST", "-H", "Expect:", "-T", "-", "-D", "-"])
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-H",
+            "Expect:",
+            "-T",
+            "-",
+            "-D",
+            "-",
+        ])
         .arg(format!("http://{}/up/stream", gw.addr))
         .stdin(std::fs::File::open(&file).unwrap())
         .output()
         .expect("run curl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (head, body) = split_head(&out.stdout);
     assert!(head[0].starts_with("HTTP/2 200"), "{head:?}");
     assert_eq!(body, b"stored");
@@ -674,12 +757,17 @@ fn upload_streams_the_body_with_and_without_content_length() {
     assert_eq!(seen.target, "/up/stream");
     assert!(!seen.has_header("content-length"), "{}", seen.head_str());
     assert_eq!(
-        seen.header("transfer-encoding").map(str::to_ascii_lowercase),
+        seen.header("transfer-encoding")
+            .map(str::to_ascii_lowercase),
         Some("chunked".to_string()),
         "{}",
         seen.head_str()
     );
-    assert!(seen.body == data, "body differs ({} bytes received)", seen.body.len());
+    assert!(
+        seen.body == data,
+        "body differs ({} bytes received)",
+        seen.body.len()
+    );
     assert_eq!(up.requests().len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -693,7 +781,10 @@ fn large_download_arrives_intact() {
     let want = expected_pattern(N);
     let (head, body) = curl_h2(&format!("http://{}/big", gw.addr), &[]);
     assert!(head[0].starts_with("HTTP/2 200"), "{head:?}");
-    assert_eq!(head_value(&head, "content-length"), Some(N.to_string().as_str()));
+    assert_eq!(
+        head_value(&head, "content-length"),
+        Some(N.to_string().as_str())
+    );
     assert_eq!(body.len(), N);
     assert!(body == want, "the body differs from what the backend sent");
 
@@ -717,7 +808,10 @@ fn large_download_arrives_intact() {
     let (head, body) = curl_h2(&format!("http://{}/chunked", gw.addr), &[]);
     assert!(head[0].starts_with("HTTP/2 200"), "{head:?}");
     assert_eq!(body.len(), N);
-    assert!(body == want, "the chunked body differs from what the backend sent");
+    assert!(
+        body == want,
+        "the chunked body differs from what the backend sent"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -732,7 +826,10 @@ fn json_error(r: &Value, status: u64) {
     let body: Value = serde_json::from_str(r["body"].as_str().unwrap())
         .unwrap_or_else(|e| panic!("body is not JSON ({e}): {r}"));
     assert_eq!(body["status"], status, "{body}");
-    assert!(body["error"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
     let rid = body["request_id"].as_str().unwrap_or("");
     assert!(!rid.is_empty(), "{body}");
     assert_eq!(r["headers"]["x-request-id"][0], rid, "{r}");
@@ -781,14 +878,21 @@ rate_limit = ["hourly"]
 
     let v = py("client.py", &["get", &a, "/key"]);
     json_error(&v["responses"][0], 401);
-    let v = py("client.py", &["get", &a, "/key", "--header", "X-API-Key: h2-secret-key"]);
+    let v = py(
+        "client.py",
+        &["get", &a, "/key", "--header", "X-API-Key: h2-secret-key"],
+    );
     assert_eq!(v["responses"][0]["status"], 200, "{v}");
     assert_eq!(v["responses"][0]["body"], "admitted");
     assert_eq!(up.last().header("x-consumer-id"), Some("h2-client"));
 
     let v = py("client.py", &["get", &a, "/limited", "--n", "3"]);
     let r = v["responses"].as_array().unwrap();
-    assert_eq!((r[0]["status"].as_u64(), r[1]["status"].as_u64()), (Some(200), Some(200)), "{v}");
+    assert_eq!(
+        (r[0]["status"].as_u64(), r[1]["status"].as_u64()),
+        (Some(200), Some(200)),
+        "{v}"
+    );
     json_error(&r[2], 429);
     assert!(r[2]["headers"]["retry-after"][0].as_str().is_some(), "{v}");
     assert_eq!(up.hits(), 3);
@@ -803,7 +907,10 @@ fn access_log_names_http2() {
     let up = MockUpstream::builder().respond(200, "logged").start();
     let mut gw = Gateway::start(&config(
         1,
-        &format!("\n[log]\naccess = \"combined\"\npath = \"{}\"\n", path.display()),
+        &format!(
+            "\n[log]\naccess = \"combined\"\npath = \"{}\"\n",
+            path.display()
+        ),
         "",
         up.addr,
         "",
@@ -814,9 +921,15 @@ fn access_log_names_http2() {
     gw.shutdown();
     let lines = file_lines(&path, 2);
     assert_eq!(lines.len(), 2, "{lines:?}");
-    let h2 = lines.iter().find(|l| l.contains("/items/7")).expect("the h2 line");
+    let h2 = lines
+        .iter()
+        .find(|l| l.contains("/items/7"))
+        .expect("the h2 line");
     assert!(h2.contains("\"GET /items/7?x=1 HTTP/2.0\" 200 "), "{h2}");
-    let h1 = lines.iter().find(|l| l.contains("/items/8")).expect("the h1 line");
+    let h1 = lines
+        .iter()
+        .find(|l| l.contains("/items/8"))
+        .expect("the h1 line");
     assert!(h1.contains("\"GET /items/8 HTTP/1.1\" 200 "), "{h1}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -838,7 +951,10 @@ fn shutdown_sends_goaway_and_the_in_flight_stream_completes() {
     let mut gw = Gateway::start(&config(1, "", "", up.addr, ""));
     let addr = gw.addr;
     let script = thread::spawn(move || attack("drain", addr, &["--after", "--path", "/slow"]));
-    assert!(up.wait_hits(1), "the slow request never reached the backend");
+    assert!(
+        up.wait_hits(1),
+        "the slow request never reached the backend"
+    );
     gw.shutdown();
     let v = script.join().unwrap();
     assert_eq!(v["goaways"][0][1], "NO_ERROR", "{v}");
@@ -847,7 +963,11 @@ fn shutdown_sends_goaway_and_the_in_flight_stream_completes() {
     assert_eq!(v["body"], "slow but complete", "{v}");
     assert_eq!(v["closed"], true, "{v}");
     assert!(v["after_stream_status"].is_null(), "{v}");
-    assert_eq!(up.hits(), 1, "a stream opened after GOAWAY reached the backend");
+    assert_eq!(
+        up.hits(),
+        1,
+        "a stream opened after GOAWAY reached the backend"
+    );
 }
 
 /// The same over the binary: SIGTERM drains an HTTP/2 connection with a
@@ -861,18 +981,29 @@ fn sigterm_drains_http2_connections() {
     let mut p = Proc::start("sigterm", &config(1, "", "", up.addr, ""));
     let addr = p.addr;
     let script = thread::spawn(move || attack("drain", addr, &["--path", "/slow"]));
-    assert!(up.wait_hits(1), "the slow request never reached the backend");
+    assert!(
+        up.wait_hits(1),
+        "the slow request never reached the backend"
+    );
     // SAFETY: a signal to our own child.
     assert_eq!(unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) }, 0);
     let v = script.join().unwrap();
     assert_eq!(v["goaways"][0][1], "NO_ERROR", "{v}");
     assert_eq!(v["goaway_before_end"], true, "{v}");
-    assert_eq!((v["status"].as_u64(), v["body"].as_str()), (Some(200), Some("slow but complete")), "{v}");
+    assert_eq!(
+        (v["status"].as_u64(), v["body"].as_str()),
+        (Some(200), Some("slow but complete")),
+        "{v}"
+    );
     let end = Instant::now() + Duration::from_secs(10);
     while p.alive() && Instant::now() < end {
         thread::sleep(Duration::from_millis(20));
     }
-    let st = p.child.try_wait().unwrap().expect("ringgate exits after SIGTERM");
+    let st = p
+        .child
+        .try_wait()
+        .unwrap()
+        .expect("ringgate exits after SIGTERM");
     assert!(st.success(), "{st:?}");
 }
 
@@ -947,16 +1078,30 @@ fn half_answering_backend() -> MockUpstream {
 fn max_client_resets_counts_cancelled_streams() {
     let up = half_answering_backend();
     let gw = Gateway::start(&config(1, "", "max_client_resets = 20", up.addr, ""));
-    let v = attack("cancel-after-headers", gw.addr, &["--streams", "100", "--path", "/held"]);
+    let v = attack(
+        "cancel-after-headers",
+        gw.addr,
+        &["--streams", "100", "--path", "/held"],
+    );
     assert_eq!(v["goaway"], "ENHANCE_YOUR_CALM", "{v}");
     let n = v["cancelled"].as_u64().unwrap();
-    assert!(n > 20 && n <= 25, "GOAWAY after {n} cancels with max_client_resets = 20: {v}");
+    assert!(
+        n > 20 && n <= 25,
+        "GOAWAY after {n} cancels with max_client_resets = 20: {v}"
+    );
     assert_h2_alive(gw.addr);
 
     let gw = Gateway::start(&config(1, "", "", up.addr, ""));
-    let v = attack("cancel-after-headers", gw.addr, &["--streams", "150", "--path", "/held", "--then-get"]);
+    let v = attack(
+        "cancel-after-headers",
+        gw.addr,
+        &["--streams", "150", "--path", "/held", "--then-get"],
+    );
     assert_eq!(v["cancelled"], 150, "{v}");
-    assert!(v["goaway"].is_null(), "150 cancels under the default limit of 200: {v}");
+    assert!(
+        v["goaway"].is_null(),
+        "150 cancels under the default limit of 200: {v}"
+    );
     assert_eq!(v["after_status"], 200, "{v}");
 }
 
@@ -971,9 +1116,21 @@ fn immediate_cancels_below_the_limit_keep_the_connection() {
     let v = attack(
         "rapid-reset",
         gw.addr,
-        &["--streams", "150", "--batch", "10", "--then-get", "--after-path", "/after"],
+        &[
+            "--streams",
+            "150",
+            "--batch",
+            "10",
+            "--then-get",
+            "--after-path",
+            "/after",
+        ],
     );
-    assert!(v["goaway"].is_null(), "GOAWAY after {} immediate cancels, under max_client_resets = 200: {v}", v["streams_sent"]);
+    assert!(
+        v["goaway"].is_null(),
+        "GOAWAY after {} immediate cancels, under max_client_resets = 200: {v}",
+        v["streams_sent"]
+    );
     assert_eq!(v["after_status"], 200, "{v}");
 }
 
@@ -1000,7 +1157,10 @@ fn continuation_flood_is_cut_short() {
     assert!(v["status"].is_null(), "{v}");
     let v = attack("continuation-flood", p.addr, &["--empty"]);
     assert!(goaway_or_closed(&v), "{v}");
-    assert_eq!(v["completed"], false, "64 MiB of empty CONTINUATION frames taken: {v}");
+    assert_eq!(
+        v["completed"], false,
+        "64 MiB of empty CONTINUATION frames taken: {v}"
+    );
     assert_eq!(up.hits(), hits, "a request reached the backend");
     assert_peak_below(&p, before, 32, "CONTINUATION flood");
     assert_h2_alive(p.addr);
@@ -1018,17 +1178,29 @@ fn hpack_bomb_is_refused() {
     // The default limit, then a smaller bomb under a smaller limit.
     let runs = [
         attack("hpack-bomb", gw.addr, &["--path", "/bomb"]),
-        attack("hpack-bomb", gw2.addr, &["--path", "/bomb", "--refs", "10", "--value-bytes", "2000"]),
+        attack(
+            "hpack-bomb",
+            gw2.addr,
+            &["--path", "/bomb", "--refs", "10", "--value-bytes", "2000"],
+        ),
     ];
     for v in &runs {
         let refused = v["status"] == 431 || !v["rst"].is_null() || !v["goaway"].is_null();
         assert!(refused, "{v}");
         assert!(v["status"] != 200, "{v}");
         // When the connection survived, a small request on it is served.
-        assert!(v["after_status"].is_null() || v["after_status"] == 200, "{v}");
+        assert!(
+            v["after_status"].is_null() || v["after_status"] == 200,
+            "{v}"
+        );
     }
     let after = runs.iter().filter(|v| v["after_status"] == 200).count();
-    assert_eq!(up.hits(), after, "the bomb reached the backend: {:?}", up.requests());
+    assert_eq!(
+        up.hits(),
+        after,
+        "the bomb reached the backend: {:?}",
+        up.requests()
+    );
     assert!(up.requests().iter().all(|r| r.target == "/after-bomb"));
     assert_h2_alive(gw.addr);
 }
@@ -1067,20 +1239,42 @@ fn stalled_window_keeps_memory_bounded() {
     let big = BigBackend::start(20 << 20);
     let p = Proc::start("window", &config(1, "", "", big.addr, ""));
     let before = baseline(&p);
-    let v = attack("window-stall", p.addr, &["--streams", "100", "--window", "0", "--hold", "3"]);
+    let v = attack(
+        "window-stall",
+        p.addr,
+        &["--streams", "100", "--window", "0", "--hold", "3"],
+    );
     assert_eq!(v["data_bytes"], 0, "DATA sent into a zero window: {v}");
-    assert!(v["goaway"].is_null() || v["goaway"] != "FLOW_CONTROL_ERROR", "{v}");
-    assert!(big.requests.load(Ordering::SeqCst) > 10, "the streams never reached the backend");
+    assert!(
+        v["goaway"].is_null() || v["goaway"] != "FLOW_CONTROL_ERROR",
+        "{v}"
+    );
+    assert!(
+        big.requests.load(Ordering::SeqCst) > 10,
+        "the streams never reached the backend"
+    );
     assert_peak_below(&p, before, 64, "100 stalled 20 MiB streams");
     eprintln!(
         "backends wrote {} MiB in all",
         big.written.load(Ordering::Relaxed) >> 20
     );
 
-    let v = attack("window-stall", p.addr, &["--streams", "20", "--window", "65535", "--hold", "2"]);
+    let v = attack(
+        "window-stall",
+        p.addr,
+        &["--streams", "20", "--window", "65535", "--hold", "2"],
+    );
     let got = v["data_bytes"].as_u64().unwrap();
-    assert!(got <= 65535, "{got} bytes of DATA past the connection window: {v}");
-    assert_peak_below(&p, before, 64, "20 streams stalled on the connection window");
+    assert!(
+        got <= 65535,
+        "{got} bytes of DATA past the connection window: {v}"
+    );
+    assert_peak_below(
+        &p,
+        before,
+        64,
+        "20 streams stalled on the connection window",
+    );
     assert_h2_alive(p.addr);
 }
 
@@ -1100,7 +1294,10 @@ fn streams_beyond_the_limit_are_refused() {
         let sid: u64 = sid.parse().unwrap();
         let refused = matches!(code.as_str(), Some("REFUSED_STREAM" | "PROTOCOL_ERROR"));
         let left_out = last_ok.is_some_and(|l| l < sid);
-        assert!(refused || left_out, "stream {sid} beyond the limit: {code}; {v}");
+        assert!(
+            refused || left_out,
+            "stream {sid} beyond the limit: {code}; {v}"
+        );
     }
     assert_eq!(v["extra_answered"], 0, "{v}");
     assert_eq!(v["first_answered"], 8, "{v}");
@@ -1125,8 +1322,18 @@ fn malformed_input_gets_protocol_errors() {
         .filter(|(_, r)| r["ok"] != true)
         .map(|(n, r)| format!("{n}: {r}"))
         .collect();
-    assert!(bad.is_empty(), "{} cases not refused as required:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} cases not refused as required:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
     assert!(cases.len() >= 15, "{v}");
-    assert_eq!(up.requests().len(), 0, "a malformed request reached the backend: {:?}", up.requests());
+    assert_eq!(
+        up.requests().len(),
+        0,
+        "a malformed request reached the backend: {:?}",
+        up.requests()
+    );
     assert_h2_alive(gw.addr);
 }

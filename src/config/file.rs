@@ -225,6 +225,8 @@ pub struct UpstreamFile {
     pub request_timeout_ms: Option<u64>,
     /// Idle pooled connections kept per target per worker.
     pub max_idle_per_target: Option<usize>,
+    /// `http1` (default) or `h2`: what the targets speak.
+    pub protocol: Option<String>,
     /// Connect to the targets over TLS.
     pub tls: Option<bool>,
     /// CA bundle (PEM) the targets' certificates are verified against

@@ -335,6 +335,18 @@ pub struct UpstreamConfig {
     pub state: std::sync::Arc<crate::upstream::UpstreamShared>,
     /// `tls = true` and its keys, compiled (`None`: plain TCP).
     pub tls: Option<std::sync::Arc<crate::upstream::tls::UpstreamTls>>,
+    /// `protocol`: what the targets speak.
+    pub protocol: Protocol,
+}
+
+/// What an upstream's targets speak (`protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (`http1`, the default).
+    Http1,
+    /// HTTP/2 (`h2`): h2c with prior knowledge, or ALPN h2 over TLS; one
+    /// multiplexed connection per target per worker.
+    H2,
 }
 
 /// A route's weighted split over several upstreams.

@@ -54,9 +54,22 @@ fn resolve_target(t: &str) -> Result<SocketAddr, String> {
 /// Compiles one `[upstreams.NAME]` table, with fresh shared state.
 pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors) -> UpstreamConfig {
     let key = |k: &str| format!("upstreams.{name}.{k}");
+    let protocol = match up.protocol.as_deref() {
+        None | Some("http1") => super::Protocol::Http1,
+        Some("h2") => super::Protocol::H2,
+        Some(other) => {
+            errs.push(
+                key("protocol"),
+                format!("{other:?} is not a protocol ringgate speaks to upstreams"),
+                "use \"http1\" (the default) or \"h2\" (HTTP/2: h2c, or ALPN h2 with tls = true)",
+            );
+            super::Protocol::Http1
+        }
+    };
     let tls = crate::upstream::tls::compile(
         &crate::upstream::tls::UpstreamTlsFile {
             tls: up.tls,
+            h2: protocol == super::Protocol::H2,
             ca_file: up.tls_ca_file.as_deref(),
             server_name: up.tls_server_name.as_deref(),
             client_cert: up.tls_client_cert.as_deref(),
@@ -546,6 +559,7 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
         section: Arc::new(up.clone()),
         state,
         tls,
+        protocol,
     }
 }
 

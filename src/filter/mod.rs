@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::http::parse::{HeaderLine, RequestHead};
 use crate::proxy::forward::{Conn, Outcome};
 use crate::runtime::worker::{Generation, Worker};
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -552,7 +552,7 @@ pub fn wants_early(cfg: &crate::config::Config, c: &Conn) -> bool {
 /// path, whatever the routes).
 pub async fn early_request<S>(w: &Worker, snap: &Generation, client: &mut S, c: &mut Conn) -> Early
 where
-    S: AsyncReadRent + AsyncWriteRent,
+    S: crate::http::ClientIo,
 {
     if c.head.method.of(&c.buf) == b"OPTIONS"
         && let Some(e) = cors::early_preflight(w, snap, c)
@@ -582,7 +582,7 @@ pub async fn exchange<S>(
     c: &mut Conn,
 ) -> Outcome
 where
-    S: AsyncReadRent + AsyncWriteRent,
+    S: crate::http::ClientIo,
 {
     match snap.config.routes[route].cache.as_deref() {
         Some(policy) => cache::serve(w, snap, route, policy, client, c).await,
@@ -600,7 +600,7 @@ pub async fn exchange_uncached<S>(
     c: &mut Conn,
 ) -> Outcome
 where
-    S: AsyncReadRent + AsyncWriteRent,
+    S: crate::http::ClientIo,
 {
     let rc = &snap.config.routes[route];
     if let Some(comp) = rc.compose.as_deref() {

@@ -218,6 +218,7 @@ impl Drop for Held<'_> {
         // of its last connection alive across reloads.
         c.tls = None;
         c.h2 = false;
+        c.grpc = false;
         let mut spares = self.w.spare_conns.borrow_mut();
         if spares.len() < crate::runtime::worker::SPARE_CONNS
             && c.reusable(self.w.config.server.buffer_bytes)
@@ -444,6 +445,7 @@ where
         + CancelableAsyncReadRent
         + ReadReady
         + IntoH2
+        + super::ClientIo
         + AsyncWriteRent
         + Splitable
         + AsRawFd
@@ -479,6 +481,7 @@ async fn serve_with<S>(
         + CancelableAsyncReadRent
         + ReadReady
         + IntoH2
+        + super::ClientIo
         + AsyncWriteRent
         + Splitable
         + AsRawFd
@@ -562,7 +565,7 @@ async fn turn<S>(
     mut at: Option<u64>,
 ) -> Turn
 where
-    S: AsyncReadRent + CancelableAsyncReadRent + AsyncWriteRent + AsRawFd,
+    S: AsyncReadRent + CancelableAsyncReadRent + AsyncWriteRent + AsRawFd + super::ClientIo,
 {
     let mut held = Held::take(w, peer);
     let c: &mut Conn = &mut held;

@@ -80,3 +80,24 @@ pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         (!t.is_empty()).then_some(t)
     })
 }
+
+/// The session's client transport: an HTTP/1 connection (plain or TLS) or
+/// an HTTP/2 stream. Phases read the request body from it and write the
+/// answer to it; an exchange that can use the stream's own halves at once
+/// (an HTTP/2 upstream, full duplex) asks for them.
+pub trait ClientIo: monoio::io::AsyncReadRent + monoio::io::AsyncWriteRent {
+    /// The HTTP/2 stream behind the transport, when it is one.
+    fn h2_stream(&mut self) -> Option<&mut h2::stream::H2Client> {
+        None
+    }
+}
+
+impl ClientIo for monoio::net::TcpStream {}
+
+impl ClientIo for crate::tls::stream::TlsStream {}
+
+impl ClientIo for h2::stream::H2Client {
+    fn h2_stream(&mut self) -> Option<&mut h2::stream::H2Client> {
+        Some(self)
+    }
+}

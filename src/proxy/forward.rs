@@ -35,7 +35,7 @@ use crate::upstream::shared::Report;
 use crate::upstream::tls::UpStream;
 use crate::upstream::{balance, pool};
 use monoio::buf::IoBuf;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -127,6 +127,9 @@ pub struct Conn {
     pub tls: Option<std::rc::Rc<crate::tls::ConnTls>>,
     /// The request is an HTTP/2 stream (its head rendered by ringgate).
     pub h2: bool,
+    /// The request is a gRPC call (HTTP/2, `application/grpc`): errors
+    /// ringgate makes are gRPC statuses.
+    pub grpc: bool,
     peer_ip: ([u8; 48], u8),
 }
 
@@ -242,6 +245,7 @@ impl Conn {
             out_framing: None,
             tls: None,
             h2: false,
+            grpc: false,
             peer_ip: (ip, n as u8),
         }
     }
@@ -654,7 +658,7 @@ pub async fn forward<S>(
     c: &mut Conn,
 ) -> Outcome
 where
-    S: AsyncReadRent + AsyncWriteRent,
+    S: crate::http::ClientIo,
 {
     let cfg: &Config = &snap.config;
     let srv = &cfg.server;
@@ -664,9 +668,12 @@ where
         Some(split) => choose_split(snap, split, c),
     };
     let up_cfg = &cfg.upstreams[up_id];
+    c.upstream_id = Some(up_id);
+    if up_cfg.protocol == crate::config::Protocol::H2 {
+        return Box::pin(super::forward_h2::forward_h2(w, snap, client, c, up_id)).await;
+    }
     let up = &snap.upstreams[up_id];
     let shared = &*up.shared;
-    c.upstream_id = Some(up_id);
     // The response is read into a buffer the worker lends for the exchange
     // (the connection's caller gives it back).
     w.lend_ubuf(&mut c.ubuf, srv.buffer_bytes);

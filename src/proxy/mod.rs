@@ -4,6 +4,7 @@
 //! ([`tunnel`]).
 
 pub mod forward;
+pub mod forward_h2;
 pub mod json;
 pub mod session;
 pub mod tunnel;

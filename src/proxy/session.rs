@@ -33,7 +33,7 @@ use crate::router::{Lookup, Params};
 use crate::runtime::worker::{Generation, Worker};
 use crate::telemetry::access_log::{Record, push_redacted};
 use crate::telemetry::trace::TraceContext;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use std::io::Write;
 use std::rc::Rc;
 use std::time::Duration;
@@ -154,7 +154,7 @@ impl<'a> Session<'a> {
     /// [`Self::respond`]).
     pub async fn run<S>(&mut self, client: &mut S, c: &mut Conn) -> Answer
     where
-        S: AsyncReadRent + AsyncWriteRent,
+        S: crate::http::ClientIo,
     {
         let w = self.w;
         let snap = self.snap.clone();
@@ -330,6 +330,30 @@ impl<'a> Session<'a> {
                     },
                 )
             }
+            Answer::Reply(reply) if c.grpc => {
+                let code = grpc_code(reply.status);
+                let ok = write_grpc_status(
+                    client,
+                    c,
+                    code,
+                    crate::http::reason(reply.status),
+                    &reply.headers,
+                )
+                .await;
+                (reply.status, if ok { Next::KeepAlive } else { Next::Close })
+            }
+            Answer::Error(e, detail) if c.grpc => {
+                if e.is_upstream() {
+                    let cfg = &self.snap.config;
+                    let route = self.route.unwrap_or(0);
+                    let up = c.upstream_id.unwrap_or(cfg.routes[route].upstream);
+                    w.metrics.upstream_error(cfg.upstream_slots[up]);
+                }
+                let code = grpc_code(e.status());
+                let msg = detail.message.as_deref().unwrap_or(e.message);
+                let ok = write_grpc_status(client, c, code, msg, &[]).await;
+                (e.status(), if ok { Next::KeepAlive } else { Next::Close })
+            }
             Answer::Reply(reply) => {
                 let end = self.request_end(c);
                 let close = end.is_none() || !c.head.keep_alive || draining;
@@ -447,6 +471,62 @@ impl<'a> Session<'a> {
             });
         }
     }
+}
+
+/// The gRPC status for an answer ringgate makes with this HTTP status:
+/// unauthenticated 16, permission denied 7, rate limited or too large 8
+/// (resource exhausted), no upstream or breaker open 14 (unavailable),
+/// timeouts 4 (deadline exceeded), no route or method 12
+/// (unimplemented), anything else 13 (internal).
+pub fn grpc_code(status: u16) -> u8 {
+    match status {
+        401 => 16,
+        403 => 7,
+        413 | 429 => 8,
+        502 | 503 => 14,
+        408 | 504 => 4,
+        404 | 405 => 12,
+        _ => 13,
+    }
+}
+
+/// Writes a gRPC status answer (HTTP 200, `grpc-status` and
+/// `grpc-message` with no body: over HTTP/2 one HEADERS frame, the
+/// Trailers-Only form), with `lines` and the filters' response lines.
+async fn write_grpc_status<S: AsyncWriteRent>(
+    s: &mut S,
+    c: &mut Conn,
+    code: u8,
+    message: &str,
+    lines: &[u8],
+) -> bool {
+    let mut buf = std::mem::take(&mut c.scratch);
+    buf.clear();
+    let _ = write!(
+        buf,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\ngrpc-status: {code}\r\ngrpc-message: "
+    );
+    // Percent-encoded as gRPC requires.
+    for &b in message.as_bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            buf.push(b);
+        } else {
+            let _ = write!(buf, "%{b:02X}");
+        }
+    }
+    buf.extend_from_slice(b"\r\nX-Request-Id: ");
+    buf.extend_from_slice(c.rid.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    buf.extend_from_slice(lines);
+    buf.extend_from_slice(&c.resp_extra);
+    buf.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    let (r, b) = match monoio::time::timeout(Duration::from_secs(10), s.write_all(buf)).await {
+        Ok(x) => x,
+        Err(_) => return false,
+    };
+    c.scratch = b;
+    c.count_reply();
+    r.is_ok()
 }
 
 /// Writes a reply ringgate makes (a filter's, the token endpoint's), plus

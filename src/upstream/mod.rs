@@ -24,6 +24,7 @@ pub mod balance;
 pub mod breaker;
 pub mod discovery;
 pub mod exchange;
+pub mod h2;
 pub mod hash;
 pub mod health;
 pub mod pool;

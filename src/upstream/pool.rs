@@ -245,6 +245,8 @@ pub struct TargetState {
     pub current: Cell<i64>,
     /// Set when discovery removed it: its connections are not pooled.
     pub removed: Cell<bool>,
+    /// The worker's HTTP/2 connection to it (`protocol = "h2"`).
+    pub h2: RefCell<Option<super::h2::H2Conn>>,
 }
 
 impl TargetState {
@@ -258,6 +260,7 @@ impl TargetState {
             ewma_at: Cell::new(Instant::now()),
             current: Cell::new(0),
             removed: Cell::new(false),
+            h2: RefCell::new(None),
         }
     }
 

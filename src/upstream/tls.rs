@@ -69,6 +69,8 @@ impl UpstreamTls {
 pub struct UpstreamTlsFile<'a> {
     /// `tls`
     pub tls: Option<bool>,
+    /// `protocol = "h2"`: ALPN offers h2 only.
+    pub h2: bool,
     /// `tls_ca_file`
     pub ca_file: Option<&'a str>,
     /// `tls_server_name`
@@ -163,7 +165,11 @@ pub fn compile(f: &UpstreamTlsFile<'_>, key: &str, errs: &mut Errors) -> Option<
         Some(id) => b.with_client_cert_resolver(Arc::new(ClientIdentity(id.key))),
         None => b.with_no_client_auth(),
     };
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    client.alpn_protocols = if f.h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Some(Arc::new(UpstreamTls {
         client: Arc::new(client),
         server_name,

@@ -84,7 +84,7 @@ use crate::http::parse::HeaderLine;
 use crate::proxy::forward::{self, Conn, Outcome};
 use crate::runtime::worker::{Generation, Worker};
 use crate::telemetry::metrics::WorkerMetrics;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use policy::RequestMode;
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
@@ -660,7 +660,7 @@ async fn fetch<S>(
     c: &mut Conn,
 ) -> (Outcome, bool)
 where
-    S: AsyncReadRent + AsyncWriteRent,
+    S: crate::http::ClientIo,
 {
     match crate::filter::exchange_uncached(w, snap, route, client, c).await {
         Outcome::Composed { status, keep_alive } => {
@@ -707,7 +707,7 @@ async fn fetch_and_store<S>(
     added: usize,
 ) -> FetchResult
 where
-    S: AsyncReadRent + AsyncWriteRent,
+    S: crate::http::ClientIo,
 {
     let settings = &snap.config.cache;
     let req = RequestCopy::of(c, policy);
@@ -831,7 +831,7 @@ pub async fn serve<S>(
     c: &mut Conn,
 ) -> Outcome
 where
-    S: AsyncReadRent + AsyncWriteRent,
+    S: crate::http::ClientIo,
 {
     let cache = &w.features.cache;
     let cfg = &snap.config;

@@ -320,3 +320,7 @@ pub async fn write_stored<S: AsyncWriteRent>(
     pool.0.borrow_mut().push(hb.iov);
     result
 }
+
+impl<S: AsyncReadRent + AsyncWriteRent> crate::http::ClientIo for Tee<'_, S> {}
+
+impl crate::http::ClientIo for Sink {}

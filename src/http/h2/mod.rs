@@ -72,7 +72,10 @@ pub async fn serve(
         .max_header_list_size(h.max_header_list_bytes)
         .max_frame_size(h.max_frame_bytes)
         .max_send_buffer_size(srv.buffer_bytes.max(16 * 1024))
-        .max_concurrent_reset_streams(h.max_concurrent_streams as usize * 2);
+        .max_concurrent_reset_streams(h.max_concurrent_streams as usize * 2)
+        // Streams cancelled before they are accepted count against the
+        // same limit as those cancelled after.
+        .max_pending_accept_reset_streams(h.max_client_resets as usize);
     let (idle_timeout, drain_timeout, header_timeout) =
         (srv.idle_timeout, srv.drain_timeout, srv.header_timeout);
     let resets = stream::Resets::new(h.max_client_resets);
@@ -160,4 +163,33 @@ pub async fn serve(
         Poll::Pending
     })
     .await;
+}
+
+/// Sends `data` on `s` as DATA frames within the peer's window (waiting
+/// for credit, so what is buffered stays bounded), `eos` on the last.
+pub async fn send_all(
+    s: &mut h2::SendStream<bytes::Bytes>,
+    mut data: bytes::Bytes,
+    eos: bool,
+) -> Result<(), h2::Error> {
+    if data.is_empty() {
+        if eos {
+            s.send_data(data, true)?;
+        }
+        return Ok(());
+    }
+    while !data.is_empty() {
+        s.reserve_capacity(data.len());
+        let cap = match std::future::poll_fn(|cx| s.poll_capacity(cx)).await {
+            Some(r) => r?,
+            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+        };
+        if cap == 0 {
+            continue;
+        }
+        let piece = data.split_to(cap.min(data.len()));
+        let last = data.is_empty();
+        s.send_data(piece, eos && last)?;
+    }
+    Ok(())
 }

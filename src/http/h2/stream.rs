@@ -126,6 +126,10 @@ async fn run(
     let c: &mut Conn = &mut held;
     c.tls = tls;
     c.h2 = true;
+    c.grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let snap = w.current();
     let srv = &snap.config.server;
     let has_body = !recv.is_end_stream();
@@ -135,7 +139,7 @@ async fn run(
     let refused = match rendered {
         Err(msg) => Some((400, msg)),
         Ok(mode) => {
-            client.rx_mode = mode;
+            client.rx.rx_mode = mode;
             let limits = parse::RequestLimits {
                 max_headers: srv.max_headers,
                 max_uri: srv.max_uri_bytes,
@@ -277,8 +281,18 @@ enum TxState {
     Done,
 }
 
-/// A stream as the session's client transport.
+/// A stream as the session's client transport: its receiving half
+/// ([`Rx`], the request body) and its sending half ([`TxSide`], the
+/// answer), usable at once (full duplex) through [`H2Client::halves`].
 pub struct H2Client {
+    /// The request body.
+    pub rx: Rx,
+    /// The answer.
+    pub tx: TxSide,
+}
+
+/// The receiving half of a stream.
+pub struct Rx {
     recv: RecvStream,
     rx_mode: RxMode,
     /// Body bytes to hand out (from `staged_at`).
@@ -287,6 +301,10 @@ pub struct H2Client {
     /// Bytes handed out whose credit is not yet given back.
     release: usize,
     rx_done: bool,
+}
+
+/// The sending half of a stream.
+pub struct TxSide {
     tx: Rc<RefCell<Tx>>,
     head: Vec<u8>,
     state: TxState,
@@ -300,19 +318,34 @@ fn broken(e: h2::Error) -> io::Error {
 impl H2Client {
     fn new(recv: RecvStream, tx: Rc<RefCell<Tx>>, head_request: bool) -> Self {
         H2Client {
-            recv,
-            rx_mode: RxMode::None,
-            staged: Vec::new(),
-            staged_at: 0,
-            release: 0,
-            rx_done: false,
-            tx,
-            head: Vec::new(),
-            state: TxState::Head,
-            head_request,
+            rx: Rx {
+                recv,
+                rx_mode: RxMode::None,
+                staged: Vec::new(),
+                staged_at: 0,
+                release: 0,
+                rx_done: false,
+            },
+            tx: TxSide {
+                tx,
+                head: Vec::new(),
+                state: TxState::Head,
+                head_request,
+            },
         }
     }
 
+    /// The two halves, to be used at once.
+    pub fn halves(&mut self) -> (&mut Rx, &mut TxSide) {
+        (&mut self.rx, &mut self.tx)
+    }
+
+    fn finish(&mut self) {
+        self.tx.finish();
+    }
+}
+
+impl TxSide {
     /// Ends the stream after the session: a body of unstated length ends
     /// here; an answer cut short is reset, never passed off as whole.
     fn finish(&mut self) {
@@ -332,9 +365,21 @@ impl H2Client {
         }
         self.state = TxState::Done;
     }
+}
+
+impl Rx {
+    /// The h2 stream, for a caller that reads it directly (an HTTP/2
+    /// upstream); the credit of bytes already handed out is given back.
+    pub fn stream(&mut self) -> &mut RecvStream {
+        if self.release > 0 {
+            let _ = self.recv.flow_control().release_capacity(self.release);
+            self.release = 0;
+        }
+        &mut self.recv
+    }
 
     /// Request body bytes into `dst`; 0 at its end.
-    async fn read_into(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+    pub async fn read_into(&mut self, dst: &mut [u8]) -> io::Result<usize> {
         if dst.is_empty() {
             return Ok(0);
         }
@@ -389,9 +434,11 @@ impl H2Client {
             }
         }
     }
+}
 
+impl TxSide {
     /// Takes bytes of the answer as ringgate writes it.
-    async fn put(&mut self, mut data: &[u8]) -> io::Result<()> {
+    pub async fn put(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             match &mut self.state {
                 TxState::Head => {
@@ -670,7 +717,7 @@ impl AsyncReadRent for H2Client {
         // SAFETY: `write_ptr` is valid for writes of `bytes_total` bytes;
         // `set_init` covers only what was copied in.
         let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), cap) };
-        match self.read_into(dst).await {
+        match self.rx.read_into(dst).await {
             Ok(n) => {
                 // SAFETY: `n` bytes were just written at `write_ptr`.
                 unsafe { buf.set_init(n) };
@@ -691,7 +738,7 @@ impl AsyncReadRent for H2Client {
             }
             // SAFETY: as above, valid for writes of `iov_len` bytes.
             let dst = unsafe { std::slice::from_raw_parts_mut(v.iov_base as *mut u8, v.iov_len) };
-            return match self.read_into(dst).await {
+            return match self.rx.read_into(dst).await {
                 Ok(k) => {
                     // SAFETY: the iovecs before this one are empty.
                     unsafe { buf.set_init(k) };
@@ -707,7 +754,7 @@ impl AsyncReadRent for H2Client {
 impl AsyncWriteRent for H2Client {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         let n = buf.bytes_init();
-        match self.put(bytes_of(&buf)).await {
+        match self.tx.put(bytes_of(&buf)).await {
             Ok(()) => (Ok(n), buf),
             Err(e) => (Err(e), buf),
         }
@@ -722,7 +769,7 @@ impl AsyncWriteRent for H2Client {
         for v in iovs {
             // SAFETY: as above.
             let s = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
-            if let Err(e) = self.put(s).await {
+            if let Err(e) = self.tx.put(s).await {
                 return (Err(e), buf);
             }
             total += v.iov_len;

@@ -1,0 +1,546 @@
+//! Forwarding to an HTTP/2 upstream (`protocol = "h2"`): the request as a
+//! stream on the worker's connection to the target, its answer back to the
+//! client, trailers included (gRPC's status travels in them).
+//!
+//! ```text
+//! pick target (balancer) → connection (upstream::h2::sender) → HEADERS
+//!   request body:  HTTP/2 client: its DATA frames, at once (full duplex:
+//!                  a bidirectional gRPC call streams both ways)
+//!                  HTTP/1 client: its body (Content-Length or chunked)
+//!   response:      head → the client, DATA as they come, trailers
+//! ```
+//!
+//! The forwarded head is the one [`build_request_head`] makes for an
+//! HTTP/1.1 upstream (hop-by-hop fields dropped, forwarding, request id,
+//! trace context, the filters' edits), turned into HTTP/2 fields with
+//! `:authority` from `Host` and `te: trailers`. The answer is written to
+//! the client as ringgate's HTTP/1.1 form (chunked, trailers in the last
+//! chunk), which an HTTP/2 client's stream turns into HEADERS, DATA and
+//! trailing HEADERS (a Trailers-Only answer stays one HEADERS frame).
+//!
+//! Timeouts: `request_timeout_ms`, or a shorter `grpc-timeout` of the
+//! request, bounds the whole exchange; `grpc-timeout` is passed on reduced
+//! by the time already spent. Connect failures go to another target while
+//! `retries` allows; the breaker sees every answer.
+
+use super::forward::{Conn, Outcome, build_request_head};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind};
+use crate::http::ClientIo;
+use crate::http::chunked::ChunkedScanner;
+use crate::http::parse::BodyFraming;
+use crate::runtime::worker::{Generation, Worker};
+use crate::upstream::breaker::Ticket;
+use crate::upstream::shared::Report;
+use crate::upstream::{balance, pool};
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncWriteRentExt;
+use std::future::poll_fn;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// Forwards the request in `c` to HTTP/2 upstream `up_id`.
+pub async fn forward_h2<S: ClientIo>(
+    w: &Worker,
+    snap: &Generation,
+    client: &mut S,
+    c: &mut Conn,
+    up_id: usize,
+) -> Outcome {
+    let cfg: &Config = &snap.config;
+    let up_cfg = &cfg.upstreams[up_id];
+    let up = &snap.upstreams[up_id];
+    let shared = &*up.shared;
+    let mut ticket = Ticket::new(shared.breaker.as_ref());
+    if ticket.rejected() {
+        return Outcome::Error(
+            Error::new(
+                ErrorKind::CircuitOpen,
+                "upstream unavailable (circuit breaker open)",
+            )
+            .closing(c.head.has_body()),
+        );
+    }
+    let mut timeout = up_cfg.request_timeout;
+    let grpc_timeout = c
+        .lines
+        .iter()
+        .find(|l| l.name.of(&c.buf).eq_ignore_ascii_case(b"grpc-timeout"))
+        .and_then(|l| parse_grpc_timeout(l.value.of(&c.buf)));
+    if let Some(t) = grpc_timeout {
+        timeout = timeout.min(t);
+    }
+    let deadline = c.started + timeout;
+
+    // The target, and a stream on its connection.
+    let list = up.list();
+    let mut tried = 0u64;
+    let mut retries = 0u32;
+    let (send, t) = loop {
+        let Some(t) = balance::pick(up, &list, up_cfg.balance, None, tried) else {
+            ticket.record(false);
+            return Outcome::Error(
+                Error::new(ErrorKind::NoHealthyTarget, "no healthy upstream target")
+                    .closing(c.head.has_body()),
+            );
+        };
+        balance::mark(&mut tried, t);
+        let target = &*list.targets[t];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match crate::upstream::h2::sender(
+            target,
+            up_cfg.tls.as_deref(),
+            up_cfg.connect_timeout.min(left),
+        )
+        .await
+        {
+            Ok(s) => break (s, t),
+            Err(e) => {
+                shared.report(&target.shared, Report::Failure);
+                let more = retries < up_cfg.retries
+                    && (tried.count_ones() as usize) < list.targets.len()
+                    && Instant::now() < deadline;
+                if more {
+                    retries += 1;
+                    continue;
+                }
+                ticket.record(false);
+                return Outcome::Error(e.error().closing(c.head.has_body()));
+            }
+        }
+    };
+    let target = &*list.targets[t];
+    c.upstream_addr = Some(target.addr);
+    if cfg.metrics_enabled {
+        w.metrics.upstream_conn(cfg.upstream_slots[up_id], true);
+    }
+    let req = match request_for(c, target.addr, up_cfg.tls.is_some(), deadline) {
+        Some(r) => r,
+        None => {
+            return Outcome::Error(Error::new(
+                ErrorKind::BadRequest,
+                "request cannot be sent over HTTP/2",
+            ));
+        }
+    };
+    let body_follows = c.head.has_body();
+    let sent_at = Instant::now();
+    target.begin();
+    let started = async {
+        let mut send = send.ready().await?;
+        send.send_request(req, !body_follows)
+    };
+    let (response, body) = match monoio::time::timeout_at(deadline.into(), started).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            target.end();
+            shared.report(&target.shared, Report::Failure);
+            ticket.record(false);
+            tracing::debug!(error = %e, "HTTP/2 upstream refused the stream");
+            return Outcome::Error(
+                Error::new(ErrorKind::UpstreamClosed, "upstream refused the request")
+                    .closing(body_follows),
+            );
+        }
+        Err(_) => {
+            target.end();
+            ticket.record(false);
+            return Outcome::Error(
+                Error::new(ErrorKind::UpstreamTimeout, "upstream timed out").closing(true),
+            );
+        }
+    };
+
+    let r = match client.h2_stream() {
+        // Full duplex: the client's DATA go up while the answer comes down.
+        Some(h) => {
+            let (rx, tx) = h.halves();
+            let up_body = pump_h2(rx.stream(), body, body_follows);
+            let down = respond(w, c, tx, response, deadline, sent_at, target, up_cfg);
+            let mut up_body = std::pin::pin!(up_body);
+            let mut down = std::pin::pin!(down);
+            // The answer decides the end: once it is whole, a request body
+            // still streaming is cut (the call is over).
+            let mut up_done = !body_follows;
+            loop {
+                if up_done {
+                    break down.await;
+                }
+                monoio::select! {
+                    r = &mut down => break r,
+                    _ = &mut up_body => up_done = true,
+                }
+            }
+        }
+        None => {
+            let mut body = body;
+            if body_follows && pump_h1(client, c, &mut body).await.is_err() {
+                target.end();
+                return Outcome::Abort;
+            }
+            respond(
+                w,
+                c,
+                Writer(client),
+                response,
+                deadline,
+                sent_at,
+                target,
+                up_cfg,
+            )
+            .await
+        }
+    };
+    target.end();
+    match r {
+        Ok(status) => {
+            ticket.record_status(status);
+            let close = c.head.minor == 0 || !c.head.keep_alive || w.draining.get();
+            Outcome::Done { keep_alive: !close }
+        }
+        Err(Failed::Upstream(e)) => {
+            shared.report(&target.shared, Report::Failure);
+            ticket.record(false);
+            Outcome::Error(e)
+        }
+        Err(Failed::Client) => Outcome::Abort,
+    }
+}
+
+/// `grpc-timeout` (gRPC over HTTP/2: an integer of at most 8 digits and a
+/// unit H, M, S, m, u or n).
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let v = v.trim_ascii();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The forwarded request as HTTP/2 fields (no body).
+fn request_for(
+    c: &mut Conn,
+    target: std::net::SocketAddr,
+    tls: bool,
+    deadline: Instant,
+) -> Option<http::Request<()>> {
+    build_request_head(c, target);
+    let mut out = std::mem::take(&mut c.out);
+    out.src = std::mem::take(&mut c.buf);
+    let head = out.to_vec();
+    c.buf = std::mem::take(&mut out.src);
+    c.out = out;
+    let mut fields = vec![httparse::EMPTY_HEADER; 256];
+    let mut r = httparse::Request::new(&mut fields);
+    r.parse(&head).ok()?;
+    let host = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value)
+        .unwrap_or_default();
+    let authority = match std::str::from_utf8(host) {
+        Ok(h) if !h.is_empty() => h.to_string(),
+        _ => target.to_string(),
+    };
+    let uri = format!(
+        "{}://{authority}{}",
+        if tls { "https" } else { "http" },
+        r.path?
+    );
+    let mut b = http::Request::builder().method(r.method?).uri(uri);
+    for h in r.headers.iter() {
+        let n = h.name.to_ascii_lowercase();
+        if matches!(
+            n.as_str(),
+            "host"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+                | "grpc-timeout"
+        ) {
+            continue;
+        }
+        b = b.header(n, h.value);
+    }
+    // ringgate relays trailers (gRPC's status is in them).
+    b = b.header("te", "trailers");
+    // What is left of the deadline, for the backend to keep.
+    let left = deadline.saturating_duration_since(Instant::now());
+    if c.lines
+        .iter()
+        .any(|l| l.name.of(&c.buf).eq_ignore_ascii_case(b"grpc-timeout"))
+    {
+        b = b.header("grpc-timeout", format!("{}m", left.as_millis().max(1)));
+    }
+    b.body(()).ok()
+}
+
+/// Why an exchange failed once it began.
+enum Failed {
+    /// The upstream failed before the answer's head was written: an error
+    /// answer is still possible.
+    Upstream(Error),
+    /// The client is gone, or the answer broke after its head.
+    Client,
+}
+
+/// Where the answer goes: an HTTP/2 client's sending half, or any client
+/// transport.
+trait Sink {
+    async fn put(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+impl Sink for &mut crate::http::h2::stream::TxSide {
+    async fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        crate::http::h2::stream::TxSide::put(self, bytes).await
+    }
+}
+
+/// Any client transport, written whole.
+struct Writer<'a, S>(&'a mut S);
+
+impl<S: ClientIo> Sink for Writer<'_, S> {
+    async fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let (r, _) = self.0.write_all(bytes.to_vec()).await;
+        r.map(|_| ())
+    }
+}
+
+/// The request body of an HTTP/2 client, DATA for DATA (credit given back
+/// once sent on), then its trailers or the end.
+async fn pump_h2(rx: &mut RecvStream, mut up: SendStream<Bytes>, body: bool) {
+    if !body {
+        return;
+    }
+    loop {
+        match poll_fn(|cx| rx.poll_data(cx)).await {
+            Some(Ok(d)) => {
+                let n = d.len();
+                if crate::http::h2::send_all(&mut up, d, false).await.is_err() {
+                    return;
+                }
+                let _ = rx.flow_control().release_capacity(n);
+            }
+            Some(Err(_)) => {
+                up.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            None => break,
+        }
+    }
+    match poll_fn(|cx| rx.poll_trailers(cx)).await {
+        Ok(Some(t)) => {
+            let _ = up.send_trailers(t);
+        }
+        _ => {
+            let _ = up.send_data(Bytes::new(), true);
+        }
+    }
+}
+
+/// The request body of an HTTP/1 client (what came with the head, then
+/// the rest), its framing removed.
+async fn pump_h1<S: ClientIo>(
+    client: &mut S,
+    c: &mut Conn,
+    up: &mut SendStream<Bytes>,
+) -> std::io::Result<()> {
+    let head_len = c.head.len;
+    let mut pending: Vec<u8> = c.buf[head_len..].to_vec();
+    c.buf.truncate(head_len);
+    let mut left = match c.head.framing {
+        BodyFraming::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut scanner = ChunkedScanner::new();
+    let chunked = c.head.framing == BodyFraming::Chunked;
+    loop {
+        let mut payload = Vec::new();
+        let used = if chunked {
+            scanner
+                .scan(&pending, |a, b| payload.extend_from_slice(&pending[a..b]))
+                .map_err(|e| std::io::Error::other(e.0))?
+        } else {
+            let k = (left.min(pending.len() as u64)) as usize;
+            payload.extend_from_slice(&pending[..k]);
+            left -= k as u64;
+            k
+        };
+        let done = if chunked {
+            scanner.is_done()
+        } else {
+            left == 0
+        };
+        if !payload.is_empty() || done {
+            crate::http::h2::send_all(up, Bytes::from(payload), done)
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        pending.drain(..used);
+        if done {
+            // Pipelined bytes after the body stay for the next request.
+            c.buf.extend_from_slice(&pending);
+            c.consume_head_only();
+            return Ok(());
+        }
+        let mut buf = std::mem::take(&mut pending);
+        let len = buf.len();
+        buf.reserve(16 * 1024);
+        let (r, b) = monoio::io::AsyncReadRent::read(client, buf.slice_mut(len..)).await;
+        pending = b.into_inner();
+        match r {
+            Ok(n) if n > 0 => {}
+            _ => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+}
+
+/// Waits for the answer's head, writes it to the client, then its DATA as
+/// they come and its trailers; returns the status.
+#[allow(clippy::too_many_arguments)]
+async fn respond<K: Sink>(
+    w: &Worker,
+    c: &mut Conn,
+    mut out: K,
+    response: h2::client::ResponseFuture,
+    deadline: Instant,
+    sent_at: Instant,
+    target: &pool::TargetState,
+    up_cfg: &crate::config::UpstreamConfig,
+) -> Result<u16, Failed> {
+    let _ = w;
+    let resp = match monoio::time::timeout_at(deadline.into(), response).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "HTTP/2 upstream ended the stream");
+            return Err(Failed::Upstream(
+                Error::new(
+                    ErrorKind::UpstreamClosed,
+                    "upstream closed the stream before responding",
+                )
+                .closing(true),
+            ));
+        }
+        Err(_) => {
+            return Err(Failed::Upstream(
+                Error::new(ErrorKind::UpstreamTimeout, "upstream timed out").closing(true),
+            ));
+        }
+    };
+    let now = Instant::now();
+    let rtt = now.saturating_duration_since(sent_at);
+    c.upstream_us = Some(rtt.as_micros() as u64);
+    if up_cfg.balance == crate::config::Balance::P2cEwma {
+        target.observe(rtt, now);
+    }
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status.as_u16();
+    c.rhead.status = status;
+    let no_body = c.head.is_head || status == 204 || status == 304 || body.is_end_stream();
+    let chunked = !no_body && c.head.minor == 1;
+    let mut head = Vec::with_capacity(512);
+    let _ = write!(
+        head,
+        "HTTP/1.1 {status} {}\r\n",
+        crate::http::reason(status)
+    );
+    for (name, value) in parts.headers.iter() {
+        if matches!(
+            name.as_str(),
+            "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "content-length"
+        ) && (name != "content-length" || chunked || no_body)
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"X-Request-Id: ");
+    head.extend_from_slice(c.rid.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    head.extend_from_slice(&c.resp_extra);
+    if no_body {
+        if !c.head.is_head {
+            head.extend_from_slice(b"Content-Length: 0\r\n");
+        }
+    } else if chunked {
+        head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    } else {
+        head.extend_from_slice(b"Connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    c.bytes_out = head.len() as u64;
+    if out.put(&head).await.is_err() {
+        return Err(Failed::Client);
+    }
+    if no_body {
+        return Ok(status);
+    }
+    let mut frame = Vec::new();
+    loop {
+        let next = monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_data(cx)));
+        match next.await {
+            Ok(Some(Ok(d))) => {
+                let n = d.len();
+                frame.clear();
+                if chunked {
+                    let _ = write!(frame, "{n:x}\r\n");
+                    frame.extend_from_slice(&d);
+                    frame.extend_from_slice(b"\r\n");
+                } else {
+                    frame.extend_from_slice(&d);
+                }
+                if n == 0 {
+                    continue;
+                }
+                if out.put(&frame).await.is_err() {
+                    return Err(Failed::Client);
+                }
+                c.bytes_out += frame.len() as u64;
+                let _ = body.flow_control().release_capacity(n);
+            }
+            Ok(Some(Err(_))) | Err(_) => return Err(Failed::Client),
+            Ok(None) => break,
+        }
+    }
+    let trailers =
+        match monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_trailers(cx))).await
+        {
+            Ok(Ok(t)) => t,
+            _ => return Err(Failed::Client),
+        };
+    if chunked {
+        frame.clear();
+        frame.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers.iter().flat_map(|t| t.iter()) {
+            frame.extend_from_slice(name.as_str().as_bytes());
+            frame.extend_from_slice(b": ");
+            frame.extend_from_slice(value.as_bytes());
+            frame.extend_from_slice(b"\r\n");
+        }
+        frame.extend_from_slice(b"\r\n");
+        if out.put(&frame).await.is_err() {
+            return Err(Failed::Client);
+        }
+        c.bytes_out += frame.len() as u64;
+    }
+    Ok(status)
+}

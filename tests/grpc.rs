@@ -1,0 +1,192 @@
+//! gRPC through ringgate: real gRPC clients and a real gRPC server
+//! (Python grpcio, `tests/grpc/echo.py`) over h2c, the upstream declared
+//! `protocol = "h2"`.
+//!
+//! - unary, server-streaming, client-streaming and bidirectional calls,
+//!   the bidirectional one sending each message only after the echo of the
+//!   one before came back (both directions stream at once);
+//! - the backend's status in trailers (NOT_FOUND "nope") reaches the
+//!   client; 300 concurrent calls on one channel;
+//! - `grpc-timeout`: the client's deadline reaches the backend reduced,
+//!   and a call past it ends DEADLINE_EXCEEDED;
+//! - errors ringgate makes are gRPC statuses: unauthenticated 16, rate
+//!   limited 8, no upstream 14, gateway timeout 4, no route 12.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use support::*;
+
+const ECHO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/echo.py");
+
+/// The gRPC backend: a child process serving until dropped.
+struct Backend {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Backend {
+    fn start() -> Backend {
+        let mut child = Command::new("python3")
+            .arg(ECHO)
+            .arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 is installed");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+            panic!("the gRPC backend did not start (pip install grpcio): {line:?} {err}")
+        });
+        Backend {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One client case against `addr`; its JSON line.
+fn call(addr: SocketAddr, case: &str) -> Value {
+    let out = Command::new("python3")
+        .args([ECHO, "call", &addr.to_string(), case])
+        .output()
+        .expect("python3 is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{case}: {} {}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{case}: not JSON ({e}): {stdout}"))
+}
+
+/// A gateway whose every route goes to `target` over h2c, plus `rest`.
+fn gateway(target: SocketAddr, upstream: &str, rest: &str) -> Gateway {
+    Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\npin = false\n\n\
+         [upstreams.g]\ntargets = [\"{target}\"]\nprotocol = \"h2\"\n{upstream}\n{rest}\n\
+         [[routes]]\nname = \"all\"\npath = \"/t.Echo/{{*m}}\"\nupstream = \"g\"\n"
+    ))
+}
+
+#[test]
+fn unary_and_streaming_calls_both_ways_with_trailers() {
+    let be = Backend::start();
+    let gw = gateway(be.addr, "", "");
+    let v = call(gw.addr, "unary");
+    assert_eq!(v["code"], 0, "{v}");
+    assert_eq!(v["reply"], "olleh");
+    // One request id from ringgate: the backend saw it, the client got it.
+    let rid = v["initial"]["x-request-id"].as_str().unwrap_or_default();
+    assert_eq!(rid.len(), 32, "{v}");
+    assert_eq!(v["initial"]["x-seen-request-id"], rid);
+
+    let v = call(gw.addr, "server-stream");
+    let replies: Vec<String> = (0..50).map(|i| format!("i:{i}")).collect();
+    assert_eq!(v["replies"], serde_json::json!(replies), "{v}");
+    assert_eq!(v["code"], 0);
+
+    let v = call(gw.addr, "client-stream");
+    assert_eq!(v["reply"], "a+b+cccccccccccccccc", "{v}");
+
+    let v = call(gw.addr, "bidi");
+    let replies: Vec<String> = (0..20).map(|i| format!("echo:m{i}")).collect();
+    assert_eq!(v["replies"], serde_json::json!(replies), "{v}");
+    assert_eq!(v["sent"], 20);
+
+    // The backend's own status, in its trailers.
+    let v = call(gw.addr, "fail");
+    assert_eq!(
+        (v["code"].as_u64(), v["message"].as_str()),
+        (Some(5), Some("nope")),
+        "{v}"
+    );
+
+    let v = call(gw.addr, "many");
+    assert_eq!(v["ok"], 300, "{v}");
+}
+
+#[test]
+fn grpc_timeout_reaches_the_backend_reduced_and_ends_calls_past_it() {
+    let be = Backend::start();
+    let gw = gateway(be.addr, "", "");
+    let v = call(gw.addr, "unary-deadline");
+    assert_eq!(v["reply"], "cba", "{v}");
+    let left: f64 = v["initial"]["x-seen-remaining"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the backend saw no deadline: {v}"));
+    assert!(left > 0.0 && left <= 5.0, "{v}");
+    // Without a deadline of its own, the call gets none from ringgate
+    // either (the route's timeout still bounds it).
+    let v = call(gw.addr, "unary");
+    assert_eq!(v["initial"]["x-seen-remaining"], "-", "{v}");
+    // 0.5 s against a backend that takes 3 s.
+    let v = call(gw.addr, "slow");
+    assert_eq!(v["code"], 4, "{v}");
+}
+
+#[test]
+fn errors_ringgate_makes_are_grpc_statuses() {
+    let be = Backend::start();
+    let rest = format!(
+        "[auth.api_key]\nheader = \"X-API-Key\"\n\n\
+         [[consumers]]\nid = \"grpc-client\"\napi_key_sha256 = \"{}\"\n\n\
+         [rate_limits.tiny]\nalgorithm = \"token_bucket\"\nlimit = 1\nwindow_s = 3600\nburst = 1\n\n\
+         [upstreams.down]\ntargets = [\"{}\"]\nprotocol = \"h2\"\n\n\
+         [upstreams.slow]\ntargets = [\"{}\"]\nprotocol = \"h2\"\nrequest_timeout_ms = 300\n\n\
+         [[routes]]\nname = \"keyed\"\npath = \"/t.Echo/Unary\"\nupstream = \"g\"\nauth = [\"api_key\"]\nrate_limit = [\"tiny\"]\n\n\
+         [[routes]]\nname = \"down\"\npath = \"/t.Echo/Fail\"\nupstream = \"down\"\n\n\
+         [[routes]]\nname = \"slow\"\npath = \"/t.Echo/Slow\"\nupstream = \"slow\"\n",
+        sha_hex("grpc-secret"),
+        refused_addr(),
+        be.addr,
+    );
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\npin = false\n\n\
+         [upstreams.g]\ntargets = [\"{}\"]\nprotocol = \"h2\"\n\n{rest}",
+        be.addr
+    ));
+    // The key is right once: the second call is over the limit.
+    let v = call(gw.addr, "unary");
+    assert_eq!(v["code"], 0, "{v}");
+    assert_eq!(v["initial"]["x-seen-consumer"], "grpc-client", "{v}");
+    let v = call(gw.addr, "unary");
+    assert_eq!(v["code"], 8, "rate limited: RESOURCE_EXHAUSTED {v}");
+    // Without the key.
+    let v = call(gw.addr, "unary-deadline");
+    assert_eq!(v["code"], 16, "UNAUTHENTICATED {v}");
+    // No upstream answers.
+    let v = call(gw.addr, "fail");
+    assert_eq!(v["code"], 14, "UNAVAILABLE {v}");
+    assert_eq!(v["message"], "upstream refused the connection", "{v}");
+    // The route's upstream takes longer than its request timeout (the
+    // client's own deadline, 0.5 s, is later).
+    let v = call(gw.addr, "slow");
+    assert_eq!(v["code"], 4, "DEADLINE_EXCEEDED {v}");
+    assert_eq!(
+        v["message"], "upstream timed out",
+        "ringgate's, not the client's {v}"
+    );
+    // No route.
+    let v = call(gw.addr, "server-stream");
+    assert_eq!(v["code"], 12, "UNIMPLEMENTED {v}");
+}

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""A gRPC backend and client for tests/grpc.rs, with raw-bytes messages
+(no generated code): service `t.Echo`.
+
+    echo.py serve                 serve on 127.0.0.1:0, print the port, run until stdin closes
+    echo.py call HOST:PORT CASE   run one client case, print one JSON line
+
+Server methods: Unary (the request reversed, with the metadata it saw in
+the initial response metadata), ServerStream (N messages "i:<n>"),
+ClientStream (all requests joined with "+"), Bidi (each message echoed as
+it arrives), Fail (NOT_FOUND "nope"), Slow (sleeps 3 s).
+"""
+
+import json
+import sys
+import threading
+import time
+from concurrent import futures
+
+try:
+    import grpc
+except ImportError:
+    print("python package grpcio is missing: pip install grpcio", file=sys.stderr)
+    sys.exit(2)
+
+
+def serve():
+    def unary(req, ctx):
+        seen = {k: v for k, v in ctx.invocation_metadata()}
+        left = ctx.time_remaining()
+        none = left is None or left > 1e6
+        ctx.send_initial_metadata((("x-seen-remaining", "-" if none else "%.3f" % left),
+                                   ("x-seen-consumer", seen.get("x-consumer-id", "-")),
+                                   ("x-seen-request-id", seen.get("x-request-id", "-"))))
+        return req[::-1]
+
+    def server_stream(req, ctx):
+        for i in range(int(req or b"3")):
+            yield b"i:%d" % i
+
+    def client_stream(it, ctx):
+        return b"+".join(list(it))
+
+    def bidi(it, ctx):
+        for m in it:
+            yield b"echo:" + m
+
+    def fail(req, ctx):
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "nope")
+
+    def slow(req, ctx):
+        time.sleep(3)
+        return b"late"
+
+    h = grpc.method_handlers_generic_handler("t.Echo", {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    })
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server.add_generic_rpc_handlers((h,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()
+    server.stop(0)
+
+
+def call(target, case):
+    ch = grpc.insecure_channel(target)
+    out = {"case": case}
+    try:
+        if case == "unary":
+            resp, call_ = ch.unary_unary("/t.Echo/Unary").with_call(
+                b"hello", metadata=(("x-api-key", "grpc-secret"),))
+            out["reply"] = resp.decode()
+            out["initial"] = {k: v for k, v in call_.initial_metadata()}
+            out["code"] = call_.code().value[0]
+        elif case == "unary-deadline":
+            resp, call_ = ch.unary_unary("/t.Echo/Unary").with_call(b"abc", timeout=5)
+            out["reply"] = resp.decode()
+            out["initial"] = {k: v for k, v in call_.initial_metadata()}
+        elif case == "server-stream":
+            out["replies"] = [m.decode() for m in ch.unary_stream("/t.Echo/ServerStream")(b"50", timeout=10)]
+        elif case == "client-stream":
+            out["reply"] = ch.stream_unary("/t.Echo/ClientStream")(iter([b"a", b"b", b"c" * 100000]), timeout=10).decode()[:20]
+        elif case == "bidi":
+            # Each message is sent only after the echo of the one before
+            # came back: the call streams both ways at once.
+            lock = threading.Condition()
+            got = []
+            sent = [0]
+
+            def gen():
+                for i in range(20):
+                    with lock:
+                        while len(got) < i:
+                            if not lock.wait(10):
+                                return
+                    sent[0] += 1
+                    yield b"m%d" % i
+
+            for m in ch.stream_stream("/t.Echo/Bidi")(gen(), timeout=20):
+                with lock:
+                    got.append(m.decode())
+                    lock.notify_all()
+            out["replies"] = got
+            out["sent"] = sent[0]
+        elif case == "fail":
+            ch.unary_unary("/t.Echo/Fail")(b"x", timeout=10)
+        elif case == "slow":
+            ch.unary_unary("/t.Echo/Slow")(b"x", timeout=0.5)
+        elif case == "many":
+            f = ch.unary_unary("/t.Echo/Unary")
+            futs = [f.future(b"n%d" % i, timeout=20) for i in range(300)]
+            out["ok"] = sum(1 for i, x in enumerate(futs) if x.result() == (b"n%d" % i)[::-1])
+        else:
+            raise SystemExit("unknown case " + case)
+        out["code"] = 0
+    except grpc.RpcError as e:
+        out["code"] = e.code().value[0]
+        out["message"] = e.details()
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve()
+    else:
+        call(sys.argv[2], sys.argv[3])
