@@ -9,6 +9,8 @@
 //!   client; 300 concurrent calls on one channel;
 //! - `grpc-timeout`: the client's deadline reaches the backend reduced,
 //!   and a call past it ends DEADLINE_EXCEEDED;
+//! - gRPC-Web, binary and text, from an HTTP/1.1 client: messages and
+//!   the trailer frame in the body;
 //! - errors ringgate makes are gRPC statuses: unauthenticated 16, rate
 //!   limited 8, no upstream 14, gateway timeout 4, no route 12.
 
@@ -179,8 +181,8 @@ fn errors_ringgate_makes_are_grpc_statuses() {
     assert_eq!(v["code"], 14, "UNAVAILABLE {v}");
     assert_eq!(v["message"], "upstream refused the connection", "{v}");
     // The route's upstream takes longer than its request timeout (the
-    // client's own deadline, 0.5 s, is later).
-    let v = call(gw.addr, "slow");
+    // client has no deadline of its own).
+    let v = call(gw.addr, "slow-free");
     assert_eq!(v["code"], 4, "DEADLINE_EXCEEDED {v}");
     assert_eq!(
         v["message"], "upstream timed out",
@@ -189,4 +191,33 @@ fn errors_ringgate_makes_are_grpc_statuses() {
     // No route.
     let v = call(gw.addr, "server-stream");
     assert_eq!(v["code"], 12, "UNIMPLEMENTED {v}");
+}
+
+/// gRPC-Web (what browser libraries send, here over HTTP/1.1): binary and
+/// base64 text bodies become gRPC calls; the answer's messages and its
+/// status (a trailer frame, flag 0x80) come back in the body.
+#[test]
+fn grpc_web_binary_and_text_become_grpc_calls() {
+    let be = Backend::start();
+    let gw = gateway(be.addr, "", "");
+    for (case, ct) in [
+        ("web", "application/grpc-web+proto"),
+        ("web-text", "application/grpc-web-text+proto"),
+    ] {
+        let v = call(gw.addr, case);
+        assert_eq!(v["status"], 200, "{v}");
+        assert_eq!(v["content_type"], ct, "{v}");
+        assert_eq!(v["messages"], serde_json::json!(["olleh"]), "{v}");
+        assert_eq!(v["trailers"]["grpc-status"], "0", "{v}");
+        assert_eq!(v["left"], 0, "{v}");
+    }
+    let v = call(gw.addr, "web-stream");
+    assert_eq!(v["messages"].as_array().map(Vec::len), Some(50), "{v}");
+    assert_eq!(v["trailers"]["grpc-status"], "0", "{v}");
+    // The backend's error: a Trailers-Only answer, its status in the body.
+    let v = call(gw.addr, "web-fail");
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["messages"], serde_json::json!([]), "{v}");
+    assert_eq!(v["trailers"]["grpc-status"], "5", "{v}");
+    assert_eq!(v["trailers"]["grpc-message"], "nope", "{v}");
 }

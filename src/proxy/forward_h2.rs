@@ -116,7 +116,14 @@ pub async fn forward_h2<S: ClientIo>(
     if cfg.metrics_enabled {
         w.metrics.upstream_conn(cfg.upstream_slots[up_id], true);
     }
-    let req = match request_for(c, target.addr, up_cfg.tls.is_some(), deadline) {
+    let web = web_mode(c).map(|m| (m, web_format(c)));
+    let req = match request_for(
+        c,
+        target.addr,
+        up_cfg.tls.is_some(),
+        deadline,
+        web.as_ref().map(|w| w.0),
+    ) {
         Some(r) => r,
         None => {
             return Outcome::Error(Error::new(
@@ -157,8 +164,8 @@ pub async fn forward_h2<S: ClientIo>(
         // Full duplex: the client's DATA go up while the answer comes down.
         Some(h) => {
             let (rx, tx) = h.halves();
-            let up_body = pump_h2(rx.stream(), body, body_follows);
-            let down = respond(w, c, tx, response, deadline, sent_at, target, up_cfg);
+            let up_body = pump_h2(rx.stream(), body, body_follows, web.as_ref().map(|w| w.0));
+            let down = respond(w, c, tx, response, deadline, sent_at, target, up_cfg, web);
             let mut up_body = std::pin::pin!(up_body);
             let mut down = std::pin::pin!(down);
             // The answer decides the end: once it is whole, a request body
@@ -176,7 +183,11 @@ pub async fn forward_h2<S: ClientIo>(
         }
         None => {
             let mut body = body;
-            if body_follows && pump_h1(client, c, &mut body).await.is_err() {
+            if body_follows
+                && pump_h1(client, c, &mut body, web.as_ref().map(|w| w.0))
+                    .await
+                    .is_err()
+            {
                 target.end();
                 return Outcome::Abort;
             }
@@ -189,6 +200,7 @@ pub async fn forward_h2<S: ClientIo>(
                 sent_at,
                 target,
                 up_cfg,
+                web,
             )
             .await
         }
@@ -235,6 +247,7 @@ fn request_for(
     target: std::net::SocketAddr,
     tls: bool,
     deadline: Instant,
+    web: Option<Web>,
 ) -> Option<http::Request<()>> {
     build_request_head(c, target);
     let mut out = std::mem::take(&mut c.out);
@@ -274,6 +287,14 @@ fn request_for(
                 | "te"
                 | "grpc-timeout"
         ) {
+            continue;
+        }
+        if web.is_some() && n == "content-type" {
+            // gRPC-Web to gRPC: `application/grpc-web[-text][+fmt]` becomes
+            // `application/grpc[+fmt]`.
+            let v = std::str::from_utf8(h.value).unwrap_or("");
+            let fmt = v.find('+').map_or("", |i| &v[i..]);
+            b = b.header(n, format!("application/grpc{fmt}"));
             continue;
         }
         b = b.header(n, h.value);
@@ -324,14 +345,26 @@ impl<S: ClientIo> Sink for Writer<'_, S> {
 
 /// The request body of an HTTP/2 client, DATA for DATA (credit given back
 /// once sent on), then its trailers or the end.
-async fn pump_h2(rx: &mut RecvStream, mut up: SendStream<Bytes>, body: bool) {
+async fn pump_h2(rx: &mut RecvStream, mut up: SendStream<Bytes>, body: bool, web: Option<Web>) {
     if !body {
         return;
     }
+    let mut text = B64Stream::default();
     loop {
         match poll_fn(|cx| rx.poll_data(cx)).await {
             Some(Ok(d)) => {
                 let n = d.len();
+                let d = if web == Some(Web::Text) {
+                    match text.decode(&d) {
+                        Some(v) => Bytes::from(v),
+                        None => {
+                            up.send_reset(h2::Reason::CANCEL);
+                            return;
+                        }
+                    }
+                } else {
+                    d
+                };
                 if crate::http::h2::send_all(&mut up, d, false).await.is_err() {
                     return;
                 }
@@ -360,7 +393,9 @@ async fn pump_h1<S: ClientIo>(
     client: &mut S,
     c: &mut Conn,
     up: &mut SendStream<Bytes>,
+    web: Option<Web>,
 ) -> std::io::Result<()> {
+    let mut text = B64Stream::default();
     let head_len = c.head.len;
     let mut pending: Vec<u8> = c.buf[head_len..].to_vec();
     c.buf.truncate(head_len);
@@ -387,6 +422,11 @@ async fn pump_h1<S: ClientIo>(
         } else {
             left == 0
         };
+        if web == Some(Web::Text) {
+            payload = text
+                .decode(&payload)
+                .ok_or_else(|| std::io::Error::other("invalid base64 in a grpc-web-text body"))?;
+        }
         if !payload.is_empty() || done {
             crate::http::h2::send_all(up, Bytes::from(payload), done)
                 .await
@@ -423,8 +463,15 @@ async fn respond<K: Sink>(
     sent_at: Instant,
     target: &pool::TargetState,
     up_cfg: &crate::config::UpstreamConfig,
+    web: Option<(Web, String)>,
 ) -> Result<u16, Failed> {
     let _ = w;
+    // (The request's spans may be gone: an HTTP/1 request body was
+    // consumed from the buffer.)
+    let (web, asked) = match web {
+        Some((m, f)) => (Some(m), f),
+        None => (None, String::new()),
+    };
     let resp = match monoio::time::timeout_at(deadline.into(), response).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -452,7 +499,11 @@ async fn respond<K: Sink>(
     let (parts, mut body) = resp.into_parts();
     let status = parts.status.as_u16();
     c.rhead.status = status;
-    let no_body = c.head.is_head || status == 204 || status == 304 || body.is_end_stream();
+    let trailers_only = body.is_end_stream();
+    // gRPC-Web carries the trailers in the body, so a Trailers-Only answer
+    // has one.
+    let no_body =
+        c.head.is_head || status == 204 || status == 304 || (trailers_only && web.is_none());
     let chunked = !no_body && c.head.minor == 1;
     let mut head = Vec::with_capacity(512);
     let _ = write!(
@@ -470,7 +521,20 @@ async fn respond<K: Sink>(
         }
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        match web {
+            Some(mode) if name == "content-type" => {
+                // The message format the backend names, else the one the
+                // request named.
+                let v = value.to_str().unwrap_or("");
+                let fmt = v.find('+').map_or(asked.as_str(), |i| &v[i..]);
+                head.extend_from_slice(match mode {
+                    Web::Binary => b"application/grpc-web".as_slice(),
+                    Web::Text => b"application/grpc-web-text".as_slice(),
+                });
+                head.extend_from_slice(fmt.as_bytes());
+            }
+            _ => head.extend_from_slice(value.as_bytes()),
+        }
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"X-Request-Id: ");
@@ -495,14 +559,24 @@ async fn respond<K: Sink>(
         return Ok(status);
     }
     let mut frame = Vec::new();
+    if web.is_some() && trailers_only {
+        // The status came in the head: it is the body's trailer frame.
+        let t = web_trailers(&parts.headers, web);
+        return end_web(&mut out, c, chunked, &t).await.map(|_| status);
+    }
     loop {
         let next = monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_data(cx)));
         match next.await {
             Ok(Some(Ok(d))) => {
                 let n = d.len();
+                let d = if web == Some(Web::Text) {
+                    Bytes::from(B64.encode(&d))
+                } else {
+                    d
+                };
                 frame.clear();
                 if chunked {
-                    let _ = write!(frame, "{n:x}\r\n");
+                    let _ = write!(frame, "{:x}\r\n", d.len());
                     frame.extend_from_slice(&d);
                     frame.extend_from_slice(b"\r\n");
                 } else {
@@ -527,6 +601,10 @@ async fn respond<K: Sink>(
             Ok(Ok(t)) => t,
             _ => return Err(Failed::Client),
         };
+    if web.is_some() {
+        let t = web_trailers(&trailers.unwrap_or_default(), web);
+        return end_web(&mut out, c, chunked, &t).await.map(|_| status);
+    }
     if chunked {
         frame.clear();
         frame.extend_from_slice(b"0\r\n");
@@ -543,4 +621,149 @@ async fn respond<K: Sink>(
         c.bytes_out += frame.len() as u64;
     }
     Ok(status)
+}
+
+/// A gRPC-Web request's encoding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Web {
+    /// `application/grpc-web[+fmt]`: frames as gRPC's.
+    Binary,
+    /// `application/grpc-web-text[+fmt]`: the frames base64-encoded.
+    Text,
+}
+
+/// The message format suffix of the request's `Content-Type` (`+proto`),
+/// or nothing.
+fn web_format(c: &Conn) -> String {
+    c.lines
+        .iter()
+        .find(|l| l.name.of(&c.buf).eq_ignore_ascii_case(b"content-type"))
+        .map(|l| String::from_utf8_lossy(l.value.of(&c.buf)).into_owned())
+        .and_then(|v| v.find('+').map(|i| v[i..].trim().to_string()))
+        .unwrap_or_default()
+}
+
+/// The gRPC-Web encoding of the request, from its `Content-Type`.
+fn web_mode(c: &Conn) -> Option<Web> {
+    let ct = c
+        .lines
+        .iter()
+        .find(|l| l.name.of(&c.buf).eq_ignore_ascii_case(b"content-type"))?
+        .value
+        .of(&c.buf);
+    if ct.starts_with(b"application/grpc-web-text") {
+        Some(Web::Text)
+    } else if ct.starts_with(b"application/grpc-web") {
+        Some(Web::Binary)
+    } else {
+        None
+    }
+}
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+/// gRPC's trailers as gRPC-Web's trailer frame (flag 0x80, length, the
+/// fields as `name:value` lines), base64-encoded in text mode.
+fn web_trailers(fields: &http::HeaderMap, web: Option<Web>) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields.iter() {
+        let n = name.as_str();
+        if n.starts_with("grpc-") || !matches!(n, "content-type" | "content-length" | "date") {
+            block.extend_from_slice(n.as_bytes());
+            block.push(b':');
+            block.extend_from_slice(value.as_bytes());
+            block.extend_from_slice(b"\r\n");
+        }
+    }
+    let mut frame = Vec::with_capacity(5 + block.len());
+    frame.push(0x80);
+    frame.extend_from_slice(&(block.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&block);
+    if web == Some(Web::Text) {
+        B64.encode(&frame).into_bytes()
+    } else {
+        frame
+    }
+}
+
+/// Writes the trailer frame as the body's last bytes and ends the body.
+async fn end_web<K: Sink>(
+    out: &mut K,
+    c: &mut Conn,
+    chunked: bool,
+    t: &[u8],
+) -> Result<(), Failed> {
+    let mut frame = Vec::with_capacity(t.len() + 16);
+    if chunked {
+        let _ = write!(frame, "{:x}\r\n", t.len());
+        frame.extend_from_slice(t);
+        frame.extend_from_slice(b"\r\n0\r\n\r\n");
+    } else {
+        frame.extend_from_slice(t);
+    }
+    c.bytes_out += frame.len() as u64;
+    out.put(&frame).await.map_err(|_| Failed::Client)
+}
+
+/// Decodes base64 that arrives in pieces of any length (gRPC-Web text
+/// bodies; a padded group may end any piece).
+#[derive(Default)]
+struct B64Stream {
+    rest: Vec<u8>,
+}
+
+impl B64Stream {
+    /// The bytes decoded from `data` (and what was left of the last
+    /// piece); `None` when it is not base64.
+    fn decode(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        self.rest
+            .extend(data.iter().copied().filter(|b| !b.is_ascii_whitespace()));
+        let whole = self.rest.len() / 4 * 4;
+        let mut out = Vec::with_capacity(whole / 4 * 3);
+        let mut from = 0;
+        // Groups up to each padded one decode together.
+        for g in (0..whole).step_by(4) {
+            if self.rest[g + 3] == b'=' {
+                B64.decode_vec(&self.rest[from..g + 4], &mut out).ok()?;
+                from = g + 4;
+            }
+        }
+        B64.decode_vec(&self.rest[from..whole], &mut out).ok()?;
+        self.rest.drain(..whole);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units_and_limits() {
+        assert_eq!(
+            parse_grpc_timeout(b"100m"),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"5u"), Some(Duration::from_micros(5)));
+        for bad in [&b""[..], b"m", b"123456789m", b"10x", b"-1S", b"1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn base64_in_pieces_with_padding_inside() {
+        let mut d = B64Stream::default();
+        let a = B64.encode(b"hello");
+        let b = B64.encode(b"world!");
+        let all = format!("{a}{b}");
+        let mut out = Vec::new();
+        for piece in all.as_bytes().chunks(3) {
+            out.extend(d.decode(piece).unwrap());
+        }
+        assert_eq!(out, b"helloworld!");
+        assert!(B64Stream::default().decode(b"!!!!").is_none());
+    }
 }

@@ -113,16 +113,69 @@ def call(target, case):
             ch.unary_unary("/t.Echo/Fail")(b"x", timeout=10)
         elif case == "slow":
             ch.unary_unary("/t.Echo/Slow")(b"x", timeout=0.5)
+        elif case == "slow-free":
+            # No deadline of the client's own.
+            ch.unary_unary("/t.Echo/Slow")(b"x")
         elif case == "many":
             f = ch.unary_unary("/t.Echo/Unary")
             futs = [f.future(b"n%d" % i, timeout=20) for i in range(300)]
             out["ok"] = sum(1 for i, x in enumerate(futs) if x.result() == (b"n%d" % i)[::-1])
+        elif case in ("web", "web-text", "web-fail", "web-stream"):
+            web(target, case, out)
+            return
         else:
             raise SystemExit("unknown case " + case)
         out["code"] = 0
     except grpc.RpcError as e:
         out["code"] = e.code().value[0]
         out["message"] = e.details()
+    print(json.dumps(out), flush=True)
+
+
+def b64_pieces(data):
+    # Base64 whose padded groups may sit anywhere (one per piece).
+    import base64
+    out, start = b"", 0
+    data = bytes(data)
+    for g in range(0, len(data) - len(data) % 4, 4):
+        if data[g + 3:g + 4] == b"=":
+            out += base64.b64decode(data[start:g + 4])
+            start = g + 4
+    return out + base64.b64decode(data[start:])
+
+
+def web(target, case, out):
+    # gRPC-Web over HTTP/1.1, as a browser library sends it.
+    import base64
+    import http.client
+    import struct
+    host, port = target.rsplit(":", 1)
+    text = case == "web-text"
+    msg = b"50" if case == "web-stream" else b"hello"
+    frame = b"\x00" + struct.pack(">I", len(msg)) + msg
+    path = {"web-fail": "/t.Echo/Fail", "web-stream": "/t.Echo/ServerStream"}.get(case, "/t.Echo/Unary")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", path, body=base64.b64encode(frame) if text else frame, headers={
+        "content-type": "application/grpc-web-text+proto" if text else "application/grpc-web+proto",
+        "x-grpc-web": "1", "x-api-key": "grpc-secret"})
+    r = conn.getresponse()
+    raw = r.read()
+    if text:
+        raw = b64_pieces(raw)
+    out["status"] = r.status
+    out["content_type"] = r.getheader("content-type")
+    out["messages"], out["trailers"] = [], {}
+    while len(raw) >= 5:
+        flag, n = raw[0], struct.unpack(">I", raw[1:5])[0]
+        payload, raw = raw[5:5 + n], raw[5 + n:]
+        if flag & 0x80:
+            for line in payload.decode().split("\r\n"):
+                if line:
+                    k, v = line.split(":", 1)
+                    out["trailers"][k.strip()] = v.strip()
+        else:
+            out["messages"].append(payload.decode())
+    out["left"] = len(raw)
     print(json.dumps(out), flush=True)
 
 
