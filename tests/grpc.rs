@@ -221,3 +221,54 @@ fn grpc_web_binary_and_text_become_grpc_calls() {
     assert_eq!(v["trailers"]["grpc-status"], "5", "{v}");
     assert_eq!(v["trailers"]["grpc-message"], "nope", "{v}");
 }
+
+/// gRPC health checks for HTTP/2 upstreams (`grpc_service`): a service
+/// the backend serves keeps its target healthy, an unknown one marks it
+/// unhealthy and calls get UNAVAILABLE; without `grpc_service`, an
+/// HTTP/2 `GET path` check (a gRPC server answers it with a non-2xx).
+#[test]
+fn grpc_health_checks_mark_targets() {
+    let be = Backend::start();
+    let health = |service: &str| {
+        format!(
+            "[upstreams.g.health]\n{service}interval_ms = 100\ntimeout_ms = 1000\n\
+             healthy_threshold = 1\nunhealthy_threshold = 1\n"
+        )
+    };
+    let healthy = |gw: &Gateway| upstream_state(gw, "g")["targets"][0]["healthy"] == true;
+    let wait = |gw: &Gateway, want: bool| {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while healthy(gw) != want {
+            assert!(
+                std::time::Instant::now() < end,
+                "{}",
+                upstream_state(gw, "g")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+
+    let gw = gateway(be.addr, &health("grpc_service = \"t.Echo\"\n"), "");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    wait(&gw, true);
+    assert_eq!(call(gw.addr, "unary")["code"], 0);
+
+    let gw = gateway(be.addr, &health("grpc_service = \"missing.Service\"\n"), "");
+    wait(&gw, false);
+    let v = call(gw.addr, "unary");
+    assert_eq!(v["code"], 14, "{v}");
+
+    // An HTTP/2 GET / to a gRPC server: not a 2xx.
+    let gw = gateway(be.addr, &health(""), "");
+    wait(&gw, false);
+
+    // grpc_service on an HTTP/1 upstream is a config error naming it.
+    let err = match ringgate::config::Config::parse(
+        "[upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n[upstreams.u.health]\ngrpc_service = \"x\"\n\
+         [[routes]]\npath = \"/\"\nupstream = \"u\"\n",
+    ) {
+        Ok(_) => panic!("grpc_service without protocol = \"h2\" was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("upstreams.u.health.grpc_service"), "{err}");
+}

@@ -266,6 +266,10 @@ pub struct WeightedTargetFile {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthFile {
+    /// `protocol = "h2"` upstreams: check with gRPC's health service
+    /// (`grpc.health.v1.Health/Check`) for this service name ("" = the
+    /// server as a whole) instead of `GET path`.
+    pub grpc_service: Option<String>,
     /// Path requested with GET (default `/health`).
     pub path: Option<String>,
     /// Time between checks of one target.

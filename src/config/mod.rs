@@ -227,6 +227,10 @@ pub struct DnsDiscovery {
 /// `[upstreams.NAME.health]`, validated.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
+    /// The targets speak HTTP/2 (`protocol = "h2"`): checks go over it.
+    pub h2: bool,
+    /// `grpc_service`: a gRPC health check of this service.
+    pub grpc_service: Option<String>,
     /// Path requested.
     pub path: String,
     /// `Host` header.

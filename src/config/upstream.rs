@@ -386,7 +386,16 @@ pub(super) fn compile_upstream(name: &str, up: &UpstreamFile, errs: &mut Errors)
                 errs.push(k(x), "must be at least 1", "use a count, e.g. 2");
             }
         }
+        if h.grpc_service.is_some() && protocol != super::Protocol::H2 {
+            errs.push(
+                k("grpc_service"),
+                "gRPC health checks need an HTTP/2 upstream",
+                "add protocol = \"h2\" to the upstream, or remove grpc_service",
+            );
+        }
         HealthConfig {
+            h2: protocol == super::Protocol::H2,
+            grpc_service: h.grpc_service.clone(),
             path,
             host: h.host.clone(),
             interval: ms(h.interval_ms, 5000),

@@ -13,6 +13,12 @@
 //! target ([`TargetShared::set_healthy`]) that workers read when picking.
 //! Targets start healthy.
 //!
+//! An HTTP/2 upstream (`protocol = "h2"`) is checked over HTTP/2 (h2c, or
+//! TLS with ALPN h2): `GET path`, or with `grpc_service` gRPC's health
+//! check (`grpc.health.v1.Health/Check`), which passes when the answer is
+//! grpc-status 0 and SERVING. The check thread drives the h2 crate on a
+//! small tokio runtime of its own ([`check_h2`]).
+//!
 //! The scheduler hands due targets to [`CHECKERS`] threads, so a target
 //! that hangs until its timeout delays only its own check, never the
 //! checks of other targets; a target is never checked twice at once. A
@@ -175,6 +181,9 @@ impl<T: Read + Write> ReadWrite for T {}
 /// bounded by `timeout_ms` for the whole check. The body is not read
 /// (`Connection: close`).
 pub fn check(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
+    if h.h2 {
+        return check_h2(t, h);
+    }
     let deadline = Instant::now() + h.timeout;
     let s = TcpStream::connect_timeout(&t.addr, h.timeout).map_err(|e| e.to_string())?;
     let left = || {
@@ -266,6 +275,8 @@ mod tests {
 
     fn config(expected: &[u16]) -> HealthConfig {
         HealthConfig {
+            h2: false,
+            grpc_service: None,
             path: String::from("/health?deep=1"),
             host: None,
             interval: Duration::from_secs(1),
@@ -309,4 +320,144 @@ mod tests {
         let (r, _) = run(b"SSH-2.0-OpenSSH\r\n\r\n", &[]);
         assert!(r.is_err(), "{r:?}");
     }
+}
+
+thread_local! {
+    /// A check thread's runtime for HTTP/2 checks (made on first use).
+    static RUNTIME: std::cell::OnceCell<Option<tokio::runtime::Runtime>> =
+        const { std::cell::OnceCell::new() };
+}
+
+/// An HTTP/2 check: `GET path` expecting `expected_statuses`, or with
+/// `grpc_service` a gRPC health check expecting SERVING; within
+/// `timeout_ms` for the whole check.
+pub fn check_h2(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
+    RUNTIME.with(|rt| {
+        let rt = rt
+            .get_or_init(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()
+            })
+            .as_ref()
+            .ok_or("no runtime for HTTP/2 checks")?;
+        rt.block_on(async {
+            match tokio::time::timeout(h.timeout, check_h2_async(t, h)).await {
+                Ok(r) => r,
+                Err(_) => Err(String::from("timed out")),
+            }
+        })
+    })
+}
+
+async fn check_h2_async(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
+    use bytes::Bytes;
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let tcp = tokio::net::TcpStream::connect(t.addr)
+        .await
+        .map_err(|x| e(&x))?;
+    let _ = tcp.set_nodelay(true);
+    let host = h.host.clone().unwrap_or_else(|| t.addr.to_string());
+    let (send, driver) = match &h.tls {
+        None => {
+            let (s, c) = h2::client::handshake(tcp).await.map_err(|x| e(&x))?;
+            (s, tokio::spawn(async move { c.await.map(|_| ()) }))
+        }
+        Some(tls) => {
+            let tls_conn = tokio_rustls::TlsConnector::from(tls.client.clone())
+                .connect(tls.name_for(t.addr), tcp)
+                .await
+                .map_err(|x| e(&x))?;
+            let (s, c) = h2::client::handshake(tls_conn).await.map_err(|x| e(&x))?;
+            (s, tokio::spawn(async move { c.await.map(|_| ()) }))
+        }
+    };
+    let scheme = if h.tls.is_some() { "https" } else { "http" };
+    let grpc = h.grpc_service.as_deref();
+    let (uri, method) = match grpc {
+        Some(_) => (
+            format!("{scheme}://{host}/grpc.health.v1.Health/Check"),
+            http::Method::POST,
+        ),
+        None => (format!("{scheme}://{host}{}", h.path), http::Method::GET),
+    };
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("user-agent", "ringgate-health");
+    if grpc.is_some() {
+        b = b
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+    }
+    let req = b.body(()).map_err(|x| e(&x))?;
+    let mut send = send.ready().await.map_err(|x| e(&x))?;
+    let (resp, mut body) = send.send_request(req, grpc.is_none()).map_err(|x| e(&x))?;
+    if let Some(service) = grpc {
+        // HealthCheckRequest { service = 1 }, in one gRPC message.
+        let mut msg = Vec::with_capacity(8 + service.len());
+        if !service.is_empty() {
+            msg.push(0x0a);
+            let mut n = service.len();
+            while n >= 0x80 {
+                msg.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            msg.push(n as u8);
+            msg.extend_from_slice(service.as_bytes());
+        }
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        body.send_data(Bytes::from(frame), true)
+            .map_err(|x| e(&x))?;
+    }
+    let resp = resp.await.map_err(|x| e(&x))?;
+    let status = resp.status().as_u16();
+    let result = match grpc {
+        None => {
+            let ok = if h.expected_statuses.is_empty() {
+                (200..300).contains(&status)
+            } else {
+                h.expected_statuses.contains(&status)
+            };
+            if ok {
+                Ok(status)
+            } else {
+                Err(format!("status {status}"))
+            }
+        }
+        Some(_) => {
+            let head_status = resp.headers().get("grpc-status").cloned();
+            let mut rb = resp.into_body();
+            let mut data = Vec::new();
+            while let Some(d) = rb.data().await {
+                let d = d.map_err(|x| e(&x))?;
+                let _ = rb.flow_control().release_capacity(d.len());
+                if data.len() < 1024 {
+                    data.extend_from_slice(&d);
+                }
+            }
+            let trailers = rb.trailers().await.map_err(|x| e(&x))?;
+            let code = trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-status").cloned())
+                .or(head_status);
+            match code.as_ref().map(|c| c.as_bytes()) {
+                Some(b"0") if serving(&data) => Ok(status),
+                Some(b"0") => Err(String::from("not SERVING")),
+                Some(c) => Err(format!("grpc-status {}", String::from_utf8_lossy(c))),
+                None => Err(format!("status {status} without grpc-status")),
+            }
+        }
+    };
+    driver.abort();
+    result
+}
+
+/// A HealthCheckResponse message (after its 5-byte gRPC header) says
+/// SERVING (field 1 = 1).
+fn serving(frame: &[u8]) -> bool {
+    frame.len() >= 7 && frame[0] == 0 && frame[5..7] == [0x08, 0x01]
 }

@@ -60,8 +60,19 @@ def serve():
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
     })
+    def health(req, ctx):
+        # HealthCheckRequest.service (field 1): "t.Echo" and "" serve,
+        # any other name is unknown.
+        service = req[2:].decode() if req[:1] == b"\x0a" else ""
+        if service not in ("", "t.Echo"):
+            ctx.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return b"\x08\x01"
+
+    hh = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.unary_unary_rpc_method_handler(health),
+    })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    server.add_generic_rpc_handlers((h,))
+    server.add_generic_rpc_handlers((h, hh))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
