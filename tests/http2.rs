@@ -970,6 +970,62 @@ fn shutdown_sends_goaway_and_the_in_flight_stream_completes() {
     );
 }
 
+/// A reload that changes `[server.http2]` ends open HTTP/2 connections
+/// with a graceful GOAWAY (the stream in flight completes), so clients
+/// reconnect to the new settings; a reload that leaves them alone does not.
+#[test]
+fn a_reload_changing_http2_settings_sends_goaway() {
+    let up = MockUpstream::builder()
+        .latency(Duration::from_millis(1000))
+        .respond(200, "slow but complete")
+        .start();
+    let dir = temp_dir("reload");
+    let path = dir.join("ringgate.toml");
+    let text = config(1, "", "max_concurrent_streams = 100", up.addr, "");
+    std::fs::write(&path, &text).unwrap();
+    let cfg = ringgate::config::Config::load(&path).expect("config");
+    let handle = ringgate::runtime::Server::start_file(cfg, path.clone(), Default::default())
+        .expect("start");
+    let addr = handle.local_addrs()[0];
+
+    // A route-only change: the connection stays (no GOAWAY).
+    let script = thread::spawn(move || attack("drain", addr, &["--path", "/slow", "--wait", "3"]));
+    assert!(up.wait_hits(1));
+    std::fs::write(
+        &path,
+        text.clone() + "\n[[routes]]\npath = \"/added\"\nupstream = \"b\"\n",
+    )
+    .unwrap();
+    handle.reload().expect("reload");
+    let v = script.join().unwrap();
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(v["goaways"].as_array().is_none_or(|g| g.is_empty()), "{v}");
+
+    // New settings: GOAWAY NO_ERROR before the stream in flight ends.
+    let script = thread::spawn(move || attack("drain", addr, &["--path", "/slow"]));
+    assert!(up.wait_hits(2));
+    std::fs::write(
+        &path,
+        text.replace(
+            "max_concurrent_streams = 100",
+            "max_concurrent_streams = 50",
+        ),
+    )
+    .unwrap();
+    handle.reload().expect("reload");
+    let v = script.join().unwrap();
+    assert_eq!(v["goaways"][0][1], "NO_ERROR", "{v}");
+    assert_eq!(v["goaway_before_end"], true, "{v}");
+    assert_eq!(
+        (v["status"].as_u64(), v["body"].as_str()),
+        (Some(200), Some("slow but complete")),
+        "{v}"
+    );
+    let s = attack("settings", addr, &[]);
+    assert_eq!(s["max_concurrent_streams"], 50, "{s}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The same over the binary: SIGTERM drains an HTTP/2 connection with a
 /// stream in flight; the process exits 0.
 #[test]

@@ -10,7 +10,8 @@
 //!
 //! Key components: [`serve`] (one connection: the h2 crate's server,
 //! every stream a future in one set polled by the connection's task, its
-//! idle timeout, drain and the rapid-reset guard), [`io`] (the poll-style
+//! idle timeout, drain, a reload that changes `[server.http2]` and the
+//! rapid-reset guard), [`io`] (the poll-style
 //! transports), [`stream`] (a stream as a session).
 //!
 //! The h2 crate (0.4, well kept, used by hyper) does the framing, HPACK
@@ -78,6 +79,10 @@ pub async fn serve(
         .max_pending_accept_reset_streams(h.max_client_resets as usize);
     let (idle_timeout, drain_timeout, header_timeout) =
         (srv.idle_timeout, srv.drain_timeout, srv.header_timeout);
+    // A reload that changes these settings ends the connection gracefully,
+    // so the client reconnects to the new ones (other changes apply to the
+    // next stream: each is served with the generation current then).
+    let settings = h.clone();
     let resets = stream::Resets::new(h.max_client_resets);
     drop(snap);
     let handshake = b.handshake::<_, bytes::Bytes>(io::Prefixed::new(pending, io));
@@ -98,7 +103,8 @@ pub async fn serve(
             match state {
                 State::Open => {
                     let idle = streams.is_empty() && last_active.elapsed() >= idle_timeout;
-                    if w.draining.get() || idle {
+                    let changed = w.current().config.server.http2 != settings;
+                    if w.draining.get() || idle || changed {
                         conn.graceful_shutdown();
                         state = State::Draining(Instant::now());
                     }
