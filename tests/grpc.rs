@@ -272,3 +272,104 @@ fn grpc_health_checks_mark_targets() {
     };
     assert!(err.contains("upstreams.u.health.grpc_service"), "{err}");
 }
+
+/// gRPC-JSON transcoding: a descriptor set made by protoc from
+/// `tests/grpc/greeter.proto` (with its `google.api.http` rules) turns
+/// JSON requests into gRPC calls: a POST body, path variables (and an
+/// additional binding), query parameters; gRPC errors become HTTP
+/// statuses; bad JSON is a 400; bad config names the key.
+#[test]
+fn grpc_json_transcoding_from_a_descriptor_set() {
+    let dir = std::env::temp_dir().join(format!("ringgate-grpc-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pb = dir.join("greeter.pb");
+    let protoc = Command::new("protoc")
+        .args(["--include_imports", "--descriptor_set_out"])
+        .arg(&pb)
+        .arg("-I")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc"))
+        .arg("greeter.proto")
+        .status();
+    assert!(
+        protoc.is_ok_and(|s| s.success()),
+        "protoc is needed (Debian package protobuf-compiler)"
+    );
+    let be = Backend::start();
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\npin = false\n\n\
+         [upstreams.g]\ntargets = [\"{}\"]\nprotocol = \"h2\"\n\n\
+         [[routes]]\nname = \"rest\"\npath = \"/v1/{{*rest}}\"\nupstream = \"g\"\n\
+         grpc_json = {{ descriptor_set = \"{}\", services = [\"helloworld.Greeter\"] }}\n",
+        be.addr,
+        pb.display()
+    ));
+    let mut c = gw.client();
+    let body = r#"{"name": "Ada", "times": 2}"#;
+    let r = c.request(format!(
+        "POST /v1/greeter/hello HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"message": "Hello Ada", "tags": ["x", "x"], "count": "2"})
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // Path variables, an additional binding, a query parameter; the same
+    // connection (keep-alive after a transcoded answer).
+    let r = c.request("GET /v1/users/u%2042?verbose=true HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"message": "user u 42", "tags": ["verbose"]}),
+        "{r:?}"
+    );
+    let r = c.request("GET /v1/people/7 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.json()["message"], "user 7", "{r:?}");
+    // The backend's NOT_FOUND is a 404 with the message.
+    let r = c.request("GET /v1/missing/9 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json()["error"], "no such user", "{r:?}");
+    assert_eq!(r.json()["grpc_code"], "5", "{r:?}");
+    // Bad JSON, a wrong type, a path no rule binds.
+    for (req, status) in [
+        ("POST /v1/greeter/hello HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n{nope".to_string(), 400),
+        (
+            "POST /v1/greeter/hello HTTP/1.1\r\nHost: t\r\nContent-Length: 14\r\n\r\n{\"times\": \"x\"}".to_string(),
+            400,
+        ),
+        ("GET /v1/users/1?verbose=maybe HTTP/1.1\r\nHost: t\r\n\r\n".to_string(), 400),
+        ("GET /v1/unbound HTTP/1.1\r\nHost: t\r\n\r\n".to_string(), 404),
+    ] {
+        let r = c.request(&req);
+        assert_eq!(r.status, status, "{req}: {r:?}");
+    }
+    // Still serving on the same connection.
+    let r = c.request("GET /v1/people/8 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // Config errors name the key.
+    for (table, what) in [
+        (
+            "{ descriptor_set = \"/nonexistent.pb\", services = [\"helloworld.Greeter\"] }"
+                .to_string(),
+            "routes[0].grpc_json.descriptor_set",
+        ),
+        (
+            format!(
+                "{{ descriptor_set = \"{}\", services = [\"no.Such\"] }}",
+                pb.display()
+            ),
+            "routes[0].grpc_json.services",
+        ),
+    ] {
+        let err = match ringgate::config::Config::parse(&format!(
+            "[upstreams.g]\ntargets = [\"127.0.0.1:9\"]\nprotocol = \"h2\"\n\
+             [[routes]]\npath = \"/v1/{{*r}}\"\nupstream = \"g\"\ngrpc_json = {table}\n"
+        )) {
+            Ok(_) => panic!("{table} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(what), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

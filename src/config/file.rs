@@ -395,4 +395,7 @@ pub struct RouteFile {
     /// Protocols an `Upgrade` request may switch to on this route
     /// (default `["websocket"]`; `h2c` never).
     pub upgrades: Option<Vec<String>>,
+    /// `grpc_json = { descriptor_set, services }`: JSON requests become
+    /// calls of the gRPC methods their `google.api.http` rules name.
+    pub grpc_json: Option<crate::filter::grpc_json::GrpcJsonFile>,
 }

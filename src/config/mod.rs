@@ -387,6 +387,8 @@ pub struct RouteConfig {
     /// switch to; any other upgrade is dropped and the request served as
     /// plain HTTP/1.1.
     pub upgrades: Vec<Box<[u8]>>,
+    /// `grpc_json`, compiled: the route answers by gRPC-JSON transcoding.
+    pub grpc_json: Option<std::sync::Arc<crate::filter::grpc_json::GrpcJson>>,
     /// `[routes.compose]`, compiled: the route is answered by its parts.
     pub compose: Option<std::sync::Arc<crate::filter::compose::Compose>>,
     /// `transform`, compiled.

@@ -601,6 +601,17 @@ fn compile_route(
         .map(std::sync::Arc::new);
     let (version, deprecation) = crate::filter::versioning::route_fields(i, r, errs);
     let upgrades = compile_upgrades(r.upgrades.as_deref(), &key("upgrades"), errs);
+    let grpc_json = r
+        .grpc_json
+        .as_ref()
+        .and_then(|f| crate::filter::grpc_json::compile(f, &key("grpc_json"), errs));
+    if grpc_json.is_some() && (r.compose.is_some() || r.upstreams.is_some()) {
+        errs.push(
+            key("grpc_json"),
+            "cannot be combined with compose or a split (upstreams)",
+            "give the route one upstream = \"NAME\" with protocol = \"h2\"",
+        );
+    }
     let cache = r
         .cache
         .as_ref()
@@ -625,6 +636,7 @@ fn compile_route(
             compress.clone(),
         )),
         upgrades,
+        grpc_json,
         compress,
         compose: compose.map(std::sync::Arc::new),
         transform,

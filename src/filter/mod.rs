@@ -20,6 +20,7 @@ pub mod client_addr;
 pub mod compose;
 pub mod compress;
 pub mod cors;
+pub mod grpc_json;
 pub mod ip_list;
 pub mod rate_limit;
 pub mod transform;
@@ -603,6 +604,9 @@ where
     S: crate::http::ClientIo,
 {
     let rc = &snap.config.routes[route];
+    if let Some(t) = rc.grpc_json.as_deref() {
+        return crate::filter::grpc_json::serve(w, snap, route, t, client, c).await;
+    }
     if let Some(comp) = rc.compose.as_deref() {
         let a = crate::filter::compose::serve(w, snap, route, comp, client, c).await;
         c.rhead.status = a.status;

@@ -278,7 +278,11 @@ impl<'a> Session<'a> {
         // A route with no cache, compose or body transform is forwarded
         // here, one future less deep than through the registry's dispatch
         // (each level of nesting moves the forward's state once more).
-        let outcome = if rc.cache.is_none() && rc.compose.is_none() && rc.transform.is_none() {
+        let outcome = if rc.cache.is_none()
+            && rc.compose.is_none()
+            && rc.transform.is_none()
+            && rc.grpc_json.is_none()
+        {
             crate::proxy::forward::forward(w, &snap, route, client, c).await
         } else {
             crate::filter::exchange(w, &snap, route, client, c).await

@@ -24,6 +24,55 @@ except ImportError:
     sys.exit(2)
 
 
+def pb_varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def pb_str(field, s):
+    b = s.encode()
+    return pb_varint(field << 3 | 2) + pb_varint(len(b)) + b
+
+
+def pb_varint_field(field, n):
+    return pb_varint(field << 3) + pb_varint(n) if n else b""
+
+
+def pb_fields(buf):
+    # field number -> list of values (varints as ints, the rest as bytes).
+    out, i = {}, 0
+
+    def varint():
+        nonlocal i
+        n = shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return n
+
+    while i < len(buf):
+        key = varint()
+        field, wt = key >> 3, key & 7
+        if wt == 0:
+            out.setdefault(field, []).append(varint())
+        elif wt == 2:
+            n = varint()
+            out.setdefault(field, []).append(buf[i:i + n])
+            i += n
+        else:
+            raise ValueError("wire type %d" % wt)
+    return out
+
+
 def serve():
     def unary(req, ctx):
         seen = {k: v for k, v in ctx.invocation_metadata()}
@@ -71,8 +120,27 @@ def serve():
     hh = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
         "Check": grpc.unary_unary_rpc_method_handler(health),
     })
+    def say_hello(req, ctx):
+        f = pb_fields(req)
+        name, times = f.get(1, [b""])[-1].decode(), f.get(2, [0])[-1]
+        return (pb_str(1, "Hello " + name) + b"".join(pb_str(2, "x") for _ in range(times))
+                + pb_varint_field(3, times))
+
+    def get_user(req, ctx):
+        f = pb_fields(req)
+        uid, verbose = f.get(1, [b""])[-1].decode(), f.get(2, [0])[-1]
+        return pb_str(1, "user " + uid) + (pb_str(2, "verbose") if verbose else b"")
+
+    def missing(req, ctx):
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "no such user")
+
+    gh = grpc.method_handlers_generic_handler("helloworld.Greeter", {
+        "SayHello": grpc.unary_unary_rpc_method_handler(say_hello),
+        "GetUser": grpc.unary_unary_rpc_method_handler(get_user),
+        "Missing": grpc.unary_unary_rpc_method_handler(missing),
+    })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    server.add_generic_rpc_handlers((h, hh))
+    server.add_generic_rpc_handlers((h, hh, gh))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
