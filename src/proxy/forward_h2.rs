@@ -255,8 +255,17 @@ fn request_for(
     let head = out.to_vec();
     c.buf = std::mem::take(&mut out.src);
     c.out = out;
-    let mut fields = vec![httparse::EMPTY_HEADER; 256];
-    let mut r = httparse::Request::new(&mut fields);
+    // Header slots on the stack for the usual head, on the heap for a
+    // long one.
+    let mut small = [httparse::EMPTY_HEADER; 64];
+    let mut big;
+    let fields: &mut [httparse::Header<'_>] = if head.iter().filter(|&&b| b == b'\n').count() < 64 {
+        &mut small
+    } else {
+        big = vec![httparse::EMPTY_HEADER; 1024];
+        &mut big
+    };
+    let mut r = httparse::Request::new(fields);
     r.parse(&head).ok()?;
     let host = r
         .headers
@@ -274,22 +283,23 @@ fn request_for(
         r.path?
     );
     let mut b = http::Request::builder().method(r.method?).uri(uri);
+    const SKIP: [&str; 8] = [
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "grpc-timeout",
+    ];
     for h in r.headers.iter() {
-        let n = h.name.to_ascii_lowercase();
-        if matches!(
-            n.as_str(),
-            "host"
-                | "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "transfer-encoding"
-                | "upgrade"
-                | "te"
-                | "grpc-timeout"
-        ) {
+        // (Header names are lower-cased by `http` itself.)
+        let n = h.name;
+        if SKIP.iter().any(|s| s.eq_ignore_ascii_case(n)) {
             continue;
         }
-        if web.is_some() && n == "content-type" {
+        if web.is_some() && n.eq_ignore_ascii_case("content-type") {
             // gRPC-Web to gRPC: `application/grpc-web[-text][+fmt]` becomes
             // `application/grpc[+fmt]`.
             let v = std::str::from_utf8(h.value).unwrap_or("");

@@ -498,8 +498,18 @@ impl TxSide {
 
     /// Turns the collected head into HEADERS (interim ones included).
     fn start_response(&mut self) -> io::Result<()> {
-        let mut fields = vec![httparse::EMPTY_HEADER; 512];
-        let mut r = httparse::Response::new(&mut fields);
+        // Header slots on the stack for the usual head, on the heap for a
+        // long one.
+        let mut small = [httparse::EMPTY_HEADER; 64];
+        let mut big;
+        let lines = self.head.iter().filter(|&&b| b == b'\n').count();
+        let fields: &mut [httparse::Header<'_>] = if lines < 64 {
+            &mut small
+        } else {
+            big = vec![httparse::EMPTY_HEADER; 1024];
+            &mut big
+        };
+        let mut r = httparse::Response::new(fields);
         match r.parse(&self.head) {
             Ok(httparse::Status::Complete(_)) => {}
             _ => return Err(io::Error::other("unreadable response head")),
