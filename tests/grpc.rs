@@ -32,9 +32,15 @@ struct Backend {
 
 impl Backend {
     fn start() -> Backend {
+        Backend::start_on(0)
+    }
+
+    /// On this port (0: any).
+    fn start_on(port: u16) -> Backend {
         let mut child = Command::new("python3")
             .arg(ECHO)
             .arg("serve")
+            .arg(port.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -372,4 +378,21 @@ fn grpc_json_transcoding_from_a_descriptor_set() {
         assert!(err.contains(what), "{err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The backend restarts: the worker's connection to it ended, and the next
+/// call goes over a new one (no failed call).
+#[test]
+fn a_restarted_backend_gets_a_new_connection() {
+    let be = Backend::start();
+    let addr = be.addr;
+    let gw = gateway(addr, "", "");
+    assert_eq!(call(gw.addr, "unary")["code"], 0);
+    drop(be);
+    let be = Backend::start_on(addr.port());
+    for _ in 0..3 {
+        let v = call(gw.addr, "unary");
+        assert_eq!(v["code"], 0, "{v}");
+    }
+    drop(be);
 }

@@ -117,46 +117,66 @@ pub async fn forward_h2<S: ClientIo>(
         w.metrics.upstream_conn(cfg.upstream_slots[up_id], true);
     }
     let web = web_mode(c).map(|m| (m, web_format(c)));
-    let req = match request_for(
-        c,
-        target.addr,
-        up_cfg.tls.is_some(),
-        deadline,
-        web.as_ref().map(|w| w.0),
-    ) {
-        Some(r) => r,
-        None => {
+    let body_follows = c.head.has_body();
+    let sent_at = Instant::now();
+    target.begin();
+    // A connection that ended meanwhile (a GOAWAY or a reset not yet
+    // seen) is replaced once by a fresh one: no byte of the request was
+    // taken by it.
+    let mut send = send;
+    let mut stale_retry = true;
+    let (response, body) = loop {
+        let Some(req) = request_for(
+            c,
+            target.addr,
+            up_cfg.tls.is_some(),
+            deadline,
+            web.as_ref().map(|w| w.0),
+        ) else {
+            target.end();
             return Outcome::Error(Error::new(
                 ErrorKind::BadRequest,
                 "request cannot be sent over HTTP/2",
             ));
-        }
-    };
-    let body_follows = c.head.has_body();
-    let sent_at = Instant::now();
-    target.begin();
-    let started = async {
-        let mut send = send.ready().await?;
-        send.send_request(req, !body_follows)
-    };
-    let (response, body) = match monoio::time::timeout_at(deadline.into(), started).await {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            target.end();
-            shared.report(&target.shared, Report::Failure);
-            ticket.record(false);
-            tracing::debug!(error = %e, "HTTP/2 upstream refused the stream");
-            return Outcome::Error(
-                Error::new(ErrorKind::UpstreamClosed, "upstream refused the request")
-                    .closing(body_follows),
-            );
-        }
-        Err(_) => {
-            target.end();
-            ticket.record(false);
-            return Outcome::Error(
-                Error::new(ErrorKind::UpstreamTimeout, "upstream timed out").closing(true),
-            );
+        };
+        let started = async {
+            let mut send = send.clone().ready().await?;
+            send.send_request(req, !body_follows)
+        };
+        match monoio::time::timeout_at(deadline.into(), started).await {
+            Ok(Ok(x)) => break x,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "HTTP/2 upstream refused the stream");
+                if stale_retry {
+                    stale_retry = false;
+                    target.h2.replace(None);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if let Ok(s) = crate::upstream::h2::sender(
+                        target,
+                        up_cfg.tls.as_deref(),
+                        up_cfg.connect_timeout.min(left),
+                    )
+                    .await
+                    {
+                        send = s;
+                        continue;
+                    }
+                }
+                target.end();
+                shared.report(&target.shared, Report::Failure);
+                ticket.record(false);
+                return Outcome::Error(
+                    Error::new(ErrorKind::UpstreamClosed, "upstream refused the request")
+                        .closing(body_follows),
+                );
+            }
+            Err(_) => {
+                target.end();
+                ticket.record(false);
+                return Outcome::Error(
+                    Error::new(ErrorKind::UpstreamTimeout, "upstream timed out").closing(true),
+                );
+            }
         }
     };
 

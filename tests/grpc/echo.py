@@ -2,7 +2,7 @@
 """A gRPC backend and client for tests/grpc.rs, with raw-bytes messages
 (no generated code): service `t.Echo`.
 
-    echo.py serve                 serve on 127.0.0.1:0, print the port, run until stdin closes
+    echo.py serve [PORT]          serve on 127.0.0.1:PORT (default any), print the port, run until stdin closes
     echo.py call HOST:PORT CASE   run one client case, print one JSON line
 
 Server methods: Unary (the request reversed, with the metadata it saw in
@@ -141,7 +141,7 @@ def serve():
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((h, hh, gh))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port("127.0.0.1:%d" % (int(sys.argv[2]) if len(sys.argv) > 2 else 0))
     server.start()
     print(port, flush=True)
     sys.stdin.read()
