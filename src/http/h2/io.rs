@@ -39,7 +39,6 @@ impl Io {
             tls: conn,
             out: Vec::new(),
             out_at: 0,
-            raw: Vec::new(),
             eof: false,
         })))
     }
@@ -52,8 +51,6 @@ pub struct PollTls {
     /// Ciphertext not yet written (from `out_at`).
     out: Vec<u8>,
     out_at: usize,
-    /// Ciphertext read buffer (allocated on first use).
-    raw: Vec<u8>,
     eof: bool,
 }
 
@@ -75,7 +72,12 @@ impl PollTls {
             }
             self.out_at += n;
         }
-        self.out.clear();
+        // Written whole: a large buffer is not kept for an idle connection.
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
         self.out_at = 0;
         Poll::Ready(Ok(()))
     }
@@ -110,10 +112,11 @@ impl AsyncRead for PollTls {
             if let Poll::Ready(Err(e)) = this.poll_out(cx) {
                 return Poll::Ready(Err(e));
             }
-            if this.raw.len() != RAW_READ {
-                this.raw.resize(RAW_READ, 0);
-            }
-            let mut rb = ReadBuf::new(&mut this.raw);
+            // The ciphertext is read into the stack (a poll-style read
+            // completes within the call, or not at all), so an idle
+            // connection holds no read buffer.
+            let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); RAW_READ];
+            let mut rb = ReadBuf::uninit(&mut raw);
             ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
             if n == 0 {
@@ -121,7 +124,7 @@ impl AsyncRead for PollTls {
                 let _ = this.tls.read_tls(&mut &[][..]);
                 continue;
             }
-            let mut rd = &this.raw[..n];
+            let mut rd = rb.filled();
             while !rd.is_empty() {
                 this.tls.read_tls(&mut rd)?;
                 if let Err(e) = this.tls.process_new_packets() {
