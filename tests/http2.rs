@@ -1290,6 +1290,23 @@ fn settings_and_ping_floods_keep_memory_bounded() {
 /// 2 GiB the backends offer), and serves fresh connections. Then with the
 /// default window and no WINDOW_UPDATE: at most the 65,535-byte connection
 /// window arrives.
+/// A stream whose client never opens its window is given up after
+/// `idle_timeout_ms` (RST_STREAM), so it does not hold its backend
+/// exchange for as long as the connection lives.
+#[test]
+fn a_stream_stalled_on_its_window_is_reset_after_the_idle_timeout() {
+    let big = BigBackend::start(4 << 20);
+    let gw = Gateway::start(&config(1, "idle_timeout_ms = 500", "", big.addr, ""));
+    let v = attack(
+        "window-stall",
+        gw.addr,
+        &["--streams", "5", "--window", "0", "--hold", "3"],
+    );
+    assert_eq!(v["data_bytes"], 0, "{v}");
+    assert_eq!(v["rst_received"], 5, "every stalled stream is reset: {v}");
+    assert_h2_alive(gw.addr);
+}
+
 #[test]
 fn stalled_window_keeps_memory_bounded() {
     let big = BigBackend::start(20 << 20);

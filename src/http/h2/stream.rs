@@ -135,7 +135,7 @@ async fn run(
     let has_body = !recv.is_end_stream();
     let head_request = parts.method == http::Method::HEAD;
     let rendered = render_head(&parts, has_body, &mut c.buf);
-    let mut client = H2Client::new(recv, tx, head_request);
+    let mut client = H2Client::new(recv, tx, head_request, srv.idle_timeout);
     let refused = match rendered {
         Err(msg) => Some((400, msg)),
         Ok(mode) => {
@@ -309,6 +309,9 @@ pub struct TxSide {
     head: Vec<u8>,
     state: TxState,
     head_request: bool,
+    /// How long an answer waits for the client's window before the
+    /// stream is given up (its backend exchange with it).
+    stall: Duration,
 }
 
 fn broken(e: h2::Error) -> io::Error {
@@ -316,7 +319,7 @@ fn broken(e: h2::Error) -> io::Error {
 }
 
 impl H2Client {
-    fn new(recv: RecvStream, tx: Rc<RefCell<Tx>>, head_request: bool) -> Self {
+    fn new(recv: RecvStream, tx: Rc<RefCell<Tx>>, head_request: bool, stall: Duration) -> Self {
         H2Client {
             rx: Rx {
                 recv,
@@ -331,6 +334,7 @@ impl H2Client {
                 head: Vec::new(),
                 state: TxState::Head,
                 head_request,
+                stall,
             },
         }
     }
@@ -589,18 +593,19 @@ impl TxSide {
                 s.reserve_capacity(want);
                 Ok(())
             })?;
-            let cap = match poll_fn(|cx| {
+            let credit = poll_fn(|cx| {
                 tx.borrow_mut()
                     .send
                     .as_mut()
                     .expect("a body follows a head")
                     .poll_capacity(cx)
-            })
-            .await
-            {
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return Err(broken(e)),
-                None => return Err(io::ErrorKind::ConnectionReset.into()),
+            });
+            let cap = match monoio::time::timeout(self.stall, credit).await {
+                Ok(Some(Ok(n))) => n,
+                Ok(Some(Err(e))) => return Err(broken(e)),
+                Ok(None) => return Err(io::ErrorKind::ConnectionReset.into()),
+                // The client's window stayed shut: the stream is given up.
+                Err(_) => return Err(io::ErrorKind::TimedOut.into()),
             };
             if cap == 0 {
                 continue;
