@@ -396,3 +396,69 @@ fn a_restarted_backend_gets_a_new_connection() {
     }
     drop(be);
 }
+
+/// An h2c backend answering every request with one status.
+fn status_backend(status: u16) -> Backend {
+    let mut child = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2/server.py"))
+        .arg(status.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is installed");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the h2 backend did not start (pip install h2): {line:?}"));
+    Backend {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
+/// HTTP/2 upstreams retry as HTTP/1.1 ones do: a 503 to a request that can
+/// be sent again (GET, no body) goes to the other target while `retries`
+/// allow; with `retries = 0` the 503 reaches the client.
+#[test]
+fn h2_upstream_5xx_goes_to_another_target_within_retries() {
+    let bad = status_backend(503);
+    let good = status_backend(200);
+    let start = |retries: u32| {
+        Gateway::start(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\npin = false\n\n\
+             [upstreams.u]\ntargets = [\"{}\", \"{}\"]\nprotocol = \"h2\"\nretries = {retries}\n\n\
+             [[routes]]\npath = \"/{{*r}}\"\nupstream = \"u\"\n",
+            bad.addr, good.addr
+        ))
+    };
+    let gw = start(1);
+    for i in 0..6 {
+        let r = gw.get(&format!("/r{i}"));
+        assert_eq!((r.status, r.text()), (200, "from-200".to_string()), "{r:?}");
+    }
+    // A request with a body is not sent twice.
+    let mut c = gw.client();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            c.request("POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+                .status,
+        );
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    let gw = start(0);
+    let got: Vec<u16> = (0..4).map(|i| gw.get(&format!("/n{i}")).status).collect();
+    assert_eq!(got, [503, 200, 503, 200], "round robin, no retry");
+    // Each request reached one backend once (an HTTP/1.1 request was once
+    // left in the buffer after its answer and served again).
+    let mut c = gw.client();
+    for i in 0..4 {
+        let r = c.request(format!("GET /k{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        assert_eq!(r.status, if i % 2 == 0 { 503 } else { 200 }, "{r:?}");
+    }
+}

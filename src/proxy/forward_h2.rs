@@ -73,20 +73,78 @@ pub async fn forward_h2<S: ClientIo>(
         timeout = timeout.min(t);
     }
     let deadline = c.started + timeout;
+    let list = up.list();
+    let mut tries = Tries {
+        tried: 0,
+        retries: 0,
+    };
+    // An answer of 502, 503 or 504 to a request that can be sent again
+    // (idempotent, no body) goes to another target while `retries` allow,
+    // as on HTTP/1.1.
+    let retry_ok = c.head.idempotent && !c.head.has_body();
+    loop {
+        let a = attempt(
+            w,
+            snap,
+            client,
+            c,
+            up_id,
+            &list,
+            &mut ticket,
+            deadline,
+            &mut tries,
+            retry_ok,
+        )
+        .await;
+        match a {
+            Attempt::Done(o) => return o,
+            Attempt::Retry => {}
+        }
+    }
+}
+
+/// Targets tried (a bit each) and retries made for one request.
+struct Tries {
+    tried: u64,
+    retries: u32,
+}
+
+/// How one try ended.
+enum Attempt {
+    Done(Outcome),
+    /// The target answered 502-504 before anything reached the client.
+    Retry,
+}
+
+/// One try: a target, a stream on its connection, the exchange.
+#[allow(clippy::too_many_arguments)]
+async fn attempt<S: ClientIo>(
+    w: &Worker,
+    snap: &Generation,
+    client: &mut S,
+    c: &mut Conn,
+    up_id: usize,
+    list: &crate::upstream::pool::TargetList,
+    ticket: &mut Ticket<'_>,
+    deadline: Instant,
+    tries: &mut Tries,
+    retry_ok: bool,
+) -> Attempt {
+    let cfg: &Config = &snap.config;
+    let up_cfg = &cfg.upstreams[up_id];
+    let up = &snap.upstreams[up_id];
+    let shared = &*up.shared;
 
     // The target, and a stream on its connection.
-    let list = up.list();
-    let mut tried = 0u64;
-    let mut retries = 0u32;
     let (send, t) = loop {
-        let Some(t) = balance::pick(up, &list, up_cfg.balance, None, tried) else {
+        let Some(t) = balance::pick(up, list, up_cfg.balance, None, tries.tried) else {
             ticket.record(false);
-            return Outcome::Error(
+            return Attempt::Done(Outcome::Error(
                 Error::new(ErrorKind::NoHealthyTarget, "no healthy upstream target")
                     .closing(c.head.has_body()),
-            );
+            ));
         };
-        balance::mark(&mut tried, t);
+        balance::mark(&mut tries.tried, t);
         let target = &*list.targets[t];
         let left = deadline.saturating_duration_since(Instant::now());
         match crate::upstream::h2::sender(
@@ -99,15 +157,15 @@ pub async fn forward_h2<S: ClientIo>(
             Ok(s) => break (s, t),
             Err(e) => {
                 shared.report(&target.shared, Report::Failure);
-                let more = retries < up_cfg.retries
-                    && (tried.count_ones() as usize) < list.targets.len()
+                let more = tries.retries < up_cfg.retries
+                    && (tries.tried.count_ones() as usize) < list.targets.len()
                     && Instant::now() < deadline;
                 if more {
-                    retries += 1;
+                    tries.retries += 1;
                     continue;
                 }
                 ticket.record(false);
-                return Outcome::Error(e.error().closing(c.head.has_body()));
+                return Attempt::Done(Outcome::Error(e.error().closing(c.head.has_body())));
             }
         }
     };
@@ -134,10 +192,10 @@ pub async fn forward_h2<S: ClientIo>(
             web.as_ref().map(|w| w.0),
         ) else {
             target.end();
-            return Outcome::Error(Error::new(
+            return Attempt::Done(Outcome::Error(Error::new(
                 ErrorKind::BadRequest,
                 "request cannot be sent over HTTP/2",
-            ));
+            )));
         };
         let started = async {
             let mut send = send.clone().ready().await?;
@@ -165,27 +223,35 @@ pub async fn forward_h2<S: ClientIo>(
                 target.end();
                 shared.report(&target.shared, Report::Failure);
                 ticket.record(false);
-                return Outcome::Error(
+                return Attempt::Done(Outcome::Error(
                     Error::new(ErrorKind::UpstreamClosed, "upstream refused the request")
                         .closing(body_follows),
-                );
+                ));
             }
             Err(_) => {
                 target.end();
                 ticket.record(false);
-                return Outcome::Error(
+                return Attempt::Done(Outcome::Error(
                     Error::new(ErrorKind::UpstreamTimeout, "upstream timed out").closing(true),
-                );
+                ));
             }
         }
     };
 
+    // This answer may be dropped for another target's (before anything of
+    // it is written) while the retries allow.
+    let retry = retry_ok
+        && tries.retries < up_cfg.retries
+        && (tries.tried.count_ones() as usize) < list.targets.len()
+        && Instant::now() < deadline;
     let r = match client.h2_stream() {
         // Full duplex: the client's DATA go up while the answer comes down.
         Some(h) => {
             let (rx, tx) = h.halves();
             let up_body = pump_h2(rx.stream(), body, body_follows, web.as_ref().map(|w| w.0));
-            let down = respond(w, c, tx, response, deadline, sent_at, target, up_cfg, web);
+            let down = respond(
+                retry, c, tx, response, deadline, sent_at, target, up_cfg, web,
+            );
             let mut up_body = std::pin::pin!(up_body);
             let mut down = std::pin::pin!(down);
             // The answer decides the end: once it is whole, a request body
@@ -209,10 +275,10 @@ pub async fn forward_h2<S: ClientIo>(
                     .is_err()
             {
                 target.end();
-                return Outcome::Abort;
+                return Attempt::Done(Outcome::Abort);
             }
             respond(
-                w,
+                retry,
                 c,
                 Writer(client),
                 response,
@@ -226,11 +292,21 @@ pub async fn forward_h2<S: ClientIo>(
         }
     };
     target.end();
-    match r {
+    Attempt::Done(match r {
         Ok(status) => {
             ticket.record_status(status);
             let close = c.head.minor == 0 || !c.head.keep_alive || w.draining.get();
+            if !body_follows {
+                // The request leaves the buffer (one with a body left it
+                // when the body was sent); what follows is the next one.
+                c.consume_head_only();
+            }
             Outcome::Done { keep_alive: !close }
+        }
+        Err(Failed::Retry) => {
+            shared.report(&target.shared, Report::Status5xx);
+            tries.retries += 1;
+            return Attempt::Retry;
         }
         Err(Failed::Upstream(e)) => {
             shared.report(&target.shared, Report::Failure);
@@ -238,7 +314,7 @@ pub async fn forward_h2<S: ClientIo>(
             Outcome::Error(e)
         }
         Err(Failed::Client) => Outcome::Abort,
-    }
+    })
 }
 
 /// `grpc-timeout` (gRPC over HTTP/2: an integer of at most 8 digits and a
@@ -349,6 +425,9 @@ enum Failed {
     Upstream(Error),
     /// The client is gone, or the answer broke after its head.
     Client,
+    /// The answer is 502-504 and another target may be asked (nothing was
+    /// written).
+    Retry,
 }
 
 /// Where the answer goes: an HTTP/2 client's sending half, or any client
@@ -485,7 +564,7 @@ async fn pump_h1<S: ClientIo>(
 /// they come and its trailers; returns the status.
 #[allow(clippy::too_many_arguments)]
 async fn respond<K: Sink>(
-    w: &Worker,
+    retry: bool,
     c: &mut Conn,
     mut out: K,
     response: h2::client::ResponseFuture,
@@ -495,7 +574,6 @@ async fn respond<K: Sink>(
     up_cfg: &crate::config::UpstreamConfig,
     web: Option<(Web, String)>,
 ) -> Result<u16, Failed> {
-    let _ = w;
     // (The request's spans may be gone: an HTTP/1 request body was
     // consumed from the buffer.)
     let (web, asked) = match web {
@@ -528,6 +606,9 @@ async fn respond<K: Sink>(
     }
     let (parts, mut body) = resp.into_parts();
     let status = parts.status.as_u16();
+    if retry && (502..=504).contains(&status) {
+        return Err(Failed::Retry);
+    }
     c.rhead.status = status;
     let trailers_only = body.is_end_stream();
     // gRPC-Web carries the trailers in the body, so a Trailers-Only answer

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""An HTTP/2 (h2c, prior knowledge) backend for tests: every request gets
+STATUS with the body "from-STATUS" and a `x-backend` header naming it.
+
+    server.py STATUS      prints its port, serves until stdin closes
+"""
+
+import socket
+import sys
+import threading
+
+try:
+    import h2.config
+    import h2.connection
+    import h2.events
+except ImportError:
+    print("python package h2 is missing: pip install h2", file=sys.stderr)
+    sys.exit(2)
+
+
+def serve_conn(sock, status):
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    body = ("from-%d" % status).encode()
+                    conn.send_headers(ev.stream_id, [(":status", str(status)),
+                                                     ("content-length", str(len(body))),
+                                                     ("x-backend", str(status))])
+                    conn.send_data(ev.stream_id, body, end_stream=True)
+                elif isinstance(ev, h2.events.DataReceived):
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            sock.sendall(conn.data_to_send())
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def main():
+    status = int(sys.argv[1])
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(64)
+    print(ls.getsockname()[1], flush=True)
+
+    def accept():
+        while True:
+            s, _ = ls.accept()
+            threading.Thread(target=serve_conn, args=(s, status), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
