@@ -735,19 +735,13 @@ where
     let request_at = w.watchdog.after(up_cfg.request_timeout);
     let mut try_now = start;
     let mut tried = 0u64;
-    let mut retries = 0u32;
     let mut next: Option<usize> = None;
     let mut fresh_only = false;
     let mut stale_used = false;
     let mut last: Option<Error> = None;
-    let mut may_retry = |tried: u64| {
-        let ok = retries < up_cfg.retries
-            && (tried.count_ones() as usize) < list.targets.len()
-            && Instant::now() < deadline
-            && up.budget.withdraw();
-        retries += ok as u32;
-        ok
-    };
+    let mut retries =
+        crate::upstream::retry::Retries::new(up_cfg.retries, list.targets.len(), deadline);
+    let mut may_retry = |tried: u64| retries.allow(tried, &up.budget);
     let (mut us, t) = loop {
         let t = match next.take() {
             Some(t) => t,

@@ -74,9 +74,10 @@ pub async fn forward_h2<S: ClientIo>(
     }
     let deadline = c.started + timeout;
     let list = up.list();
+    up.budget.deposit();
     let mut tries = Tries {
         tried: 0,
-        retries: 0,
+        retries: crate::upstream::retry::Retries::new(up_cfg.retries, list.targets.len(), deadline),
     };
     // An answer of 502, 503 or 504 to a request that can be sent again
     // (idempotent, no body) goes to another target while `retries` allow,
@@ -106,7 +107,7 @@ pub async fn forward_h2<S: ClientIo>(
 /// Targets tried (a bit each) and retries made for one request.
 struct Tries {
     tried: u64,
-    retries: u32,
+    retries: crate::upstream::retry::Retries,
 }
 
 /// How one try ended.
@@ -157,11 +158,7 @@ async fn attempt<S: ClientIo>(
             Ok(s) => break (s, t),
             Err(e) => {
                 shared.report(&target.shared, Report::Failure);
-                let more = tries.retries < up_cfg.retries
-                    && (tries.tried.count_ones() as usize) < list.targets.len()
-                    && Instant::now() < deadline;
-                if more {
-                    tries.retries += 1;
+                if tries.retries.allow(tries.tried, &up.budget) {
                     continue;
                 }
                 ticket.record(false);
@@ -240,10 +237,7 @@ async fn attempt<S: ClientIo>(
 
     // This answer may be dropped for another target's (before anything of
     // it is written) while the retries allow.
-    let retry = retry_ok
-        && tries.retries < up_cfg.retries
-        && (tries.tried.count_ones() as usize) < list.targets.len()
-        && Instant::now() < deadline;
+    let retry = retry_ok && tries.retries.may(tries.tried) && up.budget.available() > 0;
     let r = match client.h2_stream() {
         // Full duplex: the client's DATA go up while the answer comes down.
         Some(h) => {
@@ -303,10 +297,18 @@ async fn attempt<S: ClientIo>(
             }
             Outcome::Done { keep_alive: !close }
         }
-        Err(Failed::Retry) => {
+        Err(Failed::Retry(status)) => {
             shared.report(&target.shared, Report::Status5xx);
-            tries.retries += 1;
-            return Attempt::Retry;
+            if tries.retries.allow(tries.tried, &up.budget) {
+                return Attempt::Retry;
+            }
+            // The budget ran out meanwhile: the answer was dropped, so the
+            // client gets the status as ringgate's error.
+            ticket.record(false);
+            Outcome::Error(Error::new(
+                ErrorKind::UpstreamStatus(status),
+                "upstream unavailable",
+            ))
         }
         Err(Failed::Upstream(e)) => {
             shared.report(&target.shared, Report::Failure);
@@ -425,9 +427,9 @@ enum Failed {
     Upstream(Error),
     /// The client is gone, or the answer broke after its head.
     Client,
-    /// The answer is 502-504 and another target may be asked (nothing was
-    /// written).
-    Retry,
+    /// The answer is 502-504 (this status) and another target may be
+    /// asked (nothing was written).
+    Retry(u16),
 }
 
 /// Where the answer goes: an HTTP/2 client's sending half, or any client
@@ -607,7 +609,7 @@ async fn respond<K: Sink>(
     let (parts, mut body) = resp.into_parts();
     let status = parts.status.as_u16();
     if retry && (502..=504).contains(&status) {
-        return Err(Failed::Retry);
+        return Err(Failed::Retry(status));
     }
     c.rhead.status = status;
     let trailers_only = body.is_end_stream();

@@ -135,15 +135,8 @@ pub async fn exchange(w: &Worker, snap: &Generation, req: &Request<'_>) -> Resul
     let idempotent = req.idempotent();
     let deadline = req.until.min(Instant::now() + up_cfg.request_timeout);
     let mut tried = 0u64;
-    let mut retries = 0u32;
-    let mut may_retry = |tried: u64| {
-        let ok = retries < up_cfg.retries
-            && (tried.count_ones() as usize) < list.targets.len()
-            && Instant::now() < deadline
-            && up.budget.withdraw();
-        retries += ok as u32;
-        ok
-    };
+    let mut retries = super::retry::Retries::new(up_cfg.retries, list.targets.len(), deadline);
+    let mut may_retry = |tried: u64| retries.allow(tried, &up.budget);
     let mut next: Option<usize> = None;
     let mut fresh_only = false;
     let mut stale_used = false;

@@ -55,6 +55,47 @@ impl RetryBudget {
     }
 }
 
+/// The retry rule every forward shares (HTTP/1.1, HTTP/2, compose parts):
+/// one more try while `retries` allows, a target is left untried (`tried`,
+/// a bit per target), the deadline has not passed and the worker's retry
+/// budget gives a token. Counts the retries it allows.
+pub struct Retries {
+    made: u32,
+    max: u32,
+    targets: usize,
+    deadline: std::time::Instant,
+}
+
+impl Retries {
+    /// For one request: `max` retries over `targets` targets until
+    /// `deadline`.
+    #[inline]
+    pub fn new(max: u32, targets: usize, deadline: std::time::Instant) -> Self {
+        Retries {
+            made: 0,
+            max,
+            targets,
+            deadline,
+        }
+    }
+
+    /// Whether another try may be made (taking a budget token if so).
+    #[inline]
+    pub fn allow(&mut self, tried: u64, budget: &RetryBudget) -> bool {
+        let ok = self.may(tried) && budget.withdraw();
+        self.made += ok as u32;
+        ok
+    }
+
+    /// Whether another try could be made, taking nothing.
+    #[inline]
+    pub fn may(&self, tried: u64) -> bool {
+        self.made < self.max
+            && (tried.count_ones() as usize) < self.targets
+            && std::time::Instant::now() < self.deadline
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
