@@ -53,14 +53,30 @@ struct Slot {
     graced: bool,
 }
 
-#[derive(Default)]
 struct Table {
     slots: Vec<Slot>,
+    /// No armed slot's deadline or grace end comes before this (a lower
+    /// bound: lowered by every arm, recomputed by every scan), so a tick
+    /// before it scans nothing. Thousands of idle connections, armed with
+    /// their idle timeout, then cost no scan per tick.
+    due: u64,
     /// Per slot, the canceller of its graced reads (made on the slot's
     /// first graced read, replaced after each cancel).
     cancellers: Vec<Option<Canceller>>,
     free: Vec<u32>,
     armed: usize,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            slots: Vec::new(),
+            due: u64::MAX,
+            cancellers: Vec::new(),
+            free: Vec::new(),
+            armed: 0,
+        }
+    }
 }
 
 /// The armed reads of one worker and its coarse clock.
@@ -164,16 +180,25 @@ impl Watchdog {
     pub fn tick(&self) -> usize {
         let now = self.refresh();
         let mut t = self.table.borrow_mut();
-        if t.armed == 0 {
+        if t.armed == 0 || now < t.due {
             return 0;
         }
         let mut n = 0;
+        let mut due = u64::MAX;
         let Table {
             slots, cancellers, ..
         } = &mut *t;
         for (s, c) in slots.iter_mut().zip(cancellers.iter_mut()) {
             if s.fd < 0 || s.fired {
                 continue;
+            }
+            // What this slot still waits for (when it does not fire now),
+            // for the next tick's bound.
+            if s.at > now {
+                due = due.min(s.at);
+                if s.grace > now && !s.graced {
+                    due = due.min(s.grace);
+                }
             }
             if s.at <= now {
                 s.fired = true;
@@ -194,6 +219,7 @@ impl Watchdog {
                 }
             }
         }
+        t.due = due;
         n
     }
 
@@ -251,6 +277,7 @@ impl Table {
     /// Puts `slot` in a free place; returns its index.
     #[inline]
     fn take(&mut self, slot: Slot) -> u32 {
+        self.due = self.due.min(slot.at).min(slot.grace);
         let i = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = slot;
@@ -321,6 +348,27 @@ mod tests {
         std::io::Write::write_all(&mut a, b"x").unwrap();
         let mut buf = [0u8; 8];
         assert_eq!(b.read(&mut buf).unwrap(), 1);
+    }
+
+    /// A tick before the earliest deadline scans nothing, and an arm with
+    /// an earlier deadline after a scan is still seen in time.
+    #[test]
+    fn ticks_skip_the_scan_until_something_is_due() {
+        let dog = Watchdog::new();
+        let (_a, b) = pair();
+        let (_c, d) = pair();
+        let far = dog.arm(b.as_raw_fd(), dog.after(Duration::from_secs(60)), true);
+        assert_eq!(dog.tick(), 0);
+        assert_eq!(dog.table.borrow().due, far_at(&dog, &far));
+        let near = dog.arm(d.as_raw_fd(), dog.now_ms(), false);
+        assert_eq!(dog.tick(), 1, "the earlier deadline lowered the bound");
+        assert!(near.fired() && !far.fired());
+        // After that scan, the bound is the far deadline again.
+        assert_eq!(dog.table.borrow().due, far_at(&dog, &far));
+    }
+
+    fn far_at(dog: &Watchdog, g: &Armed<'_>) -> u64 {
+        dog.table.borrow().slots[g.i as usize].at
     }
 
     #[test]
