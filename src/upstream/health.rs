@@ -235,7 +235,12 @@ pub fn check(t: &TargetShared, h: &HealthConfig) -> Result<u16, String> {
             ReadError::TooLarge(s) => format!("status {s} with a body over the limit"),
         })?;
     }
-    let status = reader.head().map_or(0, |h| h.status);
+    verdict(h, reader.head().map_or(0, |h| h.status))
+}
+
+/// A check's answer by its status: one in `expected_statuses` (default
+/// any 2xx) passes.
+fn verdict(h: &HealthConfig, status: u16) -> Result<u16, String> {
     let ok = if h.expected_statuses.is_empty() {
         (200..300).contains(&status)
     } else {
@@ -416,18 +421,7 @@ async fn check_h2_async(t: &TargetShared, h: &HealthConfig) -> Result<u16, Strin
     let resp = resp.await.map_err(|x| e(&x))?;
     let status = resp.status().as_u16();
     let result = match grpc {
-        None => {
-            let ok = if h.expected_statuses.is_empty() {
-                (200..300).contains(&status)
-            } else {
-                h.expected_statuses.contains(&status)
-            };
-            if ok {
-                Ok(status)
-            } else {
-                Err(format!("status {status}"))
-            }
-        }
+        None => verdict(h, status),
         Some(_) => {
             let head_status = resp.headers().get("grpc-status").cloned();
             let mut rb = resp.into_body();
