@@ -22,6 +22,7 @@ pub mod demo;
 pub mod error;
 pub mod filter;
 pub mod http;
+pub mod phases;
 pub mod proxy;
 pub mod router;
 pub mod runtime;

@@ -47,7 +47,8 @@
 
 use crate::config::Errors;
 use crate::config::file::{FileConfig, RouteFile};
-use crate::filter::{Early, Reply, RequestCtx, Verdict};
+use crate::filter::{Reply, RequestCtx, Verdict};
+use crate::phases::Early;
 use crate::proxy::forward::Conn;
 use crate::router::{Lookup, Method, Params};
 use crate::runtime::worker::{Generation, Worker};

@@ -5,13 +5,13 @@
 //! Session::start     request id, trace context, what the log line needs
 //!   run:
 //!     early request  features answering before routing (token endpoint),
-//!                    the API version asked for           filter::early_request
+//!                    the API version asked for           phases::early_request
 //!     route          host + path trie + method + version  → 404 / 405 / 400
 //!     limits         Content-Length over max_body_bytes   → 413
 //!     request        the route's chain: IP lists, CORS preflight, auth,
 //!                    rate limits; any filter may answer    Chain::request
 //!     upstream req   the chain edits the forwarded head    Chain::upstream_request
-//!     exchange       cache, compose or forward (response   filter::exchange
+//!     exchange       cache, compose or forward (response   phases::exchange
 //!                    header and body phases run inside)
 //!   respond          THE way out: every answer — proxied, filter-made,
 //!                    error, cache hit, token endpoint — is written (when
@@ -161,20 +161,20 @@ impl<'a> Session<'a> {
         let cfg = &snap.config;
 
         // Early request: features that answer before routing.
-        let early = if crate::filter::wants_early(cfg, c) {
-            crate::filter::early_request(w, &snap, client, c).await
+        let early = if crate::phases::wants_early(cfg, c) {
+            crate::phases::early_request(w, &snap, client, c).await
         } else {
-            crate::filter::Early::Continue
+            crate::phases::Early::Continue
         };
         match early {
-            crate::filter::Early::Continue => {}
-            crate::filter::Early::Answer { reply, body_end } => {
+            crate::phases::Early::Continue => {}
+            crate::phases::Early::Answer { reply, body_end } => {
                 if let Some(end) = body_end {
                     self.body = Body::ReadTo(end);
                 }
                 return Answer::Reply(reply);
             }
-            crate::filter::Early::Error(e) => return Answer::Error(e, Detail::default()),
+            crate::phases::Early::Error(e) => return Answer::Error(e, Detail::default()),
         }
 
         // Route: host, path (without a version prefix), method, version.
@@ -285,7 +285,7 @@ impl<'a> Session<'a> {
         {
             crate::proxy::forward::forward(w, &snap, route, client, c).await
         } else {
-            crate::filter::exchange(w, &snap, route, client, c).await
+            crate::phases::exchange(w, &snap, route, client, c).await
         };
         w.in_flight.set(w.in_flight.get() - 1);
         // The upstream buffer the exchange borrowed goes back to the worker.

@@ -14,7 +14,7 @@
 //! What carries over: upstreams whose settings did not change keep their
 //! shared state (and, on every worker, their pools); rate limits whose
 //! definition did not change keep their counts (the workers' key tables
-//! and the reconciler's state, see [`crate::filter::hand_over`]),
+//! and the reconciler's state, see [`crate::phases::hand_over`]),
 //! while changed and new limits start fresh and removed ones are dropped.
 //! Listen addresses: the reload binds every added address once per worker
 //! (`SO_REUSEPORT`, a port of 0 resolved once) before publishing, so an
@@ -151,7 +151,7 @@ pub struct Reloader {
     admin: AdminSlot,
     /// What a newly started admin listener needs besides the store and the
     /// metrics: this reloader (weakly) and the cache-purge log.
-    admin_ctx: std::sync::OnceLock<(std::sync::Weak<Reloader>, Arc<crate::filter::PurgeLog>)>,
+    admin_ctx: std::sync::OnceLock<(std::sync::Weak<Reloader>, Arc<crate::phases::PurgeLog>)>,
 }
 
 /// A validated reload, ready to publish.
@@ -200,7 +200,7 @@ impl Reloader {
 
     /// What a reload needs to start an admin listener: this reloader
     /// (held weakly by the listener's `POST /reload`) and the purge log.
-    pub(crate) fn set_admin_context(self: &Arc<Self>, cache_purge: Arc<crate::filter::PurgeLog>) {
+    pub(crate) fn set_admin_context(self: &Arc<Self>, cache_purge: Arc<crate::phases::PurgeLog>) {
         let _ = self.admin_ctx.set((Arc::downgrade(self), cache_purge));
     }
 
@@ -270,7 +270,7 @@ impl Reloader {
                 }
                 // The new limits' reconciler and links exist before any
                 // worker can switch to them.
-                crate::filter::hand_over(&old, &config, self.workers);
+                crate::phases::hand_over(&old, &config, self.workers);
                 // Workers find their new listeners when they see the new
                 // generation, so the sockets are in place first.
                 {

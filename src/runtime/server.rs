@@ -160,7 +160,7 @@ impl Server {
                 .zip(addrs.iter().copied())
                 .collect(),
         );
-        let features = crate::filter::SharedFeatures::default();
+        let features = crate::phases::SharedFeatures::default();
         let cores = Arc::new(core_affinity::get_core_ids().unwrap_or_default());
         let mut signals = Vec::new();
         let mut threads = Vec::new();

@@ -29,8 +29,8 @@ pub struct Generation {
     /// Upstream pools, indexed like `config.upstreams`.
     pub upstreams: Vec<Rc<UpstreamState>>,
     /// Each feature's state on this worker for this config (see the
-    /// registry, [`crate::filter::GenerationState`]).
-    pub features: crate::filter::GenerationState,
+    /// registry, [`crate::phases::GenerationState`]).
+    pub features: crate::phases::GenerationState,
     /// Generation number (see [`crate::runtime::reload::ConfigStore`]).
     pub number: u64,
 }
@@ -114,7 +114,7 @@ pub struct Worker {
     spare_ubufs: std::cell::RefCell<Vec<Vec<u8>>>,
     /// Each feature's state on this worker across generations (the
     /// response cache).
-    pub features: crate::filter::WorkerFeatures,
+    pub features: crate::phases::WorkerFeatures,
     /// This worker's metric shard (read by the admin thread on scrape).
     pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
     /// This worker's access-log buffer, when logging is on.
@@ -171,7 +171,7 @@ impl Worker {
         let snap = Rc::new(Generation {
             config: config.clone(),
             upstreams,
-            features: crate::filter::GenerationState::new(&config, id),
+            features: crate::phases::GenerationState::new(&config, id),
             number,
         });
         let log = config
@@ -191,7 +191,7 @@ impl Worker {
             watchdog: crate::runtime::watchdog::Watchdog::new(),
             spare_conns: std::cell::RefCell::new(Vec::new()),
             spare_ubufs: std::cell::RefCell::new(Vec::with_capacity(SPARE_UBUFS)),
-            features: crate::filter::WorkerFeatures::new(&shared.features, shared.metrics.clone()),
+            features: crate::phases::WorkerFeatures::new(&shared.features, shared.metrics.clone()),
             metrics: shared.metrics.clone(),
             log: std::cell::RefCell::new(log),
             ids: RequestIds::new(id),
@@ -234,7 +234,7 @@ impl Worker {
             })
             .collect();
         let features =
-            crate::filter::GenerationState::after(&old.features, &old.config, &config, self.id);
+            crate::phases::GenerationState::after(&old.features, &old.config, &config, self.id);
         let snap = Rc::new(Generation {
             config,
             upstreams,
@@ -373,7 +373,7 @@ pub struct WorkerShared {
     /// The worker's metric shard.
     pub metrics: Arc<crate::telemetry::metrics::WorkerMetrics>,
     /// Feature state every worker shares (cache purges).
-    pub features: crate::filter::SharedFeatures,
+    pub features: crate::phases::SharedFeatures,
     /// The cores the process may run on (`server.pin` pins worker i to
     /// core i modulo their number).
     pub cores: Arc<Vec<core_affinity::CoreId>>,
@@ -502,7 +502,7 @@ async fn serve(
     let backlog = Cell::new(config.server.backlog);
     let huge_pages = Cell::new(config.server.transparent_huge_pages);
     let cores = shared.cores.clone();
-    crate::filter::spawn_worker_tasks(&worker);
+    crate::phases::spawn_worker_tasks(&worker);
     // The watchdog: read deadlines, the coarse clock, and the shutdown
     // signal.
     let stopping = LocalStop::new();

@@ -159,12 +159,12 @@ impl Auth {
         snap: &crate::runtime::worker::Generation,
         client: &mut S,
         c: &mut crate::proxy::forward::Conn,
-    ) -> crate::filter::Early
+    ) -> crate::phases::Early
     where
         S: monoio::io::AsyncReadRent,
     {
         use crate::error::{Error, ErrorKind};
-        use crate::filter::Early;
+        use crate::phases::Early;
         let rid = c.rid;
         if c.head.method.of(&c.buf) != b"POST" {
             let reply = Reply::error(405, "use POST", rid.as_bytes()).with_header("Allow", "POST");

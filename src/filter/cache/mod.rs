@@ -662,7 +662,7 @@ async fn fetch<S>(
 where
     S: crate::http::ClientIo,
 {
-    match crate::filter::exchange_uncached(w, snap, route, client, c).await {
+    match crate::phases::exchange_uncached(w, snap, route, client, c).await {
         Outcome::Composed { status, keep_alive } => {
             // As after a forward, the request leaves the buffer.
             c.rhead.status = status;
