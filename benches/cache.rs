@@ -21,6 +21,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ringgate::filter::cache::RouteCache;
 use ringgate::filter::cache::policy::storable;
 use ringgate::filter::cache::store::{Entry, Forwarded, KeyRef, Store};
+use ringgate::filter::cache::wire::read_back;
 use ringgate::http::parse::{HeaderLine, RequestHead, parse_request};
 
 const SIZES: [usize; 3] = [1, 10_000, 100_000];
@@ -76,7 +77,7 @@ fn filled(n: usize, p: &RouteCache) -> Store {
     let resp = response(false, "{\"id\":1}");
     for i in 0..n {
         let path = format!("/products/{i}");
-        let st = storable(&resp, p, &[], 0).expect("storable");
+        let st = storable(read_back(&resp).expect("whole"), p, &[], 0).expect("storable");
         s.insert(Entry::new(key(&path).to_key(), st, plain, now), usize::MAX);
     }
     let varied = response(true, "{\"id\":1}");
@@ -89,7 +90,7 @@ fn filled(n: usize, p: &RouteCache) -> Store {
             lines: &lines,
             extra: b"",
         };
-        let st = storable(&varied, p, &[], 0).expect("storable");
+        let st = storable(read_back(&varied).expect("whole"), p, &[], 0).expect("storable");
         s.insert(
             Entry::new(key("/products/varied").to_key(), st, fwd, now),
             usize::MAX,
@@ -152,7 +153,13 @@ fn store(c: &mut Criterion) {
         let mut s = Store::default();
         g.bench_function(name, |b| {
             b.iter(|| {
-                let st = storable(black_box(resp), &p, &[b"X-Cache"], 0).expect("storable");
+                let st = storable(
+                    read_back(black_box(resp)).expect("whole"),
+                    &p,
+                    &[b"X-Cache"],
+                    0,
+                )
+                .expect("storable");
                 let e = Entry::new(key("/products/1").to_key(), st, fwd, Instant::now());
                 black_box(s.insert(e, 1 << 20))
             })

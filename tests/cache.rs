@@ -531,6 +531,81 @@ fn stale_if_error_answers_for_a_failing_backend() {
     assert_json_error(&get(&mut gw.client(), "/f", ""), 502);
 }
 
+/// The fill reads the answer back whatever its shape: interim answers
+/// before it (relayed, not stored; held back with a failed answer that a
+/// stale copy replaces) and a body delimited by the close.
+#[test]
+fn interim_answers_and_close_delimited_bodies_are_stored_as_messages() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let up = MockUpstream::builder()
+        .early_hints("</a.css>; rel=preload")
+        .handler(move |r| {
+            let data = if n.fetch_add(1, Ordering::SeqCst) == 0 {
+                response_bytes(
+                    200,
+                    &[("Cache-Control".into(), "max-age=1".into())],
+                    b"good",
+                    r.method == "HEAD",
+                )
+            } else {
+                response_bytes(503, &[], b"down", false)
+            };
+            Reply::Bytes { data, close: false }
+        })
+        .start();
+    let gw = gateway("", &up, &route("stale_if_error_s = 60"));
+    let mut c = gw.client();
+    c.send("GET /h HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    let hints = c.read_response();
+    assert_eq!(hints.status, 103);
+    assert_eq!(hints.header("link"), Some("</a.css>; rel=preload"));
+    let r = c.read_response();
+    assert_eq!(
+        (r.status, r.text().as_str(), x_cache(&r)),
+        (200, "good", "MISS")
+    );
+    // Stored without the interim answer: a hit is one response.
+    let r = get(&mut c, "/h", "");
+    assert_eq!(
+        (r.status, r.text().as_str(), x_cache(&r)),
+        (200, "good", "HIT")
+    );
+    assert_eq!(r.header("link"), None);
+    thread::sleep(Duration::from_millis(1100));
+    // 103 then 503: both held back, the stale copy answers alone.
+    let r = get(&mut c, "/h", "");
+    assert_eq!(
+        (r.status, r.text().as_str(), x_cache(&r)),
+        (200, "good", "STALE")
+    );
+    assert_eq!(r.header("link"), None);
+    assert_eq!(up.hits(), 2);
+    assert_eq!(get(&mut c, "/h", "").status, 200, "the connection goes on");
+
+    // A body that ends with the backend's close is whole once relayed.
+    let up = MockUpstream::builder()
+        .handler(|_| {
+            Reply::BytesThenClose(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nX-Shape: close\r\n\r\nuntil the close"
+                    .to_vec(),
+            )
+        })
+        .start();
+    let gw = gateway("", &up, &route("ttl_s = 30"));
+    let r = get(&mut gw.client(), "/c", "");
+    assert_eq!(
+        (r.text().as_str(), x_cache(&r)),
+        ("until the close", "MISS")
+    );
+    let r = get(&mut gw.client(), "/c", "");
+    assert_eq!(
+        (r.text().as_str(), x_cache(&r), r.header("x-shape")),
+        ("until the close", "HIT", Some("close"))
+    );
+    assert_eq!(r.header("content-length"), Some("15"));
+    assert_eq!(up.hits(), 1);
+}
+
 #[test]
 fn concurrent_misses_coalesce_into_one_backend_request() {
     let up = MockUpstream::builder()

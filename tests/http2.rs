@@ -463,6 +463,38 @@ fn prior_knowledge_get_reaches_the_backend_as_http11() {
     assert_eq!(h1_status(gw.addr, "/h1"), 200);
 }
 
+/// A cached route serves HTTP/2 clients: the miss is stored from the
+/// answer as the stream carried it, and hits (and HTTP/1.1 clients) get
+/// the same fields and body.
+#[test]
+fn cached_route_answers_http2_from_the_cache() {
+    let up = MockUpstream::builder()
+        .header("Cache-Control", "max-age=60")
+        .header("Content-Type", "text/plain")
+        .respond(200, "cached over h2")
+        .start();
+    let route = "[[routes]]\nname = \"all\"\npath = \"/{*rest}\"\nupstream = \"b\"\ncache = { ttl_s = 30 }\n";
+    let gw = Gateway::start(&config(1, "", "", up.addr, route));
+    let url = format!("http://{}/c", gw.addr);
+    let (head, body) = curl_h2(&url, &[]);
+    assert!(head[0].starts_with("HTTP/2 200"), "{head:?}");
+    assert_eq!(head_value(&head, "x-cache"), Some("MISS"), "{head:?}");
+    assert_eq!(body, b"cached over h2");
+    let (head, body) = curl_h2(&url, &[]);
+    assert!(head[0].starts_with("HTTP/2 200"), "{head:?}");
+    assert_eq!(head_value(&head, "x-cache"), Some("HIT"), "{head:?}");
+    assert_eq!(head_value(&head, "content-type"), Some("text/plain"));
+    assert_eq!(body, b"cached over h2");
+    // The key is the host and target, whatever the protocol.
+    let mut c = gw.client();
+    let r = c.request(format!("GET /c HTTP/1.1\r\nHost: {}\r\n\r\n", gw.addr));
+    assert_eq!(
+        (r.text().as_str(), r.header("x-cache")),
+        ("cached over h2", Some("HIT"))
+    );
+    assert_eq!(up.hits(), 1);
+}
+
 /// A chunked backend response goes back as HTTP/2 DATA, intact, without
 /// Transfer-Encoding.
 #[test]

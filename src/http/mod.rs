@@ -10,6 +10,7 @@
 //! (read buffers, header spans, the list of slices to write, the iovec
 //! array) belongs to the connection and is reused for each request on it.
 
+pub mod answer;
 pub mod chunked;
 pub mod client;
 pub mod conn;

@@ -29,8 +29,9 @@
 //!   of the request upstream and stores the answer. One fetch per key at a
 //!   time (a refresh counts as the key's fetch).
 //! - Miss: `X-Cache: MISS`; the forward runs with the client side wrapped
-//!   in a [`wire::Tee`] that records the response as it passes through;
-//!   a cacheable response is stored. Concurrent misses for one key on a
+//!   in a [`wire::Fill`], which reads the answer back as a message (head
+//!   and body, through `http::answer`) as it passes through; a cacheable
+//!   answer is stored. Concurrent misses for one key on a
 //!   worker wait for the first one's fetch and then look up again; if it
 //!   stored nothing they go to the backend themselves.
 //! - Stale within `stale_if_error`: fetched as a miss, but a 500/502/503/
@@ -49,7 +50,7 @@
 //! `only-if-cached` answers 504 on a miss. `If-None-Match` matching a
 //! stored `ETag` is answered 304.
 //!
-//! Compose routes: the merged answer is what is fetched, teed and stored
+//! Compose routes: the merged answer is what is fetched, read back and stored
 //! (the parts themselves are not cached), under the same key, with the
 //! same hits, `X-Cache`, `Age`, coalescing, stale-while-revalidate (the
 //! refresh runs the parts) and stale-if-error (a failed required part's
@@ -72,7 +73,7 @@
 pub mod policy;
 mod purge;
 pub mod store;
-mod wire;
+pub mod wire;
 
 pub use policy::{CacheControl, NotStored, parse_http_date};
 pub use purge::{PurgeLog, PurgeRule, PurgeTarget};
@@ -81,7 +82,7 @@ pub use store::Stored;
 use crate::config::Errors;
 use crate::config::file::RouteFile;
 use crate::http::parse::HeaderLine;
-use crate::proxy::forward::{self, Conn, Outcome};
+use crate::proxy::forward::{Conn, Outcome};
 use crate::runtime::worker::{Generation, Worker};
 use crate::telemetry::metrics::WorkerMetrics;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
@@ -106,9 +107,6 @@ pub const DEFAULT_STATUSES: [u16; 6] = [200, 203, 204, 301, 404, 410];
 /// Most background refreshes in flight on one worker; past it, stale
 /// answers are served without queuing another (a later request will).
 pub const MAX_REFRESHES: usize = 64;
-/// Bytes a capture may hold beyond `max_object_bytes` (response heads,
-/// chunk framing) before it gives up.
-const CAPTURE_ALLOWANCE: usize = forward::MAX_RESPONSE_HEAD;
 
 /// `[cache]`
 #[derive(Debug, Default, Deserialize)]
@@ -478,22 +476,22 @@ impl WorkerCache {
         })
     }
 
-    /// Stores a captured response for the request in `req`; true when it
-    /// was stored. A response that forbids storing removes what is stored
-    /// under its key.
+    /// Stores an answer read back by the fill for the request in `req`;
+    /// true when it was stored. A response that forbids storing removes
+    /// what is stored under its key.
     fn store_response(
         &self,
         settings: &CacheSettings,
         policy: &RouteCache,
         req: RequestCopy,
-        captured: &[u8],
+        answer: wire::Filled,
         drop_names: &[&[u8]],
     ) -> bool {
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut store = self.store.borrow_mut();
-        let stored = match policy::storable(captured, policy, drop_names, now_unix) {
+        let stored = match policy::storable(answer, policy, drop_names, now_unix) {
             Ok(s) if s.size() <= settings.max_object_bytes => {
                 let fwd = Forwarded {
                     buf: &req.head,
@@ -711,22 +709,23 @@ where
 {
     let settings = &snap.config.cache;
     let req = RequestCopy::of(c, policy);
-    let mut tee = wire::Tee::new(
+    let mut fill = wire::Fill::new(
         client,
-        settings.max_object_bytes + CAPTURE_ALLOWANCE,
+        settings.max_object_bytes,
         hold_errors,
+        c.head.is_head,
     );
-    let (outcome, may_store) = fetch(w, snap, route, &mut tee, c).await;
-    let (captured, swallowed) = tee.finish();
+    let (outcome, may_store) = fetch(w, snap, route, &mut fill, c).await;
+    let (filled, swallowed) = fill.finish(matches!(outcome, Outcome::Done { .. }));
     let failed = swallowed.is_some() || matches!(&outcome, Outcome::Error(e) if e.status() >= 500);
-    let stored = match (&outcome, captured) {
+    let stored = match (&outcome, filled) {
         // No target answered (an open breaker's fallback), or a partial
         // compose answer: not stored.
-        (Outcome::Done { .. }, Some(cap)) if swallowed.is_none() && may_store => {
+        (Outcome::Done { .. }, Some(answer)) if swallowed.is_none() && may_store => {
             let drop = policy::line_names(&c.resp_extra[..added.min(c.resp_extra.len())]);
             w.features
                 .cache
-                .store_response(settings, policy, req, &cap, &drop)
+                .store_response(settings, policy, req, answer, &drop)
         }
         _ => false,
     };

@@ -1,17 +1,17 @@
 //! What may be cached and for how long: request and response
 //! `Cache-Control`, `Expires`/`Date`/`Age`, `Vary`, `Set-Cookie`, and the
-//! conversion of a captured response (as the client received it) into the
-//! stored form: the head without per-request and hop-by-hop lines, a
-//! `Content-Length`, and the de-chunked body.
+//! conversion of an answer (its head and body as the client received them,
+//! read back by the fill: [`Filled`]) into the stored form: the head
+//! without per-request and hop-by-hop lines, and the body.
 //!
 //! Everything here is pure (no I/O, no worker state), so the rules are unit
 //! tested below.
 
 use super::RouteCache;
-use crate::http::chunked::ChunkedScanner;
+use super::wire::Filled;
 use crate::http::message::OwnedResponse;
 use crate::http::name_eq;
-use crate::http::parse::{self, BodyFraming, HeaderLine, Parsed, ResponseHead};
+use crate::http::parse::HeaderLine;
 use std::time::Duration;
 
 /// The directives of one or more `Cache-Control` values that matter here.
@@ -191,10 +191,11 @@ impl Storable {
     }
 }
 
-/// Why a captured response was not stored (for tests and debugging).
+/// Why an answer was not stored (for tests and debugging).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotStored {
-    /// Not a complete, valid HTTP response.
+    /// Not a complete, readable answer (its body cut short, or past the
+    /// size bound).
     Incomplete,
     /// Status not in the route's `statuses`.
     Status,
@@ -222,41 +223,30 @@ const NOT_STORED: &[&[u8]] = &[
     b"age",
 ];
 
-/// Turns a captured response into its stored form, or says why not.
-/// `drop_names` are lower-case names of lines the gateway added for this
-/// request only (they are added again on every hit); `now_unix` is the
-/// wall-clock time in seconds (for `Expires` and `Date`).
+/// Turns an answer read back whole ([`Filled`]: its head and body) into
+/// its stored form, or says why not. `drop_names` are lower-case names of
+/// lines the gateway added for this request only (they are added again on
+/// every hit); `now_unix` is the wall-clock time in seconds (for `Expires`
+/// and `Date`).
 pub fn storable(
-    captured: &[u8],
+    answer: Filled,
     policy: &RouteCache,
     drop_names: &[&[u8]],
     now_unix: u64,
 ) -> Result<Storable, NotStored> {
-    // Skip interim responses (relayed as they came).
-    let mut start = 0;
-    let mut rhead = ResponseHead::default();
-    let mut rlines = Vec::new();
-    loop {
-        match parse::parse_response(&captured[start..], &mut rhead, &mut rlines) {
-            Ok(Parsed::Complete) if (100..200).contains(&rhead.status) => start += rhead.len,
-            Ok(Parsed::Complete) => break,
-            _ => return Err(NotStored::Incomplete),
-        }
-    }
-    let status = rhead.status;
+    let Filled { head, body } = answer;
+    let status = head.status;
     if !policy.statuses.contains(&status) {
         return Err(NotStored::Status);
     }
-    let head = &captured[start..start + rhead.len];
     let mut cc = CacheControl::default();
     let mut expires: Option<&[u8]> = None;
     let mut date: Option<&[u8]> = None;
     let mut age = 0u64;
     let mut vary = Vec::new();
     let mut etag = None;
-    for l in &rlines {
-        let name = l.name.of(head);
-        let value = l.value.of(head);
+    for (name, value) in &head.headers {
+        let (name, value) = (name.as_slice(), value.as_slice());
         if name_eq(name, b"cache-control") {
             cc.add(value);
         } else if name_eq(name, b"expires") {
@@ -310,40 +300,19 @@ pub fn storable(
     if fresh == 0 && swr == 0 && sie == 0 {
         return Err(NotStored::NoLifetime);
     }
-
-    let rest = &captured[start + rhead.len..];
-    let mut chunked_body = Vec::new();
-    let body: &[u8] = match rhead.framing_for(false) {
-        BodyFraming::None => &[],
-        BodyFraming::Length(n) => rest.get(..n as usize).ok_or(NotStored::Incomplete)?,
-        BodyFraming::UntilClose => rest,
-        BodyFraming::Chunked => {
-            let mut s = ChunkedScanner::new();
-            s.scan(rest, |a, b| chunked_body.extend_from_slice(&rest[a..b]))
-                .map_err(|_| NotStored::Incomplete)?;
-            if !s.is_done() {
-                return Err(NotStored::Incomplete);
-            }
-            &chunked_body
-        }
-    };
     let mut stored = OwnedResponse::new(status);
-    let (_, line_end) = parse::line_content(rhead.status_line, head);
-    // "HTTP/1.x NNN " is 13 bytes; the reason phrase follows.
-    stored.reason = head.get(13..line_end).unwrap_or_default().to_vec();
-    for l in &rlines {
-        let name = l.name.of(head);
-        if !l.role.forwarded()
-            || NOT_STORED.iter().any(|n| name_eq(name, n))
-            || drop_names.iter().any(|n| name.eq_ignore_ascii_case(n))
-        {
-            continue;
-        }
-        stored.push(name, l.value.of(head));
-    }
+    stored.reason = head.reason;
+    stored.headers = head
+        .headers
+        .into_iter()
+        .filter(|(name, _)| {
+            !NOT_STORED.iter().any(|n| name_eq(name, n))
+                && !drop_names.iter().any(|n| name.eq_ignore_ascii_case(n))
+        })
+        .collect();
     Ok(Storable {
         head: stored,
-        body: body.to_vec(),
+        body,
         vary,
         fresh_for: Duration::from_secs(fresh),
         initial_age: age,
@@ -375,6 +344,18 @@ pub fn parse_http_date(v: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `storable` of an answer written as HTTP/1.1 bytes, read back as the
+    /// fill reads it.
+    fn storable_h1(
+        resp: &[u8],
+        r: &RouteCache,
+        drop: &[&[u8]],
+        now: u64,
+    ) -> Result<Storable, NotStored> {
+        let filled = super::super::wire::read_back(resp).ok_or(NotStored::Incomplete)?;
+        storable(filled, r, drop, now)
+    }
 
     fn route() -> RouteCache {
         RouteCache {
@@ -427,7 +408,7 @@ mod tests {
     #[test]
     fn lifetime_sources() {
         let r = route();
-        let s = storable(
+        let s = storable_h1(
             b"HTTP/1.1 200 OK\r\nCache-Control: max-age=5, s-maxage=7\r\nAge: 2\r\nContent-Length: 2\r\n\r\nhi",
             &r,
             &[],
@@ -436,7 +417,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.fresh_for, Duration::from_secs(5));
         assert_eq!(s.initial_age, 2);
-        let s = storable(
+        let s = storable_h1(
             b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nExpires: Sun, 06 Nov 1994 08:50:37 GMT\r\nContent-Length: 0\r\n\r\n",
             &r,
             &[],
@@ -444,7 +425,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.fresh_for, Duration::from_secs(60));
-        let s = storable(
+        let s = storable_h1(
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
             &r,
             &[],
@@ -452,7 +433,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.fresh_for, Duration::from_secs(30));
-        let s = storable(
+        let s = storable_h1(
             b"HTTP/1.1 200 OK\r\nCache-Control: max-age=1, must-revalidate\r\nContent-Length: 0\r\n\r\n",
             &r,
             &[],
@@ -465,7 +446,7 @@ mod tests {
     #[test]
     fn refusals() {
         let r = route();
-        let no = |resp: &[u8]| storable(resp, &r, &[], 0).unwrap_err();
+        let no = |resp: &[u8]| storable_h1(resp, &r, &[], 0).unwrap_err();
         assert_eq!(
             no(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 0\r\n\r\n"),
             NotStored::Directive
@@ -500,7 +481,7 @@ mod tests {
     fn stored_form() {
         let r = route();
         let resp = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Request-Id: old\r\nX-RateLimit-Remaining: 4\r\nX-Cache: MISS\r\nVary: Accept-Language, accept-language\r\nX-A: 1\r\n\r\n2\r\nhi\r\n1\r\n!\r\n0\r\n\r\n";
-        let s = storable(resp, &r, &[b"X-RateLimit-Remaining"], 0).unwrap();
+        let s = storable_h1(resp, &r, &[b"X-RateLimit-Remaining"], 0).unwrap();
         assert_eq!(s.head.status, 200);
         assert_eq!(
             s.head.headers,

@@ -6,8 +6,8 @@
 //! Performance notes: a lookup hashes the key's pieces where they lie in
 //! the request buffer, walks the chain comparing bytes, and moves the entry
 //! to the front of the list: no allocation. Inserting allocates the entry's
-//! key and variant values (the response bytes were allocated by the
-//! capture); evicting frees them.
+//! key and variant values (the response was allocated by the
+//! fill); evicting frees them.
 
 use super::policy::Storable;
 use crate::http::message::OwnedResponse;
