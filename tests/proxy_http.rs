@@ -384,6 +384,45 @@ fn upgrade_tunnels_bytes_both_ways() {
     c.assert_closed();
 }
 
+/// A tunnel with traffic stays open past `idle_timeout_ms`; one quiet in
+/// both directions for that long is closed (both sides see the end).
+#[test]
+fn tunnels_close_after_the_idle_timeout_and_not_while_busy() {
+    let up = MockUpstream::builder().upgrade_echo().start();
+    let gw = GatewayConfig::simple(&[up.addr])
+        .server("idle_timeout_ms = 400")
+        .start();
+    let open = || {
+        let mut c = gw.client();
+        c.send(format!(
+            "GET /ws HTTP/1.1\r\n{H}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ));
+        assert_eq!(c.read_head_response().status, 101);
+        c
+    };
+    // Busy: a message every 100 ms for 1.2 s, three idle timeouts.
+    let mut busy = open();
+    for i in 0..12 {
+        let m = format!("tick-{i:02}");
+        busy.send(&m);
+        assert_eq!(busy.read_exact_raw(m.len()), m.as_bytes(), "tick {i}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    busy.send("last");
+    assert_eq!(busy.read_exact_raw(4), b"last");
+    // Quiet: closed within the timeout and the watchdog's ticks.
+    let started = std::time::Instant::now();
+    match busy.wait_close(Duration::from_secs(5)) {
+        CloseState::Closed => {}
+        other => panic!("a quiet tunnel stayed open: {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "closed before the idle timeout: {waited:?}"
+    );
+}
+
 /// Only the protocols a route allows by name are tunnelled (`upgrades`,
 /// WebSocket by default): any other `Upgrade` is dropped and the request
 /// served as plain HTTP/1.1; `h2c` can never be allowed.

@@ -3,21 +3,22 @@
 //! passed on, and a tunnel idle in both directions for `idle_timeout_ms`
 //! is closed.
 //!
-//! A tunnel at rest holds no buffer: each direction waits for its source
-//! to become readable (a poll on a duplicate of the socket's descriptor,
-//! which no read uses, so the wait borrows nothing from the stream the
-//! reads go through), then borrows a buffer from the worker
-//! ([`Worker::lend_ubuf`]) for the read and the write and gives it back.
+//! A tunnel at rest holds no buffer and no timer: each direction waits for
+//! its source to become readable (a poll on a duplicate of the socket's
+//! descriptor, which no read uses, so the wait borrows nothing from the
+//! stream the reads go through), then borrows a buffer from the worker
+//! ([`Worker::lend_ubuf`]) for the read and the write and gives it back;
+//! the idle timeout is two slots of the worker's watchdog, put off as
+//! bytes move (a store, not a timer).
 
 use crate::http::conn::ReadReady;
+use crate::runtime::watchdog::Armed;
 use crate::runtime::worker::Worker;
 use crate::upstream::tls::UpStream;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
-use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A stream on a duplicate of `fd` (a stream's [`ReadReady::ready_fd`]),
 /// only ever waited on for readability.
@@ -34,12 +35,32 @@ fn watcher(fd: Option<RawFd>) -> Option<TcpStream> {
     TcpStream::from_std(s).ok()
 }
 
+/// The tunnel's idle deadline: one watchdog slot per socket, both at the
+/// same time, put off whenever bytes move either way. When it passes, the
+/// watchdog shuts both sockets for reading, and each direction sees the
+/// end and finishes.
+struct Quiet<'a> {
+    w: &'a Worker,
+    slots: [Armed<'a>; 2],
+    idle_ms: u64,
+}
+
+impl Quiet<'_> {
+    /// Bytes moved: the deadline is `idle` from now.
+    fn moved(&self) {
+        let at = self.w.watchdog.now_ms().saturating_add(self.idle_ms);
+        for s in &self.slots {
+            s.put_off(at);
+        }
+    }
+}
+
 async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     w: &Worker,
     mut r: R,
     ready: Option<TcpStream>,
     mut out: W,
-    last: Rc<Cell<Instant>>,
+    quiet: &Quiet<'_>,
 ) {
     let bytes = w.config.server.buffer_bytes;
     let mut buf = Vec::new();
@@ -57,7 +78,7 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        last.set(Instant::now());
+        quiet.moved();
         let (res, b) = out.write_all(buf).await;
         buf = b;
         if ready.is_some() {
@@ -72,10 +93,11 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
 }
 
 /// Tunnels `client` and `upstream`; `pending` holds client bytes already
-/// read after the upgrade request, sent to the backend first. One timer
-/// per tunnel keeps its idle timeout: once nothing moved either way for
-/// `idle`, both sockets are shut, and the directions see the end and
-/// finish.
+/// read after the upgrade request, sent to the backend first. Once nothing
+/// moved either way for `idle`, the watchdog shuts both sockets for
+/// reading (its coarse clock: within two ticks), and the directions see
+/// the end and finish; a drain leaves a tunnel to its end or the drain
+/// timeout.
 pub async fn tunnel<S>(
     w: &Worker,
     client: S,
@@ -98,35 +120,22 @@ pub async fn tunnel<S>(
     // rustls holds does not show on the descriptor), a direction keeps its
     // buffer under its read, as a busy one does.
     let (client_ready, upstream_ready) = (watcher(client.ready_fd()), watcher(upstream.ready_fd()));
-    let last = Rc::new(Cell::new(Instant::now()));
+    let idle_ms = idle.as_millis().min(u64::MAX as u128) as u64;
+    let at = w.watchdog.now_ms().saturating_add(idle_ms);
+    // Both slots are dropped (disarmed) with this future, after both
+    // directions finished and before the sockets close.
+    let quiet = Quiet {
+        w,
+        slots: [
+            w.watchdog.arm_tunnel(cfd, at),
+            w.watchdog.arm_tunnel(ufd, at),
+        ],
+        idle_ms,
+    };
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    // The two directions are made inside the joined future, so the
-    // tunnel's future holds each once (a tunnel at rest is this future).
-    let both = async {
-        monoio::join!(
-            pump(w, cr, client_ready, uw, last.clone()),
-            pump(w, ur, upstream_ready, cw, last.clone())
-        );
-    };
-    let mut both = std::pin::pin!(both);
-    let mut wait = idle;
-    loop {
-        monoio::select! {
-            _ = &mut both => return,
-            _ = monoio::time::sleep(wait) => {}
-        }
-        let quiet = last.get().elapsed();
-        if quiet >= idle {
-            break;
-        }
-        wait = idle - quiet;
-    }
-    // SAFETY: both descriptors are open: until both directions finished,
-    // one of them holds a half of each socket.
-    unsafe {
-        libc::shutdown(cfd, libc::SHUT_RDWR);
-        libc::shutdown(ufd, libc::SHUT_RDWR);
-    }
-    both.await;
+    monoio::join!(
+        pump(w, cr, client_ready, uw, &quiet),
+        pump(w, ur, upstream_ready, cw, &quiet)
+    );
 }

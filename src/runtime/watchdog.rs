@@ -45,6 +45,10 @@ struct Slot {
     at: u64,
     /// A keep-alive wait a drain may end.
     idle: bool,
+    /// A tunnel's idle deadline: kept through a drain's
+    /// [`Watchdog::end_all`] (a tunnel is not a connection waiting for a
+    /// first request).
+    kept: bool,
     /// Ended by the watchdog (deadline passed).
     fired: bool,
     /// End of the grace period on the coarse clock (ms), or `u64::MAX`.
@@ -134,6 +138,25 @@ impl Watchdog {
             fd,
             at,
             idle,
+            kept: false,
+            fired: false,
+            grace: u64::MAX,
+            graced: false,
+        });
+        Armed { dog: self, i }
+    }
+
+    /// Arms the idle deadline of a tunnel's socket `fd`: at `at` (on the
+    /// coarse clock) its reads end, unless [`Armed::put_off`] moved it
+    /// later first. A drain's [`end_all`](Self::end_all) leaves it armed.
+    #[inline]
+    pub fn arm_tunnel(&self, fd: RawFd, at: u64) -> Armed<'_> {
+        let mut t = self.table.borrow_mut();
+        let i = t.take(Slot {
+            fd,
+            at,
+            idle: false,
+            kept: true,
             fired: false,
             grace: u64::MAX,
             graced: false,
@@ -160,6 +183,7 @@ impl Watchdog {
             fd,
             at,
             idle,
+            kept: false,
             fired: false,
             grace,
             graced: false,
@@ -230,7 +254,7 @@ impl Watchdog {
     pub fn end_all(&self) {
         let t = self.table.borrow();
         for s in t.slots.iter() {
-            if s.fd >= 0 {
+            if s.fd >= 0 && !s.kept {
                 // SAFETY: as in `tick`.
                 unsafe {
                     libc::shutdown(s.fd, libc::SHUT_RD);
@@ -270,6 +294,18 @@ impl Armed<'_> {
     #[inline]
     pub fn graced(&self) -> bool {
         self.dog.table.borrow().slots[self.i as usize].graced
+    }
+
+    /// Moves the deadline to `at`, when that is later (the table's lower
+    /// bound on deadlines stays true, so nothing else changes). No effect
+    /// once the deadline fired.
+    #[inline]
+    pub fn put_off(&self, at: u64) {
+        let mut t = self.dog.table.borrow_mut();
+        let s = &mut t.slots[self.i as usize];
+        if !s.fired && at > s.at {
+            s.at = at;
+        }
     }
 }
 
@@ -319,6 +355,30 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
         (a, b)
+    }
+
+    #[test]
+    fn a_tunnel_deadline_is_put_off_and_outlives_end_all() {
+        let dog = Watchdog::new();
+        let (_a, mut b) = pair();
+        let g = dog.arm_tunnel(b.as_raw_fd(), dog.now_ms());
+        g.put_off(dog.now_ms() + 60_000);
+        assert_eq!(dog.tick(), 0, "put off: not due");
+        dog.end_all();
+        b.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            b.read(&mut byte).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "end_all left the tunnel's socket open"
+        );
+        drop(g);
+        let g = dog.arm_tunnel(b.as_raw_fd(), dog.now_ms());
+        assert_eq!(dog.tick(), 1);
+        assert!(g.fired());
+        g.put_off(dog.now_ms() + 60_000);
+        assert!(g.fired(), "a fired deadline stays fired");
+        assert_eq!(b.read(&mut byte).unwrap(), 0, "shut for reading");
     }
 
     #[test]
