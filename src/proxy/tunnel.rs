@@ -55,41 +55,57 @@ impl Quiet<'_> {
     }
 }
 
+/// One direction: waits for its source to be readable, then moves what
+/// is there, until either side ends. The move (a borrowed buffer, the read
+/// and the write, whose futures are the largest part of a direction) lives
+/// in an allocation of its own while it runs, so a direction at rest is
+/// its readiness wait and its two halves.
 async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     w: &Worker,
-    mut r: R,
-    ready: Option<TcpStream>,
-    mut out: W,
+    r: &mut R,
+    ready: Option<&TcpStream>,
+    out: &mut W,
     quiet: &Quiet<'_>,
 ) {
-    let bytes = w.config.server.buffer_bytes;
-    let mut buf = Vec::new();
     loop {
-        if let Some(ready) = &ready
+        if let Some(ready) = ready
             && ready.readable(false).await.is_err()
         {
             break;
         }
-        w.lend_ubuf(&mut buf, bytes);
-        buf.clear();
-        let (res, b) = r.read(buf).await;
-        buf = b;
-        match res {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        quiet.moved();
-        let (res, b) = out.write_all(buf).await;
-        buf = b;
-        if ready.is_some() {
-            w.return_ubuf(&mut buf, bytes);
-        }
-        if res.is_err() {
+        if !Box::pin(move_once(w, r, out, quiet)).await {
             break;
         }
     }
+    let _ = Box::pin(out.shutdown()).await;
+}
+
+/// Reads once from `r` into a buffer lent by the worker and writes what
+/// came to `out`; false when either side ended. The buffer goes back to
+/// the worker's spares after the write.
+async fn move_once<R: AsyncReadRent, W: AsyncWriteRent>(
+    w: &Worker,
+    r: &mut R,
+    out: &mut W,
+    quiet: &Quiet<'_>,
+) -> bool {
+    let bytes = w.config.server.buffer_bytes;
+    let mut buf = Vec::new();
+    w.lend_ubuf(&mut buf, bytes);
+    buf.clear();
+    let (res, b) = r.read(buf).await;
+    buf = b;
+    let ok = match res {
+        Ok(0) | Err(_) => false,
+        Ok(_) => {
+            quiet.moved();
+            let (res, b) = out.write_all(buf).await;
+            buf = b;
+            res.is_ok()
+        }
+    };
     w.return_ubuf(&mut buf, bytes);
-    let _ = out.shutdown().await;
+    ok
 }
 
 /// Tunnels `client` and `upstream`; `pending` holds client bytes already
@@ -98,23 +114,23 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
 /// reading (its coarse clock: within two ticks), and the directions see
 /// the end and finish; a drain leaves a tunnel to its end or the drain
 /// timeout.
-pub async fn tunnel<S>(
-    w: &Worker,
+///
+/// The setup runs before the returned future is made, so the future holds
+/// only what the tunnel runs on (the four halves, the two readiness
+/// watchers, the idle slots) once, and the directions borrow them: a
+/// tunnel at rest is that future and nothing larger.
+pub fn tunnel<'a, S>(
+    w: &'a Worker,
     client: S,
-    mut upstream: UpStream,
+    upstream: UpStream,
     pending: Vec<u8>,
     idle: Duration,
-) where
-    S: AsyncReadRent + AsyncWriteRent + Splitable + AsRawFd + ReadReady,
+) -> impl std::future::Future<Output = ()> + 'a
+where
+    S: AsyncReadRent + AsyncWriteRent + Splitable + AsRawFd + ReadReady + 'a,
     S::OwnedRead: AsyncReadRent,
     S::OwnedWrite: AsyncWriteRent,
 {
-    if !pending.is_empty() {
-        let (r, _) = upstream.write_all(pending).await;
-        if r.is_err() {
-            return;
-        }
-    }
     let (cfd, ufd) = (client.as_raw_fd(), upstream.as_raw_fd());
     // Without a duplicate descriptor (none left), or over TLS (plaintext
     // rustls holds does not show on the descriptor), a direction keeps its
@@ -122,7 +138,7 @@ pub async fn tunnel<S>(
     let (client_ready, upstream_ready) = (watcher(client.ready_fd()), watcher(upstream.ready_fd()));
     let idle_ms = idle.as_millis().min(u64::MAX as u128) as u64;
     let at = w.watchdog.now_ms().saturating_add(idle_ms);
-    // Both slots are dropped (disarmed) with this future, after both
+    // Both slots are dropped (disarmed) with the future, after both
     // directions finished and before the sockets close.
     let quiet = Quiet {
         w,
@@ -132,10 +148,17 @@ pub async fn tunnel<S>(
         ],
         idle_ms,
     };
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
-    monoio::join!(
-        pump(w, cr, client_ready, uw, &quiet),
-        pump(w, ur, upstream_ready, cw, &quiet)
-    );
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    async move {
+        // Boxed, as the moves are: a write's future would otherwise set
+        // the size of the tunnel's for its whole life.
+        if !pending.is_empty() && Box::pin(uw.write_all(pending)).await.0.is_err() {
+            return;
+        }
+        monoio::join!(
+            pump(w, &mut cr, client_ready.as_ref(), &mut uw, &quiet),
+            pump(w, &mut ur, upstream_ready.as_ref(), &mut cw, &quiet)
+        );
+    }
 }
