@@ -30,11 +30,13 @@
 //! [`PoolConn`], so a pool of TLS connections slots in behind the same
 //! calls.
 //!
-//! Not (yet) through here: `proxy::forward`, which streams both bodies
-//! (it shares [`pool::ConnectError::error`] and the response-head limit),
-//! and the cache's background refresh, which runs the route's forward or
-//! compose so that its transforms and stored form stay those of an
-//! answered request.
+//! `proxy::forward` streams both bodies instead of holding them, so it
+//! runs its own tries, from the same parts: the balancer's pick, the pool's
+//! checkout and [`pool::connect`] (and [`pool::ConnectError::error`]), the
+//! one retry rule (`upstream::retry::Retries` and the retry budget), the
+//! stale-connection replacement and the response-head limit. The cache's
+//! background refresh runs the route's forward or compose, so that its
+//! transforms and stored form stay those of an answered request.
 //!
 //! Performance notes: one timer per try and a few allocations per
 //! exchange (the request bytes, the response buffers); the plain proxy
