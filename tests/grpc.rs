@@ -353,6 +353,70 @@ fn grpc_json_transcoding_from_a_descriptor_set() {
     let r = c.request("GET /v1/people/8 HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.status, 200, "{r:?}");
 
+    // A server-streaming method: a JSON array, chunked, its status in the
+    // trailer fields.
+    let raw = |req: &str| {
+        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let (head, body) = chunked_answer(&raw(
+        "GET /v1/greetings/Ada?times=3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    ));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+    let (json, trailers) = body;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).unwrap(),
+        serde_json::json!([
+            {"message": "Hello Ada #0"},
+            {"message": "Hello Ada #1", "count": "1"},
+            {"message": "Hello Ada #2", "count": "2"}
+        ])
+    );
+    assert!(trailers.contains("grpc-status: 0"), "{trailers}");
+    // None: an empty array; an error before any reply: its HTTP status;
+    // after replies: the array ends, the status is in the trailers.
+    let r = c.request("GET /v1/greetings/Nobody HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!((r.status, r.json()), (200, serde_json::json!([])), "{r:?}");
+    let r = c.request("GET /v1/greetings/refuse?times=2 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.json()["error"], "not for you", "{r:?}");
+    let (head, (json, trailers)) = chunked_answer(&raw(
+        "GET /v1/greetings/fail?times=2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    ));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json)
+            .unwrap()
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert!(trailers.contains("grpc-status: 14"), "{trailers}");
+    assert!(trailers.contains("grpc-message: went away"), "{trailers}");
+    // An HTTP/1.0 client: the array, ended by the close.
+    let text = raw("GET /v1/greetings/Old?times=2 HTTP/1.0\r\nHost: t\r\n\r\n");
+    let (head, json) = text.split_once("\r\n\r\n").unwrap();
+    assert!(!head.contains("chunked"), "{head}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(json).unwrap()[1]["message"],
+        "Hello Old #1"
+    );
+    // Keep-alive goes on after a streamed answer.
+    let r = c.request("GET /v1/greetings/Ada?times=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(
+        r.json(),
+        serde_json::json!([{"message": "Hello Ada #0"}]),
+        "{r:?}"
+    );
+    let r = c.request("GET /v1/people/9 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+
     // Config errors name the key.
     for (table, what) in [
         (
@@ -460,5 +524,21 @@ fn h2_upstream_5xx_goes_to_another_target_within_retries() {
     for i in 0..4 {
         let r = c.request(format!("GET /k{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
         assert_eq!(r.status, if i % 2 == 0 { 503 } else { 200 }, "{r:?}");
+    }
+}
+
+/// A chunked answer split into its head, its decoded body and its trailer
+/// lines.
+fn chunked_answer(text: &str) -> (String, (String, String)) {
+    let (head, mut rest) = text.split_once("\r\n\r\n").expect("a head");
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let n = usize::from_str_radix(size.trim(), 16).expect("hex size");
+        if n == 0 {
+            return (head.to_string(), (body, after.to_string()));
+        }
+        body.push_str(&after[..n]);
+        rest = &after[n + 2..];
     }
 }

@@ -23,14 +23,24 @@
 //!
 //! Envoy's `grpc_json_transcoder` and APISIX's `grpc-transcode` are the
 //! anchors; prost-reflect reads the descriptor set and does the JSON
-//! mapping. Unary methods only (a streaming method's rule is a config
-//! error).
+//! mapping.
+//!
+//! A server-streaming method answers with a JSON array, streamed as the
+//! replies come (chunked; to an HTTP/1.0 client, ended by the close):
+//! `[{...},{...}]`, `[]` for none. An error before the first reply is an
+//! error answer as for a unary call; one after it ends the array, and the
+//! gRPC status goes in the trailer fields `grpc-status` / `grpc-message`
+//! (to an HTTP/1.0 client, which gets no trailers, the connection closes
+//! without the closing `]`, so a cut stream never reads as a whole one).
+//! Methods that take a stream (client or bidirectional streaming) cannot be
+//! transcoded: their rule is a config error.
 
 use crate::config::Errors;
 use crate::error::{Error, ErrorKind};
 use crate::proxy::forward::{Conn, Outcome};
 use crate::runtime::worker::{Generation, Worker};
 use bytes::Bytes;
+use monoio::io::AsyncWriteRentExt;
 use prost::Message as _;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
@@ -152,11 +162,11 @@ pub fn compile(f: &GrpcJsonFile, key: &str, errs: &mut Errors) -> Option<Arc<Grp
             let Some(rule) = rule.as_message() else {
                 continue;
             };
-            if m.is_client_streaming() || m.is_server_streaming() {
+            if m.is_client_streaming() {
                 errs.push(
                     format!("{key}.services"),
                     format!(
-                        "{} streams: only unary methods are transcoded",
+                        "{} takes a stream: only unary and server-streaming methods are transcoded",
                         m.full_name()
                     ),
                     "remove its google.api.http rule, or call it with gRPC",
@@ -556,35 +566,14 @@ pub async fn serve<S: crate::http::ClientIo>(
     c.upstream_addr = Some(target.addr);
     let deadline = c.started + up_cfg.request_timeout;
     let started = Instant::now();
+    if b.call.is_server_streaming() {
+        return stream(
+            w, cfg, b, target, up_cfg, client, c, frame, deadline, started, end,
+        )
+        .await;
+    }
     let call = async {
-        let send =
-            crate::upstream::h2::sender(target, up_cfg.tls.as_deref(), up_cfg.connect_timeout)
-                .await
-                .map_err(|e| e.error())?;
-        let req = http::Request::builder()
-            .method(http::Method::POST)
-            .uri(format!(
-                "{}://{}{}",
-                if up_cfg.tls.is_some() {
-                    "https"
-                } else {
-                    "http"
-                },
-                target.addr,
-                b.grpc_path
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("x-request-id", c.rid.as_bytes())
-            .body(())
-            .map_err(|_| Error::new(ErrorKind::BadRequest, "request cannot be sent over HTTP/2"))?;
-        let closed = |_| Error::new(ErrorKind::UpstreamClosed, "upstream closed the stream");
-        let mut send = send.ready().await.map_err(closed)?;
-        let (resp, mut stream) = send.send_request(req, false).map_err(closed)?;
-        crate::http::h2::send_all(&mut stream, Bytes::from(frame), true)
-            .await
-            .map_err(closed)?;
-        let resp = resp.await.map_err(closed)?;
+        let resp = open_call(b, target, up_cfg, rid.as_bytes(), frame).await?;
         let head_status = resp.headers().get("grpc-status").cloned();
         let head_message = resp.headers().get("grpc-message").cloned();
         let mut body = resp.into_body();
@@ -645,25 +634,301 @@ pub async fn serve<S: crate::http::ClientIo>(
             }
         }
     } else {
-        let text = message
-            .as_ref()
-            .map(|m| unescape(m.to_str().unwrap_or(""), false))
-            .unwrap_or_default();
-        let status = http_status(code);
-        let code_s = code.to_string();
-        crate::filter::Reply {
-            status,
-            headers: format!("grpc-status: {code}\r\n").into_bytes(),
-            content_type: "application/json",
-            body: crate::filter::error_body(
-                status,
-                &text,
-                &[("grpc_code", code_s.as_str())],
-                rid.as_bytes(),
-            ),
-        }
+        status_reply(code, message.as_ref(), rid.as_bytes())
     };
     finish(w, client, c, reply, end).await
+}
+
+/// Opens the call's stream on the target: the request message sent whole.
+async fn open_call(
+    b: &Binding,
+    target: &crate::upstream::pool::TargetState,
+    up_cfg: &crate::config::UpstreamConfig,
+    rid: &[u8],
+    frame: Vec<u8>,
+) -> Result<http::Response<h2::RecvStream>, Error> {
+    let send = crate::upstream::h2::sender(target, up_cfg.tls.as_deref(), up_cfg.connect_timeout)
+        .await
+        .map_err(|e| e.error())?;
+    let req = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!(
+            "{}://{}{}",
+            if up_cfg.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            target.addr,
+            b.grpc_path
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-request-id", rid)
+        .body(())
+        .map_err(|_| Error::new(ErrorKind::BadRequest, "request cannot be sent over HTTP/2"))?;
+    let mut send = send.ready().await.map_err(closed)?;
+    let (resp, mut stream) = send.send_request(req, false).map_err(closed)?;
+    crate::http::h2::send_all(&mut stream, Bytes::from(frame), true)
+        .await
+        .map_err(closed)?;
+    resp.await.map_err(closed)
+}
+
+fn closed(_: h2::Error) -> Error {
+    Error::new(ErrorKind::UpstreamClosed, "upstream closed the stream")
+}
+
+/// The error answer for gRPC status `code` (not 0) with `message`.
+fn status_reply(
+    code: u32,
+    message: Option<&http::HeaderValue>,
+    rid: &[u8],
+) -> crate::filter::Reply {
+    let text = message
+        .map(|m| unescape(m.to_str().unwrap_or(""), false))
+        .unwrap_or_default();
+    let status = http_status(code);
+    let code_s = code.to_string();
+    crate::filter::Reply {
+        status,
+        headers: format!("grpc-status: {code}\r\n").into_bytes(),
+        content_type: "application/json",
+        body: crate::filter::error_body(status, &text, &[("grpc_code", code_s.as_str())], rid),
+    }
+}
+
+/// The gRPC status in `fields` (`None` when absent or unreadable).
+fn grpc_status(fields: &http::HeaderMap) -> Option<u32> {
+    fields
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A server-streaming call: its replies, as they come, written as the
+/// elements of a JSON array (see the module header).
+#[allow(clippy::too_many_arguments)]
+async fn stream<S: crate::http::ClientIo>(
+    w: &Worker,
+    cfg: &crate::config::Config,
+    b: &Binding,
+    target: &crate::upstream::pool::TargetState,
+    up_cfg: &crate::config::UpstreamConfig,
+    client: &mut S,
+    c: &mut Conn,
+    frame: Vec<u8>,
+    deadline: Instant,
+    started: Instant,
+    end: usize,
+) -> Outcome {
+    let rid = c.rid;
+    let opened = monoio::time::timeout_at(
+        deadline.into(),
+        open_call(b, target, up_cfg, rid.as_bytes(), frame),
+    )
+    .await;
+    let resp = match opened {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Outcome::Error(e),
+        Err(_) => {
+            return Outcome::Error(Error::new(ErrorKind::UpstreamTimeout, "upstream timed out"));
+        }
+    };
+    c.upstream_us = Some(started.elapsed().as_micros() as u64);
+    // Trailers-Only: the call failed (or ended) before any reply.
+    if let Some(code) = grpc_status(resp.headers()) {
+        let reply = if code == 0 {
+            array_reply(b"[]".to_vec())
+        } else {
+            status_reply(code, resp.headers().get("grpc-message"), rid.as_bytes())
+        };
+        return finish(w, client, c, reply, end).await;
+    }
+    let mut body = resp.into_body();
+    let chunked = c.head.minor == 1;
+    let close = !c.head.keep_alive || w.draining.get() || !chunked;
+    let max = cfg.server.max_body_bytes as usize;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut sent = 0usize;
+    let mut head_written = false;
+    let relay = async {
+        while let Some(d) = poll_fn(|cx| body.poll_data(cx)).await {
+            let d = d.map_err(|e| Stop::Up(closed(e)))?;
+            let _ = body.flow_control().release_capacity(d.len());
+            pending.extend_from_slice(&d);
+            // Every whole message in `pending`, as one JSON element each.
+            out.clear();
+            let mut at = 0;
+            while pending.len() - at >= 5 {
+                let len = u32::from_be_bytes([
+                    pending[at + 1],
+                    pending[at + 2],
+                    pending[at + 3],
+                    pending[at + 4],
+                ]) as usize;
+                if pending[at] != 0 || len > max {
+                    return Err(Stop::Up(Error::new(
+                        ErrorKind::InvalidResponse,
+                        "compressed or oversized message from upstream",
+                    )));
+                }
+                if pending.len() - at - 5 < len {
+                    break;
+                }
+                let m = DynamicMessage::decode(b.call.output(), &pending[at + 5..at + 5 + len])
+                    .map_err(|_| Stop::Up(invalid()))?;
+                out.push(if sent == 0 { b'[' } else { b',' });
+                serde_json::to_writer(&mut out, &m).map_err(|_| Stop::Up(invalid()))?;
+                sent += 1;
+                at += 5 + len;
+            }
+            pending.drain(..at);
+            if pending.len() > max + 5 {
+                return Err(Stop::Up(Error::new(
+                    ErrorKind::ResponseTooLarge,
+                    "upstream message too large",
+                )));
+            }
+            if !out.is_empty() {
+                if !head_written {
+                    head_written = true;
+                    write_stream_head(client, c, chunked, close)
+                        .await
+                        .map_err(|_| Stop::Client)?;
+                }
+                write_piece(client, c, &out, chunked)
+                    .await
+                    .map_err(|_| Stop::Client)?;
+            }
+        }
+        if !pending.is_empty() {
+            return Err(Stop::Up(Error::new(
+                ErrorKind::InvalidResponse,
+                "stream ended inside a message",
+            )));
+        }
+        let trailers = poll_fn(|cx| body.poll_trailers(cx))
+            .await
+            .map_err(|e| Stop::Up(closed(e)))?;
+        Ok(trailers)
+    };
+    let r = monoio::time::timeout_at(deadline.into(), relay).await;
+    let trailers = match r {
+        Ok(Ok(t)) => t.unwrap_or_default(),
+        Ok(Err(Stop::Up(e))) if !head_written => return Outcome::Error(e),
+        Err(_) if !head_written => {
+            return Outcome::Error(Error::new(ErrorKind::UpstreamTimeout, "upstream timed out"));
+        }
+        // Cut after replies went out: the client must not take what it
+        // has for the whole answer.
+        _ => return Outcome::Abort,
+    };
+    let code = grpc_status(&trailers).unwrap_or(2);
+    if !head_written {
+        let reply = if code == 0 {
+            array_reply(b"[]".to_vec())
+        } else {
+            status_reply(code, trailers.get("grpc-message"), rid.as_bytes())
+        };
+        return finish(w, client, c, reply, end).await;
+    }
+    if !chunked {
+        // No trailers for an HTTP/1.0 client: a failed stream stays
+        // unclosed, a whole one gets its `]`; the close ends both.
+        if code == 0 && write_piece(client, c, b"]", false).await.is_err() {
+            return Outcome::Abort;
+        }
+        return Outcome::Done { keep_alive: false };
+    }
+    let mut last = Vec::with_capacity(64);
+    last.extend_from_slice(b"1\r\n]\r\n0\r\ngrpc-status: ");
+    last.extend_from_slice(code.to_string().as_bytes());
+    last.extend_from_slice(b"\r\n");
+    if let Some(m) = trailers.get("grpc-message") {
+        last.extend_from_slice(b"grpc-message: ");
+        last.extend_from_slice(m.as_bytes());
+        last.extend_from_slice(b"\r\n");
+    }
+    last.extend_from_slice(b"\r\n");
+    c.bytes_out += last.len() as u64;
+    if client.write_all(last).await.0.is_err() {
+        return Outcome::Abort;
+    }
+    if close {
+        return Outcome::Done { keep_alive: false };
+    }
+    c.consume_to(end);
+    Outcome::Done { keep_alive: true }
+}
+
+/// Why a stream's relay stopped early.
+enum Stop {
+    /// The upstream failed or sent what cannot be transcoded.
+    Up(Error),
+    /// The client went away.
+    Client,
+}
+
+fn invalid() -> Error {
+    Error::new(ErrorKind::InvalidResponse, "invalid response from upstream")
+}
+
+/// A whole JSON array answer.
+fn array_reply(body: Vec<u8>) -> crate::filter::Reply {
+    crate::filter::Reply {
+        status: 200,
+        headers: b"grpc-status: 0\r\n".to_vec(),
+        content_type: "application/json",
+        body,
+    }
+}
+
+/// The head of a streamed array: 200, chunked (or ended by the close).
+async fn write_stream_head<S: crate::http::ClientIo>(
+    client: &mut S,
+    c: &mut Conn,
+    chunked: bool,
+    close: bool,
+) -> std::io::Result<()> {
+    let mut h = Vec::with_capacity(256);
+    h.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n");
+    if chunked {
+        h.extend_from_slice(
+            b"Transfer-Encoding: chunked\r\nTrailer: grpc-status, grpc-message\r\n",
+        );
+    }
+    h.extend_from_slice(b"X-Request-Id: ");
+    h.extend_from_slice(c.rid.as_bytes());
+    h.extend_from_slice(b"\r\n");
+    h.extend_from_slice(&c.resp_extra);
+    if close {
+        h.extend_from_slice(b"Connection: close\r\n");
+    }
+    h.extend_from_slice(b"\r\n");
+    c.rhead.status = 200;
+    c.bytes_out += h.len() as u64;
+    client.write_all(h).await.0.map(|_| ())
+}
+
+/// Writes `data` as one chunk (as it is, without chunked framing).
+async fn write_piece<S: crate::http::ClientIo>(
+    client: &mut S,
+    c: &mut Conn,
+    data: &[u8],
+    chunked: bool,
+) -> std::io::Result<()> {
+    let mut f = Vec::with_capacity(data.len() + 16);
+    if chunked {
+        f.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    }
+    f.extend_from_slice(data);
+    if chunked {
+        f.extend_from_slice(b"\r\n");
+    }
+    c.bytes_out += f.len() as u64;
+    client.write_all(f).await.0.map(|_| ())
 }
 
 /// Writes the answer and consumes the request (its body ends at `end`).

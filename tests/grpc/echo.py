@@ -134,7 +134,18 @@ def serve():
     def missing(req, ctx):
         ctx.abort(grpc.StatusCode.NOT_FOUND, "no such user")
 
+    def list_greetings(req, ctx):
+        f = pb_fields(req)
+        name, times = f.get(1, [b""])[-1].decode(), f.get(2, [0])[-1]
+        if name == "refuse":
+            ctx.abort(grpc.StatusCode.PERMISSION_DENIED, "not for you")
+        for i in range(times):
+            yield pb_str(1, "Hello %s #%d" % (name, i)) + pb_varint_field(3, i)
+        if name == "fail":
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, "went away")
+
     gh = grpc.method_handlers_generic_handler("helloworld.Greeter", {
+        "ListGreetings": grpc.unary_stream_rpc_method_handler(list_greetings),
         "SayHello": grpc.unary_unary_rpc_method_handler(say_hello),
         "GetUser": grpc.unary_unary_rpc_method_handler(get_user),
         "Missing": grpc.unary_unary_rpc_method_handler(missing),
