@@ -657,6 +657,7 @@ struct Listening {
 impl Listening {
     /// Starts accepting on `l`.
     fn start(w: &Rc<Worker>, addr: SocketAddr, l: std::net::TcpListener) -> Option<Listening> {
+        nodelay_for_accepted(&l);
         let keep = match l.try_clone() {
             Ok(k) => k,
             Err(e) => {
@@ -768,6 +769,15 @@ impl Future for LocalStopWait {
     }
 }
 
+/// Sets TCP_NODELAY on a listening socket: Linux copies it to every
+/// socket the listener accepts, which saves a `setsockopt` per connection
+/// (a listener handed over by an older process gets it here too).
+pub(crate) fn nodelay_for_accepted(l: &std::net::TcpListener) {
+    if let Err(e) = socket2::SockRef::from(l).set_nodelay(true) {
+        tracing::warn!(error = %e, "TCP_NODELAY on a listener failed");
+    }
+}
+
 async fn accept_loop(w: Rc<Worker>, listener: monoio::net::TcpListener, stop: LocalStop) {
     let stopped = stop.wait();
     let mut stopped = std::pin::pin!(stopped);
@@ -785,7 +795,7 @@ async fn accept_loop(w: Rc<Worker>, listener: monoio::net::TcpListener, stop: Lo
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY comes from the listener (`nodelay_for_accepted`).
         if w.connections.get() >= w.config.server.max_connections {
             let mut rid = [0u8; 32];
             w.next_request_id(&mut rid);
@@ -815,6 +825,16 @@ async fn accept_loop(w: Rc<Worker>, listener: monoio::net::TcpListener, stop: Lo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let l = crate::runtime::server::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        nodelay_for_accepted(&l);
+        l.set_nonblocking(false).unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(a.nodelay().unwrap(), "accepted without TCP_NODELAY");
+    }
 
     fn config(route: &str) -> Arc<Config> {
         Arc::new(

@@ -149,6 +149,7 @@ pub fn start(w: &Rc<Worker>, bound: Vec<Bound>) -> Vec<EdgeListener> {
             }
         };
         let fd = keep.as_raw_fd();
+        crate::runtime::worker::nodelay_for_accepted(&b.socket);
         match monoio::net::TcpListener::from_std(b.socket) {
             Ok(l) => {
                 monoio::spawn(accept_loop(w.clone(), l, b.role));
@@ -188,7 +189,7 @@ async fn accept_loop(w: Rc<Worker>, l: monoio::net::TcpListener, role: Role) {
         if w.draining.get() {
             return;
         }
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY comes from the listener.
         if w.connections.get() >= w.config.server.max_connections {
             // Refused before the handshake: the client sees the close.
             drop(stream);
