@@ -11,7 +11,7 @@
 //! Key components: [`serve`] (one connection: the h2 crate's server,
 //! every stream a future in one set polled by the connection's task, its
 //! idle timeout, drain, a reload that changes `[server.http2]` and the
-//! rapid-reset guard), [`io`] (the poll-style
+//! rapid-reset guard), [`fields`] (head bytes as HTTP/2 fields), [`io`] (the poll-style
 //! transports), [`stream`] (a stream as a session).
 //!
 //! The h2 crate (0.4, well kept, used by hyper) does the framing, HPACK
@@ -27,6 +27,7 @@
 //! the boxed stream future, the body copies); the HTTP/1 path is untouched
 //! by it except for one preface check on a head that failed to parse.
 
+pub mod fields;
 pub mod io;
 pub mod stream;
 
