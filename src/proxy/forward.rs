@@ -206,10 +206,28 @@ impl Conn {
 
     fn with_buffers(b: Buffers, peer: SocketAddr) -> Self {
         let mut ip = [0u8; 48];
-        let n = {
-            let mut w = &mut ip[..];
-            let _ = write!(w, "{}", peer.ip());
-            48 - w.len()
+        let n = match peer.ip() {
+            // Four numbers and three dots, without the formatter (a new
+            // connection's state, and each HTTP/2 stream's, starts here).
+            std::net::IpAddr::V4(v4) => {
+                let mut n = 0;
+                for (i, o) in v4.octets().iter().enumerate() {
+                    if i > 0 {
+                        ip[n] = b'.';
+                        n += 1;
+                    }
+                    let mut d = itoa::Buffer::new();
+                    let d = d.format(*o).as_bytes();
+                    ip[n..n + d.len()].copy_from_slice(d);
+                    n += d.len();
+                }
+                n
+            }
+            v6 => {
+                let mut w = &mut ip[..];
+                let _ = write!(w, "{v6}");
+                48 - w.len()
+            }
         };
         Conn {
             buf: b.buf,
@@ -1504,6 +1522,7 @@ mod tests {
         let a: SocketAddr = "10.0.0.1:1111".parse().unwrap();
         let b: SocketAddr = "[2001:db8::2]:2222".parse().unwrap();
         let mut c = Conn::new(4096, a, 100);
+        assert_eq!(&c.peer_ip.0[..c.peer_ip.1 as usize], b"10.0.0.1");
         c.buf
             .extend_from_slice(b"GET / HTTP/1.1\r\nX-Request-Id: abc\r\n\r\n");
         c.ubuf.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
@@ -1540,5 +1559,8 @@ mod tests {
         assert_eq!(c.fresh, [0; 32]);
         assert_eq!(c.peer, b);
         assert_eq!(&c.peer_ip.0[..c.peer_ip.1 as usize], b"2001:db8::2");
+        let d: SocketAddr = "255.0.10.100:1".parse().unwrap();
+        Conn::reuse(&mut c, 4096, d);
+        assert_eq!(&c.peer_ip.0[..c.peer_ip.1 as usize], b"255.0.10.100");
     }
 }

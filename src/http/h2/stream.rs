@@ -122,7 +122,7 @@ async fn run(
     tx: Rc<RefCell<Tx>>,
 ) {
     let (parts, recv) = req.into_parts();
-    let mut held = Held::take(w, peer);
+    let mut held = Held::take_stream(w, peer);
     let c: &mut Conn = &mut held;
     c.tls = tls;
     c.h2 = true;
@@ -220,7 +220,10 @@ fn render_head(
             .map(|h| h.as_bytes())
             .ok_or("missing :authority")?,
     };
-    let _ = write!(buf, "{} {} HTTP/1.1\r\nHost: ", parts.method.as_str(), path);
+    buf.extend_from_slice(parts.method.as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(path.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     buf.extend_from_slice(authority);
     buf.extend_from_slice(b"\r\n");
     let mut length = false;
