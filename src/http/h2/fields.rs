@@ -18,29 +18,42 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The field name of `bytes` (any case), `None` when it is not a token.
-/// The names ringgate adds, and those gRPC answers carry, are static.
+/// The names ringgate adds, those gRPC answers carry and the most common
+/// ones are found without `HeaderName::from_bytes` (and without an
+/// allocation for the non-standard ones).
 pub fn name(bytes: &[u8]) -> Option<HeaderName> {
+    use http::header;
     let mut lower = [0u8; 20];
-    if (11..=20).contains(&bytes.len()) {
+    if bytes.len() <= lower.len() {
         let l = &mut lower[..bytes.len()];
         l.copy_from_slice(bytes);
         l.make_ascii_lowercase();
         let known = match &*l {
-            b"x-request-id" => "x-request-id",
-            b"x-forwarded-for" => "x-forwarded-for",
-            b"x-forwarded-proto" => "x-forwarded-proto",
-            b"x-forwarded-host" => "x-forwarded-host",
-            b"traceparent" => "traceparent",
-            b"grpc-status" => "grpc-status",
-            b"grpc-message" => "grpc-message",
-            b"grpc-timeout" => "grpc-timeout",
-            b"grpc-encoding" => "grpc-encoding",
-            b"grpc-accept-encoding" => "grpc-accept-encoding",
-            _ => "",
+            b"date" => header::DATE,
+            b"server" => header::SERVER,
+            b"via" => header::VIA,
+            b"etag" => header::ETAG,
+            b"accept" => header::ACCEPT,
+            b"content-type" => header::CONTENT_TYPE,
+            b"content-length" => header::CONTENT_LENGTH,
+            b"user-agent" => header::USER_AGENT,
+            b"last-modified" => header::LAST_MODIFIED,
+            b"accept-ranges" => header::ACCEPT_RANGES,
+            b"accept-encoding" => header::ACCEPT_ENCODING,
+            b"cache-control" => header::CACHE_CONTROL,
+            b"x-request-id" => HeaderName::from_static("x-request-id"),
+            b"x-forwarded-for" => HeaderName::from_static("x-forwarded-for"),
+            b"x-forwarded-proto" => HeaderName::from_static("x-forwarded-proto"),
+            b"x-forwarded-host" => HeaderName::from_static("x-forwarded-host"),
+            b"traceparent" => HeaderName::from_static("traceparent"),
+            b"grpc-status" => HeaderName::from_static("grpc-status"),
+            b"grpc-message" => HeaderName::from_static("grpc-message"),
+            b"grpc-timeout" => HeaderName::from_static("grpc-timeout"),
+            b"grpc-encoding" => HeaderName::from_static("grpc-encoding"),
+            b"grpc-accept-encoding" => HeaderName::from_static("grpc-accept-encoding"),
+            _ => return HeaderName::from_bytes(bytes).ok(),
         };
-        if !known.is_empty() {
-            return Some(HeaderName::from_static(known));
-        }
+        return Some(known);
     }
     HeaderName::from_bytes(bytes).ok()
 }
@@ -114,6 +127,11 @@ mod tests {
             "grpc-accept-encoding"
         );
         assert_eq!(name(b"Content-Type").unwrap(), http::header::CONTENT_TYPE);
+        assert_eq!(name(b"DATE").unwrap(), http::header::DATE);
+        assert_eq!(
+            name(b"Access-Control-Allow-Origin").unwrap(),
+            http::header::ACCESS_CONTROL_ALLOW_ORIGIN
+        );
         assert_eq!(name(b"x-custom").unwrap(), "x-custom");
         assert!(name(b"bad name").is_none());
     }

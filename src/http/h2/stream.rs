@@ -530,38 +530,31 @@ impl TxSide {
             }
             _ => return Err(unreadable()),
         };
-        let mut fields = HeaderMap::with_capacity(16);
-        let mut framing = None;
-        let mut length = None;
+        let mut fields = HeadFields::new();
         let body = head.len().saturating_sub(2);
         super::fields::lines(&head[line_end + 1..body], line_end + 1, |ns, ne, vs, ve| {
-            let Some(name) = super::fields::name(&head[ns..ne]) else {
-                return Some(());
-            };
-            if name == http::header::TRANSFER_ENCODING {
-                framing = Some(());
-                return Some(());
-            }
-            if name == http::header::CONTENT_LENGTH {
-                length = std::str::from_utf8(&head[vs..ve])
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-            }
-            if matches!(
-                name.as_str(),
-                "connection" | "keep-alive" | "proxy-connection" | "upgrade" | "te" | "trailer"
-            ) {
-                return Some(());
-            }
-            if let Some(v) = super::fields::value(&head, vs, ve) {
-                super::fields::append(&mut fields, name, v);
-            }
+            fields.add(&head[ns..ne], &head, vs, ve);
             Some(())
         })
         .ok_or_else(unreadable)?;
+        self.head_fields(status, fields)
+    }
+
+    /// Sends an answer head given as its status and fields (what
+    /// [`Self::put`] would take as the HTTP/1.1 head `HTTP/1.1 status`
+    /// plus those lines): interim heads are passed on (100 dropped), a
+    /// final one's framing fields say how the body bytes that follow
+    /// through [`Self::put`] end.
+    pub fn head_fields(&mut self, status: u16, fields: HeadFields) -> io::Result<()> {
+        debug_assert!(matches!(self.state, TxState::Head) && self.head.is_empty());
+        let HeadFields {
+            map,
+            chunked,
+            length,
+        } = fields;
         let mut resp = Response::new(());
         *resp.status_mut() = http::StatusCode::from_u16(status).map_err(io::Error::other)?;
-        *resp.headers_mut() = fields;
+        *resp.headers_mut() = map;
         if (100..200).contains(&status) {
             // 100 Continue is HTTP/1's; other interim answers are passed.
             if status != 100 {
@@ -572,7 +565,7 @@ impl TxSide {
         let no_body = self.head_request || status == 204 || status == 304;
         let state = if no_body {
             TxState::Done
-        } else if framing.is_some() {
+        } else if chunked {
             TxState::Chunked(Dechunk::default())
         } else {
             match length {
@@ -650,14 +643,22 @@ impl TxSide {
                 s.reserve_capacity(want);
                 Ok(())
             })?;
-            let credit = poll_fn(|cx| {
+            let poll_credit = |cx: &mut std::task::Context<'_>| {
                 tx.borrow_mut()
                     .send
                     .as_mut()
                     .expect("a body follows a head")
                     .poll_capacity(cx)
-            });
-            let cap = match monoio::time::timeout(self.stall, credit).await {
+            };
+            // Credit at hand (the usual case) needs no timer.
+            let now = poll_fn(|cx| std::task::Poll::Ready(poll_credit(cx))).await;
+            let credit = match now {
+                std::task::Poll::Ready(c) => Ok(c),
+                std::task::Poll::Pending => {
+                    monoio::time::timeout(self.stall, poll_fn(poll_credit)).await
+                }
+            };
+            let cap = match credit {
                 Ok(Some(Ok(n))) => n,
                 Ok(Some(Err(e))) => return Err(broken(e)),
                 Ok(None) => return Err(io::ErrorKind::ConnectionReset.into()),
@@ -673,6 +674,57 @@ impl TxSide {
             with(&mut |s| s.send_data(chunk.take().unwrap_or_default(), eos && last))?;
         }
         Ok(())
+    }
+}
+
+/// The fields of an answer head, as [`TxSide::head_fields`] takes them:
+/// connection-specific ones left out, the body's framing noted.
+pub struct HeadFields {
+    map: HeaderMap,
+    chunked: bool,
+    length: Option<u64>,
+}
+
+impl HeadFields {
+    /// None yet.
+    pub fn new() -> Self {
+        HeadFields {
+            map: HeaderMap::with_capacity(16),
+            chunked: false,
+            length: None,
+        }
+    }
+
+    /// Adds the field `name` with the value `src[a..b]` (shared); one
+    /// whose name or value is not valid is left out.
+    pub fn add(&mut self, name: &[u8], src: &Bytes, a: usize, b: usize) {
+        let Some(name) = super::fields::name(name) else {
+            return;
+        };
+        if name == http::header::TRANSFER_ENCODING {
+            self.chunked = true;
+            return;
+        }
+        if name == http::header::CONTENT_LENGTH {
+            self.length = std::str::from_utf8(&src[a..b])
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+        }
+        if matches!(
+            name.as_str(),
+            "connection" | "keep-alive" | "proxy-connection" | "upgrade" | "te" | "trailer"
+        ) {
+            return;
+        }
+        if let Some(v) = super::fields::value(src, a, b) {
+            super::fields::append(&mut self.map, name, v);
+        }
+    }
+}
+
+impl Default for HeadFields {
+    fn default() -> Self {
+        HeadFields::new()
     }
 }
 
