@@ -128,11 +128,12 @@ pub async fn serve(
             // Its streams are dropped with their backend exchanges.
             streams = FuturesUnordered::new();
         }
+        let mut active = false;
         if accepting {
             loop {
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
-                        last_active = Instant::now();
+                        active = true;
                         streams.push(Box::pin(stream::serve(
                             w,
                             peer,
@@ -156,6 +157,10 @@ pub async fn serve(
             }
         }
         while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+            active = true;
+        }
+        // One clock read for all the streams begun or ended in this poll.
+        if active {
             last_active = Instant::now();
         }
         if !accepting {
