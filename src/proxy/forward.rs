@@ -1120,6 +1120,7 @@ where
     let close =
         !c.head.keep_alive || w.draining.get() || framing == BodyFraming::UntilClose || dechunk;
     let added = build_response_head(c, close, dechunk);
+    let mut head_sent = false;
     if let Some(h) = client.h2_stream() {
         // An HTTP/2 client's stream takes the head as fields (the same
         // ones), not as HTTP/1.1 text to read back; the body follows as
@@ -1130,6 +1131,7 @@ where
             return Outcome::Abort;
         }
         c.out.clear();
+        head_sent = true;
     }
     let rlen = c.rhead.len;
     let uavail = c.ubuf.len() - rlen;
@@ -1177,7 +1179,10 @@ where
             false
         }
     };
-    if !c.out.is_empty() && write_out(client, c, false).await.is_err() {
+    // (Nothing to write when the head went as fields and no body bytes
+    // came with it.)
+    let nothing = head_sent && c.out.is_empty();
+    if !nothing && write_out(client, c, false).await.is_err() {
         done_target();
         return Outcome::Abort;
     }

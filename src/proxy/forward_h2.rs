@@ -13,10 +13,18 @@
 //! The forwarded head is the one [`build_request_head`] makes for an
 //! HTTP/1.1 upstream (hop-by-hop fields dropped, forwarding, request id,
 //! trace context, the filters' edits), turned into HTTP/2 fields with
-//! `:authority` from `Host` and `te: trailers`. The answer is written to
-//! the client as ringgate's HTTP/1.1 form (chunked, trailers in the last
-//! chunk), which an HTTP/2 client's stream turns into HEADERS, DATA and
-//! trailing HEADERS (a Trailers-Only answer stays one HEADERS frame).
+//! `:authority` from `Host` and `te: trailers`. To an HTTP/2 client the
+//! answer goes as it came (`respond_fields`): the upstream's fields (plus
+//! the request id and the filters' lines) as the stream's HEADERS, its
+//! DATA without a copy, its trailers as trailing HEADERS (a Trailers-Only
+//! answer stays one HEADERS frame). To an HTTP/1.1 client, and for
+//! gRPC-Web, it is written as ringgate's HTTP/1.1 form (chunked, trailers
+//! in the last chunk or, for gRPC-Web, in the body).
+//!
+//! Performance notes: the per-request values (`x-request-id`,
+//! `traceparent`, `grpc-timeout`) go out never-indexed so that the
+//! connection's HPACK table keeps the fields that repeat (see
+//! [`crate::http::h2::fields`]).
 //!
 //! Timeouts: `request_timeout_ms`, or a shorter `grpc-timeout` of the
 //! request, bounds the whole exchange; `grpc-timeout` is passed on reduced

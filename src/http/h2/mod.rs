@@ -23,9 +23,12 @@
 //! exchange at once), and every answer's DATA waits for the client's
 //! window, so memory per stream stays bounded.
 //!
-//! Performance notes: HTTP/2 allocates per stream (the h2 crate's frames,
-//! the boxed stream future, the body copies); the HTTP/1 path is untouched
-//! by it except for one preface check on a head that failed to parse.
+//! Performance notes: HTTP/2 allocates per stream (the h2 crate's frames
+//! and header maps, the boxed stream future, the copy of an HTTP/1.1
+//! backend's body pieces into `Bytes`); a stream's connection state is
+//! reused from the worker's spares, and an HTTP/2 backend's DATA reach
+//! the client without a copy. The HTTP/1 path is untouched by it except
+//! for one preface check on a head that failed to parse.
 
 pub mod fields;
 pub mod io;

@@ -12,7 +12,17 @@
 //!   backend holds the client back, never ringgate's memory);
 //! - writes take the answer ringgate writes (its own head and framing)
 //!   and send it as HEADERS, DATA within the client's window, and
-//!   trailers, with the connection-specific fields dropped.
+//!   trailers, with the connection-specific fields dropped;
+//! - a proxied answer's head comes as fields instead
+//!   ([`TxSide::head_fields`]: the HTTP/1.1 backend's, what the text
+//!   would have said), or the whole answer does ([`TxSide::respond`],
+//!   [`TxSide::data`], [`TxSide::end`]: an HTTP/2 backend's HEADERS, DATA
+//!   and trailers), so no HTTP/1.1 text is written only to be read back.
+//!
+//! Performance notes: a stream's connection state comes from the
+//! worker's spares, which keep up to `SPARE_STREAM_CONNS` while streams
+//! keep coming; the request head is rendered once and parsed once, as
+//! an HTTP/1.1 request's is read once.
 
 use crate::http::conn::{Held, write_error};
 use crate::http::parse::{self, Parsed};
