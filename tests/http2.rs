@@ -966,6 +966,59 @@ fn access_log_names_http2() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The access log's byte count of an answer to an HTTP/2 stream is that of
+/// its HTTP/1.1 form, as for an HTTP/1.1 client: the stream takes the head
+/// as fields, not as text, and the count must not change with that
+/// (plain and chunked bodies).
+#[test]
+fn access_log_counts_http2_answers_as_their_http11_form() {
+    let dir = temp_dir("log-bytes");
+    let path = dir.join("access.log");
+    let up = MockUpstream::builder()
+        .header("X-Custom", "yes")
+        .respond(200, "counted body")
+        .start();
+    let chunked = MockUpstream::builder()
+        .chunked(&["first,", "second"], &[])
+        .start();
+    let mut gw = Gateway::start(&config(
+        1,
+        &format!(
+            "\n[log]\naccess = \"combined\"\npath = \"{}\"\n",
+            path.display()
+        ),
+        "",
+        up.addr,
+        &format!(
+            "[upstreams.chunks]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"chunks\"\npath = \"/chunks/{{*r}}\"\nupstream = \"chunks\"\n\n[[routes]]\nname = \"all\"\npath = \"/{{*rest}}\"\nupstream = \"b\"\n",
+            chunked.addr
+        ),
+    ));
+    for p in ["/plain/h2", "/chunks/h2"] {
+        let (head, _) = curl_h2(&format!("http://{}{p}", gw.addr), &[]);
+        assert!(head[0].starts_with("HTTP/2 200"), "{head:?}");
+    }
+    for p in ["/plain/h1", "/chunks/h1"] {
+        let (code, _, err) = curl(&["-s", "--http1.1", &format!("http://{}{p}", gw.addr)]);
+        assert_eq!(code, 0, "{err}");
+    }
+    gw.shutdown();
+    let lines = file_lines(&path, 4);
+    let bytes = |p: &str| -> u64 {
+        let l = lines
+            .iter()
+            .find(|l| l.contains(p))
+            .unwrap_or_else(|| panic!("no line for {p}: {lines:?}"));
+        // ... "GET /p HTTP/x" 200 BYTES "referer" ...
+        let after = &l[l.find("\" 200 ").expect("status 200") + 6..];
+        after.split(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(bytes("/plain/h2"), bytes("/plain/h1"), "{lines:?}");
+    assert_eq!(bytes("/chunks/h2"), bytes("/chunks/h1"), "{lines:?}");
+    assert!(bytes("/plain/h2") > "counted body".len() as u64);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---------------------------------------------------------------------------
 // Lifecycle
 // ---------------------------------------------------------------------------

@@ -176,6 +176,8 @@ impl ReadReady for monoio::net::TcpStream {
 pub(crate) struct Held<'w> {
     w: &'w Worker,
     c: std::mem::ManuallyDrop<Box<Conn>>,
+    /// An HTTP/2 stream's (kept among more spares).
+    stream: bool,
 }
 
 impl<'w> Held<'w> {
@@ -191,7 +193,18 @@ impl<'w> Held<'w> {
         Held {
             w,
             c: std::mem::ManuallyDrop::new(c),
+            stream: false,
         }
+    }
+
+    /// Like [`Held::take`], for an HTTP/2 stream: while streams keep
+    /// coming, up to [`SPARE_STREAM_CONNS`](crate::runtime::worker::SPARE_STREAM_CONNS)
+    /// finished ones are kept for the next.
+    pub(crate) fn take_stream(w: &'w Worker, peer: SocketAddr) -> Self {
+        w.streams_begun.set(w.streams_begun.get() + 1);
+        let mut held = Held::take(w, peer);
+        held.stream = true;
+        held
     }
 }
 
@@ -220,9 +233,12 @@ impl Drop for Held<'_> {
         c.h2 = false;
         c.grpc = false;
         let mut spares = self.w.spare_conns.borrow_mut();
-        if spares.len() < crate::runtime::worker::SPARE_CONNS
-            && c.reusable(self.w.config.server.buffer_bytes)
-        {
+        let keep = if self.stream {
+            crate::runtime::worker::SPARE_STREAM_CONNS
+        } else {
+            crate::runtime::worker::SPARE_CONNS
+        };
+        if spares.len() < keep && c.reusable(self.w.config.server.buffer_bytes) {
             spares.push(c);
         } else {
             // Freed: the worker gives such memory back to the system once

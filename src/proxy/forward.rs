@@ -141,6 +141,8 @@ struct Buffers {
     rlines: Vec<HeaderLine>,
     out: OutHead,
     scratch: Vec<u8>,
+    /// `up_extra`, `resp_extra`, `log_fields`.
+    small: [Vec<u8>; 3],
 }
 
 impl Conn {
@@ -155,6 +157,7 @@ impl Conn {
                 rlines: Vec::with_capacity(64),
                 out: OutHead::new(),
                 scratch: Vec::with_capacity(512),
+                small: Default::default(),
             },
             peer,
         )
@@ -184,6 +187,21 @@ impl Conn {
         out.src = Vec::new();
         let mut scratch = std::mem::take(&mut spare.scratch);
         scratch.clear();
+        // The small per-request buffers too (an HTTP/2 stream's state is
+        // reused for every stream), unless one grew large.
+        let small = [
+            &mut spare.up_extra,
+            &mut spare.resp_extra,
+            &mut spare.log_fields,
+        ]
+        .map(|v| {
+            let mut v = std::mem::take(v);
+            v.clear();
+            if v.capacity() > 4096 {
+                v = Vec::new();
+            }
+            v
+        });
         *spare = Conn::with_buffers(
             Buffers {
                 buf,
@@ -192,6 +210,7 @@ impl Conn {
                 rlines,
                 out,
                 scratch,
+                small,
             },
             peer,
         );
@@ -205,11 +224,30 @@ impl Conn {
     }
 
     fn with_buffers(b: Buffers, peer: SocketAddr) -> Self {
+        let [up_extra, resp_extra, log_fields] = b.small;
         let mut ip = [0u8; 48];
-        let n = {
-            let mut w = &mut ip[..];
-            let _ = write!(w, "{}", peer.ip());
-            48 - w.len()
+        let n = match peer.ip() {
+            // Four numbers and three dots, without the formatter (a new
+            // connection's state, and each HTTP/2 stream's, starts here).
+            std::net::IpAddr::V4(v4) => {
+                let mut n = 0;
+                for (i, o) in v4.octets().iter().enumerate() {
+                    if i > 0 {
+                        ip[n] = b'.';
+                        n += 1;
+                    }
+                    let mut d = itoa::Buffer::new();
+                    let d = d.format(*o).as_bytes();
+                    ip[n..n + d.len()].copy_from_slice(d);
+                    n += d.len();
+                }
+                n
+            }
+            v6 => {
+                let mut w = &mut ip[..];
+                let _ = write!(w, "{v6}");
+                48 - w.len()
+            }
         };
         Conn {
             buf: b.buf,
@@ -221,14 +259,14 @@ impl Conn {
             out: b.out,
             scratch: b.scratch,
             body_end: 0,
-            up_extra: Vec::new(),
+            up_extra,
             upstream_id: None,
             upstream_addr: None,
             upstream_us: None,
             bytes_out: 0,
-            log_fields: Vec::new(),
+            log_fields,
             log_spans: [(0, 0); 4],
-            resp_extra: Vec::new(),
+            resp_extra,
             rewrite: Default::default(),
             rid: RequestId {
                 bytes: [0; 128],
@@ -480,8 +518,9 @@ fn push_status_line(out: &mut OutHead, rh: &ResponseHead, buf: &[u8], rebuild: b
 /// for a re-framed body; none when the body is delimited by the close,
 /// which `close` then announces), `X-Request-Id` and `Connection` as
 /// needed; with `dechunk`, the chunked body goes out as its payload only
-/// (an HTTP/1.0 client), delimited by the close.
-pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
+/// (an HTTP/1.0 client), delimited by the close. Returns where the lines
+/// ringgate adds begin in `c.out.extra` (they run to its end).
+pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) -> usize {
     let buf = &c.ubuf;
     let rh = &c.rhead;
     let out = &mut c.out;
@@ -545,6 +584,33 @@ pub fn build_response_head(c: &mut Conn, close: bool, dechunk: bool) {
     e.extend_from_slice(&c.resp_extra);
     e.extend_from_slice(b"\r\n");
     out.mark_extra(start);
+    start
+}
+
+/// Sends the response head [`build_response_head`] made to an HTTP/2
+/// client's stream as fields: the backend's forwarded lines and those
+/// ringgate added (from `added` in `c.out.extra`), each as the stream
+/// would have read it from the text.
+fn send_head_fields(
+    tx: &mut crate::http::h2::stream::TxSide,
+    c: &Conn,
+    added: usize,
+) -> std::io::Result<()> {
+    let head = bytes::Bytes::copy_from_slice(&c.ubuf[..c.rhead.len]);
+    let mut f = crate::http::h2::stream::HeadFields::new();
+    for l in c.rlines.iter().filter(|l| l.role.forwarded()) {
+        let (a, b) = (l.value.start as usize, l.value.end as usize);
+        let v = &head[a..b];
+        let a = a + (v.len() - v.trim_ascii_start().len());
+        let b = a + v.trim_ascii().len();
+        f.add(l.name.of(&head), &head, a, b);
+    }
+    let extra = bytes::Bytes::copy_from_slice(&c.out.extra[added..]);
+    crate::http::h2::fields::lines(&extra, 0, |ns, ne, vs, ve| {
+        f.add(&extra[ns..ne], &extra, vs, ve);
+        Some(())
+    });
+    tx.head_fields(c.rhead.status, f)
 }
 
 async fn write_out<S: AsyncWriteRent>(
@@ -1053,7 +1119,20 @@ where
     let dechunk = framing == BodyFraming::Chunked && c.head.minor == 0;
     let close =
         !c.head.keep_alive || w.draining.get() || framing == BodyFraming::UntilClose || dechunk;
-    build_response_head(c, close, dechunk);
+    let added = build_response_head(c, close, dechunk);
+    let mut head_sent = false;
+    if let Some(h) = client.h2_stream() {
+        // An HTTP/2 client's stream takes the head as fields (the same
+        // ones), not as HTTP/1.1 text to read back; the body follows as
+        // bytes.
+        c.bytes_out += c.out.len() as u64;
+        if send_head_fields(&mut h.tx, c, added).is_err() {
+            done_target();
+            return Outcome::Abort;
+        }
+        c.out.clear();
+        head_sent = true;
+    }
     let rlen = c.rhead.len;
     let uavail = c.ubuf.len() - rlen;
     let mut rscan = ChunkedScanner::new();
@@ -1100,7 +1179,10 @@ where
             false
         }
     };
-    if write_out(client, c, false).await.is_err() {
+    // (Nothing to write when the head went as fields and no body bytes
+    // came with it.)
+    let nothing = head_sent && c.out.is_empty();
+    if !nothing && write_out(client, c, false).await.is_err() {
         done_target();
         return Outcome::Abort;
     }
@@ -1504,6 +1586,7 @@ mod tests {
         let a: SocketAddr = "10.0.0.1:1111".parse().unwrap();
         let b: SocketAddr = "[2001:db8::2]:2222".parse().unwrap();
         let mut c = Conn::new(4096, a, 100);
+        assert_eq!(&c.peer_ip.0[..c.peer_ip.1 as usize], b"10.0.0.1");
         c.buf
             .extend_from_slice(b"GET / HTTP/1.1\r\nX-Request-Id: abc\r\n\r\n");
         c.ubuf.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
@@ -1540,5 +1623,8 @@ mod tests {
         assert_eq!(c.fresh, [0; 32]);
         assert_eq!(c.peer, b);
         assert_eq!(&c.peer_ip.0[..c.peer_ip.1 as usize], b"2001:db8::2");
+        let d: SocketAddr = "255.0.10.100:1".parse().unwrap();
+        Conn::reuse(&mut c, 4096, d);
+        assert_eq!(&c.peer_ip.0[..c.peer_ip.1 as usize], b"255.0.10.100");
     }
 }

@@ -13,10 +13,18 @@
 //! The forwarded head is the one [`build_request_head`] makes for an
 //! HTTP/1.1 upstream (hop-by-hop fields dropped, forwarding, request id,
 //! trace context, the filters' edits), turned into HTTP/2 fields with
-//! `:authority` from `Host` and `te: trailers`. The answer is written to
-//! the client as ringgate's HTTP/1.1 form (chunked, trailers in the last
-//! chunk), which an HTTP/2 client's stream turns into HEADERS, DATA and
-//! trailing HEADERS (a Trailers-Only answer stays one HEADERS frame).
+//! `:authority` from `Host` and `te: trailers`. To an HTTP/2 client the
+//! answer goes as it came (`respond_fields`): the upstream's fields (plus
+//! the request id and the filters' lines) as the stream's HEADERS, its
+//! DATA without a copy, its trailers as trailing HEADERS (a Trailers-Only
+//! answer stays one HEADERS frame). To an HTTP/1.1 client, and for
+//! gRPC-Web, it is written as ringgate's HTTP/1.1 form (chunked, trailers
+//! in the last chunk or, for gRPC-Web, in the body).
+//!
+//! Performance notes: the per-request values (`x-request-id`,
+//! `traceparent`, `grpc-timeout`) go out never-indexed so that the
+//! connection's HPACK table keeps the fields that repeat (see
+//! [`crate::http::h2::fields`]).
 //!
 //! Timeouts: `request_timeout_ms`, or a shorter `grpc-timeout` of the
 //! request, bounds the whole exchange; `grpc-timeout` is passed on reduced
@@ -28,6 +36,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::http::ClientIo;
 use crate::http::chunked::ChunkedScanner;
+use crate::http::h2::stream::TxSide;
 use crate::http::parse::BodyFraming;
 use crate::runtime::worker::{Generation, Worker};
 use crate::upstream::breaker::Ticket;
@@ -339,7 +348,9 @@ pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
     })
 }
 
-/// The forwarded request as HTTP/2 fields (no body).
+/// The forwarded request as HTTP/2 fields (no body): the head
+/// [`build_request_head`] makes, its lines as fields (values sharing one
+/// copy of the head), `Host` as `:authority`.
 fn request_for(
     c: &mut Conn,
     target: std::net::SocketAddr,
@@ -347,77 +358,82 @@ fn request_for(
     deadline: Instant,
     web: Option<Web>,
 ) -> Option<http::Request<()>> {
+    use crate::http::h2::fields;
     build_request_head(c, target);
     let mut out = std::mem::take(&mut c.out);
     out.src = std::mem::take(&mut c.buf);
-    let head = out.to_vec();
+    let head = Bytes::from(out.to_vec());
     c.buf = std::mem::take(&mut out.src);
     c.out = out;
-    // Header slots on the stack for the usual head, on the heap for a
-    // long one.
-    let mut small = [httparse::EMPTY_HEADER; 64];
-    let mut big;
-    let fields: &mut [httparse::Header<'_>] = if head.iter().filter(|&&b| b == b'\n').count() < 64 {
-        &mut small
-    } else {
-        big = vec![httparse::EMPTY_HEADER; 1024];
-        &mut big
-    };
-    let mut r = httparse::Request::new(fields);
-    r.parse(&head).ok()?;
-    let host = r
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))
-        .map(|h| h.value)
-        .unwrap_or_default();
-    let authority = match std::str::from_utf8(host) {
-        Ok(h) if !h.is_empty() => h.to_string(),
-        _ => target.to_string(),
-    };
-    let uri = format!(
-        "{}://{authority}{}",
-        if tls { "https" } else { "http" },
-        r.path?
-    );
-    let mut b = http::Request::builder().method(r.method?).uri(uri);
-    const SKIP: [&str; 8] = [
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-        "grpc-timeout",
-    ];
-    for h in r.headers.iter() {
-        // (Header names are lower-cased by `http` itself.)
-        let n = h.name;
-        if SKIP.iter().any(|s| s.eq_ignore_ascii_case(n)) {
-            continue;
-        }
-        if web.is_some() && n.eq_ignore_ascii_case("content-type") {
-            // gRPC-Web to gRPC: `application/grpc-web[-text][+fmt]` becomes
-            // `application/grpc[+fmt]`.
-            let v = std::str::from_utf8(h.value).unwrap_or("");
-            let fmt = v.find('+').map_or("", |i| &v[i..]);
-            b = b.header(n, format!("application/grpc{fmt}"));
-            continue;
-        }
-        b = b.header(n, h.value);
+    // The request line ringgate wrote: METHOD SP target SP HTTP/1.1.
+    let line_end = head.iter().position(|&b| b == b'\n')?;
+    let line = head[..line_end].strip_suffix(b"\r")?;
+    let sp1 = line.iter().position(|&b| b == b' ')?;
+    let sp2 = sp1 + 1 + line[sp1 + 1..].iter().position(|&b| b == b' ')?;
+    let method = http::Method::from_bytes(&line[..sp1]).ok()?;
+    // Origin form only (what the URI of an HTTP/2 request can carry).
+    if line.get(sp1 + 1) != Some(&b'/') {
+        return None;
     }
+    let blank = head.len().checked_sub(2)?;
+    let mut headers = http::HeaderMap::with_capacity(24);
+    let mut host: Option<(usize, usize)> = None;
+    fields::lines(
+        &head[line_end + 1..blank],
+        line_end + 1,
+        |ns, ne, vs, ve| {
+            let name = fields::name(&head[ns..ne])?;
+            match name.as_str() {
+                "host" => {
+                    host.get_or_insert((vs, ve));
+                }
+                "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding"
+                | "upgrade" | "te" | "grpc-timeout" => {}
+                "content-type" if web.is_some() => {
+                    // gRPC-Web to gRPC: `application/grpc-web[-text][+fmt]`
+                    // becomes `application/grpc[+fmt]`.
+                    let v = std::str::from_utf8(&head[vs..ve]).unwrap_or("");
+                    let fmt = v.find('+').map_or("", |i| &v[i..]);
+                    let v = http::HeaderValue::try_from(format!("application/grpc{fmt}")).ok()?;
+                    headers.append(name, v);
+                }
+                _ => fields::append(&mut headers, name, fields::value(&head, vs, ve)?),
+            }
+            Some(())
+        },
+    )?;
+    let authority = match host.map(|(a, b)| &head[a..b]) {
+        Some(h) if !h.is_empty() && std::str::from_utf8(h).is_ok() => {
+            http::uri::Authority::from_maybe_shared(head.slice(host?.0..host?.1)).ok()?
+        }
+        _ => http::uri::Authority::try_from(target.to_string()).ok()?,
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    parts.authority = Some(authority);
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::from_maybe_shared(head.slice(sp1 + 1..sp2)).ok()?);
+    let uri = http::Uri::from_parts(parts).ok()?;
     // ringgate relays trailers (gRPC's status is in them).
-    b = b.header("te", "trailers");
+    headers.append(http::header::TE, http::HeaderValue::from_static("trailers"));
     // What is left of the deadline, for the backend to keep.
     let left = deadline.saturating_duration_since(Instant::now());
     if c.lines
         .iter()
         .any(|l| l.name.of(&c.buf).eq_ignore_ascii_case(b"grpc-timeout"))
     {
-        b = b.header("grpc-timeout", format!("{}m", left.as_millis().max(1)));
+        let v = http::HeaderValue::try_from(format!("{}m", left.as_millis().max(1))).ok()?;
+        fields::append(&mut headers, fields::name(b"grpc-timeout")?, v);
     }
-    b.body(()).ok()
+    let mut req = http::Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Some(req)
 }
 
 /// Why an exchange failed once it began.
@@ -436,11 +452,20 @@ enum Failed {
 /// transport.
 trait Sink {
     async fn put(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+
+    /// An HTTP/2 client's sending half, which takes an answer as fields.
+    fn fields(&mut self) -> Option<&mut TxSide> {
+        None
+    }
 }
 
-impl Sink for &mut crate::http::h2::stream::TxSide {
+impl Sink for &mut TxSide {
     async fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        crate::http::h2::stream::TxSide::put(self, bytes).await
+        TxSide::put(self, bytes).await
+    }
+
+    fn fields(&mut self) -> Option<&mut TxSide> {
+        Some(self)
     }
 }
 
@@ -618,6 +643,13 @@ async fn respond<K: Sink>(
     let no_body =
         c.head.is_head || status == 204 || status == 304 || (trailers_only && web.is_none());
     let chunked = !no_body && c.head.minor == 1;
+    // An HTTP/2 client takes the answer's fields as they are.
+    if web.is_none()
+        && status >= 200
+        && let Some(tx) = out.fields()
+    {
+        return respond_fields(c, tx, status, &parts.headers, body, no_body, deadline).await;
+    }
     let mut head = Vec::with_capacity(512);
     let _ = write!(
         head,
@@ -733,6 +765,136 @@ async fn respond<K: Sink>(
         }
         c.bytes_out += frame.len() as u64;
     }
+    Ok(status)
+}
+
+/// The answer to an HTTP/2 client, as fields: the upstream's HEADERS,
+/// DATA and trailers handed on as they are, without the HTTP/1.1 form
+/// between. The fields are those that form would have carried to the
+/// client's stream: the upstream's end-to-end ones, `X-Request-Id`, the
+/// filters' lines and `content-length: 0` on an empty answer (not to a
+/// HEAD); `c.bytes_out` counts that form's bytes (head, chunk framing,
+/// trailers), so the access log reads the same either way.
+#[allow(clippy::too_many_arguments)]
+async fn respond_fields(
+    c: &mut Conn,
+    tx: &mut TxSide,
+    status: u16,
+    upstream: &http::HeaderMap,
+    mut body: RecvStream,
+    no_body: bool,
+    deadline: Instant,
+) -> Result<u16, Failed> {
+    use crate::http::h2::fields;
+    // Not sent to an HTTP/2 client, whichever form the answer takes.
+    fn connection_specific(n: &str) -> bool {
+        matches!(
+            n,
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+                | "trailer"
+        )
+    }
+    // "HTTP/1.1 " status SP reason CRLF
+    let reason = crate::http::reason(status);
+    let mut head_len = 9 + 3 + 1 + reason.len() + 2;
+    let mut headers = http::HeaderMap::with_capacity(upstream.len() + 4);
+    for (name, value) in upstream.iter() {
+        let n = name.as_str();
+        // (The HTTP/1.1 form drops these four and the length, as its body
+        // is chunked or empty.)
+        if matches!(
+            n,
+            "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "content-length"
+        ) {
+            continue;
+        }
+        head_len += n.len() + 2 + value.len() + 2;
+        if !connection_specific(n) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let rid = http::HeaderValue::from_bytes(c.rid.as_bytes()).map_err(|_| Failed::Client)?;
+    head_len += b"X-Request-Id: ".len() + rid.len() + 2;
+    fields::append(
+        &mut headers,
+        http::HeaderName::from_static("x-request-id"),
+        rid,
+    );
+    head_len += c.resp_extra.len();
+    if !c.resp_extra.is_empty() {
+        let extra = Bytes::copy_from_slice(&c.resp_extra);
+        fields::lines(&extra, 0, |ns, ne, vs, ve| {
+            if let Some(name) = fields::name(&extra[ns..ne])
+                && !connection_specific(name.as_str())
+                && let Some(v) = fields::value(&extra, vs, ve)
+            {
+                fields::append(&mut headers, name, v);
+            }
+            Some(())
+        });
+    }
+    if no_body {
+        if !c.head.is_head {
+            head_len += b"Content-Length: 0\r\n".len();
+            headers.append(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from_static("0"),
+            );
+        }
+    } else {
+        head_len += b"Transfer-Encoding: chunked\r\n".len();
+    }
+    head_len += 2;
+    c.bytes_out = head_len as u64;
+    let mut resp = http::Response::new(());
+    *resp.status_mut() = http::StatusCode::from_u16(status).map_err(|_| Failed::Client)?;
+    *resp.headers_mut() = headers;
+    if tx.respond(resp, !no_body).is_err() {
+        return Err(Failed::Client);
+    }
+    if no_body {
+        return Ok(status);
+    }
+    loop {
+        let next = monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_data(cx)));
+        match next.await {
+            Ok(Some(Ok(d))) => {
+                let n = d.len();
+                if n == 0 {
+                    continue;
+                }
+                if tx.data(d).await.is_err() {
+                    return Err(Failed::Client);
+                }
+                // As a chunk: its size in hex, CRLF, the data, CRLF.
+                let hex = (usize::BITS - n.leading_zeros()).div_ceil(4) as usize;
+                c.bytes_out += (hex + 2 + n + 2) as u64;
+                let _ = body.flow_control().release_capacity(n);
+            }
+            Ok(Some(Err(_))) | Err(_) => return Err(Failed::Client),
+            Ok(None) => break,
+        }
+    }
+    let trailers =
+        match monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_trailers(cx))).await
+        {
+            Ok(Ok(t)) => t,
+            _ => return Err(Failed::Client),
+        };
+    // As the last chunk: "0" CRLF, the trailer lines, CRLF.
+    let mut tail = 3 + 2;
+    for (name, value) in trailers.iter().flat_map(|t| t.iter()) {
+        tail += name.as_str().len() + 2 + value.len() + 2;
+    }
+    if tx.end(trailers).is_err() {
+        return Err(Failed::Client);
+    }
+    c.bytes_out += tail as u64;
     Ok(status)
 }
 

@@ -39,6 +39,13 @@ pub struct Generation {
 /// holds a `buffer_bytes` buffer and a few small ones).
 pub const SPARE_CONNS: usize = 64;
 
+/// How many finished HTTP/2 streams' state a worker keeps for reuse while
+/// streams keep coming: a client with many streams in flight finishes and
+/// begins them in waves far larger than [`SPARE_CONNS`], and each stream
+/// beyond the spares would allocate its buffers anew. A second without a
+/// new stream trims the spares back to [`SPARE_CONNS`].
+pub const SPARE_STREAM_CONNS: usize = 1024;
+
 /// Connections a worker must have held at once before it gives memory
 /// back to the system when most of them have gone.
 const RELEASE_AFTER_PEAK: usize = 256;
@@ -101,6 +108,9 @@ pub struct Worker {
     /// Connection states freed (not kept as spares) since memory was last
     /// given back to the system.
     pub freed_conns: Cell<usize>,
+    /// HTTP/2 streams begun since the last sweep (while any are, up to
+    /// [`SPARE_STREAM_CONNS`] spares are kept).
+    pub streams_begun: Cell<u64>,
     /// Deadlines of the reads in progress, the coarse clock, and the
     /// keep-alive waits a drain ends.
     pub watchdog: crate::runtime::watchdog::Watchdog,
@@ -188,6 +198,7 @@ impl Worker {
             peak_connections: Cell::new(0),
             draining: Cell::new(false),
             freed_conns: Cell::new(0),
+            streams_begun: Cell::new(0),
             watchdog: crate::runtime::watchdog::Watchdog::new(),
             spare_conns: std::cell::RefCell::new(Vec::new()),
             spare_ubufs: std::cell::RefCell::new(Vec::with_capacity(SPARE_UBUFS)),
@@ -559,6 +570,16 @@ async fn serve(
                 monoio::time::sleep(Duration::from_secs(1)).await;
                 let open = w.connections.get();
                 let peak = w.peak_connections.get();
+                // A second without a new HTTP/2 stream: the spares kept
+                // for streams' waves go (counted as freed).
+                if w.streams_begun.replace(0) == 0 {
+                    let mut spares = w.spare_conns.borrow_mut();
+                    if spares.len() > SPARE_CONNS {
+                        let extra = spares.len() - SPARE_CONNS;
+                        spares.truncate(SPARE_CONNS);
+                        w.freed_conns.set(w.freed_conns.get() + extra);
+                    }
+                }
                 let freed = w.freed_conns.get();
                 if (peak >= RELEASE_AFTER_PEAK && open <= peak / 4) || freed >= RELEASE_AFTER_FREED
                 {

@@ -40,6 +40,9 @@ impl Io {
             out: Vec::new(),
             out_at: 0,
             eof: false,
+            // Unknown until rustls is next asked: what the handshake's
+            // reads left is read as usual.
+            plain: usize::MAX,
         })))
     }
 }
@@ -52,6 +55,12 @@ pub struct PollTls {
     out: Vec<u8>,
     out_at: usize,
     eof: bool,
+    /// Plaintext rustls holds, as its last `process_new_packets` said,
+    /// less what was read since: a read zeroes only that much of the
+    /// caller's buffer (the h2 crate hands a fresh, uninitialised one of
+    /// several KiB to every read, which zeroing whole cost more than the
+    /// decryption).
+    plain: usize,
 }
 
 impl PollTls {
@@ -91,12 +100,16 @@ impl AsyncRead for PollTls {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            match this.tls.reader().read(buf.initialize_unfilled()) {
+            // With nothing known to be there, one byte's room still shows
+            // a clean close (0) apart from no data yet (WouldBlock).
+            let want = buf.remaining().min(this.plain.max(1));
+            match this.tls.reader().read(buf.initialize_unfilled_to(want)) {
                 Ok(n) => {
+                    this.plain = this.plain.saturating_sub(n);
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.plain = 0,
                 // A TCP close without close_notify ends HTTP/2 the same way.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     return Poll::Ready(Ok(()));
@@ -127,11 +140,14 @@ impl AsyncRead for PollTls {
             let mut rd = rb.filled();
             while !rd.is_empty() {
                 this.tls.read_tls(&mut rd)?;
-                if let Err(e) = this.tls.process_new_packets() {
-                    // The alert rustls queued, if the socket takes it now.
-                    let _ = this.encrypt();
-                    let _ = this.poll_out(cx);
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                match this.tls.process_new_packets() {
+                    Ok(state) => this.plain = state.plaintext_bytes_to_read(),
+                    Err(e) => {
+                        // The alert rustls queued, if the socket takes it now.
+                        let _ = this.encrypt();
+                        let _ = this.poll_out(cx);
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                    }
                 }
             }
         }

@@ -11,7 +11,7 @@
 //! Key components: [`serve`] (one connection: the h2 crate's server,
 //! every stream a future in one set polled by the connection's task, its
 //! idle timeout, drain, a reload that changes `[server.http2]` and the
-//! rapid-reset guard), [`io`] (the poll-style
+//! rapid-reset guard), [`fields`] (head bytes as HTTP/2 fields), [`io`] (the poll-style
 //! transports), [`stream`] (a stream as a session).
 //!
 //! The h2 crate (0.4, well kept, used by hyper) does the framing, HPACK
@@ -23,10 +23,14 @@
 //! exchange at once), and every answer's DATA waits for the client's
 //! window, so memory per stream stays bounded.
 //!
-//! Performance notes: HTTP/2 allocates per stream (the h2 crate's frames,
-//! the boxed stream future, the body copies); the HTTP/1 path is untouched
-//! by it except for one preface check on a head that failed to parse.
+//! Performance notes: HTTP/2 allocates per stream (the h2 crate's frames
+//! and header maps, the boxed stream future, the copy of an HTTP/1.1
+//! backend's body pieces into `Bytes`); a stream's connection state is
+//! reused from the worker's spares, and an HTTP/2 backend's DATA reach
+//! the client without a copy. The HTTP/1 path is untouched by it except
+//! for one preface check on a head that failed to parse.
 
+pub mod fields;
 pub mod io;
 pub mod stream;
 
@@ -127,11 +131,12 @@ pub async fn serve(
             // Its streams are dropped with their backend exchanges.
             streams = FuturesUnordered::new();
         }
+        let mut active = false;
         if accepting {
             loop {
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
-                        last_active = Instant::now();
+                        active = true;
                         streams.push(Box::pin(stream::serve(
                             w,
                             peer,
@@ -155,6 +160,10 @@ pub async fn serve(
             }
         }
         while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+            active = true;
+        }
+        // One clock read for all the streams begun or ended in this poll.
+        if active {
             last_active = Instant::now();
         }
         if !accepting {

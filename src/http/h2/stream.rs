@@ -12,7 +12,17 @@
 //!   backend holds the client back, never ringgate's memory);
 //! - writes take the answer ringgate writes (its own head and framing)
 //!   and send it as HEADERS, DATA within the client's window, and
-//!   trailers, with the connection-specific fields dropped.
+//!   trailers, with the connection-specific fields dropped;
+//! - a proxied answer's head comes as fields instead
+//!   ([`TxSide::head_fields`]: the HTTP/1.1 backend's, what the text
+//!   would have said), or the whole answer does ([`TxSide::respond`],
+//!   [`TxSide::data`], [`TxSide::end`]: an HTTP/2 backend's HEADERS, DATA
+//!   and trailers), so no HTTP/1.1 text is written only to be read back.
+//!
+//! Performance notes: a stream's connection state comes from the
+//! worker's spares, which keep up to `SPARE_STREAM_CONNS` while streams
+//! keep coming; the request head is rendered once and parsed once, as
+//! an HTTP/1.1 request's is read once.
 
 use crate::http::conn::{Held, write_error};
 use crate::http::parse::{self, Parsed};
@@ -122,7 +132,7 @@ async fn run(
     tx: Rc<RefCell<Tx>>,
 ) {
     let (parts, recv) = req.into_parts();
-    let mut held = Held::take(w, peer);
+    let mut held = Held::take_stream(w, peer);
     let c: &mut Conn = &mut held;
     c.tls = tls;
     c.h2 = true;
@@ -220,7 +230,10 @@ fn render_head(
             .map(|h| h.as_bytes())
             .ok_or("missing :authority")?,
     };
-    let _ = write!(buf, "{} {} HTTP/1.1\r\nHost: ", parts.method.as_str(), path);
+    buf.extend_from_slice(parts.method.as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(path.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     buf.extend_from_slice(authority);
     buf.extend_from_slice(b"\r\n");
     let mut length = false;
@@ -277,6 +290,9 @@ enum TxState {
     Chunked(Dechunk),
     /// Until the end of the answer.
     UntilEnd,
+    /// An answer sent as fields ([`TxSide::respond`]): DATA and its end
+    /// come through [`TxSide::data`] and [`TxSide::end`].
+    Fields,
     /// Sent whole.
     Done,
 }
@@ -495,6 +511,9 @@ impl TxSide {
                 }
                 // Nothing follows a whole answer.
                 TxState::Done => data = &[],
+                TxState::Fields => {
+                    return Err(io::Error::other("the answer was begun as fields"));
+                }
             }
         }
         Ok(())
@@ -502,50 +521,50 @@ impl TxSide {
 
     /// Turns the collected head into HEADERS (interim ones included).
     fn start_response(&mut self) -> io::Result<()> {
-        // Header slots on the stack for the usual head, on the heap for a
-        // long one.
-        let mut small = [httparse::EMPTY_HEADER; 64];
-        let mut big;
-        let lines = self.head.iter().filter(|&&b| b == b'\n').count();
-        let fields: &mut [httparse::Header<'_>] = if lines < 64 {
-            &mut small
-        } else {
-            big = vec![httparse::EMPTY_HEADER; 1024];
-            &mut big
+        // The fields' values share the head's bytes. The head is
+        // ringgate's own (CRLF lines, the backend's checked by the parser).
+        let head = Bytes::from(std::mem::take(&mut self.head));
+        let unreadable = || io::Error::other("unreadable response head");
+        let line_end = memchr::memchr(b'\n', &head).ok_or_else(unreadable)?;
+        let line = &head[..line_end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let status = match line {
+            [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', d @ ..]
+                if d.len() >= 3
+                    && d[..3].iter().all(u8::is_ascii_digit)
+                    && (d.len() == 3 || d[3] == b' ') =>
+            {
+                d[..3]
+                    .iter()
+                    .fold(0u16, |n, &b| n * 10 + u16::from(b - b'0'))
+            }
+            _ => return Err(unreadable()),
         };
-        let mut r = httparse::Response::new(fields);
-        match r.parse(&self.head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => return Err(io::Error::other("unreadable response head")),
-        }
-        let status = r.code.unwrap_or(502);
-        let mut b = Response::builder().status(status);
-        let mut framing = None;
-        let mut length = None;
-        for h in r.headers.iter() {
-            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-                continue;
-            };
-            if name == http::header::TRANSFER_ENCODING {
-                framing = Some(());
-                continue;
-            }
-            if name == http::header::CONTENT_LENGTH {
-                length = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-            }
-            if matches!(
-                name.as_str(),
-                "connection" | "keep-alive" | "proxy-connection" | "upgrade" | "te" | "trailer"
-            ) {
-                continue;
-            }
-            if let Ok(v) = HeaderValue::from_bytes(h.value) {
-                b = b.header(name, v);
-            }
-        }
-        let resp = b.body(()).map_err(io::Error::other)?;
+        let mut fields = HeadFields::new();
+        let body = head.len().saturating_sub(2);
+        super::fields::lines(&head[line_end + 1..body], line_end + 1, |ns, ne, vs, ve| {
+            fields.add(&head[ns..ne], &head, vs, ve);
+            Some(())
+        })
+        .ok_or_else(unreadable)?;
+        self.head_fields(status, fields)
+    }
+
+    /// Sends an answer head given as its status and fields (what
+    /// [`Self::put`] would take as the HTTP/1.1 head `HTTP/1.1 status`
+    /// plus those lines): interim heads are passed on (100 dropped), a
+    /// final one's framing fields say how the body bytes that follow
+    /// through [`Self::put`] end.
+    pub fn head_fields(&mut self, status: u16, fields: HeadFields) -> io::Result<()> {
+        debug_assert!(matches!(self.state, TxState::Head) && self.head.is_empty());
+        let HeadFields {
+            map,
+            chunked,
+            length,
+        } = fields;
+        let mut resp = Response::new(());
+        *resp.status_mut() = http::StatusCode::from_u16(status).map_err(io::Error::other)?;
+        *resp.headers_mut() = map;
         if (100..200).contains(&status) {
             // 100 Continue is HTTP/1's; other interim answers are passed.
             if status != 100 {
@@ -556,7 +575,7 @@ impl TxSide {
         let no_body = self.head_request || status == 204 || status == 304;
         let state = if no_body {
             TxState::Done
-        } else if framing.is_some() {
+        } else if chunked {
             TxState::Chunked(Dechunk::default())
         } else {
             match length {
@@ -565,6 +584,12 @@ impl TxSide {
                 None => TxState::UntilEnd,
             }
         };
+        self.begin(resp, state)
+    }
+
+    /// Sends the answer's HEADERS (ending the stream when `state` is
+    /// `Done`); what follows is taken as `state` says.
+    fn begin(&mut self, resp: Response<()>, state: TxState) -> io::Result<()> {
         let eos = matches!(state, TxState::Done);
         let mut t = self.tx.borrow_mut();
         let send = t.respond.send_response(resp, eos).map_err(broken)?;
@@ -573,8 +598,43 @@ impl TxSide {
         Ok(())
     }
 
+    /// Sends a final answer made of fields rather than of HTTP/1.1 bytes
+    /// (an HTTP/2 upstream's): with `body`, its DATA follow through
+    /// [`Self::data`] and end with [`Self::end`]; without, the HEADERS end
+    /// the stream.
+    pub fn respond(&mut self, resp: Response<()>, body: bool) -> io::Result<()> {
+        debug_assert!(matches!(self.state, TxState::Head) && self.head.is_empty());
+        self.begin(resp, if body { TxState::Fields } else { TxState::Done })
+    }
+
+    /// Sends `data` (of an answer begun with [`Self::respond`]) as DATA,
+    /// within the client's window, without a copy.
+    pub async fn data(&mut self, data: Bytes) -> io::Result<()> {
+        debug_assert!(matches!(self.state, TxState::Fields));
+        self.send_bytes(data, false).await
+    }
+
+    /// Ends an answer begun with [`Self::respond`]: its trailers, or an
+    /// empty DATA frame with END_STREAM when there are none.
+    pub fn end(&mut self, trailers: Option<HeaderMap>) -> io::Result<()> {
+        debug_assert!(matches!(self.state, TxState::Fields));
+        self.state = TxState::Done;
+        let mut t = self.tx.borrow_mut();
+        let s = t.send.as_mut().expect("a body follows a head");
+        match trailers {
+            Some(t) if !t.is_empty() => s.send_trailers(t).map_err(broken),
+            _ => s.send_data(Bytes::new(), true).map_err(broken),
+        }
+    }
+
     /// Sends body bytes as DATA, within the client's window.
-    async fn send_body(&mut self, mut data: &[u8], eos: bool) -> io::Result<()> {
+    async fn send_body(&mut self, data: &[u8], eos: bool) -> io::Result<()> {
+        self.send_bytes(Bytes::copy_from_slice(data), eos).await
+    }
+
+    /// Sends `data` as DATA, within the client's window (pieces of it as
+    /// credit comes), `eos` on the last.
+    async fn send_bytes(&mut self, mut data: Bytes, eos: bool) -> io::Result<()> {
         // The borrow of the sending side is never held across a wait.
         let tx = &self.tx;
         let with = |f: &mut dyn FnMut(&mut SendStream<Bytes>) -> Result<(), h2::Error>| {
@@ -593,14 +653,22 @@ impl TxSide {
                 s.reserve_capacity(want);
                 Ok(())
             })?;
-            let credit = poll_fn(|cx| {
+            let poll_credit = |cx: &mut std::task::Context<'_>| {
                 tx.borrow_mut()
                     .send
                     .as_mut()
                     .expect("a body follows a head")
                     .poll_capacity(cx)
-            });
-            let cap = match monoio::time::timeout(self.stall, credit).await {
+            };
+            // Credit at hand (the usual case) needs no timer.
+            let now = poll_fn(|cx| std::task::Poll::Ready(poll_credit(cx))).await;
+            let credit = match now {
+                std::task::Poll::Ready(c) => Ok(c),
+                std::task::Poll::Pending => {
+                    monoio::time::timeout(self.stall, poll_fn(poll_credit)).await
+                }
+            };
+            let cap = match credit {
                 Ok(Some(Ok(n))) => n,
                 Ok(Some(Err(e))) => return Err(broken(e)),
                 Ok(None) => return Err(io::ErrorKind::ConnectionReset.into()),
@@ -612,21 +680,75 @@ impl TxSide {
             }
             let k = cap.min(data.len());
             let last = k == data.len();
-            let chunk = Bytes::copy_from_slice(&data[..k]);
-            let mut chunk = Some(chunk);
+            let mut chunk = Some(data.split_to(k));
             with(&mut |s| s.send_data(chunk.take().unwrap_or_default(), eos && last))?;
-            data = &data[k..];
         }
         Ok(())
     }
 }
 
+/// The fields of an answer head, as [`TxSide::head_fields`] takes them:
+/// connection-specific ones left out, the body's framing noted.
+pub struct HeadFields {
+    map: HeaderMap,
+    chunked: bool,
+    length: Option<u64>,
+}
+
+impl HeadFields {
+    /// None yet.
+    pub fn new() -> Self {
+        HeadFields {
+            map: HeaderMap::with_capacity(16),
+            chunked: false,
+            length: None,
+        }
+    }
+
+    /// Adds the field `name` with the value `src[a..b]` (shared); one
+    /// whose name or value is not valid is left out.
+    pub fn add(&mut self, name: &[u8], src: &Bytes, a: usize, b: usize) {
+        let Some(name) = super::fields::name(name) else {
+            return;
+        };
+        if name == http::header::TRANSFER_ENCODING {
+            self.chunked = true;
+            return;
+        }
+        if name == http::header::CONTENT_LENGTH {
+            self.length = std::str::from_utf8(&src[a..b])
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+        }
+        if matches!(
+            name.as_str(),
+            "connection" | "keep-alive" | "proxy-connection" | "upgrade" | "te" | "trailer"
+        ) {
+            return;
+        }
+        if let Some(v) = super::fields::value(src, a, b) {
+            super::fields::append(&mut self.map, name, v);
+        }
+    }
+}
+
+impl Default for HeadFields {
+    fn default() -> Self {
+        HeadFields::new()
+    }
+}
+
 /// The end of a head (just past its blank line), searching from `from`.
 fn find_blank_line(buf: &[u8], from: usize) -> Option<usize> {
-    buf[from..]
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| from + i + 4)
+    let mut i = from;
+    while let Some(p) = memchr::memchr(b'\n', &buf[i..]) {
+        let nl = i + p;
+        if nl >= 3 && &buf[nl - 3..nl] == b"\r\n\r" {
+            return Some(nl + 1);
+        }
+        i = nl + 1;
+    }
+    None
 }
 
 /// Decodes the chunked framing ringgate wrote (well-formed: the relay
