@@ -509,6 +509,48 @@ fn chunked_backend_response_goes_back_without_transfer_encoding() {
     assert!(head_value(&head, "transfer-encoding").is_none(), "{head:?}");
 }
 
+/// A chunked backend answer's trailer fields named in
+/// `server.forward_trailers` reach an HTTP/2 client as a trailing HEADERS
+/// block after the DATA; the others are dropped.
+#[test]
+fn chunked_backend_trailers_go_back_as_a_trailer_block() {
+    let up = MockUpstream::builder()
+        .chunked(
+            &["first,", "second"],
+            &[("x-checksum", "abc123"), ("x-secret", "no")],
+        )
+        .start();
+    let gw = Gateway::start(&config(
+        1,
+        "forward_trailers = [\"x-checksum\"]",
+        "",
+        up.addr,
+        "",
+    ));
+    let v = attack("get", gw.addr, &["--path", "/trailers"]);
+    let r = &v["responses"][0];
+    assert_eq!(r["status"], 200, "{v}");
+    assert_eq!(r["body"], "first,second", "{v}");
+    let fields: Vec<(String, String)> = r["headers"]
+        .as_array()
+        .expect("header list")
+        .iter()
+        .map(|h| (h[0].as_str().unwrap().into(), h[1].as_str().unwrap().into()))
+        .collect();
+    assert!(
+        fields.contains(&("x-checksum".into(), "abc123".into())),
+        "the allowed trailer is missing: {fields:?}"
+    );
+    assert!(
+        !fields.iter().any(|(n, _)| n == "x-secret"),
+        "a trailer not named in forward_trailers went through: {fields:?}"
+    );
+    assert!(
+        !fields.iter().any(|(n, _)| n == "transfer-encoding"),
+        "{fields:?}"
+    );
+}
+
 /// The server's SETTINGS and connection window follow `[server.http2]`:
 /// the defaults first, then every key set.
 #[test]

@@ -24,6 +24,7 @@
 //! keep coming; the request head is rendered once and parsed once, as
 //! an HTTP/1.1 request's is read once.
 
+use crate::http::chunked::ChunkedScanner;
 use crate::http::conn::{Held, write_error};
 use crate::http::parse::{self, Parsed};
 use crate::proxy::forward::Conn;
@@ -287,7 +288,7 @@ enum TxState {
     /// `Content-Length` bytes left.
     Length(u64),
     /// A chunked body, being decoded.
-    Chunked(Dechunk),
+    Chunked(ChunkedScanner),
     /// Until the end of the answer.
     UntilEnd,
     /// An answer sent as fields ([`TxSide::respond`]): DATA and its end
@@ -488,9 +489,11 @@ impl TxSide {
                 }
                 TxState::Chunked(d) => {
                     let mut out = Vec::new();
-                    let used = d.feed(data, &mut out)?;
+                    let used = d
+                        .scan(data, |a, b| out.extend_from_slice(&data[a..b]))
+                        .map_err(|e| io::Error::other(e.0))?;
                     data = &data[used..];
-                    let end = d.done.then(|| std::mem::take(&mut d.trailers));
+                    let end = d.is_done().then(|| trailer_fields(d.trailers()));
                     if !out.is_empty() {
                         self.send_body(&out, false).await?;
                     }
@@ -576,7 +579,7 @@ impl TxSide {
         let state = if no_body {
             TxState::Done
         } else if chunked {
-            TxState::Chunked(Dechunk::default())
+            TxState::Chunked(ChunkedScanner::new())
         } else {
             match length {
                 Some(0) => TxState::Done,
@@ -751,94 +754,22 @@ fn find_blank_line(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Decodes the chunked framing ringgate wrote (well-formed: the relay
-/// validated the backend's), collecting trailer fields.
-#[derive(Default)]
-struct Dechunk {
-    state: DechunkState,
-    line: Vec<u8>,
-    trailers: HeaderMap,
-    done: bool,
-}
-
-#[derive(Default, Clone, Copy)]
-enum DechunkState {
-    /// A chunk-size line.
-    #[default]
-    Size,
-    /// Chunk data left.
-    Data(u64),
-    /// The CRLF after chunk data.
-    DataEnd,
-    /// Trailer lines, up to the blank one.
-    Trailers,
-}
-
-impl Dechunk {
-    /// Feeds `data`, appending payload to `out`; returns bytes used.
-    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<usize> {
-        let mut i = 0;
-        while i < data.len() && !self.done {
-            match self.state {
-                DechunkState::Data(left) => {
-                    let k = left.min((data.len() - i) as u64) as usize;
-                    out.extend_from_slice(&data[i..i + k]);
-                    i += k;
-                    self.state = if left == k as u64 {
-                        DechunkState::DataEnd
-                    } else {
-                        DechunkState::Data(left - k as u64)
-                    };
-                }
-                _ => {
-                    let Some(nl) = data[i..].iter().position(|&b| b == b'\n') else {
-                        self.line.extend_from_slice(&data[i..]);
-                        if self.line.len() > 16 * 1024 {
-                            return Err(io::Error::other("chunk line too long"));
-                        }
-                        return Ok(data.len());
-                    };
-                    self.line.extend_from_slice(&data[i..i + nl]);
-                    i += nl + 1;
-                    let line = std::mem::take(&mut self.line);
-                    let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                    self.line_done(line)?;
-                }
-            }
+/// Trailer fields from a chunked body's trailer lines (each
+/// `Name: value\r\n`, already checked by [`ChunkedScanner`]).
+fn trailer_fields(lines: &[u8]) -> HeaderMap {
+    let mut fields = HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let name = HeaderName::from_bytes(line[..colon].trim_ascii());
+        let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (name, value) {
+            fields.append(n, v);
         }
-        Ok(i)
     }
-
-    fn line_done(&mut self, line: &[u8]) -> io::Result<()> {
-        match self.state {
-            DechunkState::Size => {
-                let hex = line.split(|&b| b == b';').next().unwrap_or(b"");
-                let size = std::str::from_utf8(hex)
-                    .ok()
-                    .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-                    .ok_or_else(|| io::Error::other("bad chunk size"))?;
-                self.state = if size == 0 {
-                    DechunkState::Trailers
-                } else {
-                    DechunkState::Data(size)
-                };
-            }
-            DechunkState::DataEnd => self.state = DechunkState::Size,
-            DechunkState::Trailers => {
-                if line.is_empty() {
-                    self.done = true;
-                } else if let Some(colon) = line.iter().position(|&b| b == b':') {
-                    let name = HeaderName::from_bytes(line[..colon].trim_ascii());
-                    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii());
-                    if let (Ok(n), Ok(v)) = (name, value) {
-                        self.trailers.append(n, v);
-                    }
-                }
-            }
-            DechunkState::Data(_) => {}
-        }
-        Ok(())
-    }
+    fields
 }
 
 /// The initialised bytes of an owned buffer.
