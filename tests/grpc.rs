@@ -463,9 +463,15 @@ fn a_restarted_backend_gets_a_new_connection() {
 
 /// An h2c backend answering every request with one status.
 fn status_backend(status: u16) -> Backend {
+    status_backend_with(status, &[])
+}
+
+/// The same, with `tests/h2/server.py`'s other arguments (`early`).
+fn status_backend_with(status: u16, args: &[&str]) -> Backend {
     let mut child = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2/server.py"))
         .arg(status.to_string())
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -525,6 +531,76 @@ fn h2_upstream_5xx_goes_to_another_target_within_retries() {
         let r = c.request(format!("GET /k{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
         assert_eq!(r.status, if i % 2 == 0 { 503 } else { 200 }, "{r:?}");
     }
+}
+
+/// An HTTP/2 upstream that answers before reading the request body (413
+/// as soon as the head arrives, then RST_STREAM NO_ERROR, the body never
+/// read): an HTTP/1.1 client whose body is still on its way gets that
+/// answer, and its connection closes after it, since the rest of the body
+/// was never read. Before, the reset ended the exchange and the client's
+/// connection closed without an answer.
+#[test]
+fn h2_upstream_early_answer_reaches_an_http1_client_mid_body() {
+    use std::io::{Read, Write};
+    let be = status_backend_with(413, &["early"]);
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\npin = false\n\n\
+         [upstreams.u]\ntargets = [\"{}\"]\nprotocol = \"h2\"\n\n\
+         [[routes]]\npath = \"/{{*r}}\"\nupstream = \"u\"\n",
+        be.addr
+    ));
+    for framing in ["Content-Length: 1048576", "Transfer-Encoding: chunked"] {
+        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        write!(s, "POST /upload HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n").unwrap();
+        // More than the stream's initial window (64 KiB), so the upstream's
+        // reset comes while ringgate still has body to send; the client
+        // sends no more and reads.
+        let piece = vec![b'x'; 8 * 1024];
+        for _ in 0..32 {
+            if framing.starts_with("Transfer") {
+                write!(s, "{:x}\r\n", piece.len()).unwrap();
+                s.write_all(&piece).unwrap();
+                s.write_all(b"\r\n").unwrap();
+            } else {
+                s.write_all(&piece).unwrap();
+            }
+        }
+        // Read to the end: a close with body bytes still unread may reach
+        // the client as a reset, after the answer.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !got.is_empty() => {
+                    break;
+                }
+                Err(e) => panic!("{framing}: {e} after {:?}", String::from_utf8_lossy(&got)),
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 413"),
+            "{framing}: the upstream's early answer did not reach the client: {text:?}"
+        );
+        assert!(text.contains("from-413"), "{framing}: {text:?}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{framing}: the client is not told the connection closes: {text:?}"
+        );
+        assert_eq!(
+            text.matches("HTTP/1.1").count(),
+            1,
+            "{framing}: one answer, then the end: {text:?}"
+        );
+    }
+    // The worker still serves.
+    let r = gw.get("/after");
+    assert_eq!(r.status, 413, "{r:?}");
 }
 
 /// A chunked answer split into its head, its decoded body and its trailer

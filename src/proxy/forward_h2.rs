@@ -272,13 +272,19 @@ async fn attempt<S: ClientIo>(
         }
         None => {
             let mut body = body;
-            if body_follows
-                && pump_h1(client, c, &mut body, web.as_ref().map(|w| w.0))
-                    .await
-                    .is_err()
-            {
-                target.end();
-                return Attempt::Done(Outcome::Abort);
+            if body_follows {
+                match pump_h1(client, c, &mut body, web.as_ref().map(|w| w.0)).await {
+                    Ok(()) => {}
+                    Err(PumpStop::Client) => {
+                        target.end();
+                        return Attempt::Done(Outcome::Abort);
+                    }
+                    // The upstream stopped taking the body (a stream reset
+                    // after an early answer: 413, 401...). Its answer, if
+                    // it gave one, still goes to the client; the rest of
+                    // the body is unread, so the connection closes after.
+                    Err(PumpStop::Upstream) => c.head.keep_alive = false,
+                }
             }
             respond(
                 retry,
@@ -523,6 +529,15 @@ async fn pump_h2(rx: &mut RecvStream, mut up: SendStream<Bytes>, body: bool, web
     }
 }
 
+/// Why an HTTP/1 client's request body stopped short of the upstream.
+enum PumpStop {
+    /// The client: gone, or its body malformed.
+    Client,
+    /// The upstream's stream stopped taking it (reset, or its connection
+    /// ended).
+    Upstream,
+}
+
 /// The request body of an HTTP/1 client (what came with the head, then
 /// the rest), its framing removed.
 async fn pump_h1<S: ClientIo>(
@@ -530,7 +545,7 @@ async fn pump_h1<S: ClientIo>(
     c: &mut Conn,
     up: &mut SendStream<Bytes>,
     web: Option<Web>,
-) -> std::io::Result<()> {
+) -> Result<(), PumpStop> {
     let mut text = B64Stream::default();
     let head_len = c.head.len;
     let mut pending: Vec<u8> = c.buf[head_len..].to_vec();
@@ -546,7 +561,7 @@ async fn pump_h1<S: ClientIo>(
         let used = if chunked {
             scanner
                 .scan(&pending, |a, b| payload.extend_from_slice(&pending[a..b]))
-                .map_err(|e| std::io::Error::other(e.0))?
+                .map_err(|_| PumpStop::Client)?
         } else {
             let k = (left.min(pending.len() as u64)) as usize;
             payload.extend_from_slice(&pending[..k]);
@@ -559,14 +574,15 @@ async fn pump_h1<S: ClientIo>(
             left == 0
         };
         if web == Some(Web::Text) {
-            payload = text
-                .decode(&payload)
-                .ok_or_else(|| std::io::Error::other("invalid base64 in a grpc-web-text body"))?;
+            payload = text.decode(&payload).ok_or(PumpStop::Client)?;
         }
         if !payload.is_empty() || done {
             crate::http::h2::send_all(up, Bytes::from(payload), done)
                 .await
-                .map_err(std::io::Error::other)?;
+                .map_err(|e| {
+                    tracing::debug!(error = %e, "HTTP/2 upstream stopped taking the request body");
+                    PumpStop::Upstream
+                })?;
         }
         pending.drain(..used);
         if done {
@@ -582,7 +598,7 @@ async fn pump_h1<S: ClientIo>(
         pending = b.into_inner();
         match r {
             Ok(n) if n > 0 => {}
-            _ => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => return Err(PumpStop::Client),
         }
     }
 }
@@ -692,7 +708,11 @@ async fn respond<K: Sink>(
         }
     } else if chunked {
         head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    } else {
+    }
+    // The answer is the connection's last: said as the HTTP/1.1 upstream
+    // path says it (the client asked, or its body was cut short), and
+    // always when the body is close-delimited.
+    if !(no_body || chunked) || !c.head.keep_alive && c.head.minor >= 1 {
         head.extend_from_slice(b"Connection: close\r\n");
     }
     head.extend_from_slice(b"\r\n");

@@ -2,7 +2,11 @@
 """An HTTP/2 (h2c, prior knowledge) backend for tests: every request gets
 STATUS with the body "from-STATUS" and a `x-backend` header naming it.
 
-    server.py STATUS      prints its port, serves until stdin closes
+    server.py STATUS          prints its port, serves until stdin closes
+    server.py STATUS early    answers as soon as a request's head arrives,
+                              then resets the stream with NO_ERROR and never
+                              reads its body (RFC 9113 8.1: an answer that
+                              does not wait for the request to end)
 """
 
 import socket
@@ -13,12 +17,13 @@ try:
     import h2.config
     import h2.connection
     import h2.events
+    import h2.exceptions
 except ImportError:
     print("python package h2 is missing: pip install h2", file=sys.stderr)
     sys.exit(2)
 
 
-def serve_conn(sock, status):
+def serve_conn(sock, status, early):
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
@@ -27,14 +32,20 @@ def serve_conn(sock, status):
             data = sock.recv(65536)
             if not data:
                 return
-            for ev in conn.receive_data(data):
+            try:
+                events = conn.receive_data(data)
+            except h2.exceptions.StreamClosedError:
+                events = []
+            for ev in events:
                 if isinstance(ev, h2.events.RequestReceived):
                     body = ("from-%d" % status).encode()
                     conn.send_headers(ev.stream_id, [(":status", str(status)),
                                                      ("content-length", str(len(body))),
                                                      ("x-backend", str(status))])
                     conn.send_data(ev.stream_id, body, end_stream=True)
-                elif isinstance(ev, h2.events.DataReceived):
+                    if early and not ev.stream_ended:
+                        conn.reset_stream(ev.stream_id, error_code=0)
+                elif isinstance(ev, h2.events.DataReceived) and not early:
                     conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             sock.sendall(conn.data_to_send())
     except OSError:
@@ -45,6 +56,7 @@ def serve_conn(sock, status):
 
 def main():
     status = int(sys.argv[1])
+    early = sys.argv[2:] == ["early"]
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind(("127.0.0.1", 0))
@@ -54,7 +66,7 @@ def main():
     def accept():
         while True:
             s, _ = ls.accept()
-            threading.Thread(target=serve_conn, args=(s, status), daemon=True).start()
+            threading.Thread(target=serve_conn, args=(s, status, early), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
     sys.stdin.read()
