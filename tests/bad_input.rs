@@ -588,3 +588,100 @@ fn error_body_is_json_with_request_id() {
         Some(r.body.len().to_string().as_str())
     );
 }
+
+/// A client still sending a body the gateway refused on its head (413:
+/// `Content-Length` above `max_body_bytes`) reads the whole answer and a
+/// clean end of the connection: the gateway half-closes and drops what
+/// the client still sends, instead of closing with the body unread, which
+/// made the kernel answer with a reset.
+#[test]
+fn refused_body_still_being_sent_gets_the_answer_then_a_clean_close() {
+    use std::io::{Read, Write};
+    let (up, gw) = setup(&["max_body_bytes = 1000"]);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 8388608\r\n\r\n")
+        .unwrap();
+    // The body goes on from another thread while this one reads.
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let piece = vec![b'b'; 64 * 1024];
+        let mut sent = 0;
+        while sent < 1 << 20 {
+            if w.write_all(&piece).is_err() {
+                break;
+            }
+            sent += piece.len();
+        }
+        sent
+    });
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(
+        end.is_ok(),
+        "the connection ended with {end:?} (a reset), after {text:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text:?}"
+    );
+    let sent = writer.join().unwrap();
+    assert_eq!(
+        sent,
+        1 << 20,
+        "the gateway stopped taking the client's bytes before it closed"
+    );
+    assert_eq!(up.hits(), 0);
+    still_serves(&gw);
+}
+
+/// The same with curl, uploading 8 MiB without `Expect: 100-continue`:
+/// every try ends with the 413, none with curl's "send failure" (exit 55)
+/// or "recv failure" (exit 56).
+#[test]
+fn curl_uploading_a_refused_body_gets_the_413() {
+    let ok = std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "`curl` is needed by this test: install the Debian package curl"
+    );
+    let (up, gw) = setup(&["max_body_bytes = 1000"]);
+    let dir = std::env::temp_dir().join(format!("ringgate-linger-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("body.bin");
+    std::fs::write(&file, vec![b'u'; 8 << 20]).unwrap();
+    for i in 0..10 {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Expect:",
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(format!("http://{}/up{i}", gw.addr))
+            .output()
+            .unwrap();
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string()
+            ),
+            (Some(0), "413".to_string()),
+            "try {i}: curl {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(up.hits(), 0);
+}

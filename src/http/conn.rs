@@ -428,6 +428,9 @@ enum Turn {
     Idle { at: u64, first: bool },
     /// Close the connection.
     Close,
+    /// Close the connection after a request that declared a body, which
+    /// may not have been read whole: linger (see [`linger`]).
+    CloseAfterBody,
     /// Tunnel (the backend's stream, client bytes already read, the
     /// tunnel's idle timeout).
     Upgrade(crate::upstream::tls::UpStream, Vec<u8>, Duration),
@@ -510,7 +513,20 @@ async fn serve_with<S>(
     let mut at = None;
     loop {
         match Box::pin(turn(w, &mut stream, fd, peer, &tls, first, at)).await {
-            Turn::Close => return,
+            // A TLS stream may hold decoded bytes its descriptor does not
+            // show; its client's bytes are not read past the close.
+            Turn::Close => {
+                if tls.is_none() && !w.draining.get() && unread(fd) {
+                    Box::pin(linger(w, &mut stream, fd)).await;
+                }
+                return;
+            }
+            Turn::CloseAfterBody => {
+                if tls.is_none() && !w.draining.get() {
+                    Box::pin(linger(w, &mut stream, fd)).await;
+                }
+                return;
+            }
             Turn::Upgrade(upstream, pending, idle_timeout) => {
                 Box::pin(crate::proxy::tunnel::tunnel(
                     w,
@@ -563,6 +579,67 @@ async fn serve_with<S>(
         }
         if r.is_err() {
             return;
+        }
+    }
+}
+
+/// Longest a closing connection keeps reading what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes a closing connection reads and drops.
+const LINGER_BYTES: usize = 4 << 20;
+
+/// True when the client's bytes are waiting unread on `fd` (one
+/// non-blocking peek).
+fn unread(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is the connection's open socket; at most one byte is
+    // written, into a local.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
+}
+
+/// Closes a connection whose client may still be sending: the last
+/// request declared a body (refused on its head, or cut short by an early
+/// answer), or bytes are waiting unread. Closed with bytes unread, the
+/// socket would answer with a reset, and a client still writing could lose
+/// the answer already sent to it. So the answer ends with a FIN
+/// (`shutdown(SHUT_WR)`) and what the client still sends is read and
+/// dropped until it closes, for at most [`LINGER`] and [`LINGER_BYTES`]
+/// (the watchdog ends the wait; a drain ends it at once).
+async fn linger<S: ReadReady>(w: &Worker, stream: &mut S, fd: std::os::fd::RawFd) {
+    // SAFETY: `fd` is the connection's open socket.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+    let armed = w.watchdog.arm(fd, w.watchdog.after(LINGER), true);
+    let mut scratch = [0u8; 4096];
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        let ready = stream.read_ready().await;
+        if ready.is_err() || armed.fired() {
+            break;
+        }
+        // SAFETY: as above; `scratch` is writable for its length.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => dropped += n as usize,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => break,
         }
     }
 }
@@ -717,7 +794,12 @@ where
         let answer = session.run(stream, c).await;
         match session.respond(stream, c, answer).await {
             Next::KeepAlive => {}
-            Next::Close => return Turn::Close,
+            Next::Close => {
+                return match c.head.framing {
+                    BodyFraming::Length(0) | BodyFraming::None => Turn::Close,
+                    _ => Turn::CloseAfterBody,
+                };
+            }
             Next::Upgrade(upstream) => {
                 // The client's bytes after the upgrade request, if any (the
                 // buffer stays with the state otherwise).
