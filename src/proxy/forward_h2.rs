@@ -729,43 +729,31 @@ async fn respond<K: Sink>(
         let t = web_trailers(&parts.headers, web);
         return end_web(&mut out, c, chunked, &t).await.map(|_| status);
     }
-    loop {
-        let next = monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_data(cx)));
-        match next.await {
-            Ok(Some(Ok(d))) => {
-                let n = d.len();
-                let d = if web == Some(Web::Text) {
-                    Bytes::from(B64.encode(&d))
-                } else {
-                    d
-                };
-                frame.clear();
-                if chunked {
-                    let _ = write!(frame, "{:x}\r\n", d.len());
-                    frame.extend_from_slice(&d);
-                    frame.extend_from_slice(b"\r\n");
-                } else {
-                    frame.extend_from_slice(&d);
-                }
-                if n == 0 {
-                    continue;
-                }
-                if out.put(&frame).await.is_err() {
-                    return Err(Failed::Client);
-                }
-                c.bytes_out += frame.len() as u64;
-                let _ = body.flow_control().release_capacity(n);
-            }
-            Ok(Some(Err(_))) | Err(_) => return Err(Failed::Client),
-            Ok(None) => break,
-        }
-    }
-    let trailers =
-        match monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_trailers(cx))).await
-        {
-            Ok(Ok(t)) => t,
-            _ => return Err(Failed::Client),
+    while let Some(d) = next_data(&mut body, deadline).await? {
+        let n = d.len();
+        let d = if web == Some(Web::Text) {
+            Bytes::from(B64.encode(&d))
+        } else {
+            d
         };
+        frame.clear();
+        if chunked {
+            let _ = write!(frame, "{:x}\r\n", d.len());
+            frame.extend_from_slice(&d);
+            frame.extend_from_slice(b"\r\n");
+        } else {
+            frame.extend_from_slice(&d);
+        }
+        if n == 0 {
+            continue;
+        }
+        if out.put(&frame).await.is_err() {
+            return Err(Failed::Client);
+        }
+        c.bytes_out += frame.len() as u64;
+        let _ = body.flow_control().release_capacity(n);
+    }
+    let trailers = trailers_by(&mut body, deadline).await?;
     if web.is_some() {
         let t = web_trailers(&trailers.unwrap_or_default(), web);
         return end_web(&mut out, c, chunked, &t).await.map(|_| status);
@@ -806,19 +794,6 @@ async fn respond_fields(
     deadline: Instant,
 ) -> Result<u16, Failed> {
     use crate::http::h2::fields;
-    // Not sent to an HTTP/2 client, whichever form the answer takes.
-    fn connection_specific(n: &str) -> bool {
-        matches!(
-            n,
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "transfer-encoding"
-                | "upgrade"
-                | "te"
-                | "trailer"
-        )
-    }
     // "HTTP/1.1 " status SP reason CRLF
     let reason = crate::http::reason(status);
     let mut head_len = 9 + 3 + 1 + reason.len() + 2;
@@ -834,7 +809,7 @@ async fn respond_fields(
             continue;
         }
         head_len += n.len() + 2 + value.len() + 2;
-        if !connection_specific(n) {
+        if !fields::not_in_h2_answer(n) {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -850,7 +825,7 @@ async fn respond_fields(
         let extra = Bytes::copy_from_slice(&c.resp_extra);
         fields::lines(&extra, 0, |ns, ne, vs, ve| {
             if let Some(name) = fields::name(&extra[ns..ne])
-                && !connection_specific(name.as_str())
+                && !fields::not_in_h2_answer(name.as_str())
                 && let Some(v) = fields::value(&extra, vs, ve)
             {
                 fields::append(&mut headers, name, v);
@@ -880,32 +855,20 @@ async fn respond_fields(
     if no_body {
         return Ok(status);
     }
-    loop {
-        let next = monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_data(cx)));
-        match next.await {
-            Ok(Some(Ok(d))) => {
-                let n = d.len();
-                if n == 0 {
-                    continue;
-                }
-                if tx.data(d).await.is_err() {
-                    return Err(Failed::Client);
-                }
-                // As a chunk: its size in hex, CRLF, the data, CRLF.
-                let hex = (usize::BITS - n.leading_zeros()).div_ceil(4) as usize;
-                c.bytes_out += (hex + 2 + n + 2) as u64;
-                let _ = body.flow_control().release_capacity(n);
-            }
-            Ok(Some(Err(_))) | Err(_) => return Err(Failed::Client),
-            Ok(None) => break,
+    while let Some(d) = next_data(&mut body, deadline).await? {
+        let n = d.len();
+        if n == 0 {
+            continue;
         }
+        if tx.data(d).await.is_err() {
+            return Err(Failed::Client);
+        }
+        // As a chunk: its size in hex, CRLF, the data, CRLF.
+        let hex = (usize::BITS - n.leading_zeros()).div_ceil(4) as usize;
+        c.bytes_out += (hex + 2 + n + 2) as u64;
+        let _ = body.flow_control().release_capacity(n);
     }
-    let trailers =
-        match monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_trailers(cx))).await
-        {
-            Ok(Ok(t)) => t,
-            _ => return Err(Failed::Client),
-        };
+    let trailers = trailers_by(&mut body, deadline).await?;
     // As the last chunk: "0" CRLF, the trailer lines, CRLF.
     let mut tail = 3 + 2;
     for (name, value) in trailers.iter().flat_map(|t| t.iter()) {
@@ -916,6 +879,26 @@ async fn respond_fields(
     }
     c.bytes_out += tail as u64;
     Ok(status)
+}
+
+/// The answer's next DATA by `deadline`; `None` at its end.
+async fn next_data(body: &mut RecvStream, deadline: Instant) -> Result<Option<Bytes>, Failed> {
+    match monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_data(cx))).await {
+        Ok(Some(Ok(d))) => Ok(Some(d)),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(_))) | Err(_) => Err(Failed::Client),
+    }
+}
+
+/// The answer's trailers (after its last DATA) by `deadline`.
+async fn trailers_by(
+    body: &mut RecvStream,
+    deadline: Instant,
+) -> Result<Option<http::HeaderMap>, Failed> {
+    match monoio::time::timeout_at(deadline.into(), poll_fn(|cx| body.poll_trailers(cx))).await {
+        Ok(Ok(t)) => Ok(t),
+        _ => Err(Failed::Client),
+    }
 }
 
 /// A gRPC-Web request's encoding.

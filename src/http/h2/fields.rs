@@ -64,6 +64,22 @@ pub fn value(bytes: &Bytes, a: usize, b: usize) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes.slice(a..b)).ok()
 }
 
+/// Fields of an HTTP/1.1 answer that its HTTP/2 form does not carry: the
+/// connection-specific ones (RFC 9113 8.2.2) and `trailer` (HTTP/2
+/// trailers need no announcement).
+pub fn not_in_h2_answer(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+    )
+}
+
 /// Fields whose value is new on every message: sent as never-indexed
 /// literals, so they do not churn the HPACK dynamic table.
 pub fn unique(name: &HeaderName) -> bool {

@@ -723,10 +723,7 @@ impl HeadFields {
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok());
         }
-        if matches!(
-            name.as_str(),
-            "connection" | "keep-alive" | "proxy-connection" | "upgrade" | "te" | "trailer"
-        ) {
+        if super::fields::not_in_h2_answer(name.as_str()) {
             return;
         }
         if let Some(v) = super::fields::value(src, a, b) {
