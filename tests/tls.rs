@@ -688,6 +688,64 @@ fn curl_trusts_the_gateway_with_the_ca_file() {
     assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));
 }
 
+/// Over TLS too, a client still sending a body refused on its head (413:
+/// `Content-Length` over `max_body_bytes`) reads the answer and a
+/// close_notify, and the gateway keeps taking (and dropping) what it sends
+/// until it closes, instead of closing with it unread (a reset that cut the
+/// client's upload off).
+#[test]
+fn a_refused_upload_over_tls_gets_the_413_and_the_rest_is_taken() {
+    let pki = Pki::new("linger");
+    pki.server("api", &["api.example.com"]);
+    let up = MockUpstream::builder().respond(200, "ok").start();
+    let cfg = GatewayConfig::simple(&[up.addr]).server("max_body_bytes = 1000");
+    let gw = Gateway::start(&tls_toml(
+        &cfg,
+        &[&[format!("certs = [{}]", pki.pair("api"))]],
+    ));
+    let addr = gw.handle.tls_addrs()[0];
+    let mut s = connect(
+        addr,
+        Some("api.example.com"),
+        &client_config(ClientOpts::default()),
+    )
+    .unwrap();
+    // The head and 1 MiB of an 8 MiB body, encrypted up front, so another
+    // thread can write the records while this one reads.
+    s.conn.set_buffer_limit(None);
+    let mut plain =
+        b"POST /up HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 8388608\r\n\r\n".to_vec();
+    plain.extend(std::iter::repeat_n(b'u', 1 << 20));
+    s.conn.writer().write_all(&plain).unwrap();
+    let mut wire = Vec::new();
+    while s.conn.wants_write() {
+        s.conn.write_tls(&mut wire).unwrap();
+    }
+    let mut sock = s.sock.try_clone().unwrap();
+    let total = wire.len();
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0;
+        for piece in wire.chunks(64 * 1024) {
+            if sock.write_all(piece).is_err() {
+                break;
+            }
+            sent += piece.len();
+        }
+        sent
+    });
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(end.is_ok(), "{end:?} after {text:?}");
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+    assert_eq!(
+        writer.join().unwrap(),
+        total,
+        "the gateway stopped taking the client's bytes before it closed"
+    );
+    assert_eq!(up.hits(), 0);
+}
+
 #[test]
 fn openssl_s_client_sees_the_certificate_alpn_and_resumes() {
     let pki = Pki::new("openssl");

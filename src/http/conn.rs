@@ -513,16 +513,14 @@ async fn serve_with<S>(
     let mut at = None;
     loop {
         match Box::pin(turn(w, &mut stream, fd, peer, &tls, first, at)).await {
-            // A TLS stream may hold decoded bytes its descriptor does not
-            // show; its client's bytes are not read past the close.
             Turn::Close => {
-                if tls.is_none() && !w.draining.get() && unread(fd) {
+                if !w.draining.get() && unread(fd) {
                     Box::pin(linger(w, &mut stream, fd)).await;
                 }
                 return;
             }
             Turn::CloseAfterBody => {
-                if tls.is_none() && !w.draining.get() {
+                if !w.draining.get() {
                     Box::pin(linger(w, &mut stream, fd)).await;
                 }
                 return;
@@ -609,36 +607,27 @@ fn unread(fd: std::os::fd::RawFd) -> bool {
 /// request declared a body (refused on its head, or cut short by an early
 /// answer), or bytes are waiting unread. Closed with bytes unread, the
 /// socket would answer with a reset, and a client still writing could lose
-/// the answer already sent to it. So the answer ends with a FIN
-/// (`shutdown(SHUT_WR)`) and what the client still sends is read and
-/// dropped until it closes, for at most [`LINGER`] and [`LINGER_BYTES`]
-/// (the watchdog ends the wait; a drain ends it at once).
-async fn linger<S: ReadReady>(w: &Worker, stream: &mut S, fd: std::os::fd::RawFd) {
-    // SAFETY: `fd` is the connection's open socket.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_WR);
+/// the answer already sent to it. So the answer ends with the stream's
+/// shutdown (a FIN; a close_notify first over TLS) and what the client
+/// still sends is read and dropped until it closes, for at most [`LINGER`]
+/// and [`LINGER_BYTES`] (the watchdog ends the wait; a drain at once).
+async fn linger<S: AsyncReadRent + AsyncWriteRent>(
+    w: &Worker,
+    stream: &mut S,
+    fd: std::os::fd::RawFd,
+) {
+    if stream.shutdown().await.is_err() {
+        return;
     }
     let armed = w.watchdog.arm(fd, w.watchdog.after(LINGER), true);
-    let mut scratch = [0u8; 4096];
+    let mut buf = Vec::with_capacity(16 * 1024);
     let mut dropped = 0;
     while dropped < LINGER_BYTES {
-        let ready = stream.read_ready().await;
-        if ready.is_err() || armed.fired() {
-            break;
-        }
-        // SAFETY: as above; `scratch` is writable for its length.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                scratch.as_mut_ptr().cast(),
-                scratch.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => break,
-            n if n > 0 => dropped += n as usize,
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {}
+        let (r, b) = stream.read(buf).await;
+        buf = b;
+        buf.clear();
+        match r {
+            Ok(n) if n > 0 && !armed.fired() => dropped += n,
             _ => break,
         }
     }
