@@ -603,6 +603,36 @@ fn h2_upstream_early_answer_reaches_an_http1_client_mid_body() {
     assert_eq!(r.status, 413, "{r:?}");
 }
 
+/// An HTTP/1.1 client that stops sending its body to an HTTP/2 upstream is
+/// not waited for past the exchange's deadline (`request_timeout_ms`): it
+/// gets a 504 and its connection closes, instead of holding the stream
+/// and the connection for as long as it likes.
+#[test]
+fn a_stalled_http1_body_to_an_h2_upstream_ends_at_the_deadline() {
+    use std::io::{Read, Write};
+    // It answers once a request has ended.
+    let be = status_backend_with(200, &["whole"]);
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\npin = false\n\n\
+         [upstreams.u]\ntargets = [\"{}\"]\nprotocol = \"h2\"\nrequest_timeout_ms = 500\n\n\
+         [[routes]]\npath = \"/{{*r}}\"\nupstream = \"u\"\n",
+        be.addr
+    ));
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    s.write_all(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nfirst ten.")
+        .unwrap();
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(end.is_ok(), "{end:?} after {text:?}");
+    assert!(text.starts_with("HTTP/1.1 504"), "{text:?}");
+    // The worker still serves.
+    let r = gw.get("/after");
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 /// A chunked answer split into its head, its decoded body and its trailer
 /// lines.
 fn chunked_answer(text: &str) -> (String, (String, String)) {

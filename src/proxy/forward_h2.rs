@@ -273,7 +273,16 @@ async fn attempt<S: ClientIo>(
         None => {
             let mut body = body;
             if body_follows {
-                match pump_h1(client, c, &mut body, web.as_ref().map(|w| w.0)).await {
+                // Bounded as the whole exchange is: a client that stops
+                // sending, or an upstream that never opens its window,
+                // ends the exchange at its deadline (504, then a close).
+                let pumped = monoio::time::timeout_at(
+                    deadline.into(),
+                    pump_h1(client, c, &mut body, web.as_ref().map(|w| w.0)),
+                )
+                .await
+                .unwrap_or(Err(PumpStop::Upstream));
+                match pumped {
                     Ok(()) => {}
                     Err(PumpStop::Client) => {
                         target.end();
