@@ -1110,6 +1110,13 @@ fn consumers_and_upstreams_written_through_the_admin_api() {
     let body = json!({"api_key_sha256": support::sha_hex("key-2")}).to_string();
     let (s, v) = one.admin("PUT", "/config/consumers/second?revision=0", &body);
     assert_eq!(s, 200, "{v}");
+    // An instance validates a change against the objects it runs: the
+    // second may delete the first consumer once it runs the new one (before,
+    // deleting it would leave no consumer with a key: a 400).
+    let put = v["revision"].as_i64().unwrap();
+    eventually("the second instance runs the new consumer", || {
+        two.revision() >= put
+    });
     let (s, v) = two.admin(
         "DELETE",
         &format!("/config/consumers/first?revision={rev}"),
