@@ -1141,7 +1141,15 @@ fn idle_tls_connections_give_their_buffers_back_and_serve_later_requests() {
         assert!(get(s).starts_with(b"HTTP/1.1 200"));
     }
     std::thread::sleep(SETTLE);
-    let idle = rss_kib(pid);
+    // The buffers come back once the idle grace has passed and the worker's
+    // once-a-second give-back has run; on a loaded machine (the other tests
+    // of this file run beside it) that can take a few seconds more.
+    let mut idle = rss_kib(pid);
+    let end = Instant::now() + Duration::from_secs(10);
+    while per_connection(before, idle, N) >= 16.0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(500));
+        idle = rss_kib(pid);
+    }
     let kept = per_connection(before, idle, N);
     eprintln!("idle TLS: {kept:.2} KiB per keep-alive connection ({before} -> {idle} KiB)");
     assert!(
