@@ -604,18 +604,7 @@ fn refused_body_still_being_sent_gets_the_answer_then_a_clean_close() {
     s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 8388608\r\n\r\n")
         .unwrap();
     // The body goes on from another thread while this one reads.
-    let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        let piece = vec![b'b'; 64 * 1024];
-        let mut sent = 0;
-        while sent < 1 << 20 {
-            if w.write_all(&piece).is_err() {
-                break;
-            }
-            sent += piece.len();
-        }
-        sent
-    });
+    let writer = write_behind(s.try_clone().unwrap(), vec![b'b'; 1 << 20]);
     let mut got = Vec::new();
     let end = s.read_to_end(&mut got);
     let text = String::from_utf8_lossy(&got).to_string();

@@ -721,18 +721,8 @@ fn a_refused_upload_over_tls_gets_the_413_and_the_rest_is_taken() {
     while s.conn.wants_write() {
         s.conn.write_tls(&mut wire).unwrap();
     }
-    let mut sock = s.sock.try_clone().unwrap();
     let total = wire.len();
-    let writer = std::thread::spawn(move || {
-        let mut sent = 0;
-        for piece in wire.chunks(64 * 1024) {
-            if sock.write_all(piece).is_err() {
-                break;
-            }
-            sent += piece.len();
-        }
-        sent
-    });
+    let writer = write_behind(s.sock.try_clone().unwrap(), wire);
     let mut got = Vec::new();
     let end = s.read_to_end(&mut got);
     let text = String::from_utf8_lossy(&got).to_string();

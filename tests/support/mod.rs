@@ -1319,3 +1319,19 @@ pub fn admin_request(
         .unwrap_or_default();
     (status, body)
 }
+
+/// Writes `data` to `sock` in 64 KiB pieces from another thread (a client
+/// still sending while the test reads); the thread ends with how many bytes
+/// went out before a write failed.
+pub fn write_behind(mut sock: TcpStream, data: Vec<u8>) -> thread::JoinHandle<usize> {
+    thread::spawn(move || {
+        let mut sent = 0;
+        for piece in data.chunks(64 * 1024) {
+            if sock.write_all(piece).is_err() {
+                break;
+            }
+            sent += piece.len();
+        }
+        sent
+    })
+}
